@@ -1,0 +1,5 @@
+//! Implementations of the ports.
+
+pub mod http_exchange;
+pub mod memory;
+pub mod simulated_exchange;

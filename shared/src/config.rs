@@ -1,0 +1,131 @@
+//! Configuration, read once at start and failing fast with the variable's
+//! name.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+
+use crate::adapters::http_exchange::HttpExchangeConfig;
+use crate::domain::{PriceList, Usd};
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration variable {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// The rules of the service: what is sold at what price, and the
+/// exchange's minimum buy.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub prices: PriceList,
+    pub minimum: Usd,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { prices: PriceList::default(), minimum: Usd::new(Decimal::TEN).unwrap_or_default() }
+    }
+}
+
+impl ServiceConfig {
+    /// `PRICES` (`"ABAN=4,BTC=95000"`, default `ABAN=4`) and
+    /// `EXCHANGE_MINIMUM_USD` (default `10`).
+    pub fn from_env() -> Result<ServiceConfig, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<ServiceConfig, ConfigError> {
+        let defaults = ServiceConfig::default();
+        let prices = match lookup("PRICES") {
+            None => defaults.prices,
+            Some(spec) => PriceList::parse(&spec).map_err(|e| ConfigError { var: "PRICES", reason: e.to_string() })?,
+        };
+        let minimum = match lookup("EXCHANGE_MINIMUM_USD") {
+            None => defaults.minimum,
+            Some(text) => Decimal::from_str(text.trim())
+                .ok()
+                .filter(|d| *d > Decimal::ZERO)
+                .and_then(Usd::new)
+                .ok_or_else(|| ConfigError {
+                    var: "EXCHANGE_MINIMUM_USD",
+                    reason: format!("{text:?} is not a positive decimal"),
+                })?,
+        };
+        Ok(ServiceConfig { prices, minimum })
+    }
+}
+
+/// How settlement talks to the exchange.
+#[derive(Debug, Clone)]
+pub struct SettleConfig {
+    pub exchange: HttpExchangeConfig,
+    /// How long a settle attempt holds a batch. Longer than the worst case
+    /// of one attempt (buy and lookup, each bounded by the request timeout).
+    pub lease: Duration,
+}
+
+impl SettleConfig {
+    /// `EXCHANGE_URL` (required), `EXCHANGE_CONNECT_TIMEOUT_MS` (default
+    /// 2000), `EXCHANGE_TIMEOUT_MS` (default 5000), `SETTLE_LEASE_SECONDS`
+    /// (default 30).
+    pub fn from_env() -> Result<SettleConfig, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<SettleConfig, ConfigError> {
+        let base_url = lookup("EXCHANGE_URL")
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .ok_or_else(|| ConfigError { var: "EXCHANGE_URL", reason: "required, an http(s) URL".to_owned() })?;
+        let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            lookup(var).map_or(Ok(default), |text| {
+                text.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ConfigError { var, reason: format!("{text:?} is not a positive integer") })
+            })
+        };
+        Ok(SettleConfig {
+            exchange: HttpExchangeConfig {
+                base_url,
+                connect_timeout: Duration::from_millis(number("EXCHANGE_CONNECT_TIMEOUT_MS", 2000)?),
+                request_timeout: Duration::from_millis(number("EXCHANGE_TIMEOUT_MS", 5000)?),
+            },
+            lease: Duration::from_secs(number("SETTLE_LEASE_SECONDS", 30)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |var| map.get(var).cloned()
+    }
+
+    #[test]
+    fn defaults_are_the_challenges_numbers() {
+        let config = ServiceConfig::from_lookup(env(&[])).unwrap();
+        assert_eq!(config.minimum.to_string(), "10");
+        assert_eq!(config.prices.quote("ABAN").unwrap().1.to_string(), "4");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = ServiceConfig::from_lookup(env(&[("EXCHANGE_MINIMUM_USD", "ten")])).unwrap_err();
+        assert_eq!(err.var, "EXCHANGE_MINIMUM_USD");
+        let err = ServiceConfig::from_lookup(env(&[("PRICES", "ABAN=x")])).unwrap_err();
+        assert_eq!(err.var, "PRICES");
+        let err = SettleConfig::from_lookup(env(&[])).unwrap_err();
+        assert_eq!(err.var, "EXCHANGE_URL");
+        let err = SettleConfig::from_lookup(env(&[("EXCHANGE_URL", "http://x"), ("EXCHANGE_TIMEOUT_MS", "0")])).unwrap_err();
+        assert_eq!(err.var, "EXCHANGE_TIMEOUT_MS");
+    }
+}

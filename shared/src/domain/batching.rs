@@ -1,0 +1,236 @@
+//! The batching rule: where an order goes, decided from the open pool of its
+//! coin. Pure, so that the store adapters only have to make the decision
+//! stick atomically (the condition on the pool item), never re-derive it.
+
+use rust_decimal::Decimal;
+
+use super::money::Usd;
+use super::quantity::Quantity;
+
+/// The open pool of one coin: its batch number and running totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolState {
+    /// Number of the open batch; every order that joins records it.
+    pub seq: u64,
+    pub usd: Usd,
+    pub qty: Decimal,
+    pub count: u32,
+}
+
+/// Totals of a batch that an order forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTotals {
+    pub usd: Usd,
+    pub qty: Quantity,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The order alone reaches the minimum: it is its own batch, bought at
+    /// once; the pool is untouched.
+    OwnBatch,
+    /// The order joins the open pool `seq`, which stays below the minimum.
+    Join { seq: u64 },
+    /// The order brings pool `seq` to the minimum: the pool closes as a batch
+    /// with these totals and reopens empty as `seq + 1`.
+    Cross { seq: u64, batch: BatchTotals },
+}
+
+/// Decides where an order of `amount` costing `cost` goes.
+pub fn decide(pool: &PoolState, cost: Usd, amount: Quantity, minimum: Usd) -> Placement {
+    if cost >= minimum {
+        return Placement::OwnBatch;
+    }
+    let usd = pool.usd + cost;
+    if usd < minimum {
+        return Placement::Join { seq: pool.seq };
+    }
+    // `amount` is positive and the pool's quantity is a sum of positive
+    // quantities, so the sum is a valid quantity unless it exceeds the cap;
+    // a pool holds less than `minimum` dollars, far below that in practice.
+    let qty = Quantity::from_decimal(pool.qty + amount.value()).unwrap_or(amount);
+    Placement::Cross {
+        seq: pool.seq,
+        batch: BatchTotals { usd, qty, count: pool.count + 1 },
+    }
+}
+
+impl PoolState {
+    /// The pool after `placement` of an order of `amount` costing `cost`.
+    pub fn after(&self, placement: &Placement, cost: Usd, amount: Quantity) -> PoolState {
+        match placement {
+            Placement::OwnBatch => *self,
+            Placement::Join { .. } => PoolState {
+                seq: self.seq,
+                usd: self.usd + cost,
+                qty: self.qty + amount.value(),
+                count: self.count + 1,
+            },
+            Placement::Cross { .. } => PoolState { seq: self.seq + 1, ..PoolState::default() },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn usd(s: &str) -> Usd {
+        Usd::new(Decimal::from_str(s).unwrap()).unwrap()
+    }
+
+    fn qty(s: &str) -> Quantity {
+        Quantity::parse(s).unwrap()
+    }
+
+    const ABAN: &str = "4";
+
+    fn cost_of(amount: Quantity) -> Usd {
+        Usd::new(amount.value() * Decimal::from_str(ABAN).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn three_aban_is_its_own_batch() {
+        let placement = decide(&PoolState::default(), usd("12"), qty("3"), usd("10"));
+        assert_eq!(placement, Placement::OwnBatch);
+    }
+
+    #[test]
+    fn exactly_ten_dollars_is_its_own_batch() {
+        assert_eq!(decide(&PoolState::default(), usd("10"), qty("2.5"), usd("10")), Placement::OwnBatch);
+    }
+
+    #[test]
+    fn three_single_aban_orders_cross_at_the_third() {
+        let minimum = usd("10");
+        let mut pool = PoolState::default();
+        for expected_join in [true, true] {
+            let p = decide(&pool, usd("4"), qty("1"), minimum);
+            assert_eq!(matches!(p, Placement::Join { seq: 0 }), expected_join);
+            pool = pool.after(&p, usd("4"), qty("1"));
+        }
+        let p = decide(&pool, usd("4"), qty("1"), minimum);
+        assert_eq!(
+            p,
+            Placement::Cross { seq: 0, batch: BatchTotals { usd: usd("12"), qty: qty("3"), count: 3 } }
+        );
+        assert_eq!(pool.after(&p, usd("4"), qty("1")), PoolState { seq: 1, ..PoolState::default() });
+    }
+
+    #[test]
+    fn a_pool_landing_exactly_on_the_minimum_crosses() {
+        let pool = PoolState { seq: 7, usd: usd("6"), qty: Decimal::from_str("1.5").unwrap(), count: 2 };
+        let p = decide(&pool, usd("4"), qty("1"), usd("10"));
+        assert_eq!(
+            p,
+            Placement::Cross { seq: 7, batch: BatchTotals { usd: usd("10"), qty: qty("2.5"), count: 3 } }
+        );
+    }
+
+    #[test]
+    fn one_cent_below_the_minimum_joins() {
+        let pool = PoolState { seq: 0, usd: usd("5.99"), qty: Decimal::from_str("1.4975").unwrap(), count: 1 };
+        assert_eq!(decide(&pool, usd("4"), qty("1"), usd("10")), Placement::Join { seq: 0 });
+    }
+
+    /// The simple model: a list of open orders; whenever an order of at least
+    /// the minimum arrives it is bought alone, and whenever the open orders
+    /// sum to the minimum they are bought together.
+    #[derive(Default)]
+    struct Model {
+        open: Vec<usize>,
+        batches: Vec<Vec<usize>>,
+    }
+
+    impl Model {
+        fn place(&mut self, index: usize, costs: &[Usd], minimum: Usd) {
+            if costs[index] >= minimum {
+                self.batches.push(vec![index]);
+                return;
+            }
+            self.open.push(index);
+            let open_usd = self.open.iter().fold(Usd::ZERO, |sum, i| sum + costs[*i]);
+            if open_usd >= minimum {
+                self.batches.push(std::mem::take(&mut self.open));
+            }
+        }
+    }
+
+    fn amounts() -> impl Strategy<Value = Vec<Quantity>> {
+        // Mostly small orders (cents to a few dollars), some large ones.
+        let amount = prop_oneof![
+            8 => (1u64..=300_000_000).prop_map(|units| Decimal::new(units as i64, 8)),
+            1 => (1u64..=1000).prop_map(|units| Decimal::new(units as i64, 1)),
+        ]
+        .prop_map(|d| Quantity::from_decimal(d).unwrap());
+        prop::collection::vec(amount, 0..200)
+    }
+
+    proptest! {
+        #[test]
+        fn batching_matches_the_simple_model(amounts in amounts(), minimum_cents in 1u64..5000) {
+            let minimum = Usd::new(Decimal::new(minimum_cents as i64, 2)).unwrap();
+            let costs: Vec<Usd> = amounts.iter().map(|a| cost_of(*a)).collect();
+
+            let mut model = Model::default();
+            let mut pool = PoolState::default();
+            let mut open: Vec<usize> = Vec::new();
+            let mut batches: Vec<(BatchTotals, Vec<usize>)> = Vec::new();
+
+            for (index, amount) in amounts.iter().enumerate() {
+                let cost = costs[index];
+                model.place(index, &costs, minimum);
+                let placement = decide(&pool, cost, *amount, minimum);
+                match placement {
+                    Placement::OwnBatch => {
+                        batches.push((BatchTotals { usd: cost, qty: *amount, count: 1 }, vec![index]));
+                    }
+                    Placement::Join { seq } => {
+                        prop_assert_eq!(seq, pool.seq);
+                        open.push(index);
+                    }
+                    Placement::Cross { seq, batch } => {
+                        prop_assert_eq!(seq, pool.seq);
+                        open.push(index);
+                        batches.push((batch, std::mem::take(&mut open)));
+                    }
+                }
+                pool = pool.after(&placement, cost, *amount);
+
+                // The open pool stays below the minimum and its counters match its members.
+                prop_assert!(pool.usd < minimum);
+                prop_assert_eq!(pool.count as usize, open.len());
+                prop_assert_eq!(pool.usd, open.iter().fold(Usd::ZERO, |s, i| s + costs[*i]));
+                prop_assert_eq!(pool.qty, open.iter().map(|i| amounts[*i].value()).sum::<Decimal>());
+            }
+
+            // A batch forms exactly when (and where) the model forms one.
+            let formed: Vec<Vec<usize>> = batches.iter().map(|(_, members)| members.clone()).collect();
+            prop_assert_eq!(&formed, &model.batches);
+            prop_assert_eq!(&open, &model.open);
+
+            for (totals, members) in &batches {
+                // Every formed batch reaches the minimum, and its totals are its members' sums.
+                prop_assert!(totals.usd >= minimum);
+                prop_assert_eq!(totals.usd, members.iter().fold(Usd::ZERO, |s, i| s + costs[*i]));
+                prop_assert_eq!(totals.qty.value(), members.iter().map(|i| amounts[*i].value()).sum::<Decimal>());
+                prop_assert_eq!(totals.count as usize, members.len());
+                // It formed at the first order that reached the minimum: without its last
+                // member it was still below.
+                let last = members[members.len() - 1];
+                let before = totals.usd.checked_sub(costs[last]).unwrap();
+                prop_assert!(members.len() == 1 || before < minimum);
+            }
+
+            // Batches + pool = all orders, each exactly once.
+            let mut seen: Vec<usize> = batches.iter().flat_map(|(_, m)| m.iter().copied()).chain(open.iter().copied()).collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..amounts.len()).collect::<Vec<_>>());
+        }
+    }
+}

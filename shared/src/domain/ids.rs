@@ -1,0 +1,126 @@
+use std::fmt;
+use std::str::FromStr;
+
+use ulid::Ulid;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is not valid: {reason}")]
+pub struct InvalidId {
+    pub what: &'static str,
+    pub reason: &'static str,
+}
+
+macro_rules! ulid_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Ulid);
+
+        impl $name {
+            pub fn generate() -> $name {
+                $name(Ulid::new())
+            }
+
+            pub fn parse(text: &str) -> Result<$name, InvalidId> {
+                Ulid::from_str(text)
+                    .map($name)
+                    .map_err(|_| InvalidId { what: $what, reason: "not a ULID" })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+ulid_id!(
+    /// An order's id: a ULID, so ids sort by creation time.
+    OrderId,
+    "order id"
+);
+ulid_id!(
+    /// A batch's id. Fresh for every batch and sent to the exchange as the
+    /// `client_order_id`, so one batch is one exchange order forever.
+    BatchId,
+    "batch id"
+);
+
+/// The caller, as the JWT authorizer vouched for it (`sub`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(text: &str) -> Result<UserId, InvalidId> {
+        let invalid = |reason| InvalidId { what: "user id", reason };
+        if text.is_empty() || text.len() > 256 {
+            return Err(invalid("must be 1 to 256 bytes"));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(invalid("must not contain control characters"));
+        }
+        Ok(UserId(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client's `Idempotency-Key`: 1 to 128 visible ASCII characters, scoped
+/// to its user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(text: &str) -> Result<IdempotencyKey, InvalidId> {
+        let visible = text.bytes().all(|b| b.is_ascii_graphic());
+        if text.is_empty() || text.len() > 128 || !visible {
+            return Err(InvalidId {
+                what: "Idempotency-Key",
+                reason: "must be 1 to 128 visible ASCII characters",
+            });
+        }
+        Ok(IdempotencyKey(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_round_trip_through_text() {
+        let id = OrderId::generate();
+        assert_eq!(OrderId::parse(&id.to_string()), Ok(id));
+        assert!(OrderId::parse("not-an-id").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_up_to_128() {
+        assert!(IdempotencyKey::parse("k-1_ABC.~").is_ok());
+        assert!(IdempotencyKey::parse(&"a".repeat(128)).is_ok());
+        for bad in ["", "has space", "tab\t", "é", &"a".repeat(129)] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_ids_are_non_empty_and_printable() {
+        assert!(UserId::parse("alice").is_ok());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a\nb").is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Placing and reading orders: what the place-order function does once the
+//! HTTP request is parsed.
+
+use std::sync::Arc;
+
+use crate::config::ServiceConfig;
+use crate::domain::{IdempotencyKey, InvalidAmount, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
+use crate::ports::{Clock, InfraError, NewOrder, PlaceError, Placed, SettleQueue, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceOrderError {
+    #[error(transparent)]
+    UnknownCoin(#[from] UnknownCoin),
+    #[error(transparent)]
+    InvalidAmount(#[from] InvalidAmount),
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+}
+
+pub struct OrderService {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn SettleQueue>,
+    clock: Arc<dyn Clock>,
+    config: ServiceConfig,
+}
+
+impl OrderService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn SettleQueue>,
+        clock: Arc<dyn Clock>,
+        config: ServiceConfig,
+    ) -> OrderService {
+        OrderService { store, queue, clock, config }
+    }
+
+    /// Debits the cost and records the order in one transaction; if that
+    /// formed a batch, hands it to settlement before returning, so the buy
+    /// starts while the response is on its way.
+    #[tracing::instrument(skip(self, amount, key), fields(user = %user, order_id, batch_id))]
+    pub async fn place(
+        &self,
+        user: UserId,
+        symbol: &str,
+        amount: Quantity,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Placed, PlaceOrderError> {
+        let (coin, price) = self.config.prices.quote(symbol)?;
+        let cost = price
+            .value()
+            .checked_mul(amount.value())
+            .and_then(Usd::new)
+            .ok_or(InvalidAmount::TooLarge { max: "1000000000" })?;
+        let order = NewOrder {
+            id: OrderId::generate(),
+            user,
+            coin,
+            amount,
+            price,
+            cost,
+            idempotency_key: key,
+            created_at: self.clock.now(),
+        };
+        let placed = self.store.place_order(order, self.config.minimum).await?;
+        let span = tracing::Span::current();
+        span.record("order_id", tracing::field::display(placed.order.order.id));
+        if let Some(batch) = placed.formed {
+            span.record("batch_id", tracing::field::display(batch));
+            if let Err(error) = self.queue.send(batch).await {
+                // The order is placed and paid; the READY batch is the outbox
+                // and the reconciler sends it again.
+                tracing::error!(error = &error as &dyn std::error::Error, %batch, "could not enqueue a formed batch");
+            }
+        }
+        Ok(placed)
+    }
+
+    pub async fn order(&self, user: &UserId, id: OrderId) -> Result<Option<OrderView>, InfraError> {
+        self.store.order(user, id).await
+    }
+
+    pub async fn balance(&self, user: &UserId) -> Result<Usd, InfraError> {
+        self.store.balance(user).await
+    }
+}
