@@ -48,7 +48,7 @@ impl Settler {
     }
 
     /// Settles one batch. An `Err` means "deliver this again later".
-    #[tracing::instrument(skip(self), fields(attempt))]
+    #[tracing::instrument(skip_all, fields(attempt))]
     pub async fn settle(&self, batch_id: BatchId) -> Result<Settlement, SettleError> {
         let now = self.clock.now();
         let batch = match self.store.claim_batch(batch_id, now, now + self.lease).await? {
@@ -111,4 +111,11 @@ impl Settler {
         }
         SettleError::OutcomeUnknown { batch, source }
     }
+}
+
+/// The settle queue's message body: the batch to settle. Everything else is
+/// read from the batch item, so a message can never disagree with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SettleMessage {
+    pub batch_id: String,
 }

@@ -1,0 +1,136 @@
+//! Every error the Order API returns, and the one table that maps each to
+//! its status, stable `type` and title (RFC 9457 problem details).
+
+use http::{HeaderValue, StatusCode, header};
+use lambda_http::{Body, Response};
+use serde::Serialize;
+use shared::domain::{InvalidAmount, InvalidId, UnknownCoin, Usd};
+use shared::ports::InfraError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request carries no authenticated user")]
+    Unauthenticated,
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    MalformedBody(String),
+    #[error(transparent)]
+    InvalidIdempotencyKey(InvalidId),
+    #[error(transparent)]
+    UnknownCoin(#[from] UnknownCoin),
+    #[error(transparent)]
+    InvalidAmount(#[from] InvalidAmount),
+    #[error("the balance is {balance} USD but the order costs {cost} USD")]
+    InsufficientFunds { balance: Usd, cost: Usd },
+    #[error("this Idempotency-Key was already used for a different order (coin or amount)")]
+    IdempotencyKeyReused,
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("internal error")]
+    Internal(#[source] InfraError),
+}
+
+impl ApiError {
+    /// Status, problem type and title: the table other programs rely on.
+    fn code(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
+            }
+            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request"),
+            ApiError::InvalidIdempotencyKey(_) => {
+                (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key")
+            }
+            ApiError::UnknownCoin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-coin", "Unknown coin"),
+            ApiError::InvalidAmount(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount"),
+            ApiError::InsufficientFunds { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "insufficient-funds", "Insufficient funds")
+            }
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency-Key reused")
+            }
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code().0
+    }
+
+    /// The problem+json response. A 5xx says nothing internal; its cause
+    /// chain is logged here, once.
+    pub fn into_response(self) -> Response<Body> {
+        let (status, kind, title) = self.code();
+        let detail = match &self {
+            ApiError::Internal(source) => {
+                tracing::error!(error = source as &dyn std::error::Error, "request failed");
+                "The request could not be completed; it changed nothing and may be retried.".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let problem = Problem { kind, title, status: status.as_u16(), detail };
+        let body = serde_json::to_string(&problem).unwrap_or_default();
+        let mut response = Response::new(Body::Text(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let ApiError::MethodNotAllowed { allow } = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+#[derive(Serialize)]
+struct Problem {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(error: ApiError) -> (u16, serde_json::Value) {
+        let response = error.into_response();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let value = serde_json::from_slice(response.body().as_ref()).unwrap();
+        (response.status().as_u16(), value)
+    }
+
+    #[test]
+    fn problem_bodies_have_the_rfc_9457_members() {
+        let (status, value) = body(ApiError::InsufficientFunds {
+            balance: Usd::new(4.into()).unwrap(),
+            cost: Usd::new(12.into()).unwrap(),
+        });
+        assert_eq!(status, 422);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "type": "insufficient-funds",
+                "title": "Insufficient funds",
+                "status": 422,
+                "detail": "the balance is 4 USD but the order costs 12 USD"
+            })
+        );
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let (status, value) = body(ApiError::Internal(InfraError::new("put item", "table secret-table missing")));
+        assert_eq!(status, 500);
+        assert!(!value.to_string().contains("secret-table"));
+    }
+}

@@ -1,0 +1,71 @@
+//! Accounts to create at start: `{"accounts": [{"user_id": "alice", "balance_usd": "100"}]}`.
+
+use std::path::{Path, PathBuf};
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use shared::domain::{Usd, UserId};
+use shared::ports::{InfraError, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("cannot read the seed file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the seed file {path} is not {{\"accounts\": [{{\"user_id\": …, \"balance_usd\": \"…\"}}]}}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("seed account #{index}: {reason}")]
+    Account { index: usize, reason: String },
+    #[error("cannot store the seed accounts")]
+    Store(#[from] InfraError),
+}
+
+#[derive(Deserialize)]
+struct SeedFile {
+    accounts: Vec<SeedAccount>,
+}
+
+#[derive(Deserialize)]
+struct SeedAccount {
+    user_id: String,
+    /// A decimal string or number, read from its exact text.
+    balance_usd: Box<RawValue>,
+}
+
+pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: path.to_owned(), source })?;
+    let file: SeedFile =
+        serde_json::from_str(&text).map_err(|source| SeedError::Parse { path: path.to_owned(), source })?;
+    file.accounts
+        .iter()
+        .enumerate()
+        .map(|(index, account)| {
+            let invalid = |reason: String| SeedError::Account { index, reason };
+            let user = UserId::parse(&account.user_id).map_err(|e| invalid(e.to_string()))?;
+            let raw = account.balance_usd.get();
+            let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
+            let balance = text
+                .parse::<Decimal>()
+                .ok()
+                .filter(|_| text.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+                .and_then(Usd::new)
+                .ok_or_else(|| invalid(format!("balance_usd {raw} is not a non-negative plain decimal")))?;
+            Ok((user, balance))
+        })
+        .collect()
+}
+
+pub async fn apply(store: &dyn Store, accounts: &[(UserId, Usd)]) -> Result<(), SeedError> {
+    for (user, balance) in accounts {
+        store.put_account(user, *balance).await?;
+    }
+    Ok(())
+}
