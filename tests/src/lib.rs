@@ -1,1 +1,163 @@
+//! Test harness: an `orders-local` per test on port 0, in front of a fake
+//! exchange (wiremock) that records every call and injects failures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fake_exchange;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use orders_local::{EventSourceConfig, Options, Running};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+pub use fake_exchange::{Behavior, FakeExchange, Fill};
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub exchange: FakeExchange,
+    running: Option<Running>,
+}
+
+/// A response: status and JSON body (or `Null`).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn text(&self, field: &str) -> String {
+        self.body[field].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn decimal(&self, field: &str) -> Decimal {
+        Decimal::from_str(self.body[field].as_str().unwrap_or("x"))
+            .unwrap_or_else(|_| panic!("{field} is not a decimal string in {}", self.body))
+    }
+
+    /// Asserts a problem+json error of this status and type.
+    pub fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        assert_eq!(self.content_type, "application/problem+json", "body: {}", self.body);
+        assert_eq!(self.body["type"], kind, "body: {}", self.body);
+        assert_eq!(self.body["status"], status);
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string(), "{}", self.body);
+    }
+}
+
+pub async fn spawn_app(accounts: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(accounts, FakeExchange::start().await, |_| {}).await
+}
+
+/// An app whose options a test may adjust; its exchange is `exchange`.
+pub async fn spawn_app_with(
+    accounts: &[(&str, &str)],
+    exchange: FakeExchange,
+    adjust: impl FnOnce(&mut Options),
+) -> TestApp {
+    let seed = serde_json::json!({
+        "accounts": accounts.iter().map(|(user, balance)| serde_json::json!({"user_id": user, "balance_usd": balance})).collect::<Vec<_>>()
+    });
+    let path = std::env::temp_dir().join(format!("orders-seed-{}.json", ulid::Ulid::new()));
+    std::fs::write(&path, seed.to_string()).unwrap();
+    let mut options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        seed: Some(path.clone()),
+        exchange_url: Some(exchange.uri()),
+        exchange_timeout: Duration::from_millis(1500),
+        event_source: EventSourceConfig {
+            first_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..EventSourceConfig::default()
+        },
+        ..Options::default()
+    };
+    adjust(&mut options);
+    let running = orders_local::start(options).await.unwrap();
+    let _ = std::fs::remove_file(path);
+    TestApp {
+        base: format!("http://{}", running.addr),
+        client: reqwest::Client::new(),
+        exchange,
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    pub async fn request(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = response.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, content_type, body }
+    }
+
+    pub async fn place(&self, user: &str, coin: &str, amount: &str) -> Reply {
+        let body = serde_json::json!({"coin": coin, "amount": amount});
+        self.request(self.client.post(format!("{}/orders", self.base)).header("x-user-id", user).json(&body))
+            .await
+    }
+
+    /// POST /orders with a raw body and optional headers.
+    pub async fn post_raw(&self, user: Option<&str>, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self
+            .client
+            .post(format!("{}/orders", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(user) = user {
+            request = request.header("x-user-id", user);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.request(request).await
+    }
+
+    pub async fn order(&self, user: &str, id: &str) -> Reply {
+        self.request(self.client.get(format!("{}/orders/{id}", self.base)).header("x-user-id", user)).await
+    }
+
+    pub async fn balance(&self, user: &str) -> Decimal {
+        let reply = self.request(self.client.get(format!("{}/account", self.base)).header("x-user-id", user)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.decimal("balance_usd")
+    }
+
+    /// Polls the order until `done` holds for it (or panics after 20 s).
+    pub async fn wait_for_order(&self, user: &str, id: &str, done: impl Fn(&Reply) -> bool) -> Reply {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let reply = self.order(user, id).await;
+            if done(&reply) {
+                return reply;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "order {id} never got there: {}", reply.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    pub fn dead_letters(&self) -> usize {
+        self.running.as_ref().map_or(0, |r| r.dead_letters.lock().unwrap().len())
+    }
+}
+
+pub fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap()
+}

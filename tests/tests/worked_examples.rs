@@ -1,0 +1,105 @@
+//! The challenge's examples, through orders-local's HTTP port, with a fake
+//! exchange recording the buys.
+
+use std::time::Duration;
+
+use e2e_tests::{dec, spawn_app};
+
+#[tokio::test]
+async fn three_aban_is_bought_at_once_as_one_buy_of_three() {
+    let app = spawn_app(&[("alice", "100")]).await;
+
+    let reply = app.place("alice", "ABAN", "3").await;
+
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.text("cost_usd"), "12");
+    assert_eq!(reply.text("price_usd"), "4");
+    assert_eq!(reply.text("status"), "settling");
+    assert_eq!(app.balance("alice").await, dec("88"));
+    let fills = app.exchange.wait_for_fills(1).await;
+    assert_eq!(fills.len(), 1);
+    assert_eq!((fills[0].symbol.as_str(), fills[0].quantity), ("ABAN", dec("3")));
+    assert_eq!(fills[0].client_order_id, reply.text("batch_id"));
+
+    let settled = app.wait_for_order("alice", &reply.text("order_id"), |r| r.text("status") == "settled").await;
+    assert_eq!(settled.text("exchange_order_id"), fills[0].exchange_order_id);
+    assert_eq!(app.exchange.fills().len(), 1, "bought once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn three_single_aban_orders_are_bought_together_right_after_the_third() {
+    let app = spawn_app(&[("alice", "100"), ("bob", "100"), ("carol", "100")]).await;
+
+    let first = app.place("alice", "ABAN", "1").await;
+    let second = app.place("bob", "ABAN", "1").await;
+    for reply in [&first, &second] {
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        assert_eq!(reply.text("status"), "pending");
+        assert!(reply.body["batch_id"].is_null());
+    }
+    assert_eq!(app.balance("alice").await, dec("96"));
+    assert_eq!(app.balance("bob").await, dec("96"));
+    // Settlement of a formed batch starts before the response is sent, so a
+    // buy would already be on its way; give it time to show up if it were.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.exchange.calls().is_empty(), "no buy after two orders: {:?}", app.exchange.calls());
+
+    let third = app.place("carol", "ABAN", "1").await;
+    assert_eq!(third.status, 201);
+    assert_eq!(third.text("status"), "settling");
+    let fills = app.exchange.wait_for_fills(1).await;
+    assert_eq!(fills[0].quantity, dec("3"));
+    assert_eq!(app.balance("carol").await, dec("96"));
+
+    for (user, reply) in [("alice", &first), ("bob", &second), ("carol", &third)] {
+        let order = app.wait_for_order(user, &reply.text("order_id"), |r| r.text("status") == "settled").await;
+        assert_eq!(order.text("batch_id"), fills[0].client_order_id);
+    }
+    assert_eq!(app.exchange.fills().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn exactly_ten_dollars_is_bought_alone_at_once() {
+    let app = spawn_app(&[("alice", "10")]).await;
+
+    let reply = app.place("alice", "ABAN", "2.5").await;
+
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.text("cost_usd"), "10");
+    let fills = app.exchange.wait_for_fills(1).await;
+    assert_eq!(fills[0].quantity, dec("2.5"));
+    assert_eq!(app.balance("alice").await, dec("0"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pool_landing_exactly_on_ten_dollars_is_bought() {
+    let app = spawn_app(&[("alice", "100"), ("bob", "100")]).await;
+
+    let first = app.place("alice", "ABAN", "1.5").await;
+    assert_eq!(first.text("status"), "pending");
+    let second = app.place("bob", "ABAN", "1").await;
+
+    assert_eq!(second.text("status"), "settling");
+    let fills = app.exchange.wait_for_fills(1).await;
+    assert_eq!(fills[0].quantity, dec("2.5"));
+    app.wait_for_order("alice", &first.text("order_id"), |r| r.text("status") == "settled").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_pool_opens_after_a_batch_forms() {
+    let app = spawn_app(&[("alice", "100")]).await;
+
+    for _ in 0..3 {
+        app.place("alice", "ABAN", "1").await;
+    }
+    let fourth = app.place("alice", "ABAN", "1").await;
+
+    assert_eq!(fourth.text("status"), "pending");
+    assert_eq!(app.exchange.wait_for_fills(1).await.len(), 1);
+    assert_eq!(app.balance("alice").await, dec("84"));
+    app.stop().await;
+}
