@@ -5,6 +5,8 @@
 
 pub mod adapters;
 pub mod config;
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
 pub mod domain;
 pub mod ports;
 pub mod service;

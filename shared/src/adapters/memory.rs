@@ -281,3 +281,13 @@ impl Store for MemoryStore {
         Ok(stuck)
     }
 }
+
+#[cfg(test)]
+mod contract {
+    use std::sync::Arc;
+
+    use super::MemoryStore;
+    use crate::ports::Store;
+
+    crate::store_contract_tests!(|| async { Arc::new(MemoryStore::new()) as Arc<dyn Store> });
+}

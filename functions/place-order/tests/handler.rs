@@ -1,0 +1,105 @@
+//! The real handler, in-process, on the embedded backend, with API Gateway
+//! fixture events (the same files `cargo lambda invoke` and `sam local
+//! invoke` use, so they cannot rot).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use lambda_http::{Body, Request};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use shared::adapters::memory::MemoryStore;
+use shared::adapters::memory_queue::{QueuedMessage, memory_queue};
+use shared::config::ServiceConfig;
+use shared::domain::{Usd, UserId};
+use shared::ports::{Store, SystemClock};
+use shared::service::OrderService;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const PLACE_ORDER: &str = include_str!("../../../events/apigw-place-order.json");
+const GET_ACCOUNT: &str = include_str!("../../../events/apigw-get-account.json");
+
+async fn service(alice: &str) -> (OrderService, UnboundedReceiver<QueuedMessage>) {
+    let store = Arc::new(MemoryStore::new());
+    let balance = Usd::new(Decimal::from_str(alice).unwrap()).unwrap();
+    store.put_account(&UserId::parse("alice").unwrap(), balance).await.unwrap();
+    let (queue, messages) = memory_queue();
+    let service = OrderService::new(store, Arc::new(queue), Arc::new(SystemClock), ServiceConfig::default());
+    (service, messages)
+}
+
+fn event(fixture: &str, edit: impl FnOnce(&mut Value)) -> Request {
+    let mut value: Value = serde_json::from_str(fixture).unwrap();
+    edit(&mut value);
+    lambda_http::request::from_str(&value.to_string()).unwrap()
+}
+
+async fn call(service: &OrderService, request: Request) -> (u16, Value) {
+    let response = place_order::handle(service, request).await.unwrap();
+    let body = match response.body() {
+        Body::Text(text) => serde_json::from_str(text).unwrap(),
+        other => panic!("unexpected body {other:?}"),
+    };
+    (response.status().as_u16(), body)
+}
+
+#[tokio::test]
+async fn the_fixture_order_is_placed_and_its_batch_enqueued() {
+    let (service, mut messages) = service("100").await;
+
+    let (status, body) = call(&service, event(PLACE_ORDER, |_| {})).await;
+
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["cost_usd"], "12");
+    assert_eq!(body["status"], "settling");
+    let message = messages.try_recv().unwrap();
+    assert_eq!(message.body, format!(r#"{{"batch_id":"{}"}}"#, body["batch_id"].as_str().unwrap()));
+
+    let (status, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
+    assert_eq!((status, account), (200, serde_json::json!({"user_id": "alice", "balance_usd": "88"})));
+}
+
+#[tokio::test]
+async fn the_fixture_replayed_with_its_key_debits_once() {
+    let (service, _messages) = service("100").await;
+    let (first, placed) = call(&service, event(PLACE_ORDER, |_| {})).await;
+    let (second, replayed) = call(&service, event(PLACE_ORDER, |_| {})).await;
+    assert_eq!((first, second), (201, 200));
+    assert_eq!(placed["order_id"], replayed["order_id"]);
+    let (_, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
+    assert_eq!(account["balance_usd"], "88");
+}
+
+#[tokio::test]
+async fn a_base64_encoded_body_is_read() {
+    let (service, _messages) = service("100").await;
+    let request = event(PLACE_ORDER, |v| {
+        // {"coin":"ABAN","amount":"1"}
+        v["body"] = "eyJjb2luIjoiQUJBTiIsImFtb3VudCI6IjEifQ==".into();
+        v["isBase64Encoded"] = true.into();
+    });
+    let (status, body) = call(&service, request).await;
+    assert_eq!((status, body["amount"].as_str()), (201, Some("1")));
+}
+
+#[tokio::test]
+async fn without_authorizer_claims_the_request_is_unauthorized_whatever_the_headers_say() {
+    let (service, mut messages) = service("100").await;
+    let request = event(PLACE_ORDER, |v| {
+        v["requestContext"].as_object_mut().unwrap().remove("authorizer");
+        v["headers"]["x-user-id"] = "alice".into();
+    });
+    let (status, body) = call(&service, request).await;
+    assert_eq!((status, body["type"].as_str()), (401, Some("unauthorized")));
+    assert!(messages.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn claims_without_sub_are_unauthorized() {
+    let (service, _messages) = service("100").await;
+    let request = event(GET_ACCOUNT, |v| {
+        v["requestContext"]["authorizer"]["jwt"]["claims"].as_object_mut().unwrap().remove("sub");
+    });
+    let (status, _) = call(&service, request).await;
+    assert_eq!(status, 401);
+}
