@@ -23,7 +23,10 @@ impl InfraError {
         operation: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> InfraError {
-        InfraError { operation, source: source.into() }
+        InfraError {
+            operation,
+            source: source.into(),
+        }
     }
 }
 
@@ -70,7 +73,9 @@ pub enum Claim {
     /// Already settled or refunded: a duplicate delivery.
     Finished(BatchStatus),
     /// Another attempt holds the lease until then.
-    Leased { until: OffsetDateTime },
+    Leased {
+        until: OffsetDateTime,
+    },
     NotFound,
 }
 
@@ -159,7 +164,9 @@ pub struct Fill {
 pub enum Lookup {
     Filled(Fill),
     /// It knows the order but it is not filled (yet).
-    NotFilled { status: String },
+    NotFilled {
+        status: String,
+    },
     /// It never saw it.
     NotFound,
 }

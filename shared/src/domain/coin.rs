@@ -64,7 +64,9 @@ impl PriceList {
                 .ok_or_else(|| InvalidPriceList::Entry(entry.to_owned()))?;
             let symbol = symbol.trim();
             let valid_symbol = (1..=16).contains(&symbol.len())
-                && symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+                && symbol
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
             if !valid_symbol {
                 return Err(InvalidPriceList::Symbol(symbol.to_owned()));
             }
@@ -90,7 +92,12 @@ impl PriceList {
             .map(|(coin, price)| (coin.clone(), *price))
             .ok_or_else(|| UnknownCoin {
                 symbol: symbol.chars().take(32).collect(),
-                known: self.prices.keys().map(Coin::as_str).collect::<Vec<_>>().join(", "),
+                known: self
+                    .prices
+                    .keys()
+                    .map(Coin::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
@@ -109,7 +116,10 @@ impl Default for PriceList {
     /// ABAN at 4 USD, the challenge's example.
     fn default() -> Self {
         PriceList {
-            prices: BTreeMap::from([(Coin::from_trusted("ABAN"), Usd::new(Decimal::from(4)).unwrap_or_default())]),
+            prices: BTreeMap::from([(
+                Coin::from_trusted("ABAN"),
+                Usd::new(Decimal::from(4)).unwrap_or_default(),
+            )]),
         }
     }
 }
@@ -137,9 +147,21 @@ mod tests {
         let list = PriceList::parse("ABAN=4, BTC=95000.50").unwrap();
         assert_eq!(list.quote("BTC").unwrap().1.to_string(), "95000.5");
         assert_eq!(PriceList::parse(""), Err(InvalidPriceList::Empty));
-        assert_eq!(PriceList::parse("ABAN"), Err(InvalidPriceList::Entry("ABAN".into())));
-        assert_eq!(PriceList::parse("aban=4"), Err(InvalidPriceList::Symbol("aban".into())));
-        assert_eq!(PriceList::parse("ABAN=0"), Err(InvalidPriceList::Price("ABAN".into())));
-        assert_eq!(PriceList::parse("ABAN=-4"), Err(InvalidPriceList::Price("ABAN".into())));
+        assert_eq!(
+            PriceList::parse("ABAN"),
+            Err(InvalidPriceList::Entry("ABAN".into()))
+        );
+        assert_eq!(
+            PriceList::parse("aban=4"),
+            Err(InvalidPriceList::Symbol("aban".into()))
+        );
+        assert_eq!(
+            PriceList::parse("ABAN=0"),
+            Err(InvalidPriceList::Price("ABAN".into()))
+        );
+        assert_eq!(
+            PriceList::parse("ABAN=-4"),
+            Err(InvalidPriceList::Price("ABAN".into()))
+        );
     }
 }

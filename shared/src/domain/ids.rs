@@ -54,7 +54,10 @@ pub struct UserId(String);
 
 impl UserId {
     pub fn parse(text: &str) -> Result<UserId, InvalidId> {
-        let invalid = |reason| InvalidId { what: "user id", reason };
+        let invalid = |reason| InvalidId {
+            what: "user id",
+            reason,
+        };
         if text.is_empty() || text.len() > 256 {
             return Err(invalid("must be 1 to 256 bytes"));
         }

@@ -13,7 +13,9 @@ pub struct Quantity(Decimal);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidAmount {
-    #[error("the amount must be a plain decimal such as \"3\" or \"0.25\" (digits and at most one point; no sign, exponent, NaN or Infinity)")]
+    #[error(
+        "the amount must be a plain decimal such as \"3\" or \"0.25\" (digits and at most one point; no sign, exponent, NaN or Infinity)"
+    )]
     NotPlainDecimal,
     #[error("the amount must be greater than zero")]
     NotPositive,
@@ -44,16 +46,28 @@ impl Quantity {
         }
         let significant_int = int_part.trim_start_matches('0');
         if significant_int.len() > Self::MAX_INTEGER_DIGITS {
-            return Err(InvalidAmount::TooLarge { max: Self::MAX_TEXT });
+            return Err(InvalidAmount::TooLarge {
+                max: Self::MAX_TEXT,
+            });
         }
         let significant_frac = frac_part.trim_end_matches('0');
         if significant_frac.len() > Self::MAX_SCALE as usize {
-            return Err(InvalidAmount::TooPrecise { max: Self::MAX_SCALE });
+            return Err(InvalidAmount::TooPrecise {
+                max: Self::MAX_SCALE,
+            });
         }
         let exact = format!(
             "{}.{}",
-            if significant_int.is_empty() { "0" } else { significant_int },
-            if significant_frac.is_empty() { "0" } else { significant_frac }
+            if significant_int.is_empty() {
+                "0"
+            } else {
+                significant_int
+            },
+            if significant_frac.is_empty() {
+                "0"
+            } else {
+                significant_frac
+            }
         );
         let value = Decimal::from_str(&exact).map_err(|_| InvalidAmount::NotPlainDecimal)?;
         Quantity::from_decimal(value)
@@ -66,10 +80,14 @@ impl Quantity {
             return Err(InvalidAmount::NotPositive);
         }
         if value.scale() > Self::MAX_SCALE {
-            return Err(InvalidAmount::TooPrecise { max: Self::MAX_SCALE });
+            return Err(InvalidAmount::TooPrecise {
+                max: Self::MAX_SCALE,
+            });
         }
         if value > Decimal::from(1_000_000_000u64) {
-            return Err(InvalidAmount::TooLarge { max: Self::MAX_TEXT });
+            return Err(InvalidAmount::TooLarge {
+                max: Self::MAX_TEXT,
+            });
         }
         Ok(Quantity(value))
     }
@@ -102,17 +120,42 @@ mod tests {
             ("1000000000", "1000000000"),
             ("1000000000.000", "1000000000"),
         ] {
-            assert_eq!(Quantity::parse(text).map(|q| q.to_string()), Ok(shown.to_owned()), "{text}");
+            assert_eq!(
+                Quantity::parse(text).map(|q| q.to_string()),
+                Ok(shown.to_owned()),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn anything_but_a_plain_decimal_is_refused() {
         for text in [
-            "", " 1", "1 ", "-1", "+1", "1e3", "1E3", "NaN", "nan", "Infinity", "-Infinity", "inf",
-            "1.", ".5", "1.2.3", "0x10", "1_000", "１", "1,5",
+            "",
+            " 1",
+            "1 ",
+            "-1",
+            "+1",
+            "1e3",
+            "1E3",
+            "NaN",
+            "nan",
+            "Infinity",
+            "-Infinity",
+            "inf",
+            "1.",
+            ".5",
+            "1.2.3",
+            "0x10",
+            "1_000",
+            "１",
+            "1,5",
         ] {
-            assert_eq!(Quantity::parse(text), Err(InvalidAmount::NotPlainDecimal), "{text:?}");
+            assert_eq!(
+                Quantity::parse(text),
+                Err(InvalidAmount::NotPlainDecimal),
+                "{text:?}"
+            );
         }
     }
 
@@ -125,7 +168,10 @@ mod tests {
 
     #[test]
     fn more_than_eight_decimal_places_are_refused_even_when_tiny() {
-        assert_eq!(Quantity::parse("0.000000001"), Err(InvalidAmount::TooPrecise { max: 8 }));
+        assert_eq!(
+            Quantity::parse("0.000000001"),
+            Err(InvalidAmount::TooPrecise { max: 8 })
+        );
         // Beyond Decimal's own 28 digits: must not be rounded into something valid.
         assert_eq!(
             Quantity::parse("0.2500000000000000000000000000001"),
@@ -135,10 +181,19 @@ mod tests {
 
     #[test]
     fn absurdly_large_amounts_are_refused() {
-        assert!(matches!(Quantity::parse("1000000000.00000001"), Err(InvalidAmount::TooLarge { .. })));
-        assert!(matches!(Quantity::parse("99999999999"), Err(InvalidAmount::TooLarge { .. })));
+        assert!(matches!(
+            Quantity::parse("1000000000.00000001"),
+            Err(InvalidAmount::TooLarge { .. })
+        ));
+        assert!(matches!(
+            Quantity::parse("99999999999"),
+            Err(InvalidAmount::TooLarge { .. })
+        ));
         let huge = "9".repeat(400);
-        assert!(matches!(Quantity::parse(&huge), Err(InvalidAmount::TooLarge { .. })));
+        assert!(matches!(
+            Quantity::parse(&huge),
+            Err(InvalidAmount::TooLarge { .. })
+        ));
     }
 
     proptest! {
