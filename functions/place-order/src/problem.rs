@@ -170,6 +170,40 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_document_lists_every_problem_type() {
+        let openapi = include_str!("../../../openapi.yaml");
+        let every_error = [
+            ApiError::Unauthenticated,
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::MalformedBody(String::new()),
+            ApiError::InvalidIdempotencyKey(InvalidId {
+                what: "",
+                reason: "",
+            }),
+            ApiError::UnknownCoin(UnknownCoin {
+                symbol: String::new(),
+                known: String::new(),
+            }),
+            ApiError::InvalidAmount(InvalidAmount::NotPositive),
+            ApiError::InsufficientFunds {
+                balance: Usd::ZERO,
+                cost: Usd::ZERO,
+            },
+            ApiError::IdempotencyKeyReused,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed { allow: "GET" },
+            ApiError::Internal(InfraError::new("x", "y")),
+        ];
+        for error in every_error {
+            let (_, kind, _) = error.code();
+            assert!(
+                openapi.contains(&format!("- {kind}\n")),
+                "{kind} is missing from openapi.yaml"
+            );
+        }
+    }
+
+    #[test]
     fn internal_errors_hide_their_cause() {
         let (status, value) = body(ApiError::Internal(InfraError::new(
             "put item",
