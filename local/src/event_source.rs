@@ -67,12 +67,8 @@ pub async fn run(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let (settler, queue, config, dead_letters) = (
-            Arc::clone(&settler),
-            queue.clone(),
-            config.clone(),
-            Arc::clone(&dead_letters),
-        );
+        let (settler, queue, config, dead_letters) =
+            (Arc::clone(&settler), queue.clone(), config.clone(), Arc::clone(&dead_letters));
         invocations.spawn(async move {
             invoke(&settler, &queue, &config, &dead_letters, batch).await;
             drop(slot);
@@ -97,25 +93,17 @@ async fn invoke(
         record.message_id = Some(message.message_id.clone());
         record.body = Some(message.body.clone());
         record.event_source = Some("aws:sqs".to_owned());
-        record.attributes.insert(
-            "ApproximateReceiveCount".to_owned(),
-            message.receive_count.to_string(),
-        );
+        record.attributes.insert("ApproximateReceiveCount".to_owned(), message.receive_count.to_string());
         event.records.push(record);
     }
-    let failed: Vec<String> =
-        match settle::handle(settler, LambdaEvent::new(event, Context::default())).await {
-            Ok(response) => response
-                .batch_item_failures
-                .into_iter()
-                .map(|f| f.item_identifier)
-                .collect(),
-            // A failed invocation returns the whole batch to the queue.
-            Err(error) => {
-                tracing::error!(error = %error, "the settle invocation failed");
-                batch.iter().map(|m| m.message_id.clone()).collect()
-            }
-        };
+    let failed: Vec<String> = match settle::handle(settler, LambdaEvent::new(event, Context::default())).await {
+        Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
+        // A failed invocation returns the whole batch to the queue.
+        Err(error) => {
+            tracing::error!(error = %error, "the settle invocation failed");
+            batch.iter().map(|m| m.message_id.clone()).collect()
+        }
+    };
     for message in batch.into_iter().filter(|m| failed.contains(&m.message_id)) {
         if message.receive_count >= config.max_receives {
             tracing::error!(
@@ -128,18 +116,12 @@ async fn invoke(
             continue;
         }
         let exponent = message.receive_count.saturating_sub(1).min(16);
-        let backoff = config
-            .first_backoff
-            .saturating_mul(1 << exponent)
-            .min(config.max_backoff);
+        let backoff = config.first_backoff.saturating_mul(1 << exponent).min(config.max_backoff);
         let queue = queue.clone();
         tokio::spawn(async move {
             tokio::time::sleep(backoff).await;
             if let Err(error) = queue.redeliver(message) {
-                tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "could not redeliver a settle message"
-                );
+                tracing::warn!(error = &error as &dyn std::error::Error, "could not redeliver a settle message");
             }
         });
     }

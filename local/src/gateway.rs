@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::{
-    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription,
-    ApiGatewayV2httpRequest, ApiGatewayV2httpRequestContext,
+    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest,
+    ApiGatewayV2httpRequestContext,
 };
 use base64::Engine;
 use bytes::Bytes;
@@ -33,10 +33,7 @@ pub async fn serve(
     let body = match Limited::new(body, GATEWAY_BODY_LIMIT).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return Ok(gateway_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request Entity Too Large",
-            ));
+            return Ok(gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"));
         }
     };
     let event = api_gateway_event(&parts, body, remote);
@@ -46,10 +43,7 @@ pub async fn serve(
         Err(error) => {
             // What API Gateway does with a failed invocation.
             tracing::error!(error = %error, "the handler failed");
-            return Ok(gateway_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-            ));
+            return Ok(gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"));
         }
     };
     let (parts, body) = response.into_parts();
@@ -62,21 +56,11 @@ pub async fn serve(
     Ok(Response::from_parts(parts, Full::new(body)))
 }
 
-fn api_gateway_event(
-    parts: &http::request::Parts,
-    body: Bytes,
-    remote: SocketAddr,
-) -> ApiGatewayV2httpRequest {
+fn api_gateway_event(parts: &http::request::Parts, body: Bytes, remote: SocketAddr) -> ApiGatewayV2httpRequest {
     let mut headers = HeaderMap::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
         // lambda_http builds the request URI from Host; keep only a valid one.
-        if name == header::HOST
-            && value
-                .to_str()
-                .ok()
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .is_none()
-        {
+        if name == header::HOST && value.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok()).is_none() {
             continue;
         }
         headers.append(name, value.clone());
@@ -105,11 +89,7 @@ fn api_gateway_event(
     context.http.path = Some(parts.uri.path().to_owned());
     context.http.protocol = Some(format!("{:?}", parts.version));
     context.http.source_ip = Some(remote.ip().to_string());
-    context.http.user_agent = parts
-        .headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    context.http.user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // The JWT authorizer, emulated: the caller's id becomes the `sub` claim.
     if let Some(user) = parts.headers.get(USER_HEADER).and_then(|v| v.to_str().ok()) {
         let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
@@ -127,9 +107,6 @@ fn gateway_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "message": message }).to_string();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

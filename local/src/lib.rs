@@ -128,24 +128,12 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         Arc::new(SystemClock),
         options.service.clone(),
     ));
-    let settler = Arc::new(Settler::new(
-        store,
-        exchange,
-        Arc::new(SystemClock),
-        options.settle_lease,
-    ));
+    let settler = Arc::new(Settler::new(store, exchange, Arc::new(SystemClock), options.settle_lease));
 
-    let listener =
-        TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: options.listen,
-                source,
-            })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: options.listen,
-        source,
-    })?;
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: options.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: options.listen, source })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let dead_letters = DeadLetters::default();
 
@@ -158,19 +146,10 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     ));
     let http_task = tokio::spawn(accept(listener, service, shutdown_rx));
-    Ok(Running {
-        addr,
-        dead_letters,
-        shutdown,
-        tasks: vec![http_task, settle_task],
-    })
+    Ok(Running { addr, dead_letters, shutdown, tasks: vec![http_task, settle_task] })
 }
 
-async fn accept(
-    listener: TcpListener,
-    service: Arc<OrderService>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept(listener: TcpListener, service: Arc<OrderService>, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, remote) = tokio::select! {
@@ -196,10 +175,7 @@ async fn accept(
             }
         });
     }
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after 5 s; closing them");
     }
 }

@@ -27,8 +27,7 @@ struct Cli {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,hyper=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,hyper=warn".into()),
         )
         .with_target(false)
         .init();
@@ -57,10 +56,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         service: ServiceConfig::from_env()?,
         ..Options::default()
     };
-    let exchange = options
-        .exchange_url
-        .clone()
-        .unwrap_or_else(|| "simulated".to_owned());
+    let exchange = options.exchange_url.clone().unwrap_or_else(|| "simulated".to_owned());
     let running = orders_local::start(options).await?;
     tracing::info!(addr = %running.addr, %exchange, "orders-local is serving the Order API; Ctrl-C stops it");
     tokio::signal::ctrl_c().await?;

@@ -16,9 +16,7 @@ pub enum SeedError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "the seed file {path} is not {{\"accounts\": [{{\"user_id\": …, \"balance_usd\": \"…\"}}]}}"
-    )]
+    #[error("the seed file {path} is not {{\"accounts\": [{{\"user_id\": …, \"balance_usd\": \"…\"}}]}}")]
     Parse {
         path: PathBuf,
         #[source]
@@ -43,14 +41,9 @@ struct SeedAccount {
 }
 
 pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let file: SeedFile = serde_json::from_str(&text).map_err(|source| SeedError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: path.to_owned(), source })?;
+    let file: SeedFile =
+        serde_json::from_str(&text).map_err(|source| SeedError::Parse { path: path.to_owned(), source })?;
     file.accounts
         .iter()
         .enumerate()
@@ -58,20 +51,13 @@ pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
             let invalid = |reason: String| SeedError::Account { index, reason };
             let user = UserId::parse(&account.user_id).map_err(|e| invalid(e.to_string()))?;
             let raw = account.balance_usd.get();
-            let text = raw
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .unwrap_or(raw);
+            let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
             let balance = text
                 .parse::<Decimal>()
                 .ok()
                 .filter(|_| text.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
                 .and_then(Usd::new)
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "balance_usd {raw} is not a non-negative plain decimal"
-                    ))
-                })?;
+                .ok_or_else(|| invalid(format!("balance_usd {raw} is not a non-negative plain decimal")))?;
             Ok((user, balance))
         })
         .collect()

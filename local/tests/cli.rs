@@ -11,21 +11,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_orders-local");
 const DEMO_SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../seed/demo.json");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    Command::new(BIN).args(args).env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn output(mut child: Child) -> (bool, String) {
@@ -38,45 +28,23 @@ fn output(mut child: Child) -> (bool, String) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut text = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
     (status.success(), text)
 }
 
 #[tokio::test]
 async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
     let port = free_port();
-    let child = spawn(&[
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--seed",
-        DEMO_SEED,
-    ]);
+    let child = spawn(&["--listen", &format!("127.0.0.1:{port}"), "--seed", DEMO_SEED]);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let account = loop {
-        match client
-            .get(format!("{base}/account"))
-            .header("x-user-id", "alice")
-            .send()
-            .await
-        {
+        match client.get(format!("{base}/account")).header("x-user-id", "alice").send().await {
             Ok(response) => break response.text().await.unwrap(),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(error) => panic!("orders-local never answered: {error}"),
         }
     };
@@ -90,50 +58,27 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
         .unwrap();
     assert_eq!(placed.status(), 201);
 
-    let interrupted = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(interrupted.success());
     let (success, logs) = output(child);
     assert!(success, "{logs}");
-    assert!(
-        logs.contains("simulated exchange filled a market buy"),
-        "{logs}"
-    );
+    assert!(logs.contains("simulated exchange filled a market buy"), "{logs}");
     assert!(logs.contains("stopped"), "{logs}");
 }
 
 #[test]
 fn a_bad_seed_file_is_refused_with_its_reason() {
     let path = std::env::temp_dir().join(format!("bad-seed-{}.json", std::process::id()));
-    std::fs::write(
-        &path,
-        r#"{"accounts": [{"user_id": "alice", "balance_usd": "-5"}]}"#,
-    )
-    .unwrap();
-    let (success, logs) = output(spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--seed",
-        path.to_str().unwrap(),
-    ]));
+    std::fs::write(&path, r#"{"accounts": [{"user_id": "alice", "balance_usd": "-5"}]}"#).unwrap();
+    let (success, logs) = output(spawn(&["--listen", "127.0.0.1:0", "--seed", path.to_str().unwrap()]));
     std::fs::remove_file(&path).unwrap();
     assert!(!success);
-    assert!(
-        logs.contains("seed account #0") && logs.contains("-5"),
-        "{logs}"
-    );
+    assert!(logs.contains("seed account #0") && logs.contains("-5"), "{logs}");
 }
 
 #[test]
 fn a_missing_seed_file_is_refused_with_its_path() {
-    let (success, logs) = output(spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--seed",
-        "/nonexistent/seed.json",
-    ]));
+    let (success, logs) = output(spawn(&["--listen", "127.0.0.1:0", "--seed", "/nonexistent/seed.json"]));
     assert!(!success);
     assert!(logs.contains("/nonexistent/seed.json"), "{logs}");
 }

@@ -26,10 +26,7 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig {
-            prices: PriceList::default(),
-            minimum: Usd::new(Decimal::TEN).unwrap_or_default(),
-        }
+        ServiceConfig { prices: PriceList::default(), minimum: Usd::new(Decimal::TEN).unwrap_or_default() }
     }
 }
 
@@ -40,27 +37,22 @@ impl ServiceConfig {
         Self::from_lookup(|var| std::env::var(var).ok())
     }
 
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<ServiceConfig, ConfigError> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<ServiceConfig, ConfigError> {
         let defaults = ServiceConfig::default();
         let prices = match lookup("PRICES") {
             None => defaults.prices,
-            Some(spec) => PriceList::parse(&spec).map_err(|e| ConfigError {
-                var: "PRICES",
-                reason: e.to_string(),
-            })?,
+            Some(spec) => PriceList::parse(&spec).map_err(|e| ConfigError { var: "PRICES", reason: e.to_string() })?,
         };
         let minimum = match lookup("EXCHANGE_MINIMUM_USD") {
             None => defaults.minimum,
-            Some(text) => Decimal::from_str(text.trim())
-                .ok()
-                .filter(|d| *d > Decimal::ZERO)
-                .and_then(Usd::new)
-                .ok_or_else(|| ConfigError {
-                    var: "EXCHANGE_MINIMUM_USD",
-                    reason: format!("{text:?} is not a positive decimal"),
-                })?,
+            Some(text) => {
+                Decimal::from_str(text.trim()).ok().filter(|d| *d > Decimal::ZERO).and_then(Usd::new).ok_or_else(
+                    || ConfigError {
+                        var: "EXCHANGE_MINIMUM_USD",
+                        reason: format!("{text:?} is not a positive decimal"),
+                    },
+                )?
+            }
         };
         Ok(ServiceConfig { prices, minimum })
     }
@@ -83,38 +75,50 @@ impl SettleConfig {
         Self::from_lookup(|var| std::env::var(var).ok())
     }
 
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<SettleConfig, ConfigError> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<SettleConfig, ConfigError> {
         let base_url = lookup("EXCHANGE_URL")
             .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
-            .ok_or_else(|| ConfigError {
-                var: "EXCHANGE_URL",
-                reason: "required, an http(s) URL".to_owned(),
-            })?;
+            .ok_or_else(|| ConfigError { var: "EXCHANGE_URL", reason: "required, an http(s) URL".to_owned() })?;
         let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
             lookup(var).map_or(Ok(default), |text| {
                 text.trim()
                     .parse::<u64>()
                     .ok()
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| ConfigError {
-                        var,
-                        reason: format!("{text:?} is not a positive integer"),
-                    })
+                    .ok_or_else(|| ConfigError { var, reason: format!("{text:?} is not a positive integer") })
             })
         };
         Ok(SettleConfig {
             exchange: HttpExchangeConfig {
                 base_url,
-                connect_timeout: Duration::from_millis(number(
-                    "EXCHANGE_CONNECT_TIMEOUT_MS",
-                    2000,
-                )?),
+                connect_timeout: Duration::from_millis(number("EXCHANGE_CONNECT_TIMEOUT_MS", 2000)?),
                 request_timeout: Duration::from_millis(number("EXCHANGE_TIMEOUT_MS", 5000)?),
             },
             lease: Duration::from_secs(number("SETTLE_LEASE_SECONDS", 30)?),
         })
+    }
+}
+
+/// Where the Lambdas find the table and the settle queue.
+#[derive(Debug, Clone)]
+pub struct AwsResources {
+    pub table: String,
+    pub settle_queue_url: String,
+}
+
+impl AwsResources {
+    /// `TABLE_NAME` and `SETTLE_QUEUE_URL`, both required.
+    pub fn from_env() -> Result<AwsResources, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<AwsResources, ConfigError> {
+        let required = |var: &'static str| {
+            lookup(var)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| ConfigError { var, reason: "required".to_owned() })
+        };
+        Ok(AwsResources { table: required("TABLE_NAME")?, settle_queue_url: required("SETTLE_QUEUE_URL")? })
     }
 }
 
@@ -125,10 +129,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |var| map.get(var).cloned()
     }
 
@@ -147,11 +148,8 @@ mod tests {
         assert_eq!(err.var, "PRICES");
         let err = SettleConfig::from_lookup(env(&[])).unwrap_err();
         assert_eq!(err.var, "EXCHANGE_URL");
-        let err = SettleConfig::from_lookup(env(&[
-            ("EXCHANGE_URL", "http://x"),
-            ("EXCHANGE_TIMEOUT_MS", "0"),
-        ]))
-        .unwrap_err();
+        let err =
+            SettleConfig::from_lookup(env(&[("EXCHANGE_URL", "http://x"), ("EXCHANGE_TIMEOUT_MS", "0")])).unwrap_err();
         assert_eq!(err.var, "EXCHANGE_TIMEOUT_MS");
     }
 }

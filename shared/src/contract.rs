@@ -10,9 +10,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use time::{Duration, OffsetDateTime};
 
-use crate::domain::{
-    BatchId, BatchStatus, Coin, IdempotencyKey, OrderId, OrderStatus, Quantity, Usd, UserId,
-};
+use crate::domain::{BatchId, BatchStatus, Coin, IdempotencyKey, OrderId, OrderStatus, Quantity, Usd, UserId};
 use crate::ports::{Claim, NewOrder, PlaceError, Placed, Store};
 
 pub fn usd(text: &str) -> Usd {
@@ -68,28 +66,19 @@ pub async fn placing_an_order_debits_and_records_it(store: Arc<dyn Store>) {
     assert_eq!(view.order.price, usd("4"));
     assert_eq!(view.order.created_at, new.created_at);
     assert_eq!(view.status, OrderStatus::Pending);
-    assert_eq!(
-        store.order(&user("mallory"), new.id).await.unwrap(),
-        None,
-        "only the owner sees it"
-    );
+    assert_eq!(store.order(&user("mallory"), new.id).await.unwrap(), None, "only the owner sees it");
 }
 
 pub async fn insufficient_funds_change_nothing(store: Arc<dyn Store>) {
     funded(store.as_ref(), &[("alice", "11.99")]).await;
     let new = order("alice", "3");
     let result = store.place_order(new.clone(), ten()).await;
-    assert!(
-        matches!(result, Err(PlaceError::InsufficientFunds { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(PlaceError::InsufficientFunds { .. })), "{result:?}");
     assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("11.99"));
     assert_eq!(store.order(&user("alice"), new.id).await.unwrap(), None);
     // A user without an account has nothing.
     assert_eq!(store.balance(&user("nobody")).await.unwrap(), Usd::ZERO);
-    let result = store
-        .place_order(order("nobody", "0.00000001"), ten())
-        .await;
+    let result = store.place_order(order("nobody", "0.00000001"), ten()).await;
     assert!(matches!(result, Err(PlaceError::InsufficientFunds { .. })));
 }
 
@@ -102,31 +91,18 @@ pub async fn an_order_of_the_minimum_is_its_own_ready_batch(store: Arc<dyn Store
     let batch = store.batch(batch_id).await.unwrap().unwrap();
     assert_eq!(
         (batch.status, batch.usd, batch.qty, batch.count),
-        (
-            BatchStatus::Ready,
-            usd("10"),
-            Quantity::parse("2.5").unwrap(),
-            1
-        )
+        (BatchStatus::Ready, usd("10"), Quantity::parse("2.5").unwrap(), 1)
     );
     assert_eq!(batch.seq, None);
     assert_eq!(placed.order.status, OrderStatus::Settling);
     assert_eq!(placed.order.batch_id, Some(batch_id));
     // The pool was not touched.
-    let view = store
-        .order(&user("alice"), pooled.order.order.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let view = store.order(&user("alice"), pooled.order.order.id).await.unwrap().unwrap();
     assert_eq!(view.status, OrderStatus::Pending);
 }
 
 pub async fn the_order_that_reaches_the_minimum_closes_the_pool(store: Arc<dyn Store>) {
-    funded(
-        store.as_ref(),
-        &[("alice", "100"), ("bob", "100"), ("carol", "100")],
-    )
-    .await;
+    funded(store.as_ref(), &[("alice", "100"), ("bob", "100"), ("carol", "100")]).await;
     let a = place(store.as_ref(), order("alice", "1")).await;
     let b = place(store.as_ref(), order("bob", "1")).await;
     assert_eq!((a.formed, b.formed), (None, None));
@@ -134,22 +110,11 @@ pub async fn the_order_that_reaches_the_minimum_closes_the_pool(store: Arc<dyn S
 
     let batch_id = c.formed.expect("the third order forms the batch");
     let batch = store.batch(batch_id).await.unwrap().unwrap();
-    assert_eq!(
-        (batch.usd, batch.qty, batch.count),
-        (usd("12"), Quantity::parse("3").unwrap(), 3)
-    );
+    assert_eq!((batch.usd, batch.qty, batch.count), (usd("12"), Quantity::parse("3").unwrap(), 3));
     assert_eq!(batch.coin.as_str(), "ABAN");
     for (name, placed) in [("alice", &a), ("bob", &b), ("carol", &c)] {
-        let view = store
-            .order(&user(name), placed.order.order.id)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (view.status, view.batch_id),
-            (OrderStatus::Settling, Some(batch_id)),
-            "{name}"
-        );
+        let view = store.order(&user(name), placed.order.order.id).await.unwrap().unwrap();
+        assert_eq!((view.status, view.batch_id), (OrderStatus::Settling, Some(batch_id)), "{name}");
     }
     // A fresh pool opens.
     let d = place(store.as_ref(), order("alice", "1")).await;
@@ -228,10 +193,7 @@ pub async fn a_key_reused_for_another_order_is_refused(store: Arc<dyn Store>) {
     let mut other = order("alice", "2");
     other.idempotency_key = Some(key.clone());
     let result = store.place_order(other, ten()).await;
-    assert!(
-        matches!(result, Err(PlaceError::IdempotencyKeyReused)),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(PlaceError::IdempotencyKeyReused)), "{result:?}");
     assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("96"));
 
     // Scoped to the user.
@@ -250,52 +212,30 @@ pub async fn a_batch_is_claimed_by_one_attempt_at_a_time(store: Arc<dyn Store>) 
     let now = OffsetDateTime::now_utc().replace_millisecond(0).unwrap();
     let lease = now + Duration::seconds(30);
 
-    let Claim::Claimed(batch) = store.claim_batch(id, now, lease).await.unwrap() else {
-        panic!("not claimed")
-    };
+    let Claim::Claimed(batch) = store.claim_batch(id, now, lease).await.unwrap() else { panic!("not claimed") };
     assert_eq!((batch.status, batch.attempts), (BatchStatus::Submitting, 1));
-    assert!(matches!(
-        store.claim_batch(id, now, lease).await.unwrap(),
-        Claim::Leased { .. }
-    ));
+    assert!(matches!(store.claim_batch(id, now, lease).await.unwrap(), Claim::Leased { .. }));
 
     // An expired lease may be taken over.
     let later = lease + Duration::seconds(1);
-    let Claim::Claimed(batch) = store
-        .claim_batch(id, later, later + Duration::seconds(30))
-        .await
-        .unwrap()
-    else {
+    let Claim::Claimed(batch) = store.claim_batch(id, later, later + Duration::seconds(30)).await.unwrap() else {
         panic!("not claimed after the lease expired")
     };
     assert_eq!(batch.attempts, 2);
 
     // A released lease may be taken at once.
     store.release_batch(id, later).await.unwrap();
-    let Claim::Claimed(batch) = store
-        .claim_batch(id, later, later + Duration::seconds(30))
-        .await
-        .unwrap()
-    else {
+    let Claim::Claimed(batch) = store.claim_batch(id, later, later + Duration::seconds(30)).await.unwrap() else {
         panic!("not claimed after release")
     };
     assert_eq!(batch.attempts, 3);
 
     store.settle_batch(id, "EX-1").await.unwrap();
     store.settle_batch(id, "EX-1").await.unwrap();
-    assert!(matches!(
-        store.claim_batch(id, later, lease).await.unwrap(),
-        Claim::Finished(BatchStatus::Settled)
-    ));
+    assert!(matches!(store.claim_batch(id, later, lease).await.unwrap(), Claim::Finished(BatchStatus::Settled)));
     let batch = store.batch(id).await.unwrap().unwrap();
     assert_eq!(batch.exchange_order_id.as_deref(), Some("EX-1"));
-    assert!(matches!(
-        store
-            .claim_batch(BatchId::generate(), now, lease)
-            .await
-            .unwrap(),
-        Claim::NotFound
-    ));
+    assert!(matches!(store.claim_batch(BatchId::generate(), now, lease).await.unwrap(), Claim::NotFound));
 }
 
 pub async fn racing_claims_let_one_attempt_through(store: Arc<dyn Store>) {
@@ -304,11 +244,7 @@ pub async fn racing_claims_let_one_attempt_through(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                store
-                    .claim_batch(id, now, now + Duration::seconds(30))
-                    .await
-            })
+            tokio::spawn(async move { store.claim_batch(id, now, now + Duration::seconds(30)).await })
         })
         .collect();
     let mut claimed = 0;
@@ -321,18 +257,9 @@ pub async fn racing_claims_let_one_attempt_through(store: Arc<dyn Store>) {
 pub async fn a_refund_credits_each_member_once(store: Arc<dyn Store>) {
     funded(store.as_ref(), &[("alice", "100"), ("bob", "100")]).await;
     place(store.as_ref(), order("alice", "1")).await;
-    let id = place(store.as_ref(), order("bob", "2"))
-        .await
-        .formed
-        .unwrap();
+    let id = place(store.as_ref(), order("bob", "2")).await.formed.unwrap();
     let now = OffsetDateTime::now_utc();
-    assert!(matches!(
-        store
-            .claim_batch(id, now, now + Duration::seconds(30))
-            .await
-            .unwrap(),
-        Claim::Claimed(_)
-    ));
+    assert!(matches!(store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap(), Claim::Claimed(_)));
 
     let refund = store.refund_batch(id).await.unwrap();
     assert_eq!((refund.orders, refund.usd), (2, usd("12")));
@@ -340,14 +267,8 @@ pub async fn a_refund_credits_each_member_once(store: Arc<dyn Store>) {
     assert_eq!(again.orders, 0, "refunded twice");
     assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("100"));
     assert_eq!(store.balance(&user("bob")).await.unwrap(), usd("100"));
-    assert_eq!(
-        store.batch(id).await.unwrap().unwrap().status,
-        BatchStatus::Refunded
-    );
-    assert!(matches!(
-        store.claim_batch(id, now, now).await.unwrap(),
-        Claim::Finished(BatchStatus::Refunded)
-    ));
+    assert_eq!(store.batch(id).await.unwrap().unwrap().status, BatchStatus::Refunded);
+    assert!(matches!(store.claim_batch(id, now, now).await.unwrap(), Claim::Finished(BatchStatus::Refunded)));
 }
 
 pub async fn stuck_batches_are_old_ready_ones_and_expired_leases(store: Arc<dyn Store>) {
@@ -356,37 +277,18 @@ pub async fn stuck_batches_are_old_ready_ones_and_expired_leases(store: Arc<dyn 
     let expired = ready_batch(store.as_ref(), "carol").await;
     let settled = ready_batch(store.as_ref(), "dave").await;
     let now = OffsetDateTime::now_utc() + Duration::minutes(5);
-    store
-        .claim_batch(leased, now, now + Duration::seconds(30))
-        .await
-        .unwrap();
-    store
-        .claim_batch(
-            expired,
-            now - Duration::minutes(2),
-            now - Duration::minutes(1),
-        )
-        .await
-        .unwrap();
-    store
-        .claim_batch(settled, now, now + Duration::seconds(30))
-        .await
-        .unwrap();
+    store.claim_batch(leased, now, now + Duration::seconds(30)).await.unwrap();
+    store.claim_batch(expired, now - Duration::minutes(2), now - Duration::minutes(1)).await.unwrap();
+    store.claim_batch(settled, now, now + Duration::seconds(30)).await.unwrap();
     store.settle_batch(settled, "EX").await.unwrap();
 
-    let mut stuck = store
-        .stuck_batches(now - Duration::minutes(1), now)
-        .await
-        .unwrap();
+    let mut stuck = store.stuck_batches(now - Duration::minutes(1), now).await.unwrap();
     stuck.sort();
     let mut expected = vec![ready, expired];
     expected.sort();
     assert_eq!(stuck, expected);
     // Young READY batches are left to their message.
-    let young = store
-        .stuck_batches(now - Duration::minutes(10), now)
-        .await
-        .unwrap();
+    let young = store.stuck_batches(now - Duration::minutes(10), now).await.unwrap();
     assert_eq!(young, vec![expired]);
 }
 

@@ -9,5 +9,6 @@ pub mod config;
 pub mod contract;
 pub mod domain;
 pub mod ports;
+pub mod reconcile;
 pub mod service;
 pub mod settlement;

@@ -4,9 +4,7 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, IdempotencyKey, OrderId, OrderView, Quantity, Usd, UserId,
-};
+use crate::domain::{Batch, BatchId, BatchStatus, Coin, IdempotencyKey, OrderId, OrderView, Quantity, Usd, UserId};
 
 /// An infrastructure failure: the store or queue could not answer. Never a
 /// business outcome, and safe to retry (every write is conditional).
@@ -19,14 +17,8 @@ pub struct InfraError {
 }
 
 impl InfraError {
-    pub fn new(
-        operation: &'static str,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> InfraError {
-        InfraError {
-            operation,
-            source: source.into(),
-        }
+    pub fn new(operation: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> InfraError {
+        InfraError { operation, source: source.into() }
     }
 }
 
@@ -61,6 +53,9 @@ pub enum PlaceError {
     InsufficientFunds { balance: Usd, cost: Usd },
     #[error("this Idempotency-Key was used for a different order")]
     IdempotencyKeyReused,
+    /// Contention did not clear within the bounded retries; nothing changed.
+    #[error("too much contention on the pool; nothing was placed")]
+    Busy,
     #[error(transparent)]
     Infra(#[from] InfraError),
 }

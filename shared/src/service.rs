@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::ServiceConfig;
-use crate::domain::{
-    IdempotencyKey, InvalidAmount, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId,
-};
+use crate::domain::{IdempotencyKey, InvalidAmount, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
 use crate::ports::{Clock, InfraError, NewOrder, PlaceError, Placed, SettleQueue, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +31,7 @@ impl OrderService {
         clock: Arc<dyn Clock>,
         config: ServiceConfig,
     ) -> OrderService {
-        OrderService {
-            store,
-            queue,
-            clock,
-            config,
-        }
+        OrderService { store, queue, clock, config }
     }
 
     /// Debits the cost and records the order in one transaction; if that

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{Batch, BatchId, BatchStatus};
-use crate::ports::{
-    Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fill, InfraError, Lookup, Refund, Store,
-};
+use crate::ports::{Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fill, InfraError, Lookup, Refund, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -45,29 +43,15 @@ pub struct Settler {
 }
 
 impl Settler {
-    pub fn new(
-        store: Arc<dyn Store>,
-        exchange: Arc<dyn Exchange>,
-        clock: Arc<dyn Clock>,
-        lease: Duration,
-    ) -> Settler {
-        Settler {
-            store,
-            exchange,
-            clock,
-            lease,
-        }
+    pub fn new(store: Arc<dyn Store>, exchange: Arc<dyn Exchange>, clock: Arc<dyn Clock>, lease: Duration) -> Settler {
+        Settler { store, exchange, clock, lease }
     }
 
     /// Settles one batch. An `Err` means "deliver this again later".
     #[tracing::instrument(skip_all, fields(attempt))]
     pub async fn settle(&self, batch_id: BatchId) -> Result<Settlement, SettleError> {
         let now = self.clock.now();
-        let batch = match self
-            .store
-            .claim_batch(batch_id, now, now + self.lease)
-            .await?
-        {
+        let batch = match self.store.claim_batch(batch_id, now, now + self.lease).await? {
             Claim::Claimed(batch) => batch,
             Claim::Finished(status) => return Ok(Settlement::AlreadyFinished(status)),
             Claim::Leased { .. } => return Err(SettleError::Busy { batch: batch_id }),
@@ -82,21 +66,15 @@ impl Settler {
                 Ok(Lookup::Filled(fill)) => return self.record_fill(&batch, fill).await,
                 Ok(Lookup::NotFound) => {}
                 Ok(Lookup::NotFilled { status }) => {
-                    let source = ExchangeError::Unknown {
-                        reason: format!("the exchange reports it {status:?}"),
-                        source: None,
-                    };
+                    let source =
+                        ExchangeError::Unknown { reason: format!("the exchange reports it {status:?}"), source: None };
                     return Err(self.give_back(batch_id, source).await);
                 }
                 Err(source) => return Err(self.give_back(batch_id, source).await),
             }
         }
 
-        let order = ExchangeOrder {
-            client_order_id: batch_id,
-            coin: batch.coin.clone(),
-            quantity: batch.qty,
-        };
+        let order = ExchangeOrder { client_order_id: batch_id, coin: batch.coin.clone(), quantity: batch.qty };
         match self.exchange.buy(&order).await {
             Ok(fill) => self.record_fill(&batch, fill).await,
             Err(ExchangeError::Refused { status, detail }) => {
@@ -122,22 +100,15 @@ impl Settler {
                 "the exchange filled a different quantity than requested: an operator must reconcile"
             );
         }
-        self.store
-            .settle_batch(batch.id, &fill.exchange_order_id)
-            .await?;
-        Ok(Settlement::Bought {
-            exchange_order_id: fill.exchange_order_id,
-        })
+        self.store.settle_batch(batch.id, &fill.exchange_order_id).await?;
+        Ok(Settlement::Bought { exchange_order_id: fill.exchange_order_id })
     }
 
     /// Releases the lease so the redelivery can claim the batch at once.
     async fn give_back(&self, batch: BatchId, source: ExchangeError) -> SettleError {
         if let Err(error) = self.store.release_batch(batch, self.clock.now()).await {
             // Harmless: the lease expires on its own.
-            tracing::warn!(
-                error = &error as &dyn std::error::Error,
-                "could not release the batch lease"
-            );
+            tracing::warn!(error = &error as &dyn std::error::Error, "could not release the batch lease");
         }
         SettleError::OutcomeUnknown { batch, source }
     }

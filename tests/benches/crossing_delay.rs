@@ -28,18 +28,9 @@ async fn main() {
         assert_eq!(crossing.text("status"), "settling");
         let batch = crossing.text("batch_id");
         app.exchange.wait_for_fills(round + 1).await;
-        let call = app
-            .exchange
-            .calls()
-            .into_iter()
-            .find(|c| c.method == "POST" && c.client_order_id == batch)
-            .unwrap();
+        let call = app.exchange.calls().into_iter().find(|c| c.method == "POST" && c.client_order_id == batch).unwrap();
         let signed_micros = |from: Instant| {
-            if call.at >= from {
-                (call.at - from).as_micros() as i64
-            } else {
-                -((from - call.at).as_micros() as i64)
-            }
+            if call.at >= from { (call.at - from).as_micros() as i64 } else { -((from - call.at).as_micros() as i64) }
         };
         from_response.push(signed_micros(answered));
         from_request.push(signed_micros(sent));
@@ -49,11 +40,7 @@ async fn main() {
         &mut from_response,
         "the exchange was called before the response arrived",
     );
-    report(
-        "crossing request sent -> exchange POST",
-        &mut from_request,
-        "negative",
-    );
+    report("crossing request sent -> exchange POST", &mut from_request, "negative");
     app.stop().await;
 }
 

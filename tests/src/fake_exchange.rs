@@ -65,10 +65,7 @@ impl FakeExchange {
     pub async fn start() -> FakeExchange {
         let server = MockServer::start().await;
         let state = Arc::new(Mutex::new(State::default()));
-        Mock::given(any())
-            .respond_with(Responder(Arc::clone(&state)))
-            .mount(&server)
-            .await;
+        Mock::given(any()).respond_with(Responder(Arc::clone(&state))).mount(&server).await;
         FakeExchange { server, state }
     }
 
@@ -88,11 +85,7 @@ impl FakeExchange {
     /// Fills in the order they happened.
     pub fn fills(&self) -> Vec<Fill> {
         let state = self.state.lock().unwrap();
-        state
-            .fill_order
-            .iter()
-            .map(|id| state.fills[id].clone())
-            .collect()
+        state.fill_order.iter().map(|id| state.fills[id].clone()).collect()
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -126,11 +119,7 @@ impl FakeExchange {
             if fills.len() >= count {
                 return fills;
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {count} fills arrived",
-                fills.len()
-            );
+            assert!(Instant::now() < deadline, "only {} of {count} fills arrived", fills.len());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -144,16 +133,10 @@ impl Respond for Responder {
             ("POST", "/orders") => state.post(request),
             ("GET", path) if path.starts_with("/orders/") => {
                 let id = path.trim_start_matches("/orders/").to_owned();
-                state.calls.push(Call {
-                    at: Instant::now(),
-                    method: "GET".into(),
-                    client_order_id: id.clone(),
-                });
+                state.calls.push(Call { at: Instant::now(), method: "GET".into(), client_order_id: id.clone() });
                 match state.fills.get(&id) {
                     Some(fill) => ResponseTemplate::new(200).set_body_json(order_json(fill)),
-                    None => {
-                        ResponseTemplate::new(404).set_body_json(json!({"error": "unknown order"}))
-                    }
+                    None => ResponseTemplate::new(404).set_body_json(json!({"error": "unknown order"})),
                 }
             }
             _ => ResponseTemplate::new(404),
@@ -165,11 +148,9 @@ impl State {
     fn post(&mut self, request: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
         let field = |name: &str| body[name].as_str().map(str::to_owned);
-        let (Some(id), Some(symbol), Some(quantity)) =
-            (field("client_order_id"), field("symbol"), field("quantity"))
+        let (Some(id), Some(symbol), Some(quantity)) = (field("client_order_id"), field("symbol"), field("quantity"))
         else {
-            self.bad_requests
-                .push(String::from_utf8_lossy(&request.body).into_owned());
+            self.bad_requests.push(String::from_utf8_lossy(&request.body).into_owned());
             return ResponseTemplate::new(400).set_body_json(json!({"error": "bad order"}));
         };
         let valid = body["side"] == "buy" && body["type"] == "market";
@@ -181,16 +162,8 @@ impl State {
             self.bad_requests.push(body.to_string());
             return ResponseTemplate::new(400);
         }
-        self.calls.push(Call {
-            at: Instant::now(),
-            method: "POST".into(),
-            client_order_id: id.clone(),
-        });
-        let behavior = self
-            .script
-            .pop_front()
-            .or(self.default)
-            .unwrap_or(Behavior::Fill);
+        self.calls.push(Call { at: Instant::now(), method: "POST".into(), client_order_id: id.clone() });
+        let behavior = self.script.pop_front().or(self.default).unwrap_or(Behavior::Fill);
         if behavior == Behavior::Refuse {
             return ResponseTemplate::new(400).set_body_json(json!({"error": "symbol halted"}));
         }
@@ -210,9 +183,7 @@ impl State {
         }
         match behavior {
             Behavior::FailAfterFill => ResponseTemplate::new(503),
-            Behavior::FillSlowly(delay) => ResponseTemplate::new(201)
-                .set_body_json(reply)
-                .set_delay(delay),
+            Behavior::FillSlowly(delay) => ResponseTemplate::new(201).set_body_json(reply).set_delay(delay),
             _ => ResponseTemplate::new(201).set_body_json(reply),
         }
     }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod emulators;
 pub mod fake_exchange;
 
 use std::str::FromStr;
@@ -41,23 +42,11 @@ impl Reply {
 
     /// Asserts a problem+json error of this status and type.
     pub fn assert_problem(&self, status: u16, kind: &str) {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.body
-        );
-        assert_eq!(
-            self.content_type, "application/problem+json",
-            "body: {}",
-            self.body
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        assert_eq!(self.content_type, "application/problem+json", "body: {}", self.body);
         assert_eq!(self.body["type"], kind, "body: {}", self.body);
         assert_eq!(self.body["status"], status);
-        assert!(
-            self.body["title"].is_string() && self.body["detail"].is_string(),
-            "{}",
-            self.body
-        );
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string(), "{}", self.body);
     }
 }
 
@@ -103,30 +92,16 @@ impl TestApp {
     pub async fn request(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let bytes = response.bytes().await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            content_type,
-            body,
-        }
+        Reply { status, content_type, body }
     }
 
     pub async fn place(&self, user: &str, coin: &str, amount: &str) -> Reply {
         let body = serde_json::json!({"coin": coin, "amount": amount});
-        self.request(
-            self.client
-                .post(format!("{}/orders", self.base))
-                .header("x-user-id", user)
-                .json(&body),
-        )
-        .await
+        self.request(self.client.post(format!("{}/orders", self.base)).header("x-user-id", user).json(&body)).await
     }
 
     /// POST /orders with a raw body and optional headers.
@@ -136,11 +111,8 @@ impl TestApp {
         body: impl Into<reqwest::Body>,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut request = self
-            .client
-            .post(format!("{}/orders", self.base))
-            .header("content-type", "application/json")
-            .body(body);
+        let mut request =
+            self.client.post(format!("{}/orders", self.base)).header("content-type", "application/json").body(body);
         if let Some(user) = user {
             request = request.header("x-user-id", user);
         }
@@ -151,44 +123,24 @@ impl TestApp {
     }
 
     pub async fn order(&self, user: &str, id: &str) -> Reply {
-        self.request(
-            self.client
-                .get(format!("{}/orders/{id}", self.base))
-                .header("x-user-id", user),
-        )
-        .await
+        self.request(self.client.get(format!("{}/orders/{id}", self.base)).header("x-user-id", user)).await
     }
 
     pub async fn balance(&self, user: &str) -> Decimal {
-        let reply = self
-            .request(
-                self.client
-                    .get(format!("{}/account", self.base))
-                    .header("x-user-id", user),
-            )
-            .await;
+        let reply = self.request(self.client.get(format!("{}/account", self.base)).header("x-user-id", user)).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         reply.decimal("balance_usd")
     }
 
     /// Polls the order until `done` holds for it (or panics after 20 s).
-    pub async fn wait_for_order(
-        &self,
-        user: &str,
-        id: &str,
-        done: impl Fn(&Reply) -> bool,
-    ) -> Reply {
+    pub async fn wait_for_order(&self, user: &str, id: &str, done: impl Fn(&Reply) -> bool) -> Reply {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let reply = self.order(user, id).await;
             if done(&reply) {
                 return reply;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "order {id} never got there: {}",
-                reply.body
-            );
+            assert!(tokio::time::Instant::now() < deadline, "order {id} never got there: {}", reply.body);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -200,9 +152,7 @@ impl TestApp {
     }
 
     pub fn dead_letters(&self) -> usize {
-        self.running
-            .as_ref()
-            .map_or(0, |r| r.dead_letters.lock().unwrap().len())
+        self.running.as_ref().map_or(0, |r| r.dead_letters.lock().unwrap().len())
     }
 }
 

@@ -60,11 +60,7 @@ async fn hundreds_of_racing_small_orders_conserve_money_and_buy_each_batch_once(
     // Let settlement finish: every formed batch settled.
     let mut views = Vec::new();
     for (user, id) in &orders {
-        let view = app
-            .wait_for_order(user, id, |r| {
-                matches!(r.text("status").as_str(), "pending" | "settled")
-            })
-            .await;
+        let view = app.wait_for_order(user, id, |r| matches!(r.text("status").as_str(), "pending" | "settled")).await;
         views.push((user.clone(), view));
     }
     let fills = app.exchange.fills();
@@ -72,39 +68,20 @@ async fn hundreds_of_racing_small_orders_conserve_money_and_buy_each_batch_once(
     // Money is conserved per user: balance + what they paid = what they had.
     let mut paid: HashMap<&str, Decimal> = HashMap::new();
     for (user, view) in &views {
-        assert_eq!(
-            view.decimal("cost_usd"),
-            view.decimal("amount") * dec(PRICE),
-            "cost is exact"
-        );
+        assert_eq!(view.decimal("cost_usd"), view.decimal("amount") * dec(PRICE), "cost is exact");
         *paid.entry(user.as_str()).or_default() += view.decimal("cost_usd");
     }
     for user in &users {
-        assert_eq!(
-            app.balance(user).await + paid[user.as_str()],
-            dec(INITIAL),
-            "{user}"
-        );
+        assert_eq!(app.balance(user).await + paid[user.as_str()], dec(INITIAL), "{user}");
     }
 
     // Every buy is at least $10 and no batch was bought twice.
     let mut by_batch: HashMap<String, Decimal> = HashMap::new();
     for fill in &fills {
-        assert!(
-            fill.quantity * dec(PRICE) >= dec("10"),
-            "buy under $10: {fill:?}"
-        );
-        assert!(
-            by_batch
-                .insert(fill.client_order_id.clone(), fill.quantity)
-                .is_none(),
-            "bought twice: {fill:?}"
-        );
+        assert!(fill.quantity * dec(PRICE) >= dec("10"), "buy under $10: {fill:?}");
+        assert!(by_batch.insert(fill.client_order_id.clone(), fill.quantity).is_none(), "bought twice: {fill:?}");
     }
-    assert!(
-        app.exchange.resends_without_lookup().is_empty(),
-        "resent without asking first"
-    );
+    assert!(app.exchange.resends_without_lookup().is_empty(), "resent without asking first");
     assert!(app.exchange.bad_requests().is_empty());
 
     // Every settled order is in exactly one bought batch, whose quantity is
@@ -114,9 +91,7 @@ async fn hundreds_of_racing_small_orders_conserve_money_and_buy_each_batch_once(
     for (_, view) in &views {
         ordered_qty += view.decimal("amount");
         match view.text("status").as_str() {
-            "settled" => {
-                *members.entry(view.text("batch_id")).or_default() += view.decimal("amount")
-            }
+            "settled" => *members.entry(view.text("batch_id")).or_default() += view.decimal("amount"),
             "pending" => {
                 assert!(view.body["batch_id"].is_null());
                 pending_usd += view.decimal("cost_usd");
@@ -126,20 +101,9 @@ async fn hundreds_of_racing_small_orders_conserve_money_and_buy_each_batch_once(
     }
     assert_eq!(members, by_batch, "batches and their members disagree");
     let bought: Decimal = fills.iter().map(|f| f.quantity).sum();
-    assert_eq!(
-        bought + pending_usd / dec(PRICE),
-        ordered_qty,
-        "bought + pending = ordered"
-    );
-    assert!(
-        pending_usd < dec("10"),
-        "the open pool stays below the minimum: {pending_usd}"
-    );
-    assert!(
-        fills.len() >= 10,
-        "expected many batches, got {}",
-        fills.len()
-    );
+    assert_eq!(bought + pending_usd / dec(PRICE), ordered_qty, "bought + pending = ordered");
+    assert!(pending_usd < dec("10"), "the open pool stays below the minimum: {pending_usd}");
+    assert!(fills.len() >= 10, "expected many batches, got {}", fills.len());
     assert_eq!(app.dead_letters(), 0);
     app.stop().await;
 }

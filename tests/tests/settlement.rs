@@ -16,11 +16,7 @@ async fn a_permanent_refusal_refunds_each_member_order_once() {
     let c = app.place("carol", "ABAN", "2").await;
 
     for (user, reply) in [("alice", &a), ("bob", &b), ("carol", &c)] {
-        let view = app
-            .wait_for_order(user, &reply.text("order_id"), |r| {
-                r.text("status") == "refunded"
-            })
-            .await;
+        let view = app.wait_for_order(user, &reply.text("order_id"), |r| r.text("status") == "refunded").await;
         assert!(view.body["exchange_order_id"].is_null());
     }
     // Redeliveries and retries must not refund twice.
@@ -29,40 +25,22 @@ async fn a_permanent_refusal_refunds_each_member_order_once() {
         assert_eq!(app.balance(user).await, dec("100"), "{user}");
     }
     assert!(app.exchange.fills().is_empty());
-    assert_eq!(
-        app.exchange.calls().len(),
-        1,
-        "a refusal is final: {:?}",
-        app.exchange.calls()
-    );
+    assert_eq!(app.exchange.calls().len(), 1, "a refusal is final: {:?}", app.exchange.calls());
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_fill_whose_reply_was_lost_is_found_by_lookup_not_bought_again() {
     let app = spawn_app(&[("alice", "100")]).await;
-    app.exchange
-        .script([Behavior::FailAfterFill, Behavior::FailAfterFill]);
+    app.exchange.script([Behavior::FailAfterFill, Behavior::FailAfterFill]);
 
     let reply = app.place("alice", "ABAN", "3").await;
 
-    let view = app
-        .wait_for_order("alice", &reply.text("order_id"), |r| {
-            r.text("status") == "settled"
-        })
-        .await;
+    let view = app.wait_for_order("alice", &reply.text("order_id"), |r| r.text("status") == "settled").await;
     let fills = app.exchange.fills();
     assert_eq!(fills.len(), 1);
     assert_eq!(view.text("exchange_order_id"), fills[0].exchange_order_id);
-    assert_eq!(
-        app.exchange
-            .calls()
-            .iter()
-            .filter(|c| c.method == "POST")
-            .count(),
-        1,
-        "bought once"
-    );
+    assert_eq!(app.exchange.calls().iter().filter(|c| c.method == "POST").count(), 1, "bought once");
     assert!(app.exchange.resends_without_lookup().is_empty());
     app.stop().await;
 }
@@ -78,10 +56,7 @@ async fn a_timed_out_buy_is_resolved_by_lookup() {
 
     let reply = app.place("alice", "ABAN", "3").await;
 
-    app.wait_for_order("alice", &reply.text("order_id"), |r| {
-        r.text("status") == "settled"
-    })
-    .await;
+    app.wait_for_order("alice", &reply.text("order_id"), |r| r.text("status") == "settled").await;
     assert_eq!(app.exchange.fills().len(), 1);
     assert!(app.exchange.resends_without_lookup().is_empty());
     app.stop().await;
@@ -94,18 +69,9 @@ async fn transient_failures_are_retried_until_the_buy_goes_through() {
 
     let reply = app.place("alice", "ABAN", "3").await;
 
-    let view = app
-        .wait_for_order("alice", &reply.text("order_id"), |r| {
-            r.text("status") == "settled"
-        })
-        .await;
+    let view = app.wait_for_order("alice", &reply.text("order_id"), |r| r.text("status") == "settled").await;
     assert_eq!(view.text("status"), "settled");
-    let posts = app
-        .exchange
-        .calls()
-        .iter()
-        .filter(|c| c.method == "POST")
-        .count();
+    let posts = app.exchange.calls().iter().filter(|c| c.method == "POST").count();
     assert_eq!(posts, 5);
     assert_eq!(app.exchange.fills().len(), 1);
     assert!(app.exchange.resends_without_lookup().is_empty());
@@ -125,30 +91,11 @@ async fn a_batch_that_never_goes_through_stays_settling_and_its_message_goes_to_
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while app.dead_letters() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the message never reached the dead letters"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the message never reached the dead letters");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        app.order("alice", &reply.text("order_id"))
-            .await
-            .text("status"),
-        "settling"
-    );
-    assert_eq!(
-        app.balance("alice").await,
-        dec("88"),
-        "not refunded: the outcome is unknown"
-    );
-    assert_eq!(
-        app.exchange
-            .calls()
-            .iter()
-            .filter(|c| c.method == "POST")
-            .count(),
-        3
-    );
+    assert_eq!(app.order("alice", &reply.text("order_id")).await.text("status"), "settling");
+    assert_eq!(app.balance("alice").await, dec("88"), "not refunded: the outcome is unknown");
+    assert_eq!(app.exchange.calls().iter().filter(|c| c.method == "POST").count(), 3);
     app.stop().await;
 }

@@ -20,21 +20,11 @@ async fn three_aban_is_bought_at_once_as_one_buy_of_three() {
     assert_eq!(app.balance("alice").await, dec("88"));
     let fills = app.exchange.wait_for_fills(1).await;
     assert_eq!(fills.len(), 1);
-    assert_eq!(
-        (fills[0].symbol.as_str(), fills[0].quantity),
-        ("ABAN", dec("3"))
-    );
+    assert_eq!((fills[0].symbol.as_str(), fills[0].quantity), ("ABAN", dec("3")));
     assert_eq!(fills[0].client_order_id, reply.text("batch_id"));
 
-    let settled = app
-        .wait_for_order("alice", &reply.text("order_id"), |r| {
-            r.text("status") == "settled"
-        })
-        .await;
-    assert_eq!(
-        settled.text("exchange_order_id"),
-        fills[0].exchange_order_id
-    );
+    let settled = app.wait_for_order("alice", &reply.text("order_id"), |r| r.text("status") == "settled").await;
+    assert_eq!(settled.text("exchange_order_id"), fills[0].exchange_order_id);
     assert_eq!(app.exchange.fills().len(), 1, "bought once");
     app.stop().await;
 }
@@ -55,11 +45,7 @@ async fn three_single_aban_orders_are_bought_together_right_after_the_third() {
     // Settlement of a formed batch starts before the response is sent, so a
     // buy would already be on its way; give it time to show up if it were.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        app.exchange.calls().is_empty(),
-        "no buy after two orders: {:?}",
-        app.exchange.calls()
-    );
+    assert!(app.exchange.calls().is_empty(), "no buy after two orders: {:?}", app.exchange.calls());
 
     let third = app.place("carol", "ABAN", "1").await;
     assert_eq!(third.status, 201);
@@ -69,11 +55,7 @@ async fn three_single_aban_orders_are_bought_together_right_after_the_third() {
     assert_eq!(app.balance("carol").await, dec("96"));
 
     for (user, reply) in [("alice", &first), ("bob", &second), ("carol", &third)] {
-        let order = app
-            .wait_for_order(user, &reply.text("order_id"), |r| {
-                r.text("status") == "settled"
-            })
-            .await;
+        let order = app.wait_for_order(user, &reply.text("order_id"), |r| r.text("status") == "settled").await;
         assert_eq!(order.text("batch_id"), fills[0].client_order_id);
     }
     assert_eq!(app.exchange.fills().len(), 1);
@@ -105,10 +87,7 @@ async fn a_pool_landing_exactly_on_ten_dollars_is_bought() {
     assert_eq!(second.text("status"), "settling");
     let fills = app.exchange.wait_for_fills(1).await;
     assert_eq!(fills[0].quantity, dec("2.5"));
-    app.wait_for_order("alice", &first.text("order_id"), |r| {
-        r.text("status") == "settled"
-    })
-    .await;
+    app.wait_for_order("alice", &first.text("order_id"), |r| r.text("status") == "settled").await;
     app.stop().await;
 }
 

@@ -16,33 +16,19 @@ use shared::service::OrderService;
 const FIXTURE: &str = include_str!("../../../events/apigw-place-order.json");
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
     let store = Arc::new(MemoryStore::new());
     let (queue, mut messages) = memory_queue();
-    let service = OrderService::new(
-        store.clone(),
-        Arc::new(queue),
-        Arc::new(SystemClock),
-        ServiceConfig::default(),
-    );
+    let service = OrderService::new(store.clone(), Arc::new(queue), Arc::new(SystemClock), ServiceConfig::default());
     runtime.block_on(async {
         let alice = UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
         let balance = Usd::new(Decimal::from(1_000_000_000_000u64)).unwrap_or_default();
-        store
-            .put_account(&alice, balance)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        store.put_account(&alice, balance).await.unwrap_or_else(|e| panic!("{e}"));
     });
     // A small order ($0.04): it joins the pool, and every 250th closes it.
-    let mut event: serde_json::Value =
-        serde_json::from_str(FIXTURE).unwrap_or_else(|e| panic!("{e}"));
+    let mut event: serde_json::Value = serde_json::from_str(FIXTURE).unwrap_or_else(|e| panic!("{e}"));
     event["body"] = r#"{"coin":"ABAN","amount":"0.01"}"#.into();
-    event["headers"]
-        .as_object_mut()
-        .map(|h| h.remove("idempotency-key"));
+    event["headers"].as_object_mut().map(|h| h.remove("idempotency-key"));
     let event: LambdaRequest = serde_json::from_value(event).unwrap_or_else(|e| panic!("{e}"));
 
     c.bench_function("place_order/pooled_small_order", |b| {

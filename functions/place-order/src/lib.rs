@@ -21,21 +21,13 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// Handles one API Gateway (HTTP API, payload 2.0) request. Expected
 /// failures are problem responses, never `Err`: an `Err` would reach the
 /// client as API Gateway's bare 500.
-pub async fn handle(
-    service: &OrderService,
-    request: Request,
-) -> Result<Response<Body>, lambda_http::Error> {
-    Ok(route(service, &request)
-        .await
-        .unwrap_or_else(ApiError::into_response))
+pub async fn handle(service: &OrderService, request: Request) -> Result<Response<Body>, lambda_http::Error> {
+    Ok(route(service, &request).await.unwrap_or_else(ApiError::into_response))
 }
 
 async fn route(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path();
-    let path = path
-        .strip_suffix('/')
-        .filter(|p| !p.is_empty())
-        .unwrap_or(path);
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let method = request.method();
     match path.split('/').collect::<Vec<_>>().as_slice() {
         ["", "orders"] => match *method {
@@ -79,15 +71,10 @@ fn idempotency_key(request: &Request) -> Result<Option<IdempotencyKey>, ApiError
             reason: "must be 1 to 128 visible ASCII characters",
         })
     })?;
-    IdempotencyKey::parse(text)
-        .map(Some)
-        .map_err(ApiError::InvalidIdempotencyKey)
+    IdempotencyKey::parse(text).map(Some).map_err(ApiError::InvalidIdempotencyKey)
 }
 
-async fn place_order(
-    service: &OrderService,
-    request: &Request,
-) -> Result<Response<Body>, ApiError> {
+async fn place_order(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {
     // Precedence of CONTRACTS.md: 401, 413, 400, 422.
     let user = caller(request)?;
     let body = request.body().as_ref();
@@ -96,58 +83,37 @@ async fn place_order(
     }
     let key = idempotency_key(request)?;
     let order = PlaceOrderRequest::parse(body)?;
-    let placed = service
-        .place(user, &order.coin, order.amount, key)
-        .await
-        .map_err(|e| match e {
-            PlaceOrderError::UnknownCoin(e) => ApiError::UnknownCoin(e),
-            PlaceOrderError::InvalidAmount(e) => ApiError::InvalidAmount(e),
-            PlaceOrderError::Place(PlaceError::InsufficientFunds { balance, cost }) => {
-                ApiError::InsufficientFunds { balance, cost }
-            }
-            PlaceOrderError::Place(PlaceError::IdempotencyKeyReused) => {
-                ApiError::IdempotencyKeyReused
-            }
-            PlaceOrderError::Place(PlaceError::Infra(e)) => ApiError::Internal(e),
-        })?;
-    let status = if placed.replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let placed = service.place(user, &order.coin, order.amount, key).await.map_err(|e| match e {
+        PlaceOrderError::UnknownCoin(e) => ApiError::UnknownCoin(e),
+        PlaceOrderError::InvalidAmount(e) => ApiError::InvalidAmount(e),
+        PlaceOrderError::Place(PlaceError::InsufficientFunds { balance, cost }) => {
+            ApiError::InsufficientFunds { balance, cost }
+        }
+        PlaceOrderError::Place(PlaceError::IdempotencyKeyReused) => ApiError::IdempotencyKeyReused,
+        PlaceOrderError::Place(PlaceError::Busy) => ApiError::Busy,
+        PlaceOrderError::Place(PlaceError::Infra(e)) => ApiError::Internal(e),
+    })?;
+    let status = if placed.replayed { StatusCode::OK } else { StatusCode::CREATED };
     let mut response = json(status, &OrderResponse::from(&placed.order));
     let location = format!("/orders/{}", placed.order.order.id);
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     if placed.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
 
-async fn get_order(
-    service: &OrderService,
-    request: &Request,
-    id: &str,
-) -> Result<Response<Body>, ApiError> {
+async fn get_order(service: &OrderService, request: &Request, id: &str) -> Result<Response<Body>, ApiError> {
     let user = caller(request)?;
     // An id that cannot exist is simply not found.
     let id = OrderId::parse(id).map_err(|_| ApiError::NotFound)?;
-    let view = service
-        .order(&user, id)
-        .await
-        .map_err(ApiError::Internal)?
-        .ok_or(ApiError::NotFound)?;
+    let view = service.order(&user, id).await.map_err(ApiError::Internal)?.ok_or(ApiError::NotFound)?;
     Ok(json(StatusCode::OK, &OrderResponse::from(&view)))
 }
 
-async fn get_account(
-    service: &OrderService,
-    request: &Request,
-) -> Result<Response<Body>, ApiError> {
+async fn get_account(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {
     let user = caller(request)?;
     let balance = service.balance(&user).await.map_err(ApiError::Internal)?;
     Ok(json(StatusCode::OK, &AccountResponse::new(&user, balance)))
@@ -158,15 +124,9 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
         Ok(text) => {
             let mut response = Response::new(Body::Text(text));
             *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(error) => {
-            ApiError::Internal(shared::ports::InfraError::new("serialize response", error))
-                .into_response()
-        }
+        Err(error) => ApiError::Internal(shared::ports::InfraError::new("serialize response", error)).into_response(),
     }
 }

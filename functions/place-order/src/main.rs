@@ -11,9 +11,7 @@ use shared::service::OrderService;
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .without_time()
         .init();
 
@@ -21,12 +19,8 @@ async fn main() -> Result<(), Error> {
     // The embedded backend; the DynamoDB and SQS adapters replace it here
     // (see the DynamoDB issue). Messages stay in this process.
     let (queue, _messages) = memory_queue();
-    let service = Arc::new(OrderService::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(queue),
-        Arc::new(SystemClock),
-        config,
-    ));
+    let service =
+        Arc::new(OrderService::new(Arc::new(MemoryStore::new()), Arc::new(queue), Arc::new(SystemClock), config));
     run(service_fn(move |request| {
         let service = Arc::clone(&service);
         async move { place_order::handle(&service, request).await }

@@ -29,6 +29,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed; allowed: {allow}")]
     MethodNotAllowed { allow: &'static str },
+    #[error("the service is too busy to take this order now; nothing changed, retry shortly")]
+    Busy,
     #[error("internal error")]
     Internal(#[source] InfraError),
 }
@@ -37,57 +39,28 @@ impl ApiError {
     /// Status, problem type and title: the table other programs rely on.
     fn code(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::Unauthenticated => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Authentication required",
-            ),
-            ApiError::PayloadTooLarge { .. } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Request body too large",
-            ),
-            ApiError::MalformedBody(_) => (
-                StatusCode::BAD_REQUEST,
-                "malformed-request",
-                "Malformed request",
-            ),
-            ApiError::InvalidIdempotencyKey(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-idempotency-key",
-                "Invalid Idempotency-Key",
-            ),
-            ApiError::UnknownCoin(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown-coin",
-                "Unknown coin",
-            ),
-            ApiError::InvalidAmount(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-amount",
-                "Invalid amount",
-            ),
-            ApiError::InsufficientFunds { .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "insufficient-funds",
-                "Insufficient funds",
-            ),
-            ApiError::IdempotencyKeyReused => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused",
-            ),
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
+            }
+            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request"),
+            ApiError::InvalidIdempotencyKey(_) => {
+                (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key")
+            }
+            ApiError::UnknownCoin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-coin", "Unknown coin"),
+            ApiError::InvalidAmount(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount"),
+            ApiError::InsufficientFunds { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "insufficient-funds", "Insufficient funds")
+            }
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency-Key reused")
+            }
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            ApiError::MethodNotAllowed { .. } => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            ),
-            ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-            ),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+            }
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Service busy"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
 
@@ -102,27 +75,24 @@ impl ApiError {
         let detail = match &self {
             ApiError::Internal(source) => {
                 tracing::error!(error = source as &dyn std::error::Error, "request failed");
-                "The request could not be completed; it changed nothing and may be retried."
-                    .to_owned()
+                "The request could not be completed; it changed nothing and may be retried.".to_owned()
             }
             other => other.to_string(),
         };
-        let problem = Problem {
-            kind,
-            title,
-            status: status.as_u16(),
-            detail,
-        };
+        let problem = Problem { kind, title, status: status.as_u16(), detail };
         let body = serde_json::to_string(&problem).unwrap_or_default();
         let mut response = Response::new(Body::Text(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let ApiError::MethodNotAllowed { allow } = self {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        match self {
+            ApiError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Busy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }
@@ -143,10 +113,7 @@ mod tests {
 
     fn body(error: ApiError) -> (u16, serde_json::Value) {
         let response = error.into_response();
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "application/problem+json"
-        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
         let value = serde_json::from_slice(response.body().as_ref()).unwrap();
         (response.status().as_u16(), value)
     }
@@ -176,39 +143,25 @@ mod tests {
             ApiError::Unauthenticated,
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::MalformedBody(String::new()),
-            ApiError::InvalidIdempotencyKey(InvalidId {
-                what: "",
-                reason: "",
-            }),
-            ApiError::UnknownCoin(UnknownCoin {
-                symbol: String::new(),
-                known: String::new(),
-            }),
+            ApiError::InvalidIdempotencyKey(InvalidId { what: "", reason: "" }),
+            ApiError::UnknownCoin(UnknownCoin { symbol: String::new(), known: String::new() }),
             ApiError::InvalidAmount(InvalidAmount::NotPositive),
-            ApiError::InsufficientFunds {
-                balance: Usd::ZERO,
-                cost: Usd::ZERO,
-            },
+            ApiError::InsufficientFunds { balance: Usd::ZERO, cost: Usd::ZERO },
             ApiError::IdempotencyKeyReused,
             ApiError::NotFound,
             ApiError::MethodNotAllowed { allow: "GET" },
+            ApiError::Busy,
             ApiError::Internal(InfraError::new("x", "y")),
         ];
         for error in every_error {
             let (_, kind, _) = error.code();
-            assert!(
-                openapi.contains(&format!("- {kind}\n")),
-                "{kind} is missing from openapi.yaml"
-            );
+            assert!(openapi.contains(&format!("- {kind}\n")), "{kind} is missing from openapi.yaml");
         }
     }
 
     #[test]
     fn internal_errors_hide_their_cause() {
-        let (status, value) = body(ApiError::Internal(InfraError::new(
-            "put item",
-            "table secret-table missing",
-        )));
+        let (status, value) = body(ApiError::Internal(InfraError::new("put item", "table secret-table missing")));
         assert_eq!(status, 500);
         assert!(!value.to_string().contains("secret-table"));
     }

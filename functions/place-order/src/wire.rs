@@ -27,32 +27,24 @@ impl PlaceOrderRequest {
     /// Shape errors are 400; a well-formed but unacceptable amount is 422.
     pub fn parse(body: &[u8]) -> Result<PlaceOrderRequest, ApiError> {
         let malformed = |detail: &str| ApiError::MalformedBody(detail.to_owned());
-        let text =
-            std::str::from_utf8(body).map_err(|_| malformed("the body is not UTF-8 JSON"))?;
+        let text = std::str::from_utf8(body).map_err(|_| malformed("the body is not UTF-8 JSON"))?;
         // serde would also take a JSON array as a struct; the API takes objects only.
         if !text.trim_start().starts_with('{') {
-            return Err(malformed(
-                "the body must be a JSON object with \"coin\" and \"amount\"",
-            ));
+            return Err(malformed("the body must be a JSON object with \"coin\" and \"amount\""));
         }
-        let parsed: PlaceOrderBody<'_> = serde_json::from_str(text)
-            .map_err(|e| ApiError::MalformedBody(format!("invalid order JSON: {e}")))?;
+        let parsed: PlaceOrderBody<'_> =
+            serde_json::from_str(text).map_err(|e| ApiError::MalformedBody(format!("invalid order JSON: {e}")))?;
         let raw = parsed.amount.get();
         let amount_text = match raw.as_bytes().first() {
             Some(b'"') => serde_json::from_str::<String>(raw)
                 .map_err(|e| ApiError::MalformedBody(format!("invalid amount string: {e}")))?,
             Some(b'-' | b'0'..=b'9') => raw.to_owned(),
             _ => {
-                return Err(malformed(
-                    "\"amount\" must be a decimal string or a JSON number",
-                ));
+                return Err(malformed("\"amount\" must be a decimal string or a JSON number"));
             }
         };
         let amount = Quantity::parse(&amount_text)?;
-        Ok(PlaceOrderRequest {
-            coin: parsed.coin,
-            amount,
-        })
+        Ok(PlaceOrderRequest { coin: parsed.coin, amount })
     }
 }
 
@@ -74,10 +66,7 @@ impl From<&OrderView> for OrderResponse {
     fn from(view: &OrderView) -> Self {
         let order = &view.order;
         // Whole seconds, as the contract shows: "2026-11-25T19:04:02Z".
-        let created_at = order
-            .created_at
-            .replace_nanosecond(0)
-            .unwrap_or(order.created_at);
+        let created_at = order.created_at.replace_nanosecond(0).unwrap_or(order.created_at);
         OrderResponse {
             order_id: order.id.to_string(),
             coin: order.coin.to_string(),
@@ -100,10 +89,7 @@ pub struct AccountResponse {
 
 impl AccountResponse {
     pub fn new(user: &UserId, balance: Usd) -> AccountResponse {
-        AccountResponse {
-            user_id: user.to_string(),
-            balance_usd: format_decimal(balance.value()),
-        }
+        AccountResponse { user_id: user.to_string(), balance_usd: format_decimal(balance.value()) }
     }
 }
 
@@ -124,10 +110,7 @@ mod tests {
             (r#"{"coin":"ABAN","amount":3}"#, "3"),
             (r#"{"coin":"ABAN","amount":"0.250000000"}"#, "0.25"),
             (r#"{"coin":"ABAN","amount":0.1}"#, "0.1"),
-            (
-                r#"{"amount":"1.0","coin":"ABAN","note":"extra fields are ignored"}"#,
-                "1",
-            ),
+            (r#"{"amount":"1.0","coin":"ABAN","note":"extra fields are ignored"}"#, "1"),
         ] {
             let request = parse(body).unwrap();
             assert_eq!(request.amount.to_string(), amount, "{body}");
@@ -152,15 +135,9 @@ mod tests {
             "{\"coin\":\"ABAN\",\"amount\":\"3\"",
             "{\"coin\":\"ABAN\",\"coin\":\"ABAN\",\"amount\":\"3\"}",
         ] {
-            assert!(
-                matches!(parse(body), Err(ApiError::MalformedBody(_))),
-                "{body:?}"
-            );
+            assert!(matches!(parse(body), Err(ApiError::MalformedBody(_))), "{body:?}");
         }
-        assert!(matches!(
-            PlaceOrderRequest::parse(b"{\"coin\":\"\xff\"}"),
-            Err(ApiError::MalformedBody(_))
-        ));
+        assert!(matches!(PlaceOrderRequest::parse(b"{\"coin\":\"\xff\"}"), Err(ApiError::MalformedBody(_))));
     }
 
     #[test]
@@ -181,16 +158,11 @@ mod tests {
             r#"{"coin":"ABAN","amount":""}"#,
             r#"{"coin":"ABAN","amount":" 3"}"#,
         ] {
-            assert!(
-                matches!(parse(body), Err(ApiError::InvalidAmount(_))),
-                "{body}"
-            );
+            assert!(matches!(parse(body), Err(ApiError::InvalidAmount(_))), "{body}");
         }
         assert!(matches!(
             parse(r#"{"coin":"ABAN","amount":"0.000000001"}"#),
-            Err(ApiError::InvalidAmount(InvalidAmount::TooPrecise {
-                max: 8
-            }))
+            Err(ApiError::InvalidAmount(InvalidAmount::TooPrecise { max: 8 }))
         ));
     }
 }

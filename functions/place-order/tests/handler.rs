@@ -24,17 +24,9 @@ const GET_ACCOUNT: &str = include_str!("../../../events/apigw-get-account.json")
 async fn service(alice: &str) -> (OrderService, UnboundedReceiver<QueuedMessage>) {
     let store = Arc::new(MemoryStore::new());
     let balance = Usd::new(Decimal::from_str(alice).unwrap()).unwrap();
-    store
-        .put_account(&UserId::parse("alice").unwrap(), balance)
-        .await
-        .unwrap();
+    store.put_account(&UserId::parse("alice").unwrap(), balance).await.unwrap();
     let (queue, messages) = memory_queue();
-    let service = OrderService::new(
-        store,
-        Arc::new(queue),
-        Arc::new(SystemClock),
-        ServiceConfig::default(),
-    );
+    let service = OrderService::new(store, Arc::new(queue), Arc::new(SystemClock), ServiceConfig::default());
     (service, messages)
 }
 
@@ -63,19 +55,10 @@ async fn the_fixture_order_is_placed_and_its_batch_enqueued() {
     assert_eq!(body["cost_usd"], "12");
     assert_eq!(body["status"], "settling");
     let message = messages.try_recv().unwrap();
-    assert_eq!(
-        message.body,
-        format!(r#"{{"batch_id":"{}"}}"#, body["batch_id"].as_str().unwrap())
-    );
+    assert_eq!(message.body, format!(r#"{{"batch_id":"{}"}}"#, body["batch_id"].as_str().unwrap()));
 
     let (status, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
-    assert_eq!(
-        (status, account),
-        (
-            200,
-            serde_json::json!({"user_id": "alice", "balance_usd": "88"})
-        )
-    );
+    assert_eq!((status, account), (200, serde_json::json!({"user_id": "alice", "balance_usd": "88"})));
 }
 
 #[tokio::test]
@@ -105,10 +88,7 @@ async fn a_base64_encoded_body_is_read() {
 async fn without_authorizer_claims_the_request_is_unauthorized_whatever_the_headers_say() {
     let (service, mut messages) = service("100").await;
     let request = event(PLACE_ORDER, |v| {
-        v["requestContext"]
-            .as_object_mut()
-            .unwrap()
-            .remove("authorizer");
+        v["requestContext"].as_object_mut().unwrap().remove("authorizer");
         v["headers"]["x-user-id"] = "alice".into();
     });
     let (status, body) = call(&service, request).await;
@@ -120,10 +100,7 @@ async fn without_authorizer_claims_the_request_is_unauthorized_whatever_the_head
 async fn claims_without_sub_are_unauthorized() {
     let (service, _messages) = service("100").await;
     let request = event(GET_ACCOUNT, |v| {
-        v["requestContext"]["authorizer"]["jwt"]["claims"]
-            .as_object_mut()
-            .unwrap()
-            .remove("sub");
+        v["requestContext"]["authorizer"]["jwt"]["claims"].as_object_mut().unwrap().remove("sub");
     });
     let (status, _) = call(&service, request).await;
     assert_eq!(status, 401);

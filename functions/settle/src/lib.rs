@@ -10,10 +10,7 @@ use tracing::Instrument;
 
 /// Settles every batch of the event concurrently; returns the ids of the
 /// messages to deliver again.
-pub async fn handle(
-    settler: &Settler,
-    event: LambdaEvent<SqsEvent>,
-) -> Result<SqsBatchResponse, Error> {
+pub async fn handle(settler: &Settler, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchResponse, Error> {
     let attempts = event.payload.records.iter().map(|message| {
         let message_id = message.message_id.clone().unwrap_or_default();
         let span = tracing::info_span!("settle_message", message_id = %message_id, batch_id = tracing::field::Empty);
@@ -33,16 +30,11 @@ pub async fn handle(
 /// `Err(())` means: report this message as failed so it is delivered again.
 async fn settle_message(settler: &Settler, message: &SqsMessage) -> Result<(), ()> {
     let body = message.body.as_deref().unwrap_or_default();
-    let batch = serde_json::from_str::<SettleMessage>(body)
-        .ok()
-        .and_then(|m| BatchId::parse(&m.batch_id).ok());
+    let batch = serde_json::from_str::<SettleMessage>(body).ok().and_then(|m| BatchId::parse(&m.batch_id).ok());
     let Some(batch) = batch else {
         // Retrying cannot help; failing it sends it to the dead-letter queue,
         // where an operator sees it.
-        tracing::error!(
-            body_len = body.len(),
-            "a settle message without a valid batch id"
-        );
+        tracing::error!(body_len = body.len(), "a settle message without a valid batch id");
         return Err(());
     };
     tracing::Span::current().record("batch_id", tracing::field::display(batch));
@@ -52,10 +44,7 @@ async fn settle_message(settler: &Settler, message: &SqsMessage) -> Result<(), (
             Ok(())
         }
         Ok(Settlement::AlreadyFinished(status)) => {
-            tracing::info!(
-                status = status.as_str(),
-                "duplicate delivery of a finished batch"
-            );
+            tracing::info!(status = status.as_str(), "duplicate delivery of a finished batch");
             Ok(())
         }
         Ok(Settlement::Refunded(refund)) => {

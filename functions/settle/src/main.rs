@@ -11,9 +11,7 @@ use shared::settlement::Settler;
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .without_time()
         .init();
 
@@ -21,12 +19,8 @@ async fn main() -> Result<(), Error> {
     let exchange = HttpExchange::new(&config.exchange)?;
     // The embedded backend; the DynamoDB adapter replaces it here (see the
     // DynamoDB issue).
-    let settler = Arc::new(Settler::new(
-        Arc::new(MemoryStore::new()),
-        Arc::new(exchange),
-        Arc::new(SystemClock),
-        config.lease,
-    ));
+    let settler =
+        Arc::new(Settler::new(Arc::new(MemoryStore::new()), Arc::new(exchange), Arc::new(SystemClock), config.lease));
     run(service_fn(move |event| {
         let settler = Arc::clone(&settler);
         async move { settle::handle(&settler, event).await }

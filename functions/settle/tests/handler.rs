@@ -15,9 +15,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use shared::adapters::memory::MemoryStore;
 use shared::domain::{BatchId, Coin, OrderId, Quantity, Usd, UserId};
-use shared::ports::{
-    Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, NewOrder, Store, SystemClock,
-};
+use shared::ports::{Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, NewOrder, Store, SystemClock};
 use shared::settlement::Settler;
 
 const FIXTURE: &str = include_str!("../../../events/sqs-settle.json");
@@ -32,12 +30,7 @@ struct ScriptedExchange {
 
 impl ScriptedExchange {
     fn new(refuse: bool, fail: bool) -> Arc<ScriptedExchange> {
-        Arc::new(ScriptedExchange {
-            buys: AtomicUsize::new(0),
-            refuse,
-            fail,
-            filled: Mutex::default(),
-        })
+        Arc::new(ScriptedExchange { buys: AtomicUsize::new(0), refuse, fail, filled: Mutex::default() })
     }
 }
 
@@ -46,31 +39,19 @@ impl Exchange for ScriptedExchange {
     async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
         self.buys.fetch_add(1, Ordering::SeqCst);
         if self.refuse {
-            return Err(ExchangeError::Refused {
-                status: 400,
-                detail: "halted".into(),
-            });
+            return Err(ExchangeError::Refused { status: 400, detail: "halted".into() });
         }
         if self.fail {
-            return Err(ExchangeError::Unknown {
-                reason: "503".into(),
-                source: None,
-            });
+            return Err(ExchangeError::Unknown { reason: "503".into(), source: None });
         }
         self.filled.lock().unwrap().push(order.client_order_id);
-        Ok(Fill {
-            exchange_order_id: format!("EX-{}", order.client_order_id),
-            quantity: Some(order.quantity),
-        })
+        Ok(Fill { exchange_order_id: format!("EX-{}", order.client_order_id), quantity: Some(order.quantity) })
     }
 
     async fn lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
         let filled = self.filled.lock().unwrap().contains(&id);
         Ok(if filled {
-            Lookup::Filled(Fill {
-                exchange_order_id: format!("EX-{id}"),
-                quantity: None,
-            })
+            Lookup::Filled(Fill { exchange_order_id: format!("EX-{id}"), quantity: None })
         } else {
             Lookup::NotFound
         })
@@ -79,10 +60,7 @@ impl Exchange for ScriptedExchange {
 
 async fn formed_batch(store: &MemoryStore, user: &str) -> BatchId {
     let user = UserId::parse(user).unwrap();
-    store
-        .put_account(&user, Usd::new(Decimal::from(100)).unwrap())
-        .await
-        .unwrap();
+    store.put_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
     let amount = Quantity::parse("3").unwrap();
     let order = NewOrder {
         id: OrderId::generate(),
@@ -94,10 +72,7 @@ async fn formed_batch(store: &MemoryStore, user: &str) -> BatchId {
         idempotency_key: None,
         created_at: time::OffsetDateTime::now_utc(),
     };
-    let placed = store
-        .place_order(order, Usd::new(Decimal::TEN).unwrap())
-        .await
-        .unwrap();
+    let placed = store.place_order(order, Usd::new(Decimal::TEN).unwrap()).await.unwrap();
     placed.formed.unwrap()
 }
 
@@ -122,21 +97,12 @@ fn body(batch: BatchId) -> String {
 }
 
 fn settler(store: &Arc<MemoryStore>, exchange: &Arc<ScriptedExchange>) -> Settler {
-    Settler::new(
-        store.clone(),
-        exchange.clone(),
-        Arc::new(SystemClock),
-        Duration::from_secs(30),
-    )
+    Settler::new(store.clone(), exchange.clone(), Arc::new(SystemClock), Duration::from_secs(30))
 }
 
 async fn failures(settler: &Settler, event: LambdaEvent<SqsEvent>) -> Vec<String> {
     let response = settle::handle(settler, event).await.unwrap();
-    let mut ids: Vec<String> = response
-        .batch_item_failures
-        .into_iter()
-        .map(|f| f.item_identifier)
-        .collect();
+    let mut ids: Vec<String> = response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect();
     ids.sort();
     ids
 }
@@ -146,11 +112,7 @@ async fn the_fixture_event_parses_and_an_unknown_batch_is_reported_failed() {
     let store = Arc::new(MemoryStore::new());
     let exchange = ScriptedExchange::new(false, false);
     let event: SqsEvent = serde_json::from_str(FIXTURE).unwrap();
-    let failed = failures(
-        &settler(&store, &exchange),
-        LambdaEvent::new(event, Context::default()),
-    )
-    .await;
+    let failed = failures(&settler(&store, &exchange), LambdaEvent::new(event, Context::default())).await;
     assert_eq!(failed, vec!["059f36b4-87a3-44ab-83d2-661975830a7d"]);
     assert_eq!(exchange.buys.load(Ordering::SeqCst), 0);
 }
@@ -166,11 +128,7 @@ async fn duplicate_deliveries_buy_once() {
     let failed = failures(&settler, event(&[("m1", body(batch)), ("m2", body(batch))])).await;
     // One of the racing copies may find the batch leased: it is retried later.
     assert!(failed.len() <= 1, "{failed:?}");
-    assert!(
-        failures(&settler, event(&[("m3", body(batch))]))
-            .await
-            .is_empty()
-    );
+    assert!(failures(&settler, event(&[("m3", body(batch))])).await.is_empty());
 
     assert_eq!(exchange.buys.load(Ordering::SeqCst), 1);
     let stored = store.batch(batch).await.unwrap().unwrap();
@@ -185,17 +143,10 @@ async fn a_refused_batch_is_refunded_once_however_often_it_is_delivered() {
     let batch = formed_batch(&store, "alice").await;
 
     for id in ["m1", "m2", "m3"] {
-        assert!(
-            failures(&settler, event(&[(id, body(batch))]))
-                .await
-                .is_empty()
-        );
+        assert!(failures(&settler, event(&[(id, body(batch))])).await.is_empty());
     }
     let alice = UserId::parse("alice").unwrap();
-    assert_eq!(
-        store.balance(&alice).await.unwrap(),
-        Usd::new(Decimal::from_str("100").unwrap()).unwrap()
-    );
+    assert_eq!(store.balance(&alice).await.unwrap(), Usd::new(Decimal::from_str("100").unwrap()).unwrap());
     assert_eq!(exchange.buys.load(Ordering::SeqCst), 1);
 }
 
@@ -220,16 +171,7 @@ async fn only_the_messages_that_must_be_retried_are_reported() {
     // The unknown outcome released its lease: the next delivery asks the
     // exchange, then buys.
     let working = ScriptedExchange::new(false, false);
-    let retry = Settler::new(
-        store.clone(),
-        working.clone(),
-        Arc::new(SystemClock),
-        Duration::from_secs(30),
-    );
-    assert!(
-        failures(&retry, event(&[("unknown-outcome", body(batch))]))
-            .await
-            .is_empty()
-    );
+    let retry = Settler::new(store.clone(), working.clone(), Arc::new(SystemClock), Duration::from_secs(30));
+    assert!(failures(&retry, event(&[("unknown-outcome", body(batch))])).await.is_empty());
     assert_eq!(working.buys.load(Ordering::SeqCst), 1);
 }

@@ -48,10 +48,7 @@ impl HttpExchange {
             .timeout(config.request_timeout)
             .pool_idle_timeout(Duration::from_secs(50))
             .build()?;
-        Ok(HttpExchange {
-            client,
-            base_url: config.base_url.trim_end_matches('/').to_owned(),
-        })
+        Ok(HttpExchange { client, base_url: config.base_url.trim_end_matches('/').to_owned() })
     }
 
     /// The call the challenge names: buy `quantity` of `coin`, once per batch.
@@ -84,50 +81,29 @@ impl HttpExchange {
                     reason: format!("the exchange accepted the order but reports it {status:?}"),
                     source: None,
                 }),
-                Lookup::NotFound => Err(ExchangeError::Unknown {
-                    reason: "the exchange's reply has no order".to_owned(),
-                    source: None,
-                }),
+                Lookup::NotFound => {
+                    Err(ExchangeError::Unknown { reason: "the exchange's reply has no order".to_owned(), source: None })
+                }
             };
         }
         if is_transient(status) {
-            return Err(ExchangeError::Unknown {
-                reason: format!("the exchange answered {status}"),
-                source: None,
-            });
+            return Err(ExchangeError::Unknown { reason: format!("the exchange answered {status}"), source: None });
         }
-        let detail: String = response
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(500)
-            .collect();
-        Err(ExchangeError::Refused {
-            status: status.as_u16(),
-            detail,
-        })
+        let detail: String = response.text().await.unwrap_or_default().chars().take(500).collect();
+        Err(ExchangeError::Refused { status: status.as_u16(), detail })
     }
 }
 
 fn is_transient(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
 }
 
 fn unknown(reason: &str, error: reqwest::Error) -> ExchangeError {
-    ExchangeError::Unknown {
-        reason: reason.to_owned(),
-        source: Some(Box::new(error)),
-    }
+    ExchangeError::Unknown { reason: reason.to_owned(), source: Some(Box::new(error)) }
 }
 
 async fn read_reply(response: reqwest::Response) -> Result<OrderReply, ExchangeError> {
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| unknown("reading the exchange's reply failed", e))?;
+    let bytes = response.bytes().await.map_err(|e| unknown("reading the exchange's reply failed", e))?;
     serde_json::from_slice(&bytes).map_err(|e| ExchangeError::Unknown {
         reason: "the exchange's reply is not the order JSON".to_owned(),
         source: Some(Box::new(e)),
@@ -139,32 +115,21 @@ fn reply_to_lookup(reply: OrderReply) -> Result<Lookup, ExchangeError> {
     if status != "filled" {
         return Ok(Lookup::NotFilled { status });
     }
-    let exchange_order_id = reply
-        .exchange_order_id
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| ExchangeError::Unknown {
-            reason: "a fill without exchange_order_id".to_owned(),
-            source: None,
-        })?;
+    let exchange_order_id = reply.exchange_order_id.filter(|id| !id.is_empty()).ok_or_else(|| {
+        ExchangeError::Unknown { reason: "a fill without exchange_order_id".to_owned(), source: None }
+    })?;
     let quantity = reply.quantity.and_then(|raw| {
         let text = raw.get();
-        let text = text
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .unwrap_or(text);
+        let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
         Quantity::parse(text).ok()
     });
-    Ok(Lookup::Filled(Fill {
-        exchange_order_id,
-        quantity,
-    }))
+    Ok(Lookup::Filled(Fill { exchange_order_id, quantity }))
 }
 
 #[async_trait]
 impl Exchange for HttpExchange {
     async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
-        self.buy_from_exchange(&order.coin, order.quantity, order.client_order_id)
-            .await
+        self.buy_from_exchange(&order.coin, order.quantity, order.client_order_id).await
     }
 
     async fn lookup(&self, client_order_id: BatchId) -> Result<Lookup, ExchangeError> {
@@ -177,10 +142,7 @@ impl Exchange for HttpExchange {
         match response.status() {
             StatusCode::NOT_FOUND => Ok(Lookup::NotFound),
             status if status.is_success() => reply_to_lookup(read_reply(response).await?),
-            status => Err(ExchangeError::Unknown {
-                reason: format!("the lookup answered {status}"),
-                source: None,
-            }),
+            status => Err(ExchangeError::Unknown { reason: format!("the lookup answered {status}"), source: None }),
         }
     }
 }
@@ -238,21 +200,14 @@ mod tests {
             ResponseTemplate::new(500),
             ResponseTemplate::new(503),
             ResponseTemplate::new(429),
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"exchange_order_id": "X", "status": "new"})),
+            ResponseTemplate::new(200).set_body_json(json!({"exchange_order_id": "X", "status": "new"})),
             ResponseTemplate::new(200).set_body_string("<html>"),
             ResponseTemplate::new(200).set_delay(Duration::from_millis(400)),
         ] {
             let server = MockServer::start().await;
-            Mock::given(method("POST"))
-                .respond_with(response)
-                .mount(&server)
-                .await;
+            Mock::given(method("POST")).respond_with(response).mount(&server).await;
             let result = exchange(&server, 200).buy(&order()).await;
-            assert!(
-                matches!(result, Err(ExchangeError::Unknown { .. })),
-                "{result:?}"
-            );
+            assert!(matches!(result, Err(ExchangeError::Unknown { .. })), "{result:?}");
         }
     }
 
@@ -281,20 +236,13 @@ mod tests {
             request_timeout: Duration::from_millis(500),
         })
         .unwrap();
-        assert!(matches!(
-            exchange.buy(&order()).await,
-            Err(ExchangeError::Unknown { .. })
-        ));
+        assert!(matches!(exchange.buy(&order()).await, Err(ExchangeError::Unknown { .. })));
     }
 
     #[tokio::test]
     async fn lookup_tells_filled_unknown_and_never_seen_apart() {
         let server = MockServer::start().await;
-        let (filled, pending, never) = (
-            BatchId::generate(),
-            BatchId::generate(),
-            BatchId::generate(),
-        );
+        let (filled, pending, never) = (BatchId::generate(), BatchId::generate(), BatchId::generate());
         Mock::given(method("GET"))
             .and(path(format!("/orders/{filled}")))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({
@@ -305,8 +253,7 @@ mod tests {
         Mock::given(method("GET"))
             .and(path(format!("/orders/{pending}")))
             .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"exchange_order_id": "X-8", "status": "new"})),
+                ResponseTemplate::new(200).set_body_json(json!({"exchange_order_id": "X-8", "status": "new"})),
             )
             .mount(&server)
             .await;
@@ -318,17 +265,9 @@ mod tests {
         let exchange = exchange(&server, 2000);
         assert_eq!(
             exchange.lookup(filled).await.unwrap(),
-            Lookup::Filled(Fill {
-                exchange_order_id: "X-9".into(),
-                quantity: Some(Quantity::parse("2.5").unwrap())
-            })
+            Lookup::Filled(Fill { exchange_order_id: "X-9".into(), quantity: Some(Quantity::parse("2.5").unwrap()) })
         );
-        assert_eq!(
-            exchange.lookup(pending).await.unwrap(),
-            Lookup::NotFilled {
-                status: "new".into()
-            }
-        );
+        assert_eq!(exchange.lookup(pending).await.unwrap(), Lookup::NotFilled { status: "new".into() });
         assert_eq!(exchange.lookup(never).await.unwrap(), Lookup::NotFound);
     }
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, IdempotencyKey, Membership, Order, OrderId, OrderView,
-    Placement, PoolState, Usd, UserId, decide,
+    Batch, BatchId, BatchStatus, Coin, IdempotencyKey, Membership, Order, OrderId, OrderView, Placement, PoolState,
+    Usd, UserId, decide,
 };
 use crate::ports::{Claim, InfraError, NewOrder, PlaceError, Placed, Refund, Store};
 
@@ -49,9 +49,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Tables>, InfraError> {
-        self.tables
-            .lock()
-            .map_err(|_| InfraError::new("memory store", "lock poisoned by a panic"))
+        self.tables.lock().map_err(|_| InfraError::new("memory store", "lock poisoned by a panic"))
     }
 }
 
@@ -108,42 +106,29 @@ impl Store for MemoryStore {
                 if !same {
                     return Err(PlaceError::IdempotencyKeyReused);
                 }
-                let order = t.orders.get(&record.order).ok_or_else(|| {
-                    InfraError::new("memory store", "idempotency key without its order")
-                })?;
-                return Ok(Placed {
-                    order: t.view(order),
-                    formed: None,
-                    replayed: true,
-                });
+                let order = t
+                    .orders
+                    .get(&record.order)
+                    .ok_or_else(|| InfraError::new("memory store", "idempotency key without its order"))?;
+                return Ok(Placed { order: t.view(order), formed: None, replayed: true });
             }
         }
         let balance = t.balances.get(&new.user).copied().unwrap_or(Usd::ZERO);
         let Some(remaining) = balance.checked_sub(new.cost) else {
-            return Err(PlaceError::InsufficientFunds {
-                balance,
-                cost: new.cost,
-            });
+            return Err(PlaceError::InsufficientFunds { balance, cost: new.cost });
         };
 
         let pool = t.pools.get(&new.coin).copied().unwrap_or_default();
         let placement = decide(&pool, new.cost, new.amount, minimum);
         let (membership, formed) = match placement {
             Placement::OwnBatch => {
-                let totals = crate::domain::batching::BatchTotals {
-                    usd: new.cost,
-                    qty: new.amount,
-                    count: 1,
-                };
+                let totals = crate::domain::batching::BatchTotals { usd: new.cost, qty: new.amount, count: 1 };
                 let id = t.new_batch(&new, None, totals);
                 t.members.insert(id, vec![new.id]);
                 (Membership::Own(id), Some(id))
             }
             Placement::Join { seq } => {
-                t.open_members
-                    .entry(new.coin.clone())
-                    .or_default()
-                    .push(new.id);
+                t.open_members.entry(new.coin.clone()).or_default().push(new.id);
                 (Membership::Pool { seq }, None)
             }
             Placement::Cross { seq, batch } => {
@@ -155,17 +140,10 @@ impl Store for MemoryStore {
                 (Membership::Pool { seq }, Some(id))
             }
         };
-        t.pools.insert(
-            new.coin.clone(),
-            pool.after(&placement, new.cost, new.amount),
-        );
+        t.pools.insert(new.coin.clone(), pool.after(&placement, new.cost, new.amount));
         t.balances.insert(new.user.clone(), remaining);
         if let Some(key) = &new.idempotency_key {
-            let record = KeyRecord {
-                order: new.id,
-                coin: new.coin.clone(),
-                amount: new.amount.value(),
-            };
+            let record = KeyRecord { order: new.id, coin: new.coin.clone(), amount: new.amount.value() };
             t.keys.insert((new.user.clone(), key.clone()), record);
         }
         let order = Order {
@@ -181,28 +159,16 @@ impl Store for MemoryStore {
         };
         let view = t.view(&order);
         t.orders.insert(order.id, order);
-        Ok(Placed {
-            order: view,
-            formed,
-            replayed: false,
-        })
+        Ok(Placed { order: view, formed, replayed: false })
     }
 
     async fn order(&self, user: &UserId, id: OrderId) -> Result<Option<OrderView>, InfraError> {
         let t = self.lock()?;
-        Ok(t.orders
-            .get(&id)
-            .filter(|o| &o.user == user)
-            .map(|o| t.view(o)))
+        Ok(t.orders.get(&id).filter(|o| &o.user == user).map(|o| t.view(o)))
     }
 
     async fn balance(&self, user: &UserId) -> Result<Usd, InfraError> {
-        Ok(self
-            .lock()?
-            .balances
-            .get(user)
-            .copied()
-            .unwrap_or(Usd::ZERO))
+        Ok(self.lock()?.balances.get(user).copied().unwrap_or(Usd::ZERO))
     }
 
     async fn put_account(&self, user: &UserId, balance: Usd) -> Result<(), InfraError> {
@@ -238,11 +204,7 @@ impl Store for MemoryStore {
 
     async fn release_batch(&self, id: BatchId, now: OffsetDateTime) -> Result<(), InfraError> {
         let mut t = self.lock()?;
-        if let Some(batch) = t
-            .batches
-            .get_mut(&id)
-            .filter(|b| b.status == BatchStatus::Submitting)
-        {
+        if let Some(batch) = t.batches.get_mut(&id).filter(|b| b.status == BatchStatus::Submitting) {
             batch.lease_until = Some(now);
         }
         Ok(())
@@ -262,10 +224,9 @@ impl Store for MemoryStore {
                 Ok(())
             }
             BatchStatus::Settled => Ok(()),
-            other => Err(InfraError::new(
-                "settle batch",
-                format!("batch {id} is {} and cannot be settled", other.as_str()),
-            )),
+            other => {
+                Err(InfraError::new("settle batch", format!("batch {id} is {} and cannot be settled", other.as_str())))
+            }
         }
     }
 
@@ -281,10 +242,7 @@ impl Store for MemoryStore {
                 ));
             }
             None => {
-                return Err(InfraError::new(
-                    "refund batch",
-                    format!("batch {id} does not exist"),
-                ));
+                return Err(InfraError::new("refund batch", format!("batch {id} does not exist")));
             }
         }
         let members = t.members.get(&id).cloned().unwrap_or_default();

@@ -33,23 +33,15 @@ pub fn memory_queue() -> (MemoryQueue, mpsc::UnboundedReceiver<QueuedMessage>) {
 impl MemoryQueue {
     /// Puts a message back, as SQS does when its visibility timeout ends.
     pub fn redeliver(&self, message: QueuedMessage) -> Result<(), InfraError> {
-        self.sender
-            .send(message)
-            .map_err(|_| InfraError::new("memory queue", "the consumer has stopped"))
+        self.sender.send(message).map_err(|_| InfraError::new("memory queue", "the consumer has stopped"))
     }
 }
 
 #[async_trait]
 impl SettleQueue for MemoryQueue {
     async fn send(&self, batch: BatchId) -> Result<(), InfraError> {
-        let body = serde_json::to_string(&SettleMessage {
-            batch_id: batch.to_string(),
-        })
-        .map_err(|e| InfraError::new("memory queue", e))?;
-        self.redeliver(QueuedMessage {
-            message_id: Ulid::new().to_string(),
-            body,
-            receive_count: 0,
-        })
+        let body = serde_json::to_string(&SettleMessage { batch_id: batch.to_string() })
+            .map_err(|e| InfraError::new("memory queue", e))?;
+        self.redeliver(QueuedMessage { message_id: Ulid::new().to_string(), body, receive_count: 0 })
     }
 }

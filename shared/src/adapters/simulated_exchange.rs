@@ -21,10 +21,7 @@ impl SimulatedExchange {
 }
 
 fn poisoned() -> ExchangeError {
-    ExchangeError::Unknown {
-        reason: "simulated exchange lock poisoned".to_owned(),
-        source: None,
-    }
+    ExchangeError::Unknown { reason: "simulated exchange lock poisoned".to_owned(), source: None }
 }
 
 #[async_trait]
@@ -39,19 +36,13 @@ impl Exchange for SimulatedExchange {
                 quantity = %order.quantity,
                 "simulated exchange filled a market buy"
             );
-            Fill {
-                exchange_order_id: format!("SIM-{sequence}"),
-                quantity: Some(order.quantity),
-            }
+            Fill { exchange_order_id: format!("SIM-{sequence}"), quantity: Some(order.quantity) }
         });
         Ok(fill.clone())
     }
 
     async fn lookup(&self, client_order_id: BatchId) -> Result<Lookup, ExchangeError> {
         let fills = self.fills.lock().map_err(|_| poisoned())?;
-        Ok(fills
-            .get(&client_order_id)
-            .cloned()
-            .map_or(Lookup::NotFound, Lookup::Filled))
+        Ok(fills.get(&client_order_id).cloned().map_or(Lookup::NotFound, Lookup::Filled))
     }
 }

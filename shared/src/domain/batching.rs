@@ -50,14 +50,7 @@ pub fn decide(pool: &PoolState, cost: Usd, amount: Quantity, minimum: Usd) -> Pl
     // quantities, so the sum is a valid quantity unless it exceeds the cap;
     // a pool holds less than `minimum` dollars, far below that in practice.
     let qty = Quantity::from_decimal(pool.qty + amount.value()).unwrap_or(amount);
-    Placement::Cross {
-        seq: pool.seq,
-        batch: BatchTotals {
-            usd,
-            qty,
-            count: pool.count + 1,
-        },
-    }
+    Placement::Cross { seq: pool.seq, batch: BatchTotals { usd, qty, count: pool.count + 1 } }
 }
 
 impl PoolState {
@@ -65,16 +58,10 @@ impl PoolState {
     pub fn after(&self, placement: &Placement, cost: Usd, amount: Quantity) -> PoolState {
         match placement {
             Placement::OwnBatch => *self,
-            Placement::Join { .. } => PoolState {
-                seq: self.seq,
-                usd: self.usd + cost,
-                qty: self.qty + amount.value(),
-                count: self.count + 1,
-            },
-            Placement::Cross { .. } => PoolState {
-                seq: self.seq + 1,
-                ..PoolState::default()
-            },
+            Placement::Join { .. } => {
+                PoolState { seq: self.seq, usd: self.usd + cost, qty: self.qty + amount.value(), count: self.count + 1 }
+            }
+            Placement::Cross { .. } => PoolState { seq: self.seq + 1, ..PoolState::default() },
         }
     }
 }
@@ -109,10 +96,7 @@ mod tests {
 
     #[test]
     fn exactly_ten_dollars_is_its_own_batch() {
-        assert_eq!(
-            decide(&PoolState::default(), usd("10"), qty("2.5"), usd("10")),
-            Placement::OwnBatch
-        );
+        assert_eq!(decide(&PoolState::default(), usd("10"), qty("2.5"), usd("10")), Placement::OwnBatch);
     }
 
     #[test]
@@ -125,60 +109,21 @@ mod tests {
             pool = pool.after(&p, usd("4"), qty("1"));
         }
         let p = decide(&pool, usd("4"), qty("1"), minimum);
-        assert_eq!(
-            p,
-            Placement::Cross {
-                seq: 0,
-                batch: BatchTotals {
-                    usd: usd("12"),
-                    qty: qty("3"),
-                    count: 3
-                }
-            }
-        );
-        assert_eq!(
-            pool.after(&p, usd("4"), qty("1")),
-            PoolState {
-                seq: 1,
-                ..PoolState::default()
-            }
-        );
+        assert_eq!(p, Placement::Cross { seq: 0, batch: BatchTotals { usd: usd("12"), qty: qty("3"), count: 3 } });
+        assert_eq!(pool.after(&p, usd("4"), qty("1")), PoolState { seq: 1, ..PoolState::default() });
     }
 
     #[test]
     fn a_pool_landing_exactly_on_the_minimum_crosses() {
-        let pool = PoolState {
-            seq: 7,
-            usd: usd("6"),
-            qty: Decimal::from_str("1.5").unwrap(),
-            count: 2,
-        };
+        let pool = PoolState { seq: 7, usd: usd("6"), qty: Decimal::from_str("1.5").unwrap(), count: 2 };
         let p = decide(&pool, usd("4"), qty("1"), usd("10"));
-        assert_eq!(
-            p,
-            Placement::Cross {
-                seq: 7,
-                batch: BatchTotals {
-                    usd: usd("10"),
-                    qty: qty("2.5"),
-                    count: 3
-                }
-            }
-        );
+        assert_eq!(p, Placement::Cross { seq: 7, batch: BatchTotals { usd: usd("10"), qty: qty("2.5"), count: 3 } });
     }
 
     #[test]
     fn one_cent_below_the_minimum_joins() {
-        let pool = PoolState {
-            seq: 0,
-            usd: usd("5.99"),
-            qty: Decimal::from_str("1.4975").unwrap(),
-            count: 1,
-        };
-        assert_eq!(
-            decide(&pool, usd("4"), qty("1"), usd("10")),
-            Placement::Join { seq: 0 }
-        );
+        let pool = PoolState { seq: 0, usd: usd("5.99"), qty: Decimal::from_str("1.4975").unwrap(), count: 1 };
+        assert_eq!(decide(&pool, usd("4"), qty("1"), usd("10")), Placement::Join { seq: 0 });
     }
 
     /// The simple model: a list of open orders; whenever an order of at least

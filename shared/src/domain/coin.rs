@@ -59,14 +59,10 @@ impl PriceList {
     pub fn parse(spec: &str) -> Result<PriceList, InvalidPriceList> {
         let mut prices = BTreeMap::new();
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (symbol, price) = entry
-                .split_once('=')
-                .ok_or_else(|| InvalidPriceList::Entry(entry.to_owned()))?;
+            let (symbol, price) = entry.split_once('=').ok_or_else(|| InvalidPriceList::Entry(entry.to_owned()))?;
             let symbol = symbol.trim();
             let valid_symbol = (1..=16).contains(&symbol.len())
-                && symbol
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+                && symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
             if !valid_symbol {
                 return Err(InvalidPriceList::Symbol(symbol.to_owned()));
             }
@@ -87,18 +83,10 @@ impl PriceList {
 
     /// The coin and its price, for an exact, case-sensitive symbol.
     pub fn quote(&self, symbol: &str) -> Result<(Coin, Usd), UnknownCoin> {
-        self.prices
-            .get_key_value(symbol)
-            .map(|(coin, price)| (coin.clone(), *price))
-            .ok_or_else(|| UnknownCoin {
-                symbol: symbol.chars().take(32).collect(),
-                known: self
-                    .prices
-                    .keys()
-                    .map(Coin::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        self.prices.get_key_value(symbol).map(|(coin, price)| (coin.clone(), *price)).ok_or_else(|| UnknownCoin {
+            symbol: symbol.chars().take(32).collect(),
+            known: self.prices.keys().map(Coin::as_str).collect::<Vec<_>>().join(", "),
+        })
     }
 
     pub fn coins(&self) -> impl Iterator<Item = &Coin> {
@@ -116,10 +104,7 @@ impl Default for PriceList {
     /// ABAN at 4 USD, the challenge's example.
     fn default() -> Self {
         PriceList {
-            prices: BTreeMap::from([(
-                Coin::from_trusted("ABAN"),
-                Usd::new(Decimal::from(4)).unwrap_or_default(),
-            )]),
+            prices: BTreeMap::from([(Coin::from_trusted("ABAN"), Usd::new(Decimal::from(4)).unwrap_or_default())]),
         }
     }
 }
@@ -147,21 +132,9 @@ mod tests {
         let list = PriceList::parse("ABAN=4, BTC=95000.50").unwrap();
         assert_eq!(list.quote("BTC").unwrap().1.to_string(), "95000.5");
         assert_eq!(PriceList::parse(""), Err(InvalidPriceList::Empty));
-        assert_eq!(
-            PriceList::parse("ABAN"),
-            Err(InvalidPriceList::Entry("ABAN".into()))
-        );
-        assert_eq!(
-            PriceList::parse("aban=4"),
-            Err(InvalidPriceList::Symbol("aban".into()))
-        );
-        assert_eq!(
-            PriceList::parse("ABAN=0"),
-            Err(InvalidPriceList::Price("ABAN".into()))
-        );
-        assert_eq!(
-            PriceList::parse("ABAN=-4"),
-            Err(InvalidPriceList::Price("ABAN".into()))
-        );
+        assert_eq!(PriceList::parse("ABAN"), Err(InvalidPriceList::Entry("ABAN".into())));
+        assert_eq!(PriceList::parse("aban=4"), Err(InvalidPriceList::Symbol("aban".into())));
+        assert_eq!(PriceList::parse("ABAN=0"), Err(InvalidPriceList::Price("ABAN".into())));
+        assert_eq!(PriceList::parse("ABAN=-4"), Err(InvalidPriceList::Price("ABAN".into())));
     }
 }

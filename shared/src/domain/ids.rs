@@ -54,10 +54,7 @@ pub struct UserId(String);
 
 impl UserId {
     pub fn parse(text: &str) -> Result<UserId, InvalidId> {
-        let invalid = |reason| InvalidId {
-            what: "user id",
-            reason,
-        };
+        let invalid = |reason| InvalidId { what: "user id", reason };
         if text.is_empty() || text.len() > 256 {
             return Err(invalid("must be 1 to 256 bytes"));
         }
@@ -87,10 +84,7 @@ impl IdempotencyKey {
     pub fn parse(text: &str) -> Result<IdempotencyKey, InvalidId> {
         let visible = text.bytes().all(|b| b.is_ascii_graphic());
         if text.is_empty() || text.len() > 128 || !visible {
-            return Err(InvalidId {
-                what: "Idempotency-Key",
-                reason: "must be 1 to 128 visible ASCII characters",
-            });
+            return Err(InvalidId { what: "Idempotency-Key", reason: "must be 1 to 128 visible ASCII characters" });
         }
         Ok(IdempotencyKey(text.to_owned()))
     }

@@ -75,14 +75,8 @@ mod tests {
 
     #[test]
     fn dollars_print_without_trailing_zeros() {
-        assert_eq!(
-            Usd::new(dec("12.50")).map(|u| u.to_string()),
-            Some("12.5".into())
-        );
-        assert_eq!(
-            Usd::new(dec("88.000")).map(|u| u.to_string()),
-            Some("88".into())
-        );
+        assert_eq!(Usd::new(dec("12.50")).map(|u| u.to_string()), Some("12.5".into()));
+        assert_eq!(Usd::new(dec("88.000")).map(|u| u.to_string()), Some("88".into()));
         assert_eq!(format_decimal(dec("-0.0")), "0");
         assert_eq!(format_decimal(dec("4000000000")), "4000000000");
     }
@@ -92,9 +86,6 @@ mod tests {
         let ten = Usd::new(dec("10")).unwrap_or_default();
         let twelve = Usd::new(dec("12")).unwrap_or_default();
         assert_eq!(ten.checked_sub(twelve), None);
-        assert_eq!(
-            twelve.checked_sub(ten).map(|u| u.to_string()),
-            Some("2".into())
-        );
+        assert_eq!(twelve.checked_sub(ten).map(|u| u.to_string()), Some("2".into()));
     }
 }

@@ -56,14 +56,9 @@ impl BatchStatus {
     }
 
     pub fn parse(text: &str) -> Option<BatchStatus> {
-        [
-            BatchStatus::Ready,
-            BatchStatus::Submitting,
-            BatchStatus::Settled,
-            BatchStatus::Refunded,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        [BatchStatus::Ready, BatchStatus::Submitting, BatchStatus::Settled, BatchStatus::Refunded]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 

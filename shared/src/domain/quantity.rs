@@ -46,28 +46,16 @@ impl Quantity {
         }
         let significant_int = int_part.trim_start_matches('0');
         if significant_int.len() > Self::MAX_INTEGER_DIGITS {
-            return Err(InvalidAmount::TooLarge {
-                max: Self::MAX_TEXT,
-            });
+            return Err(InvalidAmount::TooLarge { max: Self::MAX_TEXT });
         }
         let significant_frac = frac_part.trim_end_matches('0');
         if significant_frac.len() > Self::MAX_SCALE as usize {
-            return Err(InvalidAmount::TooPrecise {
-                max: Self::MAX_SCALE,
-            });
+            return Err(InvalidAmount::TooPrecise { max: Self::MAX_SCALE });
         }
         let exact = format!(
             "{}.{}",
-            if significant_int.is_empty() {
-                "0"
-            } else {
-                significant_int
-            },
-            if significant_frac.is_empty() {
-                "0"
-            } else {
-                significant_frac
-            }
+            if significant_int.is_empty() { "0" } else { significant_int },
+            if significant_frac.is_empty() { "0" } else { significant_frac }
         );
         let value = Decimal::from_str(&exact).map_err(|_| InvalidAmount::NotPlainDecimal)?;
         Quantity::from_decimal(value)
@@ -80,14 +68,10 @@ impl Quantity {
             return Err(InvalidAmount::NotPositive);
         }
         if value.scale() > Self::MAX_SCALE {
-            return Err(InvalidAmount::TooPrecise {
-                max: Self::MAX_SCALE,
-            });
+            return Err(InvalidAmount::TooPrecise { max: Self::MAX_SCALE });
         }
         if value > Decimal::from(1_000_000_000u64) {
-            return Err(InvalidAmount::TooLarge {
-                max: Self::MAX_TEXT,
-            });
+            return Err(InvalidAmount::TooLarge { max: Self::MAX_TEXT });
         }
         Ok(Quantity(value))
     }
@@ -120,11 +104,7 @@ mod tests {
             ("1000000000", "1000000000"),
             ("1000000000.000", "1000000000"),
         ] {
-            assert_eq!(
-                Quantity::parse(text).map(|q| q.to_string()),
-                Ok(shown.to_owned()),
-                "{text}"
-            );
+            assert_eq!(Quantity::parse(text).map(|q| q.to_string()), Ok(shown.to_owned()), "{text}");
         }
     }
 
@@ -151,11 +131,7 @@ mod tests {
             "１",
             "1,5",
         ] {
-            assert_eq!(
-                Quantity::parse(text),
-                Err(InvalidAmount::NotPlainDecimal),
-                "{text:?}"
-            );
+            assert_eq!(Quantity::parse(text), Err(InvalidAmount::NotPlainDecimal), "{text:?}");
         }
     }
 
@@ -168,32 +144,17 @@ mod tests {
 
     #[test]
     fn more_than_eight_decimal_places_are_refused_even_when_tiny() {
-        assert_eq!(
-            Quantity::parse("0.000000001"),
-            Err(InvalidAmount::TooPrecise { max: 8 })
-        );
+        assert_eq!(Quantity::parse("0.000000001"), Err(InvalidAmount::TooPrecise { max: 8 }));
         // Beyond Decimal's own 28 digits: must not be rounded into something valid.
-        assert_eq!(
-            Quantity::parse("0.2500000000000000000000000000001"),
-            Err(InvalidAmount::TooPrecise { max: 8 })
-        );
+        assert_eq!(Quantity::parse("0.2500000000000000000000000000001"), Err(InvalidAmount::TooPrecise { max: 8 }));
     }
 
     #[test]
     fn absurdly_large_amounts_are_refused() {
-        assert!(matches!(
-            Quantity::parse("1000000000.00000001"),
-            Err(InvalidAmount::TooLarge { .. })
-        ));
-        assert!(matches!(
-            Quantity::parse("99999999999"),
-            Err(InvalidAmount::TooLarge { .. })
-        ));
+        assert!(matches!(Quantity::parse("1000000000.00000001"), Err(InvalidAmount::TooLarge { .. })));
+        assert!(matches!(Quantity::parse("99999999999"), Err(InvalidAmount::TooLarge { .. })));
         let huge = "9".repeat(400);
-        assert!(matches!(
-            Quantity::parse(&huge),
-            Err(InvalidAmount::TooLarge { .. })
-        ));
+        assert!(matches!(Quantity::parse(&huge), Err(InvalidAmount::TooLarge { .. })));
     }
 
     proptest! {

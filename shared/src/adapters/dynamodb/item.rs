@@ -1,0 +1,295 @@
+//! The table's items: keys, and the mapping between domain types and
+//! DynamoDB attributes. Numbers are written from their exact decimal text and
+//! parsed back into `Decimal`s (DynamoDB normalizes them, so their text is
+//! never compared).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use rust_decimal::Decimal;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::domain::{Batch, BatchId, BatchStatus, Coin, Membership, Order, OrderId, PoolState, Quantity, Usd, UserId};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub const PK: &str = "PK";
+pub const SK: &str = "SK";
+/// Sparse index of batches not yet settled or refunded.
+pub const OPEN_BATCHES_INDEX: &str = "open-batches";
+pub const OPEN_PK: &str = "GSI1PK";
+pub const OPEN_SK: &str = "GSI1SK";
+pub const OPEN_PARTITION: &str = "OPEN";
+/// Index of the orders of each batch (for refunds).
+pub const MEMBERS_INDEX: &str = "batch-members";
+pub const MEMBERS_PK: &str = "GSI2PK";
+pub const MEMBERS_SK: &str = "GSI2SK";
+
+#[derive(Debug, thiserror::Error)]
+#[error("item attribute {attribute}: {problem}")]
+pub struct ItemError {
+    pub attribute: String,
+    pub problem: &'static str,
+}
+
+fn missing(attribute: &str) -> ItemError {
+    ItemError { attribute: attribute.to_owned(), problem: "missing or of the wrong type" }
+}
+
+fn invalid(attribute: &str) -> ItemError {
+    ItemError { attribute: attribute.to_owned(), problem: "invalid value" }
+}
+
+pub fn key(pk: String, sk: impl Into<String>) -> Item {
+    HashMap::from([(PK.to_owned(), AttributeValue::S(pk)), (SK.to_owned(), AttributeValue::S(sk.into()))])
+}
+
+pub fn account_key(user: &UserId) -> Item {
+    key(format!("ACCOUNT#{user}"), "ACCOUNT")
+}
+
+pub fn order_key(user: &UserId, id: OrderId) -> Item {
+    key(format!("ACCOUNT#{user}"), format!("ORDER#{id}"))
+}
+
+pub fn idempotency_key(user: &UserId, key_text: &str) -> Item {
+    key(format!("ACCOUNT#{user}"), format!("IDEMPOTENCY#{key_text}"))
+}
+
+pub fn pool_key(coin: &Coin) -> Item {
+    key(format!("COIN#{coin}"), "POOL")
+}
+
+/// Which batch closed pool `seq` of `coin`.
+pub fn pool_batch_key(coin: &Coin, seq: u64) -> Item {
+    key(format!("COIN#{coin}"), format!("BATCH#{seq:020}"))
+}
+
+pub fn batch_key(id: BatchId) -> Item {
+    key(format!("BATCH#{id}"), "BATCH")
+}
+
+pub fn members_partition(batch: &Batch) -> String {
+    match batch.seq {
+        Some(seq) => format!("MEMBERS#POOL#{}#{seq}", batch.coin),
+        None => format!("MEMBERS#BATCH#{}", batch.id),
+    }
+}
+
+pub fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub fn n(value: Decimal) -> AttributeValue {
+    AttributeValue::N(crate::domain::format_decimal(value))
+}
+
+pub fn n_int(value: impl Into<u64>) -> AttributeValue {
+    AttributeValue::N(value.into().to_string())
+}
+
+pub fn ms(value: OffsetDateTime) -> AttributeValue {
+    AttributeValue::N((value.unix_timestamp_nanos() / 1_000_000).to_string())
+}
+
+pub fn timestamp(value: OffsetDateTime) -> AttributeValue {
+    s(value.format(&Rfc3339).unwrap_or_default())
+}
+
+pub fn get_s<'a>(item: &'a Item, attribute: &str) -> Result<&'a str, ItemError> {
+    item.get(attribute).and_then(|v| v.as_s().ok()).map(String::as_str).ok_or_else(|| missing(attribute))
+}
+
+pub fn get_decimal(item: &Item, attribute: &str) -> Result<Decimal, ItemError> {
+    let text = item.get(attribute).and_then(|v| v.as_n().ok()).ok_or_else(|| missing(attribute))?;
+    Decimal::from_str(text).or_else(|_| Decimal::from_scientific(text)).map_err(|_| invalid(attribute))
+}
+
+pub fn get_u64(item: &Item, attribute: &str) -> Result<u64, ItemError> {
+    let value = get_decimal(item, attribute)?;
+    u64::try_from(value).map_err(|_| invalid(attribute))
+}
+
+fn opt<T>(
+    item: &Item,
+    attribute: &str,
+    get: impl Fn(&Item, &str) -> Result<T, ItemError>,
+) -> Result<Option<T>, ItemError> {
+    if item.contains_key(attribute) { get(item, attribute).map(Some) } else { Ok(None) }
+}
+
+fn usd(item: &Item, attribute: &str) -> Result<Usd, ItemError> {
+    Usd::new(get_decimal(item, attribute)?).ok_or_else(|| invalid(attribute))
+}
+
+fn quantity(item: &Item, attribute: &str) -> Result<Quantity, ItemError> {
+    Quantity::from_decimal(get_decimal(item, attribute)?).map_err(|_| invalid(attribute))
+}
+
+fn time_of(item: &Item, attribute: &str) -> Result<OffsetDateTime, ItemError> {
+    OffsetDateTime::parse(get_s(item, attribute)?, &Rfc3339).map_err(|_| invalid(attribute))
+}
+
+fn time_of_ms(item: &Item, attribute: &str) -> Result<OffsetDateTime, ItemError> {
+    let millis = get_decimal(item, attribute)?;
+    let nanos = i128::try_from(millis * Decimal::from(1_000_000)).map_err(|_| invalid(attribute))?;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| invalid(attribute))
+}
+
+pub fn balance_of(item: Option<&Item>) -> Result<Usd, ItemError> {
+    match item.filter(|i| i.contains_key("balance_usd")) {
+        Some(item) => usd(item, "balance_usd"),
+        None => Ok(Usd::ZERO),
+    }
+}
+
+pub fn pool_of(item: &Item) -> Result<PoolState, ItemError> {
+    Ok(PoolState {
+        seq: get_u64(item, "seq")?,
+        usd: usd(item, "usd")?,
+        qty: get_decimal(item, "qty")?,
+        count: u32::try_from(get_u64(item, "count")?).map_err(|_| invalid("count"))?,
+    })
+}
+
+/// The order item. `formed` is the batch this order formed, if any: an
+/// attempt whose reply was lost can tell from it what it did.
+pub fn order_item(order: &Order, formed: Option<BatchId>) -> Item {
+    let mut item = order_key(&order.user, order.id);
+    item.insert("order_id".into(), s(order.id.to_string()));
+    item.insert("user_id".into(), s(order.user.as_str()));
+    item.insert("coin".into(), s(order.coin.as_str()));
+    item.insert("amount".into(), n(order.amount.value()));
+    item.insert("price".into(), n(order.price.value()));
+    item.insert("cost".into(), n(order.cost.value()));
+    item.insert("created_at".into(), timestamp(order.created_at));
+    let members = match order.membership {
+        Membership::Own(batch) => {
+            item.insert("batch_id".into(), s(batch.to_string()));
+            format!("MEMBERS#BATCH#{batch}")
+        }
+        Membership::Pool { seq } => {
+            item.insert("seq".into(), n_int(seq));
+            format!("MEMBERS#POOL#{}#{seq}", order.coin)
+        }
+    };
+    item.insert(MEMBERS_PK.into(), s(members));
+    item.insert(MEMBERS_SK.into(), s(format!("ORDER#{}", order.id)));
+    if let Some(formed) = formed {
+        item.insert("formed_batch_id".into(), s(formed.to_string()));
+    }
+    item
+}
+
+pub fn order_of(item: &Item) -> Result<(Order, Option<BatchId>), ItemError> {
+    let batch_id = |attribute: &str| -> Result<BatchId, ItemError> {
+        BatchId::parse(get_s(item, attribute)?).map_err(|_| invalid(attribute))
+    };
+    let membership = match opt(item, "batch_id", |_, a| batch_id(a))? {
+        Some(batch) => Membership::Own(batch),
+        None => Membership::Pool { seq: get_u64(item, "seq")? },
+    };
+    let order = Order {
+        id: OrderId::parse(get_s(item, "order_id")?).map_err(|_| invalid("order_id"))?,
+        user: UserId::parse(get_s(item, "user_id")?).map_err(|_| invalid("user_id"))?,
+        coin: Coin::from_trusted(get_s(item, "coin")?),
+        amount: quantity(item, "amount")?,
+        price: usd(item, "price")?,
+        cost: usd(item, "cost")?,
+        membership,
+        refunded: item.get("refunded").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        created_at: time_of(item, "created_at")?,
+    };
+    let formed = opt(item, "formed_batch_id", |_, a| batch_id(a))?;
+    Ok((order, formed))
+}
+
+pub fn batch_item(batch: &Batch) -> Item {
+    let mut item = batch_key(batch.id);
+    item.insert("batch_id".into(), s(batch.id.to_string()));
+    item.insert("coin".into(), s(batch.coin.as_str()));
+    if let Some(seq) = batch.seq {
+        item.insert("seq".into(), n_int(seq));
+    }
+    item.insert("qty".into(), n(batch.qty.value()));
+    item.insert("usd".into(), n(batch.usd.value()));
+    item.insert("count".into(), n_int(batch.count));
+    item.insert("status".into(), s(batch.status.as_str()));
+    item.insert("attempts".into(), n_int(batch.attempts));
+    item.insert("created_at".into(), timestamp(batch.created_at));
+    if !batch.status.is_final() {
+        item.insert(OPEN_PK.into(), s(OPEN_PARTITION));
+        item.insert(
+            OPEN_SK.into(),
+            s(format!("{}#{}", batch.created_at.format(&Rfc3339).unwrap_or_default(), batch.id)),
+        );
+    }
+    item
+}
+
+pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
+    Ok(Batch {
+        id: BatchId::parse(get_s(item, "batch_id")?).map_err(|_| invalid("batch_id"))?,
+        coin: Coin::from_trusted(get_s(item, "coin")?),
+        seq: opt(item, "seq", get_u64)?,
+        qty: quantity(item, "qty")?,
+        usd: usd(item, "usd")?,
+        count: u32::try_from(get_u64(item, "count")?).map_err(|_| invalid("count"))?,
+        status: BatchStatus::parse(get_s(item, "status")?).ok_or_else(|| invalid("status"))?,
+        attempts: u32::try_from(get_u64(item, "attempts")?).map_err(|_| invalid("attempts"))?,
+        lease_until: opt(item, "lease_until_ms", time_of_ms)?,
+        exchange_order_id: opt(item, "exchange_order_id", |i, a| get_s(i, a).map(str::to_owned))?,
+        created_at: time_of(item, "created_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_parsed_back_whatever_text_dynamodb_returns() {
+        let mut item = Item::new();
+        for (text, expected) in [("12.5", "12.5"), ("12.50", "12.5"), ("1E+1", "10"), ("0.00000004", "0.00000004")] {
+            item.insert("v".into(), AttributeValue::N(text.into()));
+            assert_eq!(get_decimal(&item, "v").unwrap(), Decimal::from_str(expected).unwrap(), "{text}");
+        }
+    }
+
+    #[test]
+    fn orders_and_batches_round_trip_through_items() {
+        let now = OffsetDateTime::now_utc();
+        let order = Order {
+            id: OrderId::generate(),
+            user: UserId::parse("alice").unwrap(),
+            coin: Coin::from_trusted("ABAN"),
+            amount: Quantity::parse("0.00000001").unwrap(),
+            price: Usd::new(Decimal::from(4)).unwrap(),
+            cost: Usd::new(Decimal::from_str("0.00000004").unwrap()).unwrap(),
+            membership: Membership::Pool { seq: 7 },
+            refunded: false,
+            created_at: now,
+        };
+        let formed = Some(BatchId::generate());
+        assert_eq!(order_of(&order_item(&order, formed)).unwrap(), (order, formed));
+
+        let batch = Batch {
+            id: BatchId::generate(),
+            coin: Coin::from_trusted("ABAN"),
+            seq: Some(7),
+            qty: Quantity::parse("3").unwrap(),
+            usd: Usd::new(Decimal::from(12)).unwrap(),
+            count: 3,
+            status: BatchStatus::Ready,
+            attempts: 0,
+            lease_until: None,
+            exchange_order_id: None,
+            created_at: now,
+        };
+        let item = batch_item(&batch);
+        assert!(item.contains_key(OPEN_PK), "a ready batch is in the open-batches index");
+        assert_eq!(batch_of(&item).unwrap(), batch);
+    }
+}

@@ -1,0 +1,91 @@
+//! The table's definition, the same as `template.yaml`'s, and creating it
+//! when it is missing (`orders-local --backend aws`, tests).
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+};
+
+use super::item::{MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK, OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK};
+use crate::ports::InfraError;
+
+/// Idempotency records expire through this attribute (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, InfraError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(|e| InfraError::new("table definition", e))
+}
+
+fn string_attribute(name: &str) -> Result<AttributeDefinition, InfraError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(|e| InfraError::new("table definition", e))
+}
+
+fn index(name: &str, pk: &str, sk: &str) -> Result<GlobalSecondaryIndex, InfraError> {
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key(pk, KeyType::Hash)?)
+        .key_schema(key(sk, KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()
+        .map_err(|e| InfraError::new("table definition", e))
+}
+
+/// Creates the table if it does not exist and waits until it is active.
+pub async fn ensure_table(client: &Client, table: &str) -> Result<(), InfraError> {
+    match client.describe_table().table_name(table).send().await {
+        Ok(_) => return wait_active(client, table).await,
+        Err(error) if error.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {}
+        Err(error) => return Err(InfraError::new("describe table", error)),
+    }
+    let mut create = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key(PK, KeyType::Hash)?)
+        .key_schema(key(SK, KeyType::Range)?)
+        .global_secondary_indexes(index(OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK)?)
+        .global_secondary_indexes(index(MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK)?);
+    for name in [PK, SK, OPEN_PK, OPEN_SK, MEMBERS_PK, MEMBERS_SK] {
+        create = create.attribute_definitions(string_attribute(name)?);
+    }
+    match create.send().await {
+        Ok(_) => {}
+        // Another process created it first.
+        Err(error) if error.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
+        Err(error) => return Err(InfraError::new("create table", error)),
+    }
+    wait_active(client, table).await?;
+    let ttl = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(TTL_ATTRIBUTE)
+        .build()
+        .map_err(|e| InfraError::new("table definition", e))?;
+    if let Err(error) = client.update_time_to_live().table_name(table).time_to_live_specification(ttl).send().await {
+        // Emulators may not implement TTL; records then simply stay.
+        tracing::warn!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&error), "could not enable TTL");
+    }
+    Ok(())
+}
+
+async fn wait_active(client: &Client, table: &str) -> Result<(), InfraError> {
+    for _ in 0..300 {
+        let description =
+            client.describe_table().table_name(table).send().await.map_err(|e| InfraError::new("describe table", e))?;
+        if description.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(InfraError::new("create table", format!("table {table} did not become active in 30 s")))
+}
