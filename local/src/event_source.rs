@@ -79,6 +79,43 @@ pub async fn run(
     while invocations.join_next().await.is_some() {}
 }
 
+/// One message as the settle function sees it.
+pub(crate) struct Delivery<'a> {
+    pub message_id: &'a str,
+    pub receipt_handle: Option<&'a str>,
+    pub body: &'a str,
+    pub receive_count: u32,
+}
+
+/// Invokes the settle handler with these messages as one SQS event, as
+/// Lambda's event source mapping does; returns the ids of the failed ones.
+pub(crate) async fn invoke_settle(settler: &Settler, deliveries: &[Delivery<'_>]) -> Vec<String> {
+    let mut event = SqsEvent::default();
+    for delivery in deliveries {
+        let mut record = SqsMessage::default();
+        record.message_id = Some(delivery.message_id.to_owned());
+        record.receipt_handle = delivery.receipt_handle.map(str::to_owned);
+        record.body = Some(delivery.body.to_owned());
+        record.event_source = Some("aws:sqs".to_owned());
+        record.attributes.insert("ApproximateReceiveCount".to_owned(), delivery.receive_count.to_string());
+        event.records.push(record);
+    }
+    match settle::handle(settler, LambdaEvent::new(event, Context::default())).await {
+        Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
+        // A failed invocation returns the whole batch to the queue.
+        Err(error) => {
+            tracing::error!(error = %error, "the settle invocation failed");
+            deliveries.iter().map(|d| d.message_id.to_owned()).collect()
+        }
+    }
+}
+
+/// When a message failed `receive_count` times comes back.
+pub(crate) fn backoff(config: &EventSourceConfig, receive_count: u32) -> Duration {
+    let exponent = receive_count.saturating_sub(1).min(16);
+    config.first_backoff.saturating_mul(1 << exponent).min(config.max_backoff)
+}
+
 async fn invoke(
     settler: &Settler,
     queue: &MemoryQueue,
@@ -86,24 +123,19 @@ async fn invoke(
     dead_letters: &DeadLetters,
     mut batch: Vec<QueuedMessage>,
 ) {
-    let mut event = SqsEvent::default();
     for message in &mut batch {
         message.receive_count += 1;
-        let mut record = SqsMessage::default();
-        record.message_id = Some(message.message_id.clone());
-        record.body = Some(message.body.clone());
-        record.event_source = Some("aws:sqs".to_owned());
-        record.attributes.insert("ApproximateReceiveCount".to_owned(), message.receive_count.to_string());
-        event.records.push(record);
     }
-    let failed: Vec<String> = match settle::handle(settler, LambdaEvent::new(event, Context::default())).await {
-        Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
-        // A failed invocation returns the whole batch to the queue.
-        Err(error) => {
-            tracing::error!(error = %error, "the settle invocation failed");
-            batch.iter().map(|m| m.message_id.clone()).collect()
-        }
-    };
+    let deliveries: Vec<Delivery<'_>> = batch
+        .iter()
+        .map(|m| Delivery {
+            message_id: &m.message_id,
+            receipt_handle: None,
+            body: &m.body,
+            receive_count: m.receive_count,
+        })
+        .collect();
+    let failed = invoke_settle(settler, &deliveries).await;
     for message in batch.into_iter().filter(|m| failed.contains(&m.message_id)) {
         if message.receive_count >= config.max_receives {
             tracing::error!(
@@ -115,8 +147,7 @@ async fn invoke(
             }
             continue;
         }
-        let exponent = message.receive_count.saturating_sub(1).min(16);
-        let backoff = config.first_backoff.saturating_mul(1 << exponent).min(config.max_backoff);
+        let backoff = backoff(config, message.receive_count);
         let queue = queue.clone();
         tokio::spawn(async move {
             tokio::time::sleep(backoff).await;

@@ -4,6 +4,7 @@
 pub mod event_source;
 pub mod gateway;
 pub mod seed;
+pub mod sqs_poller;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,12 +15,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use shared::adapters::dynamodb::{DynamoStore, table};
 use shared::adapters::http_exchange::{HttpExchange, HttpExchangeConfig};
 use shared::adapters::memory::MemoryStore;
 use shared::adapters::memory_queue::memory_queue;
+use shared::adapters::sdk_metrics::RequestCounter;
 use shared::adapters::simulated_exchange::SimulatedExchange;
+use shared::adapters::sqs::{SqsQueue, ensure_queues};
 use shared::config::ServiceConfig;
-use shared::ports::{Exchange, Store, SystemClock};
+use shared::ports::{Clock, Exchange, SettleQueue, Store, SystemClock};
+use shared::reconcile::Reconciler;
 use shared::service::OrderService;
 use shared::settlement::Settler;
 use tokio::net::TcpListener;
@@ -36,6 +41,30 @@ pub enum Backend {
     Aws,
 }
 
+/// Where `--backend aws` finds its table and queue. Endpoints, region and
+/// credentials come from the SDK's standard configuration
+/// (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ENDPOINT_URL_SQS`,
+/// `AWS_REGION`, …) unless a test passes its own.
+#[derive(Debug, Clone)]
+pub struct AwsOptions {
+    pub table: String,
+    pub queue_name: String,
+    pub dynamodb: Option<aws_config::SdkConfig>,
+    pub sqs: Option<aws_config::SdkConfig>,
+}
+
+impl AwsOptions {
+    /// `TABLE_NAME` (default `orders`) and `SETTLE_QUEUE_NAME` (default `orders-settle`).
+    pub fn from_env() -> AwsOptions {
+        AwsOptions {
+            table: std::env::var("TABLE_NAME").unwrap_or_else(|_| "orders".to_owned()),
+            queue_name: std::env::var("SETTLE_QUEUE_NAME").unwrap_or_else(|_| "orders-settle".to_owned()),
+            dynamodb: None,
+            sqs: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub listen: SocketAddr,
@@ -43,6 +72,9 @@ pub struct Options {
     /// `None`: the built-in simulated exchange.
     pub exchange_url: Option<String>,
     pub backend: Backend,
+    pub aws: AwsOptions,
+    /// How often stuck batches are looked for (the reconciler's schedule).
+    pub reconcile_every: Duration,
     pub exchange_connect_timeout: Duration,
     pub exchange_timeout: Duration,
     pub settle_lease: Duration,
@@ -57,6 +89,8 @@ impl Default for Options {
             seed: None,
             exchange_url: None,
             backend: Backend::Memory,
+            aws: AwsOptions::from_env(),
+            reconcile_every: Duration::from_secs(30),
             exchange_connect_timeout: Duration::from_secs(2),
             exchange_timeout: Duration::from_secs(5),
             settle_lease: Duration::from_secs(30),
@@ -78,16 +112,69 @@ pub enum StartError {
     Seed(#[from] seed::SeedError),
     #[error("cannot build the exchange client")]
     Exchange(#[source] reqwest::Error),
-    #[error("the aws backend is not built yet; use --backend memory")]
-    BackendUnavailable,
+    #[error("cannot prepare the {what}")]
+    Aws {
+        what: &'static str,
+        #[source]
+        source: shared::ports::InfraError,
+    },
 }
 
 /// A running `orders-local`.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Messages that exhausted their deliveries (embedded queue).
     pub dead_letters: DeadLetters,
+    /// With `--backend aws`: the AWS side, for reports and tests.
+    pub aws: Option<AwsRuntime>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The AWS resources `--backend aws` runs on, and what it sent to them.
+#[derive(Clone)]
+pub struct AwsRuntime {
+    pub store: Arc<DynamoStore>,
+    pub requests: RequestCounter,
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+impl AwsRuntime {
+    /// One line: DynamoDB requests by operation and per placed order, and
+    /// the store's retry counts.
+    pub fn report(&self) -> String {
+        let stats = self.store.stats();
+        let requests = self.requests.snapshot();
+        let total: u64 = requests.values().sum();
+        let per_order = if stats.orders_placed == 0 {
+            "n/a".to_owned()
+        } else {
+            format!("{:.3}", total as f64 / stats.orders_placed as f64)
+        };
+        format!(
+            "orders placed {}; DynamoDB requests {total} ({requests:?}), {per_order} per order; \
+             transactions {}, TransactionConflict {}, stale-pool retries {}, pool reads {}",
+            stats.orders_placed, stats.transactions, stats.conflicts, stats.stale_pool_retries, stats.pool_reads
+        )
+    }
+
+    pub async fn dead_letter_count(&self) -> Result<u64, shared::ports::InfraError> {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.dead_letter_queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| shared::ports::InfraError::new("read dead-letter queue", e))?;
+        Ok(attributes
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
+    }
 }
 
 impl Running {
@@ -101,15 +188,7 @@ impl Running {
 }
 
 pub async fn start(options: Options) -> Result<Running, StartError> {
-    let store: Arc<dyn Store> = match options.backend {
-        Backend::Memory => Arc::new(MemoryStore::new()),
-        Backend::Aws => return Err(StartError::BackendUnavailable),
-    };
-    if let Some(path) = &options.seed {
-        let accounts = seed::load(path)?;
-        seed::apply(store.as_ref(), &accounts).await?;
-        tracing::info!(accounts = accounts.len(), path = %path.display(), "seeded accounts");
-    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let exchange: Arc<dyn Exchange> = match &options.exchange_url {
         None => Arc::new(SimulatedExchange::new()),
         Some(url) => Arc::new(
@@ -121,32 +200,110 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             .map_err(StartError::Exchange)?,
         ),
     };
-    let (queue, messages) = memory_queue();
-    let service = Arc::new(OrderService::new(
-        Arc::clone(&store),
-        Arc::new(queue.clone()),
-        Arc::new(SystemClock),
-        options.service.clone(),
-    ));
-    let settler = Arc::new(Settler::new(store, exchange, Arc::new(SystemClock), options.settle_lease));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let dead_letters = DeadLetters::default();
+    let mut tasks = Vec::new();
+
+    let (store, queue, aws): (Arc<dyn Store>, Arc<dyn SettleQueue>, Option<AwsRuntime>) = match options.backend {
+        Backend::Memory => {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let (queue, messages) = memory_queue();
+            let settler =
+                Arc::new(Settler::new(Arc::clone(&store), exchange, Arc::clone(&clock), options.settle_lease));
+            tasks.push(tokio::spawn(event_source::run(
+                messages,
+                queue.clone(),
+                settler,
+                options.event_source.clone(),
+                Arc::clone(&dead_letters),
+                shutdown_rx.clone(),
+            )));
+            (store, Arc::new(queue), None)
+        }
+        Backend::Aws => {
+            let runtime = connect_aws(&options.aws).await?;
+            let store: Arc<dyn Store> = runtime.store.clone();
+            let queue = SqsQueue::new(runtime.sqs.clone(), runtime.queue_url.clone());
+            let settler =
+                Arc::new(Settler::new(Arc::clone(&store), exchange, Arc::clone(&clock), options.settle_lease));
+            // Two pollers, as Lambda starts with several concurrent invocations.
+            for _ in 0..2 {
+                tasks.push(tokio::spawn(sqs_poller::run(
+                    runtime.sqs.clone(),
+                    runtime.queue_url.clone(),
+                    Arc::clone(&settler),
+                    options.event_source.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
+            (store, Arc::new(queue), Some(runtime))
+        }
+    };
+    if let Some(path) = &options.seed {
+        let accounts = seed::load(path)?;
+        seed::apply(store.as_ref(), &accounts).await?;
+        tracing::info!(accounts = accounts.len(), path = %path.display(), "seeded accounts");
+    }
+    let reconciler =
+        Reconciler::new(Arc::clone(&store), Arc::clone(&queue), Arc::clone(&clock), time::Duration::minutes(1));
+    tasks.push(tokio::spawn(reconcile(reconciler, options.reconcile_every, shutdown_rx.clone())));
+    let service = Arc::new(OrderService::new(store, queue, clock, options.service.clone()));
 
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|source| StartError::Listen { addr: options.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: options.listen, source })?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let dead_letters = DeadLetters::default();
+    tasks.push(tokio::spawn(accept(listener, service, shutdown_rx)));
+    Ok(Running { addr, dead_letters, aws, shutdown, tasks })
+}
 
-    let settle_task = tokio::spawn(event_source::run(
-        messages,
-        queue,
-        settler,
-        options.event_source.clone(),
-        Arc::clone(&dead_letters),
-        shutdown_rx.clone(),
-    ));
-    let http_task = tokio::spawn(accept(listener, service, shutdown_rx));
-    Ok(Running { addr, dead_letters, shutdown, tasks: vec![http_task, settle_task] })
+/// The table and queues, created when missing, and clients that count
+/// their requests.
+async fn connect_aws(options: &AwsOptions) -> Result<AwsRuntime, StartError> {
+    let standard = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let dynamodb_config = options.dynamodb.as_ref().unwrap_or(&standard);
+    let sqs_config = options.sqs.as_ref().unwrap_or(&standard);
+    let requests = RequestCounter::new();
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(dynamodb_config).interceptor(requests.clone()).build(),
+    );
+    table::ensure_table(&dynamodb, &options.table).await.map_err(|source| StartError::Aws { what: "table", source })?;
+    let sqs = aws_sdk_sqs::Client::new(sqs_config);
+    let queue_url = ensure_queues(&sqs, &options.queue_name)
+        .await
+        .map_err(|source| StartError::Aws { what: "settle queue", source })?;
+    let dead_letter_queue_url = sqs
+        .get_queue_url()
+        .queue_name(format!("{}-dlq", options.queue_name))
+        .send()
+        .await
+        .map_err(|e| StartError::Aws {
+            what: "dead-letter queue",
+            source: shared::ports::InfraError::new("get queue url", e),
+        })?
+        .queue_url
+        .unwrap_or_default();
+    tracing::info!(table = %options.table, %queue_url, "using DynamoDB and SQS");
+    Ok(AwsRuntime {
+        store: Arc::new(DynamoStore::new(dynamodb, options.table.clone())),
+        requests,
+        sqs,
+        queue_url,
+        dead_letter_queue_url,
+    })
+}
+
+/// The reconciler function's schedule, in-process.
+async fn reconcile(reconciler: Reconciler, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => break,
+        }
+        if let Err(error) = reconciler.run_once().await {
+            tracing::warn!(error = &error as &dyn std::error::Error, "reconciling stuck batches failed");
+        }
+    }
 }
 
 async fn accept(listener: TcpListener, service: Arc<OrderService>, mut shutdown: watch::Receiver<bool>) {

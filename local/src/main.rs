@@ -61,7 +61,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(addr = %running.addr, %exchange, "orders-local is serving the Order API; Ctrl-C stops it");
     tokio::signal::ctrl_c().await?;
     tracing::info!("stopping: finishing requests and settlements under way");
+    let aws = running.aws.clone();
     running.stop().await;
+    if let Some(aws) = aws {
+        tracing::info!("{}", aws.report());
+    }
     tracing::info!("stopped");
     Ok(())
 }

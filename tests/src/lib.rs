@@ -9,7 +9,8 @@ pub mod fake_exchange;
 use std::str::FromStr;
 use std::time::Duration;
 
-use orders_local::{EventSourceConfig, Options, Running};
+use emulators::{Emulator, unique_name};
+use orders_local::{AwsOptions, Backend, EventSourceConfig, Options, Running};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
@@ -77,6 +78,15 @@ pub async fn spawn_app_with(
         },
         ..Options::default()
     };
+    if let Some((table_on, queue_on)) = aws_backend() {
+        options.backend = Backend::Aws;
+        options.aws = AwsOptions {
+            table: unique_name("e2e"),
+            queue_name: unique_name("e2e-settle"),
+            dynamodb: Some(table_on.sdk_config().await),
+            sqs: Some(queue_on.sdk_config().await),
+        };
+    }
     adjust(&mut options);
     let running = orders_local::start(options).await.unwrap();
     let _ = std::fs::remove_file(path);
@@ -151,8 +161,37 @@ impl TestApp {
         }
     }
 
-    pub fn dead_letters(&self) -> usize {
-        self.running.as_ref().map_or(0, |r| r.dead_letters.lock().unwrap().len())
+    /// Messages in the dead-letter queue.
+    pub async fn dead_letters(&self) -> usize {
+        let running = self.running.as_ref().unwrap();
+        match &running.aws {
+            Some(aws) => aws.dead_letter_count().await.unwrap() as usize,
+            None => running.dead_letters.lock().unwrap().len(),
+        }
+    }
+
+    /// Deliveries of a settle message before it moves to the dead letters.
+    pub fn max_receives(&self, configured: u32) -> u32 {
+        match self.running.as_ref().and_then(|r| r.aws.as_ref()) {
+            Some(_) => shared::adapters::sqs::MAX_RECEIVE_COUNT,
+            None => configured,
+        }
+    }
+
+    /// The `--backend aws` request counts, when on that backend.
+    pub fn aws_report(&self) -> Option<String> {
+        self.running.as_ref().and_then(|r| r.aws.as_ref()).map(|aws| aws.report())
+    }
+}
+
+/// `ORDERS_E2E_BACKEND`: `memory` (default), `ministack` (table and queue on
+/// ministack) or `dynamodb-local` (table on DynamoDB Local, queue on ministack).
+fn aws_backend() -> Option<(Emulator, Emulator)> {
+    match std::env::var("ORDERS_E2E_BACKEND").as_deref() {
+        Err(_) | Ok("memory") => None,
+        Ok("ministack") => Some((Emulator::Ministack, Emulator::Ministack)),
+        Ok("dynamodb-local") => Some((Emulator::DynamoDbLocal, Emulator::Ministack)),
+        Ok(other) => panic!("ORDERS_E2E_BACKEND={other}: expected memory, ministack or dynamodb-local"),
     }
 }
 

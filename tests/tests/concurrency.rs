@@ -104,6 +104,9 @@ async fn hundreds_of_racing_small_orders_conserve_money_and_buy_each_batch_once(
     assert_eq!(bought + pending_usd / dec(PRICE), ordered_qty, "bought + pending = ordered");
     assert!(pending_usd < dec("10"), "the open pool stays below the minimum: {pending_usd}");
     assert!(fills.len() >= 10, "expected many batches, got {}", fills.len());
-    assert_eq!(app.dead_letters(), 0);
+    assert_eq!(app.dead_letters().await, 0);
+    if let Some(report) = app.aws_report() {
+        println!("{report}");
+    }
     app.stop().await;
 }
