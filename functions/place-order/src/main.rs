@@ -1,9 +1,9 @@
 use std::sync::Arc;
 
 use lambda_http::{Error, run, service_fn};
-use shared::adapters::memory::MemoryStore;
-use shared::adapters::memory_queue::memory_queue;
-use shared::config::ServiceConfig;
+use shared::adapters::dynamodb::DynamoStore;
+use shared::adapters::sqs::SqsQueue;
+use shared::config::{AwsResources, ServiceConfig};
 use shared::ports::SystemClock;
 use shared::service::OrderService;
 
@@ -16,11 +16,14 @@ async fn main() -> Result<(), Error> {
         .init();
 
     let config = ServiceConfig::from_env()?;
-    // The embedded backend; the DynamoDB and SQS adapters replace it here
-    // (see the DynamoDB issue). Messages stay in this process.
-    let (queue, _messages) = memory_queue();
-    let service =
-        Arc::new(OrderService::new(Arc::new(MemoryStore::new()), Arc::new(queue), Arc::new(SystemClock), config));
+    let resources = AwsResources::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let service = Arc::new(OrderService::new(
+        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
+        Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
+        Arc::new(SystemClock),
+        config,
+    ));
     run(service_fn(move |request| {
         let service = Arc::clone(&service);
         async move { place_order::handle(&service, request).await }

@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use lambda_runtime::{Error, run, service_fn};
+use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::http_exchange::HttpExchange;
-use shared::adapters::memory::MemoryStore;
 use shared::config::SettleConfig;
 use shared::ports::SystemClock;
 use shared::settlement::Settler;
@@ -16,11 +16,15 @@ async fn main() -> Result<(), Error> {
         .init();
 
     let config = SettleConfig::from_env()?;
+    let table = std::env::var("TABLE_NAME").map_err(|_| "configuration variable TABLE_NAME: required")?;
     let exchange = HttpExchange::new(&config.exchange)?;
-    // The embedded backend; the DynamoDB adapter replaces it here (see the
-    // DynamoDB issue).
-    let settler =
-        Arc::new(Settler::new(Arc::new(MemoryStore::new()), Arc::new(exchange), Arc::new(SystemClock), config.lease));
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let settler = Arc::new(Settler::new(
+        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table)),
+        Arc::new(exchange),
+        Arc::new(SystemClock),
+        config.lease,
+    ));
     run(service_fn(move |event| {
         let settler = Arc::clone(&settler);
         async move { settle::handle(&settler, event).await }

@@ -100,18 +100,18 @@ impl Store for MemoryStore {
 
         // Conditions first, exactly as the transaction's condition checks:
         // nothing is written unless all of them hold.
-        if let Some(key) = &new.idempotency_key {
-            if let Some(record) = t.keys.get(&(new.user.clone(), key.clone())) {
-                let same = record.coin == new.coin && record.amount == new.amount.value();
-                if !same {
-                    return Err(PlaceError::IdempotencyKeyReused);
-                }
-                let order = t
-                    .orders
-                    .get(&record.order)
-                    .ok_or_else(|| InfraError::new("memory store", "idempotency key without its order"))?;
-                return Ok(Placed { order: t.view(order), formed: None, replayed: true });
+        if let Some(key) = &new.idempotency_key
+            && let Some(record) = t.keys.get(&(new.user.clone(), key.clone()))
+        {
+            let same = record.coin == new.coin && record.amount == new.amount.value();
+            if !same {
+                return Err(PlaceError::IdempotencyKeyReused);
             }
+            let order = t
+                .orders
+                .get(&record.order)
+                .ok_or_else(|| InfraError::new("memory store", "idempotency key without its order"))?;
+            return Ok(Placed { order: t.view(order), formed: None, replayed: true });
         }
         let balance = t.balances.get(&new.user).copied().unwrap_or(Usd::ZERO);
         let Some(remaining) = balance.checked_sub(new.cost) else {

@@ -42,6 +42,6 @@ impl Failpoints {
             return false;
         }
         let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
-        n % self.lost_reply_period == 0
+        n.is_multiple_of(self.lost_reply_period)
     }
 }

@@ -1,0 +1,31 @@
+use std::sync::Arc;
+
+use lambda_runtime::{Error, run, service_fn};
+use shared::adapters::dynamodb::DynamoStore;
+use shared::adapters::sqs::SqsQueue;
+use shared::config::AwsResources;
+use shared::ports::SystemClock;
+use shared::reconcile::Reconciler;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .without_time()
+        .init();
+
+    let resources = AwsResources::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let reconciler = Arc::new(Reconciler::new(
+        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
+        Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
+        Arc::new(SystemClock),
+        time::Duration::minutes(1),
+    ));
+    run(service_fn(move |event| {
+        let reconciler = Arc::clone(&reconciler);
+        async move { reconciler::handle(&reconciler, event).await }
+    }))
+    .await
+}
