@@ -69,8 +69,9 @@ start_emulators() {
     local jar_dir port
     jar_dir=$(install_dynamodb_local)
     port=$(free_port)
-    java -Djava.library.path="$jar_dir/DynamoDBLocal_lib" -jar "$jar_dir/DynamoDBLocal.jar" \
-      -inMemory -port "$port" >"$emulator_run_dir/dynamodb-local.log" 2>&1 &
+    # From the run folder: DynamoDB Local writes a metadata file where it runs.
+    (cd "$emulator_run_dir" && exec java -Djava.library.path="$jar_dir/DynamoDBLocal_lib" \
+      -jar "$jar_dir/DynamoDBLocal.jar" -inMemory -port "$port") >"$emulator_run_dir/dynamodb-local.log" 2>&1 &
     emulator_pids+=($!)
     export DYNAMODB_LOCAL_ENDPOINT="http://127.0.0.1:$port"
     wait_for_http "$DYNAMODB_LOCAL_ENDPOINT" "DynamoDB Local" "$emulator_run_dir/dynamodb-local.log"
