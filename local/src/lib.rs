@@ -142,21 +142,28 @@ pub struct AwsRuntime {
 }
 
 impl AwsRuntime {
-    /// One line: DynamoDB requests by operation and per placed order, and
-    /// the store's retry counts.
+    /// One line: DynamoDB requests by operation, what placing an order cost
+    /// (its transactions and pool reads per placed order), and the store's
+    /// retry counts.
     pub fn report(&self) -> String {
         let stats = self.store.stats();
         let requests = self.requests.snapshot();
-        let total: u64 = requests.values().sum();
-        let per_order = if stats.orders_placed == 0 {
-            "n/a".to_owned()
-        } else {
-            format!("{:.3}", total as f64 / stats.orders_placed as f64)
+        let count = |operation: &str| requests.get(operation).copied().unwrap_or(0);
+        let placing = stats.transactions + stats.pool_reads;
+        let per_order = match stats.orders_placed {
+            0 => "n/a".to_owned(),
+            orders => format!("{:.4}", placing as f64 / orders as f64),
         };
         format!(
-            "orders placed {}; DynamoDB requests {total} ({requests:?}), {per_order} per order; \
-             transactions {}, TransactionConflict {}, stale-pool retries {}, pool reads {}",
-            stats.orders_placed, stats.transactions, stats.conflicts, stats.stale_pool_retries, stats.pool_reads
+            "orders placed {}; DynamoDB requests by operation {requests:?}; placing: {} TransactWriteItems + {} pool \
+             GetItem = {per_order} requests per placed order; TransactionConflict {}, stale-pool retries {}; \
+             settling: {} UpdateItem",
+            stats.orders_placed,
+            stats.transactions,
+            stats.pool_reads,
+            stats.conflicts,
+            stats.stale_pool_retries,
+            count("UpdateItem"),
         )
     }
 
