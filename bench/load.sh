@@ -19,11 +19,7 @@ fi
 
 cargo build --release --bin orders-local >&2
 seed=$(mktemp --suffix=.json)
-python3 - "$users" > "$seed" <<'PY'
-import json, sys
-users = int(sys.argv[1])
-print(json.dumps({"accounts": [{"user_id": f"load-{i}", "balance_usd": "1000000000"} for i in range(1, users + 1)]}))
-PY
+python3 bench/seed-accounts.py "$users" > "$seed"
 
 RUST_LOG=warn ./target/release/orders-local --listen "127.0.0.1:$port" --seed "$seed" &
 server=$!

@@ -12,3 +12,4 @@ pub mod ports;
 pub mod reconcile;
 pub mod service;
 pub mod settlement;
+pub mod telemetry;

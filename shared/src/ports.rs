@@ -4,7 +4,11 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::domain::{Batch, BatchId, BatchStatus, Coin, IdempotencyKey, OrderId, OrderView, Quantity, Usd, UserId};
+use crate::domain::batching::BatchTotals;
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Coin, IdempotencyKey, Membership, Order, OrderId, OrderView, Placement, Quantity, Usd,
+    UserId,
+};
 
 /// An infrastructure failure: the store or queue could not answer. Never a
 /// business outcome, and safe to retry (every write is conditional).
@@ -33,6 +37,46 @@ pub struct NewOrder {
     pub cost: Usd,
     pub idempotency_key: Option<IdempotencyKey>,
     pub created_at: OffsetDateTime,
+}
+
+impl NewOrder {
+    /// The order as placing it this way records it, and the batch it forms
+    /// (`READY`, with a fresh id) if it forms one.
+    pub fn placed(&self, placement: &Placement) -> (Order, Option<Batch>) {
+        let batch = |seq: Option<u64>, totals: BatchTotals| Batch {
+            id: BatchId::generate(),
+            coin: self.coin.clone(),
+            seq,
+            qty: totals.qty,
+            usd: totals.usd,
+            count: totals.count,
+            status: BatchStatus::Ready,
+            attempts: 0,
+            lease_until: None,
+            exchange_order_id: None,
+            created_at: self.created_at,
+        };
+        let (membership, formed) = match *placement {
+            Placement::OwnBatch => {
+                let own = batch(None, BatchTotals { usd: self.cost, qty: self.amount, count: 1 });
+                (Membership::Own(own.id), Some(own))
+            }
+            Placement::Join { seq } => (Membership::Pool { seq }, None),
+            Placement::Cross { seq, batch: totals } => (Membership::Pool { seq }, Some(batch(Some(seq), totals))),
+        };
+        let order = Order {
+            id: self.id,
+            user: self.user.clone(),
+            coin: self.coin.clone(),
+            amount: self.amount,
+            price: self.price,
+            cost: self.cost,
+            membership,
+            refunded: false,
+            created_at: self.created_at,
+        };
+        (order, formed)
+    }
 }
 
 /// What placing an order did.

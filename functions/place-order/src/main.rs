@@ -9,11 +9,7 @@ use shared::service::OrderService;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .without_time()
-        .init();
+    shared::telemetry::init_lambda();
 
     let config = ServiceConfig::from_env()?;
     let resources = AwsResources::from_env()?;

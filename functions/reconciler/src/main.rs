@@ -9,11 +9,7 @@ use shared::reconcile::Reconciler;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .without_time()
-        .init();
+    shared::telemetry::init_lambda();
 
     let resources = AwsResources::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;

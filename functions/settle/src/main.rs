@@ -9,11 +9,7 @@ use shared::settlement::Settler;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .without_time()
-        .init();
+    shared::telemetry::init_lambda();
 
     let config = SettleConfig::from_env()?;
     let table = std::env::var("TABLE_NAME").map_err(|_| "configuration variable TABLE_NAME: required")?;

@@ -65,32 +65,6 @@ impl Tables {
     fn view(&self, order: &Order) -> OrderView {
         OrderView::new(order.clone(), self.batch_of(order))
     }
-
-    fn new_batch(
-        &mut self,
-        order: &NewOrder,
-        seq: Option<u64>,
-        totals: crate::domain::batching::BatchTotals,
-    ) -> BatchId {
-        let id = BatchId::generate();
-        self.batches.insert(
-            id,
-            Batch {
-                id,
-                coin: order.coin.clone(),
-                seq,
-                qty: totals.qty,
-                usd: totals.usd,
-                count: totals.count,
-                status: BatchStatus::Ready,
-                attempts: 0,
-                lease_until: None,
-                exchange_order_id: None,
-                created_at: order.created_at,
-            },
-        );
-        id
-    }
 }
 
 #[async_trait]
@@ -120,46 +94,32 @@ impl Store for MemoryStore {
 
         let pool = t.pools.get(&new.coin).copied().unwrap_or_default();
         let placement = decide(&pool, new.cost, new.amount, minimum);
-        let (membership, formed) = match placement {
-            Placement::OwnBatch => {
-                let totals = crate::domain::batching::BatchTotals { usd: new.cost, qty: new.amount, count: 1 };
-                let id = t.new_batch(&new, None, totals);
-                t.members.insert(id, vec![new.id]);
-                (Membership::Own(id), Some(id))
-            }
-            Placement::Join { seq } => {
-                t.open_members.entry(new.coin.clone()).or_default().push(new.id);
-                (Membership::Pool { seq }, None)
-            }
-            Placement::Cross { seq, batch } => {
-                let id = t.new_batch(&new, Some(seq), batch);
-                let mut members = t.open_members.remove(&new.coin).unwrap_or_default();
+        let (order, formed) = new.placed(&placement);
+        match (&placement, &formed) {
+            (Placement::Join { .. }, _) => t.open_members.entry(new.coin.clone()).or_default().push(new.id),
+            (_, Some(batch)) => {
+                let mut members = match batch.seq {
+                    Some(seq) => {
+                        t.pool_batches.insert((new.coin.clone(), seq), batch.id);
+                        t.open_members.remove(&new.coin).unwrap_or_default()
+                    }
+                    None => Vec::new(),
+                };
                 members.push(new.id);
-                t.members.insert(id, members);
-                t.pool_batches.insert((new.coin.clone(), seq), id);
-                (Membership::Pool { seq }, Some(id))
+                t.members.insert(batch.id, members);
+                t.batches.insert(batch.id, batch.clone());
             }
-        };
+            (_, None) => {}
+        }
         t.pools.insert(new.coin.clone(), pool.after(&placement, new.cost, new.amount));
         t.balances.insert(new.user.clone(), remaining);
         if let Some(key) = &new.idempotency_key {
             let record = KeyRecord { order: new.id, coin: new.coin.clone(), amount: new.amount.value() };
             t.keys.insert((new.user.clone(), key.clone()), record);
         }
-        let order = Order {
-            id: new.id,
-            user: new.user,
-            coin: new.coin,
-            amount: new.amount,
-            price: new.price,
-            cost: new.cost,
-            membership,
-            refunded: false,
-            created_at: new.created_at,
-        };
         let view = t.view(&order);
         t.orders.insert(order.id, order);
-        Ok(Placed { order: view, formed, replayed: false })
+        Ok(Placed { order: view, formed: formed.map(|b| b.id), replayed: false })
     }
 
     async fn order(&self, user: &UserId, id: OrderId) -> Result<Option<OrderView>, InfraError> {
@@ -271,16 +231,8 @@ impl Store for MemoryStore {
         now: OffsetDateTime,
     ) -> Result<Vec<BatchId>, InfraError> {
         let t = self.lock()?;
-        let mut stuck: Vec<BatchId> = t
-            .batches
-            .values()
-            .filter(|b| match b.status {
-                BatchStatus::Ready => b.created_at < formed_before,
-                BatchStatus::Submitting => b.lease_until.is_none_or(|until| until <= now),
-                BatchStatus::Settled | BatchStatus::Refunded => false,
-            })
-            .map(|b| b.id)
-            .collect();
+        let mut stuck: Vec<BatchId> =
+            t.batches.values().filter(|b| b.is_stuck(formed_before, now)).map(|b| b.id).collect();
         stuck.sort();
         Ok(stuck)
     }

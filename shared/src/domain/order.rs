@@ -81,6 +81,19 @@ pub struct Batch {
     pub created_at: OffsetDateTime,
 }
 
+impl Batch {
+    /// Whether settlement lost track of it: `READY` since before
+    /// `formed_before` (its message was lost), or `SUBMITTING` with a lease
+    /// expired by `now` (its attempt died).
+    pub fn is_stuck(&self, formed_before: OffsetDateTime, now: OffsetDateTime) -> bool {
+        match self.status {
+            BatchStatus::Ready => self.created_at < formed_before,
+            BatchStatus::Submitting => self.lease_until.is_none_or(|until| until <= now),
+            BatchStatus::Settled | BatchStatus::Refunded => false,
+        }
+    }
+}
+
 /// The status a customer sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderStatus {

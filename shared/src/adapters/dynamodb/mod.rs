@@ -228,14 +228,7 @@ impl DynamoStore {
         }
     }
 
-    fn plan(
-        &self,
-        new: &NewOrder,
-        pool: &CachedPool,
-        placement: &Placement,
-        batch: Option<BatchId>,
-        minimum: Usd,
-    ) -> Result<Plan, InfraError> {
+    fn plan(&self, new: &NewOrder, pool: &CachedPool, placement: &Placement, minimum: Usd) -> Result<Plan, InfraError> {
         let build = infra("build transaction");
         let mut items = Vec::with_capacity(6);
         let key = match &new.idempotency_key {
@@ -271,27 +264,10 @@ impl DynamoStore {
         items.push(TransactWriteItem::builder().update(debit).build());
         let debit = items.len() - 1;
 
-        let membership = match (placement, batch) {
-            (Placement::OwnBatch, Some(batch)) => Membership::Own(batch),
-            (Placement::Join { seq } | Placement::Cross { seq, .. }, _) => Membership::Pool { seq: *seq },
-            (Placement::OwnBatch, None) => {
-                return Err(InfraError::new("build transaction", "an own batch without its id"));
-            }
-        };
-        let order = Order {
-            id: new.id,
-            user: new.user.clone(),
-            coin: new.coin.clone(),
-            amount: new.amount,
-            price: new.price,
-            cost: new.cost,
-            membership,
-            refunded: false,
-            created_at: new.created_at,
-        };
+        let (order, batch) = new.placed(placement);
         let put_order = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(order_item(&order, batch)))
+            .set_item(Some(order_item(&order, batch.as_ref().map(|b| b.id))))
             .condition_expression("attribute_not_exists(PK)")
             .build()
             .map_err(infra("build transaction"))?;
@@ -357,39 +333,17 @@ impl DynamoStore {
             }
         }
 
-        let mut written_batch = None;
-        if let Some(batch_id) = batch {
-            let totals = match *placement {
-                Placement::Cross { batch, .. } => batch,
-                _ => crate::domain::batching::BatchTotals { usd: new.cost, qty: new.amount, count: 1 },
-            };
-            let seq = match *placement {
-                Placement::Cross { seq, .. } => Some(seq),
-                _ => None,
-            };
-            let batch = Batch {
-                id: batch_id,
-                coin: new.coin.clone(),
-                seq,
-                qty: totals.qty,
-                usd: totals.usd,
-                count: totals.count,
-                status: BatchStatus::Ready,
-                attempts: 0,
-                lease_until: None,
-                exchange_order_id: None,
-                created_at: new.created_at,
-            };
+        if let Some(batch) = &batch {
             let put = Put::builder()
                 .table_name(&self.table)
-                .set_item(Some(batch_item(&batch)))
+                .set_item(Some(batch_item(batch)))
                 .condition_expression("attribute_not_exists(PK)")
                 .build()
                 .map_err(infra("build transaction"))?;
             items.push(TransactWriteItem::builder().put(put).build());
-            if let Some(seq) = seq {
+            if let Some(seq) = batch.seq {
                 let mut pointer = pool_batch_key(&new.coin, seq);
-                pointer.insert("batch_id".into(), s(batch_id.to_string()));
+                pointer.insert("batch_id".into(), s(batch.id.to_string()));
                 let put = Put::builder()
                     .table_name(&self.table)
                     .set_item(Some(pointer))
@@ -398,9 +352,8 @@ impl DynamoStore {
                     .map_err(infra("build transaction"))?;
                 items.push(TransactWriteItem::builder().put(put).build());
             }
-            written_batch = Some(batch);
         }
-        Ok(Plan { items, key, debit, order: order_index, pool: pool_index, written: (order, written_batch) })
+        Ok(Plan { items, key, debit, order: order_index, pool: pool_index, written: (order, batch) })
     }
 
     /// Sends one transaction. A reply lost in transit is resent with the
@@ -515,26 +468,27 @@ impl DynamoStore {
         }
     }
 
-    async fn members(&self, batch: &Batch) -> Result<Vec<Item>, InfraError> {
-        let mut members = Vec::new();
+    /// Every item of an index partition, page after page.
+    async fn query_index(&self, index: &str, key: &str, value: String) -> Result<Vec<Item>, InfraError> {
+        let mut items = Vec::new();
         let mut start = None;
         loop {
             let page = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .index_name(item::MEMBERS_INDEX)
-                .key_condition_expression("#pk = :members")
-                .expression_attribute_names("#pk", item::MEMBERS_PK)
-                .expression_attribute_values(":members", s(members_partition(batch)))
+                .index_name(index)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", key)
+                .expression_attribute_values(":pk", s(value.clone()))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(sdk("query batch members"))?;
-            members.extend(page.items.unwrap_or_default());
+                .map_err(sdk("query index"))?;
+            items.extend(page.items.unwrap_or_default());
             start = page.last_evaluated_key;
             if start.is_none() {
-                return Ok(members);
+                return Ok(items);
             }
         }
     }
@@ -595,17 +549,16 @@ impl Store for DynamoStore {
         for attempt in 1..=MAX_ATTEMPTS {
             let pool = self.cached_pool(&new.coin).await?;
             let placement = decide(&pool.state, new.cost, new.amount, minimum);
-            let batch = (!matches!(placement, Placement::Join { .. })).then(BatchId::generate);
-            let plan = self.plan(&new, &pool, &placement, batch, minimum)?;
+            let plan = self.plan(&new, &pool, &placement, minimum)?;
             // A fresh token per attempt: each attempt is a different request.
             let token = format!("{}-{attempt}", new.id);
             let reasons = match self.transact(&plan.items, &token).await? {
                 Sent::Committed => {
                     self.note_committed(&new, &placement);
                     self.stats.orders_placed.fetch_add(1, Ordering::Relaxed);
-                    let (order, batch_written) = plan.written;
-                    let view = OrderView::new(order, batch_written.as_ref());
-                    return Ok(Placed { order: view, formed: batch, replayed: false });
+                    let (order, batch) = plan.written;
+                    let view = OrderView::new(order, batch.as_ref());
+                    return Ok(Placed { order: view, formed: batch.map(|b| b.id), replayed: false });
                 }
                 Sent::Cancelled(reasons) => reasons,
             };
@@ -759,7 +712,7 @@ impl Store for DynamoStore {
                 format!("batch {id} is {} and cannot be refunded", batch.status.as_str()),
             ));
         }
-        let members = self.members(&batch).await?;
+        let members = self.query_index(item::MEMBERS_INDEX, item::MEMBERS_PK, members_partition(&batch)).await?;
         // The index is eventually consistent: refund only a complete batch;
         // a retry finds the rest (each order is refunded at most once).
         if members.len() < batch.count as usize {
@@ -796,35 +749,12 @@ impl Store for DynamoStore {
         formed_before: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<Vec<BatchId>, InfraError> {
+        let open = self.query_index(item::OPEN_BATCHES_INDEX, item::OPEN_PK, item::OPEN_PARTITION.to_owned()).await?;
         let mut stuck = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(item::OPEN_BATCHES_INDEX)
-                .key_condition_expression("#pk = :open")
-                .expression_attribute_names("#pk", item::OPEN_PK)
-                .expression_attribute_values(":open", s(item::OPEN_PARTITION))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(sdk("query open batches"))?;
-            for item in page.items.unwrap_or_default() {
-                let batch = batch_of(&item).map_err(infra("read batch"))?;
-                let is_stuck = match batch.status {
-                    BatchStatus::Ready => batch.created_at < formed_before,
-                    BatchStatus::Submitting => batch.lease_until.is_none_or(|until| until <= now),
-                    BatchStatus::Settled | BatchStatus::Refunded => false,
-                };
-                if is_stuck {
-                    stuck.push(batch.id);
-                }
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                break;
+        for item in open {
+            let batch = batch_of(&item).map_err(infra("read batch"))?;
+            if batch.is_stuck(formed_before, now) {
+                stuck.push(batch.id);
             }
         }
         stuck.sort();
