@@ -11,6 +11,10 @@
 
 DYNAMODB_LOCAL_NPM_VERSION=11.1.0
 MINISTACK_VERSION=1.5.33
+# ministack applies the SAM transform with aws-sam-translator and verifies
+# JWTs (the HTTP API's authorizer) with cryptography: deployed-stack tests.
+AWS_SAM_TRANSLATOR_VERSION=1.115.0
+CRYPTOGRAPHY_VERSION=50.0.2
 
 emulators_dir="$(pwd)/.emulators"
 emulator_pids=()
@@ -42,10 +46,11 @@ install_dynamodb_local() {
 
 install_ministack() {
   local venv="$emulators_dir/ministack-venv"
-  if [ ! -x "$venv/bin/ministack" ]; then
-    echo "installing ministack==$MINISTACK_VERSION (PyPI)" >&2
+  if [ ! -x "$venv/bin/ministack" ] || ! "$venv/bin/python" -c 'import samtranslator, cryptography' 2>/dev/null; then
+    echo "installing ministack==$MINISTACK_VERSION with aws-sam-translator and cryptography (PyPI)" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "ministack==$MINISTACK_VERSION" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "ministack==$MINISTACK_VERSION" \
+      "aws-sam-translator==$AWS_SAM_TRANSLATOR_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION" >&2
   fi
   echo "$venv/bin/ministack"
 }
@@ -83,7 +88,8 @@ start_emulators() {
     ministack=$(install_ministack)
     port=$(free_port)
     mkdir -p "$state/state" "$state/s3" "$state/tmp"
-    GATEWAY_PORT=$port BIND_HOST=127.0.0.1 IOT_MTLS_ENABLED=0 \
+    # AWS_ENDPOINT_URL: the functions it runs reach it, not AWS.
+    GATEWAY_PORT=$port BIND_HOST=127.0.0.1 IOT_MTLS_ENABLED=0 AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
       STATE_DIR="$state/state" S3_DATA_DIR="$state/s3" TMPDIR="$state/tmp" \
       "$ministack" >"$emulator_run_dir/ministack.log" 2>&1 &
     emulator_pids+=($!)

@@ -63,7 +63,16 @@ pub struct FakeExchange {
 
 impl FakeExchange {
     pub async fn start() -> FakeExchange {
-        let server = MockServer::start().await;
+        FakeExchange::serve(MockServer::start().await).await
+    }
+
+    /// On a given port of 127.0.0.1 (a deployed stack was told where it is).
+    pub async fn start_on(port: u16) -> FakeExchange {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        FakeExchange::serve(MockServer::builder().listener(listener).start().await).await
+    }
+
+    async fn serve(server: MockServer) -> FakeExchange {
         let state = Arc::new(Mutex::new(State::default()));
         Mock::given(any()).respond_with(Responder(Arc::clone(&state))).mount(&server).await;
         FakeExchange { server, state }

@@ -583,6 +583,11 @@ impl Store for DynamoStore {
                     }
                     None => self.forget_pool(&new.coin),
                 }
+                // The first retry has the fresh state; after that other
+                // processes are racing for the same pool: spread out.
+                if attempt > 1 {
+                    backoff(attempt).await;
+                }
                 continue;
             }
             if reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {

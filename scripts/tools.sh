@@ -1,0 +1,20 @@
+# Installs the deployment tools into .emulators/tools-venv (git-ignored), from
+# PyPI: aws-sam-cli (brings cfn-lint; `sam validate --lint` needs no
+# credentials) and cargo-lambda (a wheel that brings zig). Sourced by
+# scripts/test; puts them on PATH.
+
+AWS_SAM_CLI_VERSION=1.170.0
+CARGO_LAMBDA_VERSION=1.9.2
+
+install_tools() {
+  local venv
+  venv="$(pwd)/.emulators/tools-venv"
+  if [ ! -x "$venv/bin/sam" ] || [ ! -x "$venv/bin/cargo-lambda" ]; then
+    echo "installing aws-sam-cli==$AWS_SAM_CLI_VERSION and cargo-lambda==$CARGO_LAMBDA_VERSION (PyPI)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "aws-sam-cli==$AWS_SAM_CLI_VERSION" "cargo-lambda==$CARGO_LAMBDA_VERSION" >&2
+  fi
+  export PATH="$venv/bin:$PATH"
+  export SAM_CLI_TELEMETRY=0
+}

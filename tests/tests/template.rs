@@ -1,0 +1,117 @@
+//! What `sam validate --lint` cannot know: that `template.yaml` deploys what
+//! the code expects (the table and queue definitions `orders-local --backend
+//! aws` creates, the runtime, architecture, event source settings).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_norway::Value;
+use shared::adapters::dynamodb::item::{
+    MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK, OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK,
+};
+use shared::adapters::dynamodb::table::TTL_ATTRIBUTE;
+use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
+
+fn template() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+    serde_norway::from_str(&text).unwrap()
+}
+
+fn resource<'a>(template: &'a Value, name: &str) -> &'a Value {
+    &template["Resources"][name]["Properties"]
+}
+
+fn number(value: &Value) -> u64 {
+    value.as_u64().or_else(|| value.as_str().and_then(|s| s.parse().ok())).unwrap_or_else(|| panic!("{value:?}"))
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value.as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn functions_run_the_workspace_binaries_on_provided_al2023_arm64_by_default() {
+    let template = template();
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["Runtime"], "provided.al2023");
+    assert_eq!(globals["Handler"], "bootstrap");
+    assert_eq!(template["Parameters"]["Architecture"]["Default"], "arm64");
+    assert_eq!(globals["Tracing"], "Active");
+    assert_eq!(globals["LoggingConfig"]["LogFormat"], "JSON");
+    for (function, binary) in
+        [("PlaceOrderFunction", "place-order"), ("SettleFunction", "settle"), ("ReconcilerFunction", "reconciler")]
+    {
+        let metadata = &template["Resources"][function]["Metadata"];
+        assert_eq!(metadata["BuildMethod"], "rust-cargolambda", "{function}");
+        assert_eq!(metadata["BuildProperties"]["Binary"], binary, "{function}");
+    }
+}
+
+#[test]
+fn the_settle_function_reports_partial_batch_failures() {
+    let template = template();
+    let event = &resource(&template, "SettleFunction")["Events"]["SettleQueue"];
+    assert_eq!(event["Type"], "SQS");
+    assert_eq!(strings(&event["Properties"]["FunctionResponseTypes"]), ["ReportBatchItemFailures"]);
+    assert!(number(&event["Properties"]["BatchSize"]) <= 10);
+}
+
+#[test]
+fn the_queue_outlasts_six_settle_timeouts_and_matches_what_orders_local_creates() {
+    let template = template();
+    let timeout = number(&resource(&template, "SettleFunction")["Timeout"]);
+    let queue = resource(&template, "SettleQueue");
+    let visibility = number(&queue["VisibilityTimeout"]);
+    assert!(visibility >= 6 * timeout, "visibility {visibility} s < 6 × settle timeout {timeout} s");
+    assert_eq!(visibility, u64::from(VISIBILITY_TIMEOUT_SECONDS));
+    assert_eq!(number(&queue["RedrivePolicy"]["maxReceiveCount"]), u64::from(MAX_RECEIVE_COUNT));
+}
+
+#[test]
+fn the_table_is_the_one_the_adapter_uses() {
+    let template = template();
+    let table = resource(&template, "Table");
+    let keys = |schema: &Value| -> Vec<(String, String)> {
+        schema
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|k| (k["AttributeName"].as_str().unwrap().to_owned(), k["KeyType"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let pair =
+        |hash: &str, range: &str| vec![(hash.to_owned(), "HASH".to_owned()), (range.to_owned(), "RANGE".to_owned())];
+    assert_eq!(keys(&table["KeySchema"]), pair(PK, SK));
+    let indexes: Vec<(String, Vec<(String, String)>)> = table["GlobalSecondaryIndexes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| (i["IndexName"].as_str().unwrap().to_owned(), keys(&i["KeySchema"])))
+        .collect();
+    assert_eq!(
+        indexes,
+        vec![
+            (OPEN_BATCHES_INDEX.to_owned(), pair(OPEN_PK, OPEN_SK)),
+            (MEMBERS_INDEX.to_owned(), pair(MEMBERS_PK, MEMBERS_SK)),
+        ]
+    );
+    assert_eq!(table["TimeToLiveSpecification"]["AttributeName"], TTL_ATTRIBUTE);
+    assert_eq!(table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true);
+    assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+}
+
+#[test]
+fn each_function_gets_the_configuration_its_main_reads() {
+    let template = template();
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert!(globals.get("TABLE_NAME").is_some());
+    for (function, variables) in [
+        ("PlaceOrderFunction", &["SETTLE_QUEUE_URL", "PRICES", "EXCHANGE_MINIMUM_USD"][..]),
+        ("SettleFunction", &["EXCHANGE_URL"][..]),
+        ("ReconcilerFunction", &["SETTLE_QUEUE_URL"][..]),
+    ] {
+        let environment = &resource(&template, function)["Environment"]["Variables"];
+        for variable in variables {
+            assert!(environment.get(*variable).is_some(), "{function} lacks {variable}");
+        }
+    }
+}
