@@ -494,15 +494,11 @@ impl DynamoStore {
     }
 
     /// Credits one member order's cost, once. `false`: it was refunded before.
-    async fn refund_order(&self, member: &Item) -> Result<bool, InfraError> {
-        let read = infra("read batch member");
-        let user = UserId::parse(get_s(member, "user_id").map_err(infra("read batch member"))?).map_err(read)?;
-        let order_id = OrderId::parse(get_s(member, "order_id").map_err(infra("read batch member"))?)
-            .map_err(infra("read batch member"))?;
-        let cost = get_decimal(member, "cost").map_err(infra("read batch member"))?;
+    async fn refund_order(&self, order: &Order) -> Result<bool, InfraError> {
+        let (user, order_id, cost) = (&order.user, order.id, order.cost.value());
         let mark = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(order_key(&user, order_id)))
+            .set_key(Some(order_key(user, order_id)))
             .update_expression("SET refunded = :yes")
             .condition_expression("attribute_exists(PK) AND attribute_not_exists(refunded)")
             .expression_attribute_values(":yes", AttributeValue::Bool(true))
@@ -510,7 +506,7 @@ impl DynamoStore {
             .map_err(infra("build refund"))?;
         let credit = Update::builder()
             .table_name(&self.table)
-            .set_key(Some(account_key(&user)))
+            .set_key(Some(account_key(user)))
             .update_expression("ADD balance_usd :cost")
             .expression_attribute_values(":cost", n(cost))
             .build()
@@ -728,10 +724,11 @@ impl Store for DynamoStore {
         }
         let mut refund = Refund::default();
         for member in &members {
-            if self.refund_order(member).await? {
+            // The index projects whole order items: the adapter's own mapping reads them.
+            let (order, _) = order_of(member).map_err(infra("read batch member"))?;
+            if self.refund_order(&order).await? {
                 refund.orders += 1;
-                let cost = get_decimal(member, "cost").map_err(infra("read batch member"))?;
-                refund.usd = refund.usd + Usd::new(cost).unwrap_or_default();
+                refund.usd = refund.usd + order.cost;
             }
         }
         let result = self
