@@ -23,6 +23,14 @@ pub enum Behavior {
     FillSlowly(Duration),
     /// Refuses it for good with 400.
     Refuse,
+    /// Answers this status with an error body, without taking the order
+    /// (401, 403, 404, 405: our configuration; 307: a redirect; 422: a refusal).
+    Answer(u16),
+    /// Takes the order and ends it in this final, unfilled status
+    /// (`rejected`, `canceled`, `expired`), answered with 200.
+    EndUnfilled(&'static str),
+    /// Fills it but answers 409, as an exchange that already had the id does.
+    FillThenConflict,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +51,8 @@ pub struct Call {
 #[derive(Default)]
 struct State {
     fills: HashMap<String, Fill>,
+    /// Orders it took and ended unfilled: id → (symbol, quantity, status).
+    unfilled: HashMap<String, (String, Decimal, &'static str)>,
     /// Fills in the order they happened.
     fill_order: Vec<String>,
     calls: Vec<Call>,
@@ -51,6 +61,9 @@ struct State {
     default: Option<Behavior>,
     /// POSTs that were malformed.
     bad_requests: Vec<String>,
+    /// Answer 500 to the first this many POSTs of every client order id.
+    failing_first_posts: usize,
+    posts_by_id: HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -85,6 +98,12 @@ impl FakeExchange {
     /// The next POSTs behave like this, in order; then `Fill` (or the default).
     pub fn script(&self, behaviors: impl IntoIterator<Item = Behavior>) {
         self.state.lock().unwrap().script.extend(behaviors);
+    }
+
+    /// Every client order id's first `posts` POSTs are answered 500 without
+    /// taking the order; later ones follow the script or the default.
+    pub fn fail_first_posts_of_each_order(&self, posts: usize) {
+        self.state.lock().unwrap().failing_first_posts = posts;
     }
 
     pub fn set_default(&self, behavior: Behavior) {
@@ -143,9 +162,12 @@ impl Respond for Responder {
             ("GET", path) if path.starts_with("/orders/") => {
                 let id = path.trim_start_matches("/orders/").to_owned();
                 state.calls.push(Call { at: Instant::now(), method: "GET".into(), client_order_id: id.clone() });
-                match state.fills.get(&id) {
-                    Some(fill) => ResponseTemplate::new(200).set_body_json(order_json(fill)),
-                    None => ResponseTemplate::new(404).set_body_json(json!({"error": "unknown order"})),
+                match (state.fills.get(&id), state.unfilled.get(&id)) {
+                    (Some(fill), _) => ResponseTemplate::new(200).set_body_json(order_json(fill)),
+                    (None, Some((symbol, quantity, status))) => {
+                        ResponseTemplate::new(200).set_body_json(unfilled_json(&id, symbol, *quantity, status))
+                    }
+                    (None, None) => ResponseTemplate::new(404).set_body_json(json!({"error": "unknown order"})),
                 }
             }
             _ => ResponseTemplate::new(404),
@@ -172,12 +194,29 @@ impl State {
             return ResponseTemplate::new(400);
         }
         self.calls.push(Call { at: Instant::now(), method: "POST".into(), client_order_id: id.clone() });
+        let posts = self.posts_by_id.entry(id.clone()).or_default();
+        *posts += 1;
+        if *posts <= self.failing_first_posts {
+            return ResponseTemplate::new(500).set_body_json(json!({"error": "try later"}));
+        }
         let behavior = self.script.pop_front().or(self.default).unwrap_or(Behavior::Fill);
         if behavior == Behavior::Refuse {
             return ResponseTemplate::new(400).set_body_json(json!({"error": "symbol halted"}));
         }
         if behavior == Behavior::FailBeforeFill {
             return ResponseTemplate::new(500).set_body_json(json!({"error": "try later"}));
+        }
+        if let Behavior::Answer(status) = behavior {
+            let mut answer = ResponseTemplate::new(status).set_body_json(json!({"error": "not for you"}));
+            if (300..400).contains(&status) {
+                answer = answer.insert_header("location", "/elsewhere");
+            }
+            return answer;
+        }
+        if let Behavior::EndUnfilled(status) = behavior {
+            let (symbol, quantity, status) =
+                self.unfilled.entry(id.clone()).or_insert((symbol, quantity, status)).clone();
+            return ResponseTemplate::new(200).set_body_json(unfilled_json(&id, &symbol, quantity, status));
         }
         let next = self.fills.len() + 1;
         let fill = self.fills.entry(id.clone()).or_insert_with(|| Fill {
@@ -192,10 +231,23 @@ impl State {
         }
         match behavior {
             Behavior::FailAfterFill => ResponseTemplate::new(503),
+            Behavior::FillThenConflict => ResponseTemplate::new(409).set_body_json(json!({"error": "duplicate"})),
             Behavior::FillSlowly(delay) => ResponseTemplate::new(201).set_body_json(reply).set_delay(delay),
             _ => ResponseTemplate::new(201).set_body_json(reply),
         }
     }
+}
+
+fn unfilled_json(id: &str, symbol: &str, quantity: Decimal, status: &str) -> Value {
+    json!({
+        "exchange_order_id": format!("EX-{id}"),
+        "client_order_id": id,
+        "symbol": symbol,
+        "side": "buy",
+        "type": "market",
+        "quantity": quantity.normalize().to_string(),
+        "status": status,
+    })
 }
 
 fn order_json(fill: &Fill) -> Value {

@@ -17,10 +17,16 @@ use serde_json::Value;
 pub use fake_exchange::{Behavior, FakeExchange, Fill};
 
 pub struct TestApp {
+    /// The first instance's base URL.
     pub base: String,
+    /// Every instance's base URL: on the AWS backends, instances share the
+    /// table and the queue and nothing else, as Lambda instances do.
+    pub bases: Vec<String>,
     pub client: reqwest::Client,
     pub exchange: FakeExchange,
-    running: Option<Running>,
+    running: Vec<Running>,
+    /// What the instances were started with (its seed file stays until `stop`).
+    options: Options,
 }
 
 /// A response: status and JSON body (or `Null`).
@@ -61,6 +67,18 @@ pub async fn spawn_app_with(
     exchange: FakeExchange,
     adjust: impl FnOnce(&mut Options),
 ) -> TestApp {
+    spawn_cluster(1, accounts, exchange, adjust).await
+}
+
+/// `instances` orders-local instances on one table and queue (on the AWS
+/// backends; the embedded backend runs one instance, whatever is asked:
+/// its store lives in its process).
+pub async fn spawn_cluster(
+    instances: usize,
+    accounts: &[(&str, &str)],
+    exchange: FakeExchange,
+    adjust: impl FnOnce(&mut Options),
+) -> TestApp {
     let seed = serde_json::json!({
         "accounts": accounts.iter().map(|(user, balance)| serde_json::json!({"user_id": user, "balance_usd": balance})).collect::<Vec<_>>()
     });
@@ -87,15 +105,14 @@ pub async fn spawn_app_with(
             sqs: Some(queue_on.sdk_config().await),
         };
     }
+    let instances = if options.backend == Backend::Aws { instances.max(1) } else { 1 };
     adjust(&mut options);
-    let running = orders_local::start(options).await.unwrap();
-    let _ = std::fs::remove_file(path);
-    TestApp {
-        base: format!("http://{}", running.addr),
-        client: reqwest::Client::new(),
-        exchange,
-        running: Some(running),
+    let mut running = Vec::new();
+    for _ in 0..instances {
+        running.push(orders_local::start(options.clone()).await.unwrap());
     }
+    let bases: Vec<String> = running.iter().map(|r| format!("http://{}", r.addr)).collect();
+    TestApp { base: bases[0].clone(), bases, client: reqwest::Client::new(), exchange, running, options }
 }
 
 impl TestApp {
@@ -110,8 +127,14 @@ impl TestApp {
     }
 
     pub async fn place(&self, user: &str, coin: &str, amount: &str) -> Reply {
+        self.place_on(0, user, coin, amount).await
+    }
+
+    /// POST /orders to instance `instance % instances`.
+    pub async fn place_on(&self, instance: usize, user: &str, coin: &str, amount: &str) -> Reply {
         let body = serde_json::json!({"coin": coin, "amount": amount});
-        self.request(self.client.post(format!("{}/orders", self.base)).header("x-user-id", user).json(&body)).await
+        let base = &self.bases[instance % self.bases.len()];
+        self.request(self.client.post(format!("{base}/orders")).header("x-user-id", user).json(&body)).await
     }
 
     /// POST /orders with a raw body and optional headers.
@@ -155,15 +178,29 @@ impl TestApp {
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(running) = self.running.take() {
+    /// Starts one more instance with the same options and seed (on the AWS
+    /// backends, on the same table and queue: a restart, or a new Lambda
+    /// instance); returns its base URL.
+    pub async fn start_another_instance(&mut self) -> String {
+        let running = orders_local::start(self.options.clone()).await.unwrap();
+        let base = format!("http://{}", running.addr);
+        self.running.push(running);
+        self.bases.push(base.clone());
+        base
+    }
+
+    pub async fn stop(self) {
+        for running in self.running {
             running.stop().await;
+        }
+        if let Some(seed) = &self.options.seed {
+            let _ = std::fs::remove_file(seed);
         }
     }
 
     /// Messages in the dead-letter queue.
     pub async fn dead_letters(&self) -> usize {
-        let running = self.running.as_ref().unwrap();
+        let running = &self.running[0];
         match &running.aws {
             Some(aws) => aws.dead_letter_count().await.unwrap() as usize,
             None => running.dead_letters.lock().unwrap().len(),
@@ -172,7 +209,7 @@ impl TestApp {
 
     /// Deliveries of a settle message before it moves to the dead letters.
     pub fn max_receives(&self, configured: u32) -> u32 {
-        match self.running.as_ref().and_then(|r| r.aws.as_ref()) {
+        match self.running[0].aws.as_ref() {
             Some(_) => shared::adapters::sqs::MAX_RECEIVE_COUNT,
             None => configured,
         }
@@ -180,7 +217,8 @@ impl TestApp {
 
     /// The `--backend aws` request counts, when on that backend.
     pub fn aws_report(&self) -> Option<String> {
-        self.running.as_ref().and_then(|r| r.aws.as_ref()).map(|aws| aws.report())
+        let reports: Vec<String> = self.running.iter().filter_map(|r| r.aws.as_ref()).map(|aws| aws.report()).collect();
+        (!reports.is_empty()).then(|| reports.join("\n"))
     }
 }
 

@@ -100,3 +100,56 @@ async fn a_batch_that_never_goes_through_stays_settling_and_its_message_goes_to_
     assert_eq!(app.exchange.calls().iter().filter(|c| c.method == "POST").count(), receives);
     app.stop().await;
 }
+
+/// Answers that say our configuration is wrong (credentials, base URL) or
+/// that redirect: retried, never a refund.
+#[tokio::test]
+async fn configuration_errors_and_redirects_are_retried_never_refunded() {
+    let runs = [401u16, 403, 404, 405, 307].map(|status| async move {
+        let exchange = FakeExchange::start().await;
+        exchange.set_default(Behavior::Answer(status));
+        let app = spawn_app_with(&[("alice", "100")], exchange, |_| {}).await;
+        let reply = app.place("alice", "ABAN", "3").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while app.exchange.calls().iter().filter(|c| c.method == "POST").count() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "{status}: never retried: {:?}", app.exchange.calls());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(app.order("alice", &reply.text("order_id")).await.text("status"), "settling", "{status}");
+        assert_eq!(app.balance("alice").await, dec("88"), "{status}: refunded");
+        assert!(app.exchange.resends_without_lookup().is_empty(), "{status}");
+        app.stop().await;
+    });
+    futures::future::join_all(runs).await;
+}
+
+#[tokio::test]
+async fn a_final_unfilled_status_is_a_refusal_and_refunds_once() {
+    for status in ["rejected", "canceled", "expired"] {
+        let app = spawn_app(&[("alice", "100"), ("bob", "100")]).await;
+        app.exchange.set_default(Behavior::EndUnfilled(status));
+        let a = app.place("alice", "ABAN", "1").await;
+        let b = app.place("bob", "ABAN", "2").await;
+        for (user, reply) in [("alice", &a), ("bob", &b)] {
+            app.wait_for_order(user, &reply.text("order_id"), |r| r.text("status") == "refunded").await;
+            assert_eq!(app.balance(user).await, dec("100"), "{status}: {user}");
+        }
+        let posts = app.exchange.calls().iter().filter(|c| c.method == "POST").count();
+        assert_eq!(posts, 1, "{status}: a refusal is final");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_409_is_looked_up_and_settles_the_batch() {
+    let app = spawn_app(&[("alice", "100")]).await;
+    app.exchange.script([Behavior::FillThenConflict]);
+
+    let reply = app.place("alice", "ABAN", "3").await;
+
+    let view = app.wait_for_order("alice", &reply.text("order_id"), |r| r.text("status") != "settling").await;
+    assert_eq!(view.text("status"), "settled", "{}", view.body);
+    assert_eq!(app.exchange.fills().len(), 1);
+    assert_eq!(app.exchange.calls().iter().filter(|c| c.method == "POST").count(), 1);
+    app.stop().await;
+}

@@ -105,3 +105,20 @@ async fn a_new_pool_opens_after_a_batch_forms() {
     assert_eq!(app.balance("alice").await, dec("84"));
     app.stop().await;
 }
+
+/// Seeding creates missing accounts only: a restart with the same seed on a
+/// used table (or a second instance) creates no money.
+#[tokio::test]
+async fn starting_again_with_the_seed_leaves_existing_balances_alone() {
+    let mut app = e2e_tests::spawn_app(&[("alice", "100")]).await;
+    let reply = app.place("alice", "ABAN", "3").await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(app.balance("alice").await, dec("88"));
+
+    let again = app.start_another_instance().await;
+
+    let reply = app.request(app.client.get(format!("{again}/account")).header("x-user-id", "alice")).await;
+    assert_eq!(reply.decimal("balance_usd"), dec("88"), "the seed was applied again");
+    assert_eq!(app.balance("alice").await, dec("88"));
+    app.stop().await;
+}

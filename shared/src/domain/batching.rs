@@ -126,6 +126,15 @@ mod tests {
         assert_eq!(decide(&pool, usd("4"), qty("1"), usd("10")), Placement::Join { seq: 0 });
     }
 
+    #[test]
+    fn a_batch_may_hold_more_than_one_order_may() {
+        // Orders are capped at 1e9 each; the sum of a batch's orders is not.
+        let pool = PoolState { seq: 3, usd: usd("9.99"), qty: Decimal::from_str("999999999.5").unwrap(), count: 5 };
+        let p = decide(&pool, usd("0.01"), qty("1"), usd("10"));
+        let Placement::Cross { batch, .. } = p else { panic!("{p:?}") };
+        assert_eq!(batch.qty.to_string(), "1000000000.5");
+    }
+
     /// The simple model: a list of open orders; whenever an order of at least
     /// the minimum arrives it is bought alone, and whenever the open orders
     /// sum to the minimum they are bought together.

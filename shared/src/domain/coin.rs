@@ -137,4 +137,10 @@ mod tests {
         assert_eq!(PriceList::parse("ABAN=0"), Err(InvalidPriceList::Price("ABAN".into())));
         assert_eq!(PriceList::parse("ABAN=-4"), Err(InvalidPriceList::Price("ABAN".into())));
     }
+
+    #[test]
+    fn prices_that_could_make_a_cost_inexact_are_refused() {
+        // 1e-21 × 0.00000001 has 29 decimal places: a Decimal would round it to 0.
+        assert!(PriceList::parse("TINY=0.000000000000000000001").is_err());
+    }
 }
