@@ -15,15 +15,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use shared::adapters::dynamodb::{DynamoStore, table};
+use shared::adapters::dynamodb::{DynamoStore, schema};
 use shared::adapters::http_exchange::{HttpExchange, HttpExchangeConfig};
-use shared::adapters::memory::MemoryStore;
 use shared::adapters::memory_queue::memory_queue;
 use shared::adapters::sdk_metrics::RequestCounter;
 use shared::adapters::simulated_exchange::SimulatedExchange;
 use shared::adapters::sqs::{SqsQueue, ensure_queues};
+use shared::audit::{AuditReport, audit};
 use shared::config::ServiceConfig;
-use shared::ports::{Clock, Exchange, SettleQueue, Store, SystemClock};
+use shared::domain::ResendPolicy;
+use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock};
 use shared::reconcile::Reconciler;
 use shared::service::OrderService;
 use shared::settlement::Settler;
@@ -75,6 +76,8 @@ pub struct Options {
     pub aws: AwsOptions,
     /// How often stuck batches are looked for (the reconciler's schedule).
     pub reconcile_every: Duration,
+    /// When the reconciler re-sends a batch settlement lost track of.
+    pub resend_policy: ResendPolicy,
     pub exchange_connect_timeout: Duration,
     pub exchange_timeout: Duration,
     pub settle_lease: Duration,
@@ -91,6 +94,14 @@ impl Default for Options {
             backend: Backend::Memory,
             aws: AwsOptions::from_env(),
             reconcile_every: Duration::from_secs(30),
+            // The embedded event source redelivers failed messages within a
+            // second or two: the reconciler only picks up what it lost.
+            resend_policy: ResendPolicy {
+                ready_after: time::Duration::minutes(1),
+                backoff: time::Duration::seconds(30),
+                backoff_cap: time::Duration::minutes(10),
+                max_attempts: EventSourceConfig::default().max_receives,
+            },
             exchange_connect_timeout: Duration::from_secs(2),
             exchange_timeout: Duration::from_secs(5),
             settle_lease: Duration::from_secs(30),
@@ -123,6 +134,9 @@ pub enum StartError {
 /// A running `orders-local`.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The store it serves from (the audit reads it).
+    pub store: Arc<dyn Store>,
+    pub minimum: shared::domain::Usd,
     /// Messages that exhausted their deliveries (embedded queue).
     pub dead_letters: DeadLetters,
     /// With `--backend aws`: the AWS side, for reports and tests.
@@ -156,13 +170,16 @@ impl AwsRuntime {
         };
         format!(
             "orders placed {}; DynamoDB requests by operation {requests:?}; placing: {} TransactWriteItems + {} pool \
-             GetItem = {per_order} requests per placed order; TransactionConflict {}, stale-pool retries {}; \
-             settling: {} UpdateItem",
+             GetItem = {per_order} requests per placed order; TransactionConflict {}, throttled {}, stale-pool \
+             retries {}, lost replies {}, busy {}; settling: {} UpdateItem",
             stats.orders_placed,
             stats.transactions,
             stats.pool_reads,
             stats.conflicts,
+            stats.throttled,
             stats.stale_pool_retries,
+            stats.lost_replies,
+            stats.busy,
             count("UpdateItem"),
         )
     }
@@ -185,6 +202,11 @@ impl AwsRuntime {
 }
 
 impl Running {
+    /// The money invariants, checked on everything the store holds now.
+    pub async fn audit(&self) -> Result<AuditReport, InfraError> {
+        Ok(audit(&self.store.ledger().await?, self.minimum))
+    }
+
     /// Stops accepting, lets requests and settlements under way finish.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -213,10 +235,15 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
 
     let (store, queue, aws): (Arc<dyn Store>, Arc<dyn SettleQueue>, Option<AwsRuntime>) = match options.backend {
         Backend::Memory => {
-            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let store: Arc<dyn Store> = Arc::new(DynamoStore::in_memory());
             let (queue, messages) = memory_queue();
-            let settler =
-                Arc::new(Settler::new(Arc::clone(&store), exchange, Arc::clone(&clock), options.settle_lease));
+            let settler = Arc::new(Settler::new(
+                Arc::clone(&store) as _,
+                exchange,
+                Arc::new(queue.clone()),
+                Arc::clone(&clock),
+                options.settle_lease,
+            ));
             tasks.push(tokio::spawn(event_source::run(
                 messages,
                 queue.clone(),
@@ -231,8 +258,13 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             let runtime = connect_aws(&options.aws).await?;
             let store: Arc<dyn Store> = runtime.store.clone();
             let queue = SqsQueue::new(runtime.sqs.clone(), runtime.queue_url.clone());
-            let settler =
-                Arc::new(Settler::new(Arc::clone(&store), exchange, Arc::clone(&clock), options.settle_lease));
+            let settler = Arc::new(Settler::new(
+                Arc::clone(&store) as _,
+                exchange,
+                Arc::new(queue.clone()),
+                Arc::clone(&clock),
+                options.settle_lease,
+            ));
             // Two pollers, as Lambda starts with several concurrent invocations.
             for _ in 0..2 {
                 tasks.push(tokio::spawn(sqs_poller::run(
@@ -248,20 +280,22 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     };
     if let Some(path) = &options.seed {
         let accounts = seed::load(path)?;
-        seed::apply(store.as_ref(), &accounts).await?;
-        tracing::info!(accounts = accounts.len(), path = %path.display(), "seeded accounts");
+        let opened = seed::apply(store.as_ref(), &accounts).await?;
+        tracing::info!(
+            opened, existing = accounts.len() - opened, path = %path.display(),
+            "seeded the accounts that did not exist"
+        );
     }
-    let reconciler =
-        Reconciler::new(Arc::clone(&store), Arc::clone(&queue), Arc::clone(&clock), time::Duration::minutes(1));
+    let reconciler = Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy);
     tasks.push(tokio::spawn(reconcile(reconciler, options.reconcile_every, shutdown_rx.clone())));
-    let service = Arc::new(OrderService::new(store, queue, clock, options.service.clone()));
+    let service = Arc::new(OrderService::new(Arc::clone(&store) as _, queue, clock, options.service.clone()));
 
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|source| StartError::Listen { addr: options.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: options.listen, source })?;
     tasks.push(tokio::spawn(accept(listener, service, shutdown_rx)));
-    Ok(Running { addr, dead_letters, aws, shutdown, tasks })
+    Ok(Running { addr, store, minimum: options.service.minimum, dead_letters, aws, shutdown, tasks })
 }
 
 /// The table and queues, created when missing, and clients that count
@@ -274,7 +308,7 @@ async fn connect_aws(options: &AwsOptions) -> Result<AwsRuntime, StartError> {
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(dynamodb_config).interceptor(requests.clone()).build(),
     );
-    table::ensure_table(&dynamodb, &options.table).await.map_err(|source| StartError::Aws { what: "table", source })?;
+    schema::ensure_table(&dynamodb, &options.table).await.map_err(|source| StartError::Aws { what: "table", source })?;
     let sqs = aws_sdk_sqs::Client::new(sqs_config);
     let queue_url = ensure_queues(&sqs, &options.queue_name)
         .await
@@ -307,8 +341,12 @@ async fn reconcile(reconciler: Reconciler, every: Duration, mut shutdown: watch:
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => break,
         }
-        if let Err(error) = reconciler.run_once().await {
-            tracing::warn!(error = &error as &dyn std::error::Error, "reconciling stuck batches failed");
+        match reconciler.run_once().await {
+            Ok(report) if !report.left_to_operator.is_empty() => {
+                tracing::error!(batches = ?report.left_to_operator, "batches exhausted their settle attempts: an operator must look");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "reconciling stuck batches failed"),
         }
     }
 }

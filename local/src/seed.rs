@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use shared::domain::{Usd, UserId};
-use shared::ports::{InfraError, Store};
+use shared::ports::{Accounts, InfraError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
@@ -63,9 +63,13 @@ pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
         .collect()
 }
 
-pub async fn apply(store: &dyn Store, accounts: &[(UserId, Usd)]) -> Result<(), SeedError> {
+/// Opens the accounts that do not exist yet; an existing account is left
+/// as it is (a restart on a used table creates no money). Returns how many
+/// were opened.
+pub async fn apply(store: &dyn Accounts, accounts: &[(UserId, Usd)]) -> Result<usize, SeedError> {
+    let mut opened = 0;
     for (user, balance) in accounts {
-        store.put_account(user, *balance).await?;
+        opened += usize::from(store.open_account(user, *balance).await?);
     }
-    Ok(())
+    Ok(opened)
 }

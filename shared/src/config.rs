@@ -7,7 +7,20 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 
 use crate::adapters::http_exchange::HttpExchangeConfig;
-use crate::domain::{PriceList, Usd};
+use crate::adapters::sqs::MAX_RECEIVE_COUNT;
+use crate::domain::{PriceList, ResendPolicy, Usd};
+
+/// When the reconciler function re-sends a batch: a `READY` batch after a
+/// minute; a failed attempt's batch after five minutes (longer than the
+/// settle queue's visibility timeout, after which SQS redelivers the
+/// message by itself), doubling up to an hour; never after as many
+/// attempts as the queue delivers a message (its dead letter and alarm).
+pub const RESEND_POLICY: ResendPolicy = ResendPolicy {
+    ready_after: time::Duration::minutes(1),
+    backoff: time::Duration::minutes(5),
+    backoff_cap: time::Duration::hours(1),
+    max_attempts: MAX_RECEIVE_COUNT,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration variable {var}: {reason}")]

@@ -4,9 +4,8 @@
 //! settling a batch.
 
 pub mod adapters;
+pub mod audit;
 pub mod config;
-#[cfg(any(test, feature = "contract-tests"))]
-pub mod contract;
 pub mod domain;
 pub mod ports;
 pub mod reconcile;

@@ -1,17 +1,23 @@
 //! What the use cases need from the outside world. Ports speak domain types
 //! only; each adapter owns its mapping to an SDK or a wire format.
+//!
+//! The store is split by who may call what, as the functions' IAM policies
+//! are: [`Orders`] (place-order), [`Settlements`] (settle), [`Outbox`] (the
+//! reconciler), [`Accounts`] and [`LedgerRecords`] (operators). [`Store`]
+//! unites them for the adapters and their contract suite.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::domain::batching::BatchTotals;
+use crate::audit::Ledger;
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, IdempotencyKey, Membership, Order, OrderId, OrderView, Placement, Quantity, Usd,
+    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, NewOrder, OrderId, OrderView, PoolOverflow, Usd,
     UserId,
 };
 
 /// An infrastructure failure: the store or queue could not answer. Never a
-/// business outcome, and safe to retry (every write is conditional).
+/// business outcome. Where it comes from a write, that write did not happen
+/// (a write whose outcome is unknown says so in its own error).
 #[derive(Debug, thiserror::Error)]
 #[error("{operation} failed")]
 pub struct InfraError {
@@ -23,59 +29,6 @@ pub struct InfraError {
 impl InfraError {
     pub fn new(operation: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> InfraError {
         InfraError { operation, source: source.into() }
-    }
-}
-
-/// An order to place, already priced.
-#[derive(Debug, Clone)]
-pub struct NewOrder {
-    pub id: OrderId,
-    pub user: UserId,
-    pub coin: Coin,
-    pub amount: Quantity,
-    pub price: Usd,
-    pub cost: Usd,
-    pub idempotency_key: Option<IdempotencyKey>,
-    pub created_at: OffsetDateTime,
-}
-
-impl NewOrder {
-    /// The order as placing it this way records it, and the batch it forms
-    /// (`READY`, with a fresh id) if it forms one.
-    pub fn placed(&self, placement: &Placement) -> (Order, Option<Batch>) {
-        let batch = |seq: Option<u64>, totals: BatchTotals| Batch {
-            id: BatchId::generate(),
-            coin: self.coin.clone(),
-            seq,
-            qty: totals.qty,
-            usd: totals.usd,
-            count: totals.count,
-            status: BatchStatus::Ready,
-            attempts: 0,
-            lease_until: None,
-            exchange_order_id: None,
-            created_at: self.created_at,
-        };
-        let (membership, formed) = match *placement {
-            Placement::OwnBatch => {
-                let own = batch(None, BatchTotals { usd: self.cost, qty: self.amount, count: 1 });
-                (Membership::Own(own.id), Some(own))
-            }
-            Placement::Join { seq } => (Membership::Pool { seq }, None),
-            Placement::Cross { seq, batch: totals } => (Membership::Pool { seq }, Some(batch(Some(seq), totals))),
-        };
-        let order = Order {
-            id: self.id,
-            user: self.user.clone(),
-            coin: self.coin.clone(),
-            amount: self.amount,
-            price: self.price,
-            cost: self.cost,
-            membership,
-            refunded: false,
-            created_at: self.created_at,
-        };
-        (order, formed)
     }
 }
 
@@ -97,41 +50,26 @@ pub enum PlaceError {
     InsufficientFunds { balance: Usd, cost: Usd },
     #[error("this Idempotency-Key was used for a different order")]
     IdempotencyKeyReused,
-    /// Contention did not clear within the bounded retries; nothing changed.
+    #[error(transparent)]
+    PoolOverflow(#[from] PoolOverflow),
+    /// Contention or throttling did not clear within the bounded retries;
+    /// nothing changed.
     #[error("too much contention on the pool; nothing was placed")]
     Busy,
+    /// The order may or may not have been placed: a write was sent and its
+    /// answer lost, and reading back could not tell.
+    #[error("could not tell whether the order was placed")]
+    OutcomeUnknown(#[source] InfraError),
+    /// Nothing was placed.
     #[error(transparent)]
     Infra(#[from] InfraError),
 }
 
-/// The result of trying to claim a batch for a settle attempt.
-#[derive(Debug, Clone)]
-pub enum Claim {
-    /// Claimed: `Submitting`, `attempts` counts this attempt, leased.
-    Claimed(Batch),
-    /// Already settled or refunded: a duplicate delivery.
-    Finished(BatchStatus),
-    /// Another attempt holds the lease until then.
-    Leased {
-        until: OffsetDateTime,
-    },
-    NotFound,
-}
-
-/// What a refund did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Refund {
-    /// Orders credited by this call (those refunded earlier are skipped).
-    pub orders: u32,
-    pub usd: Usd,
-}
-
-/// The one table: accounts, orders, pools, batches.
-///
-/// Every method is atomic. `place_order` is the transaction of DESIGN.md:
-/// debit, order and pool (or batch) change together or not at all.
+/// Placing and reading orders: the place-order function.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Orders: Send + Sync {
+    /// The one transaction that decides the order: debit, order, and its
+    /// pool or batch change together or not at all.
     async fn place_order(&self, order: NewOrder, minimum: Usd) -> Result<Placed, PlaceError>;
 
     /// The order, if it exists and belongs to `user`.
@@ -139,10 +77,45 @@ pub trait Store: Send + Sync {
 
     /// A user's balance; zero for a user without an account.
     async fn balance(&self, user: &UserId) -> Result<Usd, InfraError>;
+}
 
-    /// Creates or overwrites an account (seeding, administration).
-    async fn put_account(&self, user: &UserId, balance: Usd) -> Result<(), InfraError>;
+/// The result of trying to claim a batch for a settle attempt.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// Claimed: `Submitting`, `attempts` numbers this attempt, leased.
+    Claimed(Batch),
+    /// Refused by the exchange, its refunds not finished: resume them.
+    Refusing(Batch),
+    /// Settled or refunded: a duplicate delivery.
+    Finished(BatchStatus),
+    /// Another attempt holds the lease until then.
+    Leased { until: OffsetDateTime },
+    NotFound,
+}
 
+/// Whether a settle attempt's write happened: only the attempt holding the
+/// lease may write (a late attempt changes nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    Held,
+    /// The batch is no longer this attempt's: another attempt claimed it, or
+    /// it was decided. What it is now.
+    Lost { status: BatchStatus, attempts: u32 },
+}
+
+/// What one refund call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Refund {
+    /// Orders credited by this call (those refunded earlier are skipped).
+    pub orders: u32,
+    pub usd: Usd,
+    /// Every member is refunded and the batch is `Refunded`.
+    pub finished: bool,
+}
+
+/// Settling batches: the settle function.
+#[async_trait]
+pub trait Settlements: Send + Sync {
     async fn batch(&self, id: BatchId) -> Result<Option<Batch>, InfraError>;
 
     /// `Ready`, or `Submitting` with an expired lease → `Submitting` with
@@ -154,26 +127,71 @@ pub trait Store: Send + Sync {
         lease_until: OffsetDateTime,
     ) -> Result<Claim, InfraError>;
 
-    /// Ends the lease of a `Submitting` batch early, so that the next
-    /// delivery may claim it at once (after an unknown outcome).
-    async fn release_batch(&self, id: BatchId, now: OffsetDateTime) -> Result<(), InfraError>;
+    /// Ends attempt `attempt`'s lease early, so that the next delivery may
+    /// claim the batch at once (after an unknown outcome).
+    async fn release_batch(&self, id: BatchId, attempt: u32, now: OffsetDateTime) -> Result<Fence, InfraError>;
 
-    /// `Submitting` → `Settled`. Idempotent: settling a settled batch again
-    /// does nothing.
-    async fn settle_batch(&self, id: BatchId, exchange_order_id: &str) -> Result<(), InfraError>;
+    /// `Submitting` (held by `attempt`) → `Settled`.
+    async fn settle_batch(&self, id: BatchId, attempt: u32, exchange_order_id: &str) -> Result<Fence, InfraError>;
 
-    /// `Submitting` → `Refunded`, crediting each member order's cost to its
-    /// owner once (an order already refunded is skipped).
-    async fn refund_batch(&self, id: BatchId) -> Result<Refund, InfraError>;
+    /// `Submitting` (held by `attempt`) → `Refused`: final, never sent
+    /// again. Written before anyone is credited.
+    async fn refuse_batch(&self, id: BatchId, attempt: u32, reason: &str) -> Result<Fence, InfraError>;
 
-    /// Batches to hand to settlement again: `Ready` and formed before
-    /// `formed_before`, or `Submitting` with a lease expired by `now`.
-    async fn stuck_batches(
-        &self,
-        formed_before: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> Result<Vec<BatchId>, InfraError>;
+    /// Credits up to `max_orders` member orders of a `Refused` batch that
+    /// are not refunded yet, each once; when all are, `Refunded`.
+    async fn refund_batch(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError>;
 }
+
+/// The outbox: the reconciler's view of batches settlement may have lost.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Every batch not final yet: `Ready`, `Submitting`, `Refused`.
+    async fn open_batches(&self) -> Result<Vec<Batch>, InfraError>;
+
+    /// Records a re-send of `batch` (as it was read); `false` when the
+    /// batch changed since, and the record was not written.
+    async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError>;
+}
+
+/// What a deposit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deposited {
+    Credited { balance: Usd },
+    /// This deposit id was credited before, with the same amount.
+    AlreadyCredited,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DepositError {
+    #[error("deposit {id} was credited before with {credited} USD, not {asked} USD")]
+    IdReused { id: DepositId, credited: Usd, asked: Usd },
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+}
+
+/// Funding accounts: seeding and operators.
+#[async_trait]
+pub trait Accounts: Send + Sync {
+    /// Creates the account with `balance`, recorded as its opening deposit,
+    /// if it does not exist; `false` (and nothing changed) if it does.
+    async fn open_account(&self, user: &UserId, balance: Usd) -> Result<bool, InfraError>;
+
+    /// Credits `usd` once per deposit id.
+    async fn deposit(&self, user: &UserId, id: &DepositId, usd: Usd) -> Result<Deposited, DepositError>;
+}
+
+/// Everything at rest, for the audit.
+#[async_trait]
+pub trait LedgerRecords: Send + Sync {
+    async fn ledger(&self) -> Result<Ledger, InfraError>;
+}
+
+/// The one table: accounts, orders, pools, batches. Every method of every
+/// part is atomic.
+pub trait Store: Orders + Settlements + Outbox + Accounts + LedgerRecords {}
+
+impl<T: Orders + Settlements + Outbox + Accounts + LedgerRecords> Store for T {}
 
 /// Where formed batches wait for the settle function.
 #[async_trait]
@@ -187,7 +205,7 @@ pub struct ExchangeOrder {
     /// The batch id: the exchange is idempotent on it.
     pub client_order_id: BatchId,
     pub coin: Coin,
-    pub quantity: Quantity,
+    pub quantity: BatchQuantity,
 }
 
 /// A filled exchange order.
@@ -195,34 +213,40 @@ pub struct ExchangeOrder {
 pub struct Fill {
     pub exchange_order_id: String,
     /// The quantity the exchange reports, when it reports one.
-    pub quantity: Option<Quantity>,
+    pub quantity: Option<BatchQuantity>,
 }
 
 /// What the exchange says about a client order id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     Filled(Fill),
-    /// It knows the order but it is not filled (yet).
-    NotFilled {
-        status: String,
-    },
+    /// It has the order, not filled yet (`new`, `open`, `pending`).
+    Pending { status: String },
+    /// It ended the order unfilled (`rejected`, `canceled`, `expired`):
+    /// a permanent refusal.
+    Ended { status: String },
     /// It never saw it.
     NotFound,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    /// Timeout, connection error, 5xx, 429, or a 2xx that is not a fill: the
-    /// order may or may not exist. Ask before sending again.
+    /// Timeout, connection error, 5xx, 429, 408, or a 2xx that is not final:
+    /// the order may or may not exist. Ask before sending again.
     #[error("outcome unknown: {reason}")]
     Unknown {
         reason: String,
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    /// A 4xx other than 429: the exchange will never take this order.
-    #[error("refused by the exchange with status {status}: {detail}")]
-    Refused { status: u16, detail: String },
+    /// The exchange will never take this order: `400`/`422`, or a final
+    /// status that is not filled.
+    #[error("refused by the exchange: {reason}")]
+    Refused { reason: String },
+    /// Our side is wrong (credentials, base URL: `401`, `403`, `404`, `405`,
+    /// a redirect): never a refusal. Retried; an operator must look.
+    #[error("the exchange answered {status}: our configuration is wrong ({detail})")]
+    Misconfigured { status: u16, detail: String },
 }
 
 /// `buy_from_exchange` and the lookup that resolves an unknown outcome.

@@ -1,54 +1,93 @@
-//! The outbox's other half: batches that were formed but whose message was
-//! lost (crash, SQS error), and settle attempts that died holding a lease,
-//! are sent to the settle queue again. Sending twice is harmless.
+//! The outbox's other half: batches that settlement lost track of are sent
+//! to the settle queue again. Only those: a `READY` batch whose message
+//! seems lost, a `SUBMITTING` batch whose attempt died or failed without a
+//! retry, a `REFUSED` batch whose refunds stopped; each less and less often
+//! (see [`ResendPolicy`]). A batch that failed as often as the queue
+//! delivers a message is left to the dead-letter queue and its alarm.
+//! Sending twice is harmless: settlement is idempotent.
 
 use std::sync::Arc;
 
-use crate::domain::BatchId;
-use crate::ports::{Clock, InfraError, SettleQueue, Store};
+use crate::domain::{BatchId, BatchStatus, ResendPolicy};
+use crate::ports::{Clock, InfraError, Outbox, SettleQueue};
 
 pub struct Reconciler {
-    store: Arc<dyn Store>,
+    outbox: Arc<dyn Outbox>,
     queue: Arc<dyn SettleQueue>,
     clock: Arc<dyn Clock>,
-    /// A `READY` batch younger than this still has its message in flight.
-    ready_age: time::Duration,
+    policy: ResendPolicy,
+}
+
+/// What one run did.
+#[derive(Debug, Default)]
+pub struct ReconcileReport {
+    pub resent: Vec<BatchId>,
+    /// Sends that failed; tried again on the next run.
+    pub failed: Vec<(BatchId, InfraError)>,
+    /// Batches that exhausted their attempts: an operator's.
+    pub left_to_operator: Vec<BatchId>,
 }
 
 impl Reconciler {
     pub fn new(
-        store: Arc<dyn Store>,
+        outbox: Arc<dyn Outbox>,
         queue: Arc<dyn SettleQueue>,
         clock: Arc<dyn Clock>,
-        ready_age: time::Duration,
+        policy: ResendPolicy,
     ) -> Reconciler {
-        Reconciler { store, queue, clock, ready_age }
+        Reconciler { outbox, queue, clock, policy }
     }
 
-    /// Sends every stuck batch again; returns them.
-    pub async fn run_once(&self) -> Result<Vec<BatchId>, InfraError> {
+    /// Sends every batch that is due again. One failed send does not stop
+    /// the others.
+    pub async fn run_once(&self) -> Result<ReconcileReport, InfraError> {
         let now = self.clock.now();
-        let stuck = self.store.stuck_batches(now - self.ready_age, now).await?;
-        for batch in &stuck {
-            self.queue.send(*batch).await?;
-            tracing::warn!(%batch, "re-sent a stuck batch to the settle queue");
+        let mut report = ReconcileReport::default();
+        for batch in self.outbox.open_batches().await? {
+            match batch.resend_due(&self.policy) {
+                Some(due) if due <= now => {}
+                Some(_) => continue,
+                None => {
+                    if batch.status == BatchStatus::Submitting {
+                        report.left_to_operator.push(batch.id);
+                    }
+                    continue;
+                }
+            }
+            if let Err(error) = self.queue.send(batch.id).await {
+                tracing::warn!(error = &error as &dyn std::error::Error, batch_id = %batch.id, "could not re-send a batch");
+                report.failed.push((batch.id, error));
+                continue;
+            }
+            tracing::warn!(batch_id = %batch.id, status = batch.status.as_str(), attempts = batch.attempts, "re-sent a batch settlement lost track of");
+            match self.outbox.note_resent(&batch, now).await {
+                Ok(true) => {}
+                // It moved since it was read: the message is harmless.
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = &error as &dyn std::error::Error, batch_id = %batch.id, "could not record a re-send")
+                }
+            }
+            report.resent.push(batch.id);
         }
-        Ok(stuck)
+        report.resent.sort();
+        Ok(report)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::str::FromStr;
+    use std::sync::Mutex;
 
+    use async_trait::async_trait;
     use rust_decimal::Decimal;
-    use time::OffsetDateTime;
+    use time::{Duration, OffsetDateTime};
 
     use super::*;
-    use crate::adapters::memory::MemoryStore;
-    use crate::adapters::memory_queue::memory_queue;
-    use crate::domain::{Coin, OrderId, Quantity, Usd, UserId};
-    use crate::ports::NewOrder;
+    use crate::adapters::dynamodb::DynamoStore;
+    use crate::domain::{Coin, NewOrder, OrderId, Quantity, Usd, UserId};
+    use crate::ports::{Accounts, Orders, Settlements};
 
     struct FixedClock(OffsetDateTime);
 
@@ -58,32 +97,121 @@ mod tests {
         }
     }
 
+    /// A queue that records what it was sent and fails for chosen batches.
+    #[derive(Default)]
+    struct RecordingQueue {
+        sent: Mutex<Vec<BatchId>>,
+        failing: Mutex<Vec<BatchId>>,
+    }
+
+    #[async_trait]
+    impl SettleQueue for RecordingQueue {
+        async fn send(&self, batch: BatchId) -> Result<(), InfraError> {
+            if self.failing.lock().unwrap().contains(&batch) {
+                return Err(InfraError::new("send", "queue unavailable"));
+            }
+            self.sent.lock().unwrap().push(batch);
+            Ok(())
+        }
+    }
+
+    fn policy() -> ResendPolicy {
+        ResendPolicy {
+            ready_after: Duration::minutes(1),
+            backoff: Duration::minutes(5),
+            backoff_cap: Duration::hours(1),
+            max_attempts: 3,
+        }
+    }
+
+    fn start() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    /// A store with a `READY` batch of its own formed at `start()`, per user.
+    async fn ready_batches(users: &[&str]) -> (Arc<DynamoStore>, Vec<BatchId>) {
+        let store = Arc::new(DynamoStore::in_memory());
+        let mut batches = Vec::new();
+        for name in users {
+            let user = UserId::parse(name).unwrap();
+            store.open_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
+            let order = NewOrder {
+                id: OrderId::generate(),
+                user,
+                coin: Coin::from_trusted("ABAN"),
+                amount: Quantity::parse("3").unwrap(),
+                price: Usd::new(Decimal::from(4)).unwrap(),
+                cost: Usd::new(Decimal::from_str("12").unwrap()).unwrap(),
+                idempotency_key: None,
+                created_at: start(),
+            };
+            // Placed, but its message never sent (the process died).
+            batches.push(store.place_order(order, Usd::new(Decimal::TEN).unwrap()).await.unwrap().formed.unwrap());
+        }
+        (store, batches)
+    }
+
+    async fn run_at(store: &Arc<DynamoStore>, queue: &Arc<RecordingQueue>, seconds: i64) -> ReconcileReport {
+        let clock = Arc::new(FixedClock(start() + Duration::seconds(seconds)));
+        Reconciler::new(store.clone(), queue.clone(), clock, policy()).run_once().await.unwrap()
+    }
+
     #[tokio::test]
-    async fn a_batch_whose_message_was_lost_is_sent_again_after_a_minute() {
-        let store = Arc::new(MemoryStore::new());
-        let user = UserId::parse("alice").unwrap();
-        store.put_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
-        let formed_at = OffsetDateTime::now_utc();
-        let order = NewOrder {
-            id: OrderId::generate(),
-            user,
-            coin: Coin::from_trusted("ABAN"),
-            amount: Quantity::parse("3").unwrap(),
-            price: Usd::new(Decimal::from(4)).unwrap(),
-            cost: Usd::new(Decimal::from_str("12").unwrap()).unwrap(),
-            idempotency_key: None,
-            created_at: formed_at,
-        };
-        // Placed, but its message never sent (the process died).
-        let batch = store.place_order(order, Usd::new(Decimal::TEN).unwrap()).await.unwrap().formed.unwrap();
+    async fn a_batch_whose_message_was_lost_is_sent_again_less_and_less_often() {
+        let (store, batches) = ready_batches(&["alice"]).await;
+        let queue = Arc::new(RecordingQueue::default());
 
-        let (queue, mut messages) = memory_queue();
-        let at = |seconds| Arc::new(FixedClock(formed_at + time::Duration::seconds(seconds)));
-        let early = Reconciler::new(store.clone(), Arc::new(queue.clone()), at(30), time::Duration::minutes(1));
-        assert!(early.run_once().await.unwrap().is_empty(), "its message may still be in flight");
+        assert!(run_at(&store, &queue, 30).await.resent.is_empty(), "its message may still be in flight");
+        assert_eq!(run_at(&store, &queue, 61).await.resent, batches);
+        // Still READY (the queue is backed up): not every minute, but after two, then four.
+        assert!(run_at(&store, &queue, 121).await.resent.is_empty());
+        assert_eq!(run_at(&store, &queue, 182).await.resent, batches);
+        assert!(run_at(&store, &queue, 182 + 200).await.resent.is_empty());
+        assert_eq!(run_at(&store, &queue, 182 + 241).await.resent, batches);
+        assert_eq!(queue.sent.lock().unwrap().len(), 3);
+    }
 
-        let late = Reconciler::new(store.clone(), Arc::new(queue), at(61), time::Duration::minutes(1));
-        assert_eq!(late.run_once().await.unwrap(), vec![batch]);
-        assert!(messages.try_recv().unwrap().body.contains(&batch.to_string()));
+    #[tokio::test]
+    async fn a_failed_attempt_is_left_to_the_queue_then_backed_off_then_left_to_an_operator() {
+        let (store, batches) = ready_batches(&["alice"]).await;
+        let batch = batches[0];
+        let queue = Arc::new(RecordingQueue::default());
+        let lease = Duration::seconds(30);
+        // Attempt 1 at 0 s fails with an unknown outcome and gives its lease back at once.
+        let claimed_at = start();
+        store.claim_batch(batch, claimed_at, claimed_at + lease).await.unwrap();
+        store.release_batch(batch, 1, claimed_at).await.unwrap();
+
+        // The queue redelivers the message by itself: the reconciler waits.
+        assert!(run_at(&store, &queue, 60).await.resent.is_empty(), "re-sent at once after a released lease");
+        assert!(run_at(&store, &queue, 299).await.resent.is_empty());
+        assert_eq!(run_at(&store, &queue, 301).await.resent, batches);
+
+        // Attempts 2 and 3 fail too: after the last one, an operator's.
+        for attempt in 2..=3u32 {
+            let at = start() + Duration::seconds(400 * i64::from(attempt));
+            store.claim_batch(batch, at, at + lease).await.unwrap();
+            store.release_batch(batch, attempt, at).await.unwrap();
+        }
+        let report = run_at(&store, &queue, 100_000).await;
+        assert!(report.resent.is_empty());
+        assert_eq!(report.left_to_operator, batches);
+    }
+
+    #[tokio::test]
+    async fn one_failed_send_does_not_stop_the_others() {
+        let (store, batches) = ready_batches(&["alice", "bob", "carol"]).await;
+        let queue = Arc::new(RecordingQueue::default());
+        queue.failing.lock().unwrap().push(batches[1]);
+
+        let report = run_at(&store, &queue, 61).await;
+
+        let mut expected = vec![batches[0], batches[2]];
+        expected.sort();
+        assert_eq!(report.resent, expected);
+        assert_eq!(report.failed.len(), 1);
+        // The failed one is due again on the next run; the others wait.
+        queue.failing.lock().unwrap().clear();
+        assert_eq!(run_at(&store, &queue, 62).await.resent, vec![batches[1]]);
     }
 }

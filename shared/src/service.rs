@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use crate::config::ServiceConfig;
-use crate::domain::{IdempotencyKey, InvalidAmount, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
-use crate::ports::{Clock, InfraError, NewOrder, PlaceError, Placed, SettleQueue, Store};
+use crate::domain::{IdempotencyKey, InvalidAmount, NewOrder, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
+use crate::ports::{Clock, InfraError, Orders, PlaceError, Placed, SettleQueue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceOrderError {
@@ -18,7 +18,7 @@ pub enum PlaceOrderError {
 }
 
 pub struct OrderService {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Orders>,
     queue: Arc<dyn SettleQueue>,
     clock: Arc<dyn Clock>,
     config: ServiceConfig,
@@ -26,7 +26,7 @@ pub struct OrderService {
 
 impl OrderService {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Orders>,
         queue: Arc<dyn SettleQueue>,
         clock: Arc<dyn Clock>,
         config: ServiceConfig,
@@ -46,11 +46,9 @@ impl OrderService {
         key: Option<IdempotencyKey>,
     ) -> Result<Placed, PlaceOrderError> {
         let (coin, price) = self.config.prices.quote(symbol)?;
-        let cost = price
-            .value()
-            .checked_mul(amount.value())
-            .and_then(Usd::new)
-            .ok_or(InvalidAmount::TooLarge { max: "1000000000" })?;
+        // The price list only has prices whose costs are exact; a cost that
+        // is not is refused all the same, never rounded.
+        let cost = Usd::cost(price, amount).ok_or(InvalidAmount::CostNotExact)?;
         let order = NewOrder {
             id: OrderId::generate(),
             user,

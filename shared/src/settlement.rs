@@ -1,12 +1,17 @@
-//! Settling a batch: the state machine of DESIGN.md. Safe under duplicate
-//! and concurrent deliveries: the claim is a conditional write, the exchange
-//! is idempotent on the batch id, and settle/refund are conditional.
+//! Settling a batch: the state machine of docs/design.md. Safe under
+//! duplicate, late and concurrent deliveries: the claim is a conditional
+//! write, every later write of an attempt is fenced on that attempt holding
+//! the batch, the exchange is idempotent on the batch id and asked before
+//! any resend, and a refusal is recorded (final) before anyone is credited.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{Batch, BatchId, BatchStatus};
-use crate::ports::{Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fill, InfraError, Lookup, Refund, Store};
+use crate::ports::{
+    Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fence, Fill, InfraError, Lookup, Refund, SettleQueue,
+    Settlements,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -15,8 +20,10 @@ pub enum Settlement {
     Bought { exchange_order_id: String },
     /// A duplicate delivery: the batch was already settled or refunded.
     AlreadyFinished(BatchStatus),
-    /// The exchange refused the batch for good; its orders were refunded.
+    /// Refused for good by the exchange, and every order refunded.
     Refunded(Refund),
+    /// Refused for good; refunds continue with the next message (queued).
+    Refunding(Refund),
     /// No such batch. Nothing can ever settle it.
     UnknownBatch,
 }
@@ -31,28 +38,57 @@ pub enum SettleError {
         #[source]
         source: ExchangeError,
     },
+    /// The exchange says our side is wrong: retried, and an operator must
+    /// look (it is logged as an error).
+    #[error("the exchange does not take batch {batch}'s order as configured")]
+    Misconfigured {
+        batch: BatchId,
+        #[source]
+        source: ExchangeError,
+    },
+    /// Another attempt took the batch over while this one ran.
+    #[error("attempt {attempt} of batch {batch} lost its lease (the batch is now {now:?})")]
+    LeaseLost { batch: BatchId, attempt: u32, now: BatchStatus },
     #[error(transparent)]
     Infra(#[from] InfraError),
 }
 
 pub struct Settler {
-    store: Arc<dyn Store>,
+    settlements: Arc<dyn Settlements>,
     exchange: Arc<dyn Exchange>,
+    /// Where a refund that did not finish in one call continues.
+    queue: Arc<dyn SettleQueue>,
     clock: Arc<dyn Clock>,
     lease: Duration,
+    /// Orders refunded per call: bounded work per invocation.
+    refund_chunk: u32,
 }
 
+/// Orders a settle call refunds before handing the rest to the next message.
+pub const REFUND_CHUNK: u32 = 100;
+
 impl Settler {
-    pub fn new(store: Arc<dyn Store>, exchange: Arc<dyn Exchange>, clock: Arc<dyn Clock>, lease: Duration) -> Settler {
-        Settler { store, exchange, clock, lease }
+    pub fn new(
+        settlements: Arc<dyn Settlements>,
+        exchange: Arc<dyn Exchange>,
+        queue: Arc<dyn SettleQueue>,
+        clock: Arc<dyn Clock>,
+        lease: Duration,
+    ) -> Settler {
+        Settler { settlements, exchange, queue, clock, lease, refund_chunk: REFUND_CHUNK }
+    }
+
+    pub fn with_refund_chunk(self, orders: u32) -> Settler {
+        Settler { refund_chunk: orders.max(1), ..self }
     }
 
     /// Settles one batch. An `Err` means "deliver this again later".
     #[tracing::instrument(skip_all, fields(attempt))]
     pub async fn settle(&self, batch_id: BatchId) -> Result<Settlement, SettleError> {
         let now = self.clock.now();
-        let batch = match self.store.claim_batch(batch_id, now, now + self.lease).await? {
+        let batch = match self.settlements.claim_batch(batch_id, now, now + self.lease).await? {
             Claim::Claimed(batch) => batch,
+            Claim::Refusing(_) => return self.refund(batch_id).await,
             Claim::Finished(status) => return Ok(Settlement::AlreadyFinished(status)),
             Claim::Leased { .. } => return Err(SettleError::Busy { batch: batch_id }),
             Claim::NotFound => return Ok(Settlement::UnknownBatch),
@@ -65,31 +101,33 @@ impl Settler {
             match self.exchange.lookup(batch_id).await {
                 Ok(Lookup::Filled(fill)) => return self.record_fill(&batch, fill).await,
                 Ok(Lookup::NotFound) => {}
-                Ok(Lookup::NotFilled { status }) => {
-                    let source =
-                        ExchangeError::Unknown { reason: format!("the exchange reports it {status:?}"), source: None };
-                    return Err(self.give_back(batch_id, source).await);
+                Ok(Lookup::Ended { status }) => {
+                    return self.refuse(&batch, &format!("the exchange ended the order {status}")).await;
                 }
-                Err(source) => return Err(self.give_back(batch_id, source).await),
+                Ok(Lookup::Pending { status }) => {
+                    let source = ExchangeError::Unknown { reason: format!("the exchange reports it {status}"), source: None };
+                    return Err(self.give_back(&batch, source).await);
+                }
+                Err(source) => return Err(self.give_back(&batch, source).await),
             }
         }
 
         let order = ExchangeOrder { client_order_id: batch_id, coin: batch.coin.clone(), quantity: batch.qty };
         match self.exchange.buy(&order).await {
             Ok(fill) => self.record_fill(&batch, fill).await,
-            Err(ExchangeError::Refused { status, detail }) => {
-                tracing::warn!(status, %detail, "the exchange refused the batch; refunding its orders");
-                let refund = self.store.refund_batch(batch_id).await?;
-                Ok(Settlement::Refunded(refund))
-            }
-            Err(unknown) => {
+            Err(ExchangeError::Refused { reason }) => self.refuse(&batch, &reason).await,
+            Err(unknown @ ExchangeError::Unknown { .. }) => {
                 // Resolve at once if the exchange can tell; otherwise the
                 // message is delivered again and the next attempt asks first.
-                if let Ok(Lookup::Filled(fill)) = self.exchange.lookup(batch_id).await {
-                    return self.record_fill(&batch, fill).await;
+                match self.exchange.lookup(batch_id).await {
+                    Ok(Lookup::Filled(fill)) => self.record_fill(&batch, fill).await,
+                    Ok(Lookup::Ended { status }) => {
+                        self.refuse(&batch, &format!("the exchange ended the order {status}")).await
+                    }
+                    _ => Err(self.give_back(&batch, unknown).await),
                 }
-                Err(self.give_back(batch_id, unknown).await)
             }
+            Err(misconfigured) => Err(self.give_back(&batch, misconfigured).await),
         }
     }
 
@@ -100,17 +138,71 @@ impl Settler {
                 "the exchange filled a different quantity than requested: an operator must reconcile"
             );
         }
-        self.store.settle_batch(batch.id, &fill.exchange_order_id).await?;
-        Ok(Settlement::Bought { exchange_order_id: fill.exchange_order_id })
+        let bought = Settlement::Bought { exchange_order_id: fill.exchange_order_id.clone() };
+        match self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id).await? {
+            Fence::Held => Ok(bought),
+            // Another attempt found the same fill and recorded it.
+            Fence::Lost { status: BatchStatus::Settled, .. } => Ok(bought),
+            Fence::Lost { status: status @ (BatchStatus::Refused | BatchStatus::Refunded), .. } => {
+                tracing::error!(
+                    batch_id = %batch.id, exchange_order_id = %fill.exchange_order_id, status = status.as_str(),
+                    "the exchange filled a batch that was refused and refunded: an operator must reconcile"
+                );
+                Ok(Settlement::AlreadyFinished(status))
+            }
+            // A later attempt holds it; it asks the exchange first and records the fill.
+            Fence::Lost { status, .. } => {
+                Err(SettleError::LeaseLost { batch: batch.id, attempt: batch.attempts, now: status })
+            }
+        }
     }
 
-    /// Releases the lease so the redelivery can claim the batch at once.
-    async fn give_back(&self, batch: BatchId, source: ExchangeError) -> SettleError {
-        if let Err(error) = self.store.release_batch(batch, self.clock.now()).await {
-            // Harmless: the lease expires on its own.
-            tracing::warn!(error = &error as &dyn std::error::Error, "could not release the batch lease");
+    /// Records the refusal (final) before anyone is credited, then refunds.
+    async fn refuse(&self, batch: &Batch, reason: &str) -> Result<Settlement, SettleError> {
+        tracing::warn!(batch_id = %batch.id, %reason, "the exchange refused the batch for good; refunding its orders");
+        match self.settlements.refuse_batch(batch.id, batch.attempts, reason).await? {
+            Fence::Held | Fence::Lost { status: BatchStatus::Refused | BatchStatus::Refunded, .. } => {
+                self.refund(batch.id).await
+            }
+            Fence::Lost { status: BatchStatus::Settled, .. } => Ok(Settlement::AlreadyFinished(BatchStatus::Settled)),
+            Fence::Lost { status, .. } => {
+                Err(SettleError::LeaseLost { batch: batch.id, attempt: batch.attempts, now: status })
+            }
         }
-        SettleError::OutcomeUnknown { batch, source }
+    }
+
+    /// One bounded chunk of a refused batch's refunds; the rest continues
+    /// with a message of its own.
+    async fn refund(&self, batch: BatchId) -> Result<Settlement, SettleError> {
+        let refund = self.settlements.refund_batch(batch, self.refund_chunk).await?;
+        if refund.finished {
+            return Ok(Settlement::Refunded(refund));
+        }
+        self.queue.send(batch).await?;
+        Ok(Settlement::Refunding(refund))
+    }
+
+    /// Releases this attempt's lease so the redelivery can claim the batch
+    /// at once.
+    async fn give_back(&self, batch: &Batch, source: ExchangeError) -> SettleError {
+        match self.settlements.release_batch(batch.id, batch.attempts, self.clock.now()).await {
+            Ok(Fence::Held) => {}
+            Ok(Fence::Lost { status, .. }) => {
+                tracing::info!(batch_id = %batch.id, status = status.as_str(), "another attempt took the batch over");
+            }
+            // Harmless: the lease expires on its own.
+            Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "could not release the batch lease"),
+        }
+        match source {
+            ExchangeError::Misconfigured { .. } => {
+                tracing::error!(
+                    batch_id = %batch.id, error = &source as &dyn std::error::Error,
+                    "the exchange rejects our requests: check EXCHANGE_URL and credentials"
+                );
+                SettleError::Misconfigured { batch: batch.id, source }
+            }
+            source => SettleError::OutcomeUnknown { batch: batch.id, source },
+        }
     }
 }
 

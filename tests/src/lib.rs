@@ -178,6 +178,12 @@ impl TestApp {
         }
     }
 
+    /// Whether the instances share one table (the AWS backends); on the
+    /// embedded backend each instance's store is its own.
+    pub fn instances_share_a_table(&self) -> bool {
+        self.options.backend == Backend::Aws
+    }
+
     /// Starts one more instance with the same options and seed (on the AWS
     /// backends, on the same table and queue: a restart, or a new Lambda
     /// instance); returns its base URL.

@@ -17,9 +17,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use shared::adapters::dynamodb::DynamoStore;
-use shared::contract::usd;
+use testkit::store_contract::usd;
 use shared::domain::UserId;
-use shared::ports::Store;
+use shared::ports::Accounts;
 
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: scripts/test deploys the stack and sets it"))
@@ -99,7 +99,7 @@ async fn the_deployed_stack_places_pools_settles_and_refuses_bad_input() {
     );
     let users: Vec<String> = (0..10).map(|i| format!("user-{i}")).collect();
     for user in ["alice", "bob", "carol"].iter().copied().chain(users.iter().map(String::as_str)) {
-        store.put_account(&UserId::parse(user).unwrap(), usd("100")).await.unwrap();
+        store.open_account(&UserId::parse(user).unwrap(), usd("100")).await.unwrap();
     }
 
     // API Gateway's authorizer refuses a request without a valid token, in its own format.

@@ -8,7 +8,7 @@ use serde_norway::Value;
 use shared::adapters::dynamodb::item::{
     MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK, OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK,
 };
-use shared::adapters::dynamodb::table::TTL_ATTRIBUTE;
+use shared::adapters::dynamodb::schema::TTL_ATTRIBUTE;
 use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
 
 fn template() -> Value {

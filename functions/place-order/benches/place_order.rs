@@ -6,24 +6,24 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use lambda_http::request::LambdaRequest;
 use rust_decimal::Decimal;
-use shared::adapters::memory::MemoryStore;
+use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::memory_queue::memory_queue;
 use shared::config::ServiceConfig;
 use shared::domain::{Usd, UserId};
-use shared::ports::{Store, SystemClock};
+use shared::ports::{Accounts, SystemClock};
 use shared::service::OrderService;
 
 const FIXTURE: &str = include_str!("../../../events/apigw-place-order.json");
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(DynamoStore::in_memory());
     let (queue, mut messages) = memory_queue();
     let service = OrderService::new(store.clone(), Arc::new(queue), Arc::new(SystemClock), ServiceConfig::default());
     runtime.block_on(async {
         let alice = UserId::parse("alice").unwrap_or_else(|e| panic!("{e}"));
         let balance = Usd::new(Decimal::from(1_000_000_000_000u64)).unwrap_or_default();
-        store.put_account(&alice, balance).await.unwrap_or_else(|e| panic!("{e}"));
+        store.open_account(&alice, balance).await.unwrap_or_else(|e| panic!("{e}"));
     });
     // A small order ($0.04): it joins the pool, and every 250th closes it.
     let mut event: serde_json::Value = serde_json::from_str(FIXTURE).unwrap_or_else(|e| panic!("{e}"));

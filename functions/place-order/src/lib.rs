@@ -90,7 +90,9 @@ async fn place_order(service: &OrderService, request: &Request) -> Result<Respon
             ApiError::InsufficientFunds { balance, cost }
         }
         PlaceOrderError::Place(PlaceError::IdempotencyKeyReused) => ApiError::IdempotencyKeyReused,
+        PlaceOrderError::Place(PlaceError::PoolOverflow(e)) => ApiError::PoolOverflow(e),
         PlaceOrderError::Place(PlaceError::Busy) => ApiError::Busy,
+        PlaceOrderError::Place(PlaceError::OutcomeUnknown(e)) => ApiError::OutcomeUnknown(e),
         PlaceOrderError::Place(PlaceError::Infra(e)) => ApiError::Internal(e),
     })?;
     let status = if placed.replayed { StatusCode::OK } else { StatusCode::CREATED };

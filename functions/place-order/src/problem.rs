@@ -4,7 +4,7 @@
 use http::{HeaderValue, StatusCode, header};
 use lambda_http::{Body, Response};
 use serde::Serialize;
-use shared::domain::{InvalidAmount, InvalidId, UnknownCoin, Usd};
+use shared::domain::{InvalidAmount, InvalidId, PoolOverflow, UnknownCoin, Usd};
 use shared::ports::InfraError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,8 @@ pub enum ApiError {
     UnknownCoin(#[from] UnknownCoin),
     #[error(transparent)]
     InvalidAmount(#[from] InvalidAmount),
+    #[error(transparent)]
+    PoolOverflow(#[from] PoolOverflow),
     #[error("the balance is {balance} USD but the order costs {cost} USD")]
     InsufficientFunds { balance: Usd, cost: Usd },
     #[error("this Idempotency-Key was already used for a different order (coin or amount)")]
@@ -31,6 +33,9 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     #[error("the service is too busy to take this order now; nothing changed, retry shortly")]
     Busy,
+    /// A write was sent and its answer lost: the order may have been placed.
+    #[error("could not tell whether the order was placed")]
+    OutcomeUnknown(#[source] InfraError),
     #[error("internal error")]
     Internal(#[source] InfraError),
 }
@@ -48,7 +53,9 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key")
             }
             ApiError::UnknownCoin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-coin", "Unknown coin"),
-            ApiError::InvalidAmount(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount"),
+            ApiError::InvalidAmount(_) | ApiError::PoolOverflow(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount")
+            }
             ApiError::InsufficientFunds { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "insufficient-funds", "Insufficient funds")
             }
@@ -60,6 +67,9 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
             }
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Service busy"),
+            ApiError::OutcomeUnknown(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "outcome-unknown", "Outcome unknown")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
@@ -76,6 +86,12 @@ impl ApiError {
             ApiError::Internal(source) => {
                 tracing::error!(error = source as &dyn std::error::Error, "request failed");
                 "The request could not be completed; it changed nothing and may be retried.".to_owned()
+            }
+            ApiError::OutcomeUnknown(source) => {
+                tracing::error!(error = source as &dyn std::error::Error, "could not tell whether an order was placed");
+                "The service could not tell whether the order was placed. Retry with the same Idempotency-Key, \
+                 which never debits twice, or look for the order with GET /orders."
+                    .to_owned()
             }
             other => other.to_string(),
         };
@@ -146,17 +162,35 @@ mod tests {
             ApiError::InvalidIdempotencyKey(InvalidId { what: "", reason: "" }),
             ApiError::UnknownCoin(UnknownCoin { symbol: String::new(), known: String::new() }),
             ApiError::InvalidAmount(InvalidAmount::NotPositive),
+            ApiError::PoolOverflow(PoolOverflow),
             ApiError::InsufficientFunds { balance: Usd::ZERO, cost: Usd::ZERO },
             ApiError::IdempotencyKeyReused,
             ApiError::NotFound,
             ApiError::MethodNotAllowed { allow: "GET" },
             ApiError::Busy,
+            ApiError::OutcomeUnknown(InfraError::new("x", "y")),
             ApiError::Internal(InfraError::new("x", "y")),
         ];
         for error in every_error {
             let (_, kind, _) = error.code();
             assert!(openapi.contains(&format!("- {kind}\n")), "{kind} is missing from openapi.yaml");
         }
+    }
+
+    #[test]
+    fn an_unknown_outcome_never_says_nothing_changed() {
+        let (status, value) = body(ApiError::OutcomeUnknown(InfraError::new("transact write items", "timeout")));
+        assert_eq!((status, value["type"].as_str()), (500, Some("outcome-unknown")));
+        let detail = value["detail"].as_str().unwrap();
+        assert!(detail.contains("same Idempotency-Key") && detail.contains("GET /orders"), "{detail}");
+        assert!(!detail.contains("changed nothing"));
+    }
+
+    #[test]
+    fn busy_says_when_to_retry() {
+        let response = ApiError::Busy.into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use lambda_http::{Body, Request};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use shared::adapters::memory::MemoryStore;
+use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::memory_queue::{QueuedMessage, memory_queue};
 use shared::config::ServiceConfig;
 use shared::domain::{Usd, UserId};
-use shared::ports::{Store, SystemClock};
+use shared::ports::{Accounts, SystemClock};
 use shared::service::OrderService;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -22,9 +22,9 @@ const PLACE_ORDER: &str = include_str!("../../../events/apigw-place-order.json")
 const GET_ACCOUNT: &str = include_str!("../../../events/apigw-get-account.json");
 
 async fn service(alice: &str) -> (OrderService, UnboundedReceiver<QueuedMessage>) {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(DynamoStore::in_memory());
     let balance = Usd::new(Decimal::from_str(alice).unwrap()).unwrap();
-    store.put_account(&UserId::parse("alice").unwrap(), balance).await.unwrap();
+    store.open_account(&UserId::parse("alice").unwrap(), balance).await.unwrap();
     let (queue, messages) = memory_queue();
     let service = OrderService::new(store, Arc::new(queue), Arc::new(SystemClock), ServiceConfig::default());
     (service, messages)

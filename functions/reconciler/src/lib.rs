@@ -1,5 +1,5 @@
-//! The reconciler function: on a schedule, sends `READY` batches older than
-//! a minute and batches whose settle lease expired to the settle queue again.
+//! The reconciler function: on a schedule, sends the batches settlement
+//! lost track of to the settle queue again (see `shared::reconcile`).
 
 use lambda_runtime::{Error, LambdaEvent};
 use serde::Serialize;
@@ -8,12 +8,28 @@ use shared::reconcile::Reconciler;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub resent: Vec<String>,
+    /// Batches whose re-send failed; tried again on the next run.
+    pub failed: Vec<String>,
+    /// Batches that exhausted their attempts: in the dead-letter queue,
+    /// for an operator.
+    pub left_to_operator: Vec<String>,
 }
 
 /// The scheduled event's content does not matter: every run looks at all
-/// open batches. An `Err` makes the run count as failed (and alarms).
+/// open batches. An `Err` (the open batches could not be read) makes the
+/// run count as failed; a failed send does not.
 pub async fn handle(reconciler: &Reconciler, _event: LambdaEvent<serde_json::Value>) -> Result<Report, Error> {
-    let resent = reconciler.run_once().await?;
-    tracing::info!(resent = resent.len(), "reconciled");
-    Ok(Report { resent: resent.iter().map(ToString::to_string).collect() })
+    let report = reconciler.run_once().await?;
+    tracing::info!(
+        resent = report.resent.len(),
+        failed = report.failed.len(),
+        left_to_operator = report.left_to_operator.len(),
+        "reconciled"
+    );
+    let ids = |ids: &mut dyn Iterator<Item = String>| ids.collect::<Vec<_>>();
+    Ok(Report {
+        resent: ids(&mut report.resent.iter().map(ToString::to_string)),
+        failed: ids(&mut report.failed.iter().map(|(id, _)| id.to_string())),
+        left_to_operator: ids(&mut report.left_to_operator.iter().map(ToString::to_string)),
+    })
 }

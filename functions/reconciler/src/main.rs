@@ -3,7 +3,7 @@ use std::sync::Arc;
 use lambda_runtime::{Error, run, service_fn};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::sqs::SqsQueue;
-use shared::config::AwsResources;
+use shared::config::{AwsResources, RESEND_POLICY};
 use shared::ports::SystemClock;
 use shared::reconcile::Reconciler;
 
@@ -17,7 +17,7 @@ async fn main() -> Result<(), Error> {
         Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
         Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
         Arc::new(SystemClock),
-        time::Duration::minutes(1),
+        RESEND_POLICY,
     ));
     run(service_fn(move |event| {
         let reconciler = Arc::clone(&reconciler);

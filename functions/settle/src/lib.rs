@@ -51,6 +51,13 @@ async fn settle_message(settler: &Settler, message: &SqsMessage) -> Result<(), (
             tracing::warn!(orders = refund.orders, usd = %refund.usd, "batch refused by the exchange and refunded");
             Ok(())
         }
+        Ok(Settlement::Refunding(refund)) => {
+            tracing::warn!(
+                orders = refund.orders, usd = %refund.usd,
+                "batch refused by the exchange; refunds continue with the next message"
+            );
+            Ok(())
+        }
         Ok(Settlement::UnknownBatch) => {
             tracing::error!("a settle message for a batch that does not exist");
             Err(())

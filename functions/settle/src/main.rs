@@ -3,7 +3,8 @@ use std::sync::Arc;
 use lambda_runtime::{Error, run, service_fn};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::http_exchange::HttpExchange;
-use shared::config::SettleConfig;
+use shared::adapters::sqs::SqsQueue;
+use shared::config::{AwsResources, SettleConfig};
 use shared::ports::SystemClock;
 use shared::settlement::Settler;
 
@@ -12,12 +13,14 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init_lambda();
 
     let config = SettleConfig::from_env()?;
-    let table = std::env::var("TABLE_NAME").map_err(|_| "configuration variable TABLE_NAME: required")?;
+    let resources = AwsResources::from_env()?;
     let exchange = HttpExchange::new(&config.exchange)?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let settler = Arc::new(Settler::new(
-        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table)),
+        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
         Arc::new(exchange),
+        // Where a refused batch's refunds continue, a bounded chunk per message.
+        Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
         Arc::new(SystemClock),
         config.lease,
     ));

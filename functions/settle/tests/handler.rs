@@ -13,9 +13,10 @@ use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use shared::adapters::memory::MemoryStore;
-use shared::domain::{BatchId, Coin, OrderId, Quantity, Usd, UserId};
-use shared::ports::{Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, NewOrder, Store, SystemClock};
+use shared::adapters::dynamodb::DynamoStore;
+use shared::adapters::memory_queue::memory_queue;
+use shared::domain::{BatchId, Coin, NewOrder, OrderId, Quantity, Usd, UserId};
+use shared::ports::{Accounts, Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, Orders, Settlements, SystemClock};
 use shared::settlement::Settler;
 
 const FIXTURE: &str = include_str!("../../../events/sqs-settle.json");
@@ -39,7 +40,7 @@ impl Exchange for ScriptedExchange {
     async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
         self.buys.fetch_add(1, Ordering::SeqCst);
         if self.refuse {
-            return Err(ExchangeError::Refused { status: 400, detail: "halted".into() });
+            return Err(ExchangeError::Refused { reason: "400: halted".into() });
         }
         if self.fail {
             return Err(ExchangeError::Unknown { reason: "503".into(), source: None });
@@ -58,9 +59,9 @@ impl Exchange for ScriptedExchange {
     }
 }
 
-async fn formed_batch(store: &MemoryStore, user: &str) -> BatchId {
+async fn formed_batch(store: &DynamoStore, user: &str) -> BatchId {
     let user = UserId::parse(user).unwrap();
-    store.put_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
+    store.open_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
     let amount = Quantity::parse("3").unwrap();
     let order = NewOrder {
         id: OrderId::generate(),
@@ -96,8 +97,9 @@ fn body(batch: BatchId) -> String {
     format!(r#"{{"batch_id":"{batch}"}}"#)
 }
 
-fn settler(store: &Arc<MemoryStore>, exchange: &Arc<ScriptedExchange>) -> Settler {
-    Settler::new(store.clone(), exchange.clone(), Arc::new(SystemClock), Duration::from_secs(30))
+fn settler(store: &Arc<DynamoStore>, exchange: &Arc<ScriptedExchange>) -> Settler {
+    let (queue, _) = memory_queue();
+    Settler::new(store.clone(), exchange.clone(), Arc::new(queue), Arc::new(SystemClock), Duration::from_secs(30))
 }
 
 async fn failures(settler: &Settler, event: LambdaEvent<SqsEvent>) -> Vec<String> {
@@ -109,7 +111,7 @@ async fn failures(settler: &Settler, event: LambdaEvent<SqsEvent>) -> Vec<String
 
 #[tokio::test]
 async fn the_fixture_event_parses_and_an_unknown_batch_is_reported_failed() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(DynamoStore::in_memory());
     let exchange = ScriptedExchange::new(false, false);
     let event: SqsEvent = serde_json::from_str(FIXTURE).unwrap();
     let failed = failures(&settler(&store, &exchange), LambdaEvent::new(event, Context::default())).await;
@@ -119,7 +121,7 @@ async fn the_fixture_event_parses_and_an_unknown_batch_is_reported_failed() {
 
 #[tokio::test]
 async fn duplicate_deliveries_buy_once() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(DynamoStore::in_memory());
     let exchange = ScriptedExchange::new(false, false);
     let settler = settler(&store, &exchange);
     let batch = formed_batch(&store, "alice").await;
@@ -137,7 +139,7 @@ async fn duplicate_deliveries_buy_once() {
 
 #[tokio::test]
 async fn a_refused_batch_is_refunded_once_however_often_it_is_delivered() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(DynamoStore::in_memory());
     let exchange = ScriptedExchange::new(true, false);
     let settler = settler(&store, &exchange);
     let batch = formed_batch(&store, "alice").await;
@@ -152,13 +154,13 @@ async fn a_refused_batch_is_refunded_once_however_often_it_is_delivered() {
 
 #[tokio::test]
 async fn only_the_messages_that_must_be_retried_are_reported() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(DynamoStore::in_memory());
     let failing = ScriptedExchange::new(false, true);
-    let settler = settler(&store, &failing);
+    let first = settler(&store, &failing);
     let batch = formed_batch(&store, "alice").await;
 
     let failed = failures(
-        &settler,
+        &first,
         event(&[
             ("unknown-outcome", body(batch)),
             ("garbage", "not json".into()),
@@ -171,7 +173,7 @@ async fn only_the_messages_that_must_be_retried_are_reported() {
     // The unknown outcome released its lease: the next delivery asks the
     // exchange, then buys.
     let working = ScriptedExchange::new(false, false);
-    let retry = Settler::new(store.clone(), working.clone(), Arc::new(SystemClock), Duration::from_secs(30));
+    let retry = settler(&store, &working);
     assert!(failures(&retry, event(&[("unknown-outcome", body(batch))])).await.is_empty());
     assert_eq!(working.buys.load(Ordering::SeqCst), 1);
 }

@@ -2,7 +2,6 @@
 
 pub mod dynamodb;
 pub mod http_exchange;
-pub mod memory;
 pub mod memory_queue;
 pub mod sdk_metrics;
 pub mod simulated_exchange;

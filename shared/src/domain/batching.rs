@@ -5,7 +5,7 @@
 use rust_decimal::Decimal;
 
 use super::money::Usd;
-use super::quantity::Quantity;
+use super::quantity::{BatchQuantity, Quantity};
 
 /// The open pool of one coin: its batch number and running totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,9 +21,15 @@ pub struct PoolState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchTotals {
     pub usd: Usd,
-    pub qty: Quantity,
+    pub qty: BatchQuantity,
     pub count: u32,
 }
+
+/// The pool's totals cannot be held exactly: refuse the order rather than
+/// round anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the order would make its coin's pool too large to add up exactly")]
+pub struct PoolOverflow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
@@ -38,19 +44,17 @@ pub enum Placement {
 }
 
 /// Decides where an order of `amount` costing `cost` goes.
-pub fn decide(pool: &PoolState, cost: Usd, amount: Quantity, minimum: Usd) -> Placement {
+pub fn decide(pool: &PoolState, cost: Usd, amount: Quantity, minimum: Usd) -> Result<Placement, PoolOverflow> {
     if cost >= minimum {
-        return Placement::OwnBatch;
+        return Ok(Placement::OwnBatch);
     }
-    let usd = pool.usd + cost;
+    let usd = pool.usd.checked_add(cost).ok_or(PoolOverflow)?;
     if usd < minimum {
-        return Placement::Join { seq: pool.seq };
+        return Ok(Placement::Join { seq: pool.seq });
     }
-    // `amount` is positive and the pool's quantity is a sum of positive
-    // quantities, so the sum is a valid quantity unless it exceeds the cap;
-    // a pool holds less than `minimum` dollars, far below that in practice.
-    let qty = Quantity::from_decimal(pool.qty + amount.value()).unwrap_or(amount);
-    Placement::Cross { seq: pool.seq, batch: BatchTotals { usd, qty, count: pool.count + 1 } }
+    let qty = BatchQuantity::sum(pool.qty, amount).ok_or(PoolOverflow)?;
+    let count = pool.count.checked_add(1).ok_or(PoolOverflow)?;
+    Ok(Placement::Cross { seq: pool.seq, batch: BatchTotals { usd, qty, count } })
 }
 
 impl PoolState {
@@ -82,6 +86,10 @@ mod tests {
         Quantity::parse(s).unwrap()
     }
 
+    fn total(s: &str) -> BatchQuantity {
+        BatchQuantity::from_decimal(Decimal::from_str(s).unwrap()).unwrap()
+    }
+
     const ABAN: &str = "4";
 
     fn cost_of(amount: Quantity) -> Usd {
@@ -91,12 +99,12 @@ mod tests {
     #[test]
     fn three_aban_is_its_own_batch() {
         let placement = decide(&PoolState::default(), usd("12"), qty("3"), usd("10"));
-        assert_eq!(placement, Placement::OwnBatch);
+        assert_eq!(placement, Ok(Placement::OwnBatch));
     }
 
     #[test]
     fn exactly_ten_dollars_is_its_own_batch() {
-        assert_eq!(decide(&PoolState::default(), usd("10"), qty("2.5"), usd("10")), Placement::OwnBatch);
+        assert_eq!(decide(&PoolState::default(), usd("10"), qty("2.5"), usd("10")), Ok(Placement::OwnBatch));
     }
 
     #[test]
@@ -104,26 +112,26 @@ mod tests {
         let minimum = usd("10");
         let mut pool = PoolState::default();
         for expected_join in [true, true] {
-            let p = decide(&pool, usd("4"), qty("1"), minimum);
+            let p = decide(&pool, usd("4"), qty("1"), minimum).unwrap();
             assert_eq!(matches!(p, Placement::Join { seq: 0 }), expected_join);
             pool = pool.after(&p, usd("4"), qty("1"));
         }
-        let p = decide(&pool, usd("4"), qty("1"), minimum);
-        assert_eq!(p, Placement::Cross { seq: 0, batch: BatchTotals { usd: usd("12"), qty: qty("3"), count: 3 } });
+        let p = decide(&pool, usd("4"), qty("1"), minimum).unwrap();
+        assert_eq!(p, Placement::Cross { seq: 0, batch: BatchTotals { usd: usd("12"), qty: total("3"), count: 3 } });
         assert_eq!(pool.after(&p, usd("4"), qty("1")), PoolState { seq: 1, ..PoolState::default() });
     }
 
     #[test]
     fn a_pool_landing_exactly_on_the_minimum_crosses() {
         let pool = PoolState { seq: 7, usd: usd("6"), qty: Decimal::from_str("1.5").unwrap(), count: 2 };
-        let p = decide(&pool, usd("4"), qty("1"), usd("10"));
-        assert_eq!(p, Placement::Cross { seq: 7, batch: BatchTotals { usd: usd("10"), qty: qty("2.5"), count: 3 } });
+        let p = decide(&pool, usd("4"), qty("1"), usd("10")).unwrap();
+        assert_eq!(p, Placement::Cross { seq: 7, batch: BatchTotals { usd: usd("10"), qty: total("2.5"), count: 3 } });
     }
 
     #[test]
     fn one_cent_below_the_minimum_joins() {
         let pool = PoolState { seq: 0, usd: usd("5.99"), qty: Decimal::from_str("1.4975").unwrap(), count: 1 };
-        assert_eq!(decide(&pool, usd("4"), qty("1"), usd("10")), Placement::Join { seq: 0 });
+        assert_eq!(decide(&pool, usd("4"), qty("1"), usd("10")), Ok(Placement::Join { seq: 0 }));
     }
 
     #[test]
@@ -131,7 +139,7 @@ mod tests {
         // Orders are capped at 1e9 each; the sum of a batch's orders is not.
         let pool = PoolState { seq: 3, usd: usd("9.99"), qty: Decimal::from_str("999999999.5").unwrap(), count: 5 };
         let p = decide(&pool, usd("0.01"), qty("1"), usd("10"));
-        let Placement::Cross { batch, .. } = p else { panic!("{p:?}") };
+        let Ok(Placement::Cross { batch, .. }) = p else { panic!("{p:?}") };
         assert_eq!(batch.qty.to_string(), "1000000000.5");
     }
 
@@ -182,10 +190,10 @@ mod tests {
             for (index, amount) in amounts.iter().enumerate() {
                 let cost = costs[index];
                 model.place(index, &costs, minimum);
-                let placement = decide(&pool, cost, *amount, minimum);
+                let placement = decide(&pool, cost, *amount, minimum).unwrap();
                 match placement {
                     Placement::OwnBatch => {
-                        batches.push((BatchTotals { usd: cost, qty: *amount, count: 1 }, vec![index]));
+                        batches.push((BatchTotals { usd: cost, qty: (*amount).into(), count: 1 }, vec![index]));
                     }
                     Placement::Join { seq } => {
                         prop_assert_eq!(seq, pool.seq);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
-use super::money::Usd;
+use super::money::{Usd, prices_every_amount_exactly};
 
 /// A coin symbol that is on the price list. Only [`PriceList::quote`] makes
 /// one from client input, so holding a `Coin` means the coin is sold here.
@@ -46,6 +46,10 @@ pub enum InvalidPriceList {
     Symbol(String),
     #[error("price of {0} must be a positive decimal")]
     Price(String),
+    #[error(
+        "price of {0} has too many digits for price × amount to be exact for every amount: at most 20 decimal places, and at most 792281625142 with the point removed"
+    )]
+    Inexact(String),
 }
 
 /// The coins sold and their USD prices. Configuration, not code.
@@ -73,6 +77,9 @@ impl PriceList {
                 .filter(|p| *p > Decimal::ZERO)
                 .and_then(Usd::new)
                 .ok_or_else(|| InvalidPriceList::Price(symbol.to_owned()))?;
+            if !prices_every_amount_exactly(price) {
+                return Err(InvalidPriceList::Inexact(symbol.to_owned()));
+            }
             prices.insert(Coin::from_trusted(symbol), price);
         }
         if prices.is_empty() {

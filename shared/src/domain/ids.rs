@@ -1,7 +1,43 @@
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use ulid::Ulid;
+
+thread_local! {
+    /// A seeded source of ids for this thread, when a simulation asked for
+    /// one: (random bits, the last timestamp used).
+    static SEEDED_IDS: RefCell<Option<(StdRng, u64)>> = const { RefCell::new(None) };
+}
+
+fn next_ulid() -> Ulid {
+    SEEDED_IDS.with(|seeded| match seeded.borrow_mut().as_mut() {
+        // Ids still sort by creation, one millisecond apart.
+        Some((rng, millis)) => {
+            *millis += 1;
+            Ulid::from_parts(*millis, rng.random())
+        }
+        None => Ulid::new(),
+    })
+}
+
+/// Makes the ids generated on this thread a function of `seed` until the
+/// guard is dropped, so that a simulation replays exactly from its seed.
+pub fn reproducible_ids(seed: u64) -> ReproducibleIds {
+    SEEDED_IDS.with(|seeded| *seeded.borrow_mut() = Some((StdRng::seed_from_u64(seed), 1_700_000_000_000)));
+    ReproducibleIds(())
+}
+
+#[must_use = "ids are reproducible only while the guard lives"]
+pub struct ReproducibleIds(());
+
+impl Drop for ReproducibleIds {
+    fn drop(&mut self) {
+        SEEDED_IDS.with(|seeded| *seeded.borrow_mut() = None);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} is not valid: {reason}")]
@@ -18,7 +54,7 @@ macro_rules! ulid_id {
 
         impl $name {
             pub fn generate() -> $name {
-                $name(Ulid::new())
+                $name(next_ulid())
             }
 
             pub fn parse(text: &str) -> Result<$name, InvalidId> {
@@ -75,24 +111,46 @@ impl fmt::Display for UserId {
     }
 }
 
-/// A client's `Idempotency-Key`: 1 to 128 visible ASCII characters, scoped
-/// to its user.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IdempotencyKey(String);
+macro_rules! visible_ascii_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
 
-impl IdempotencyKey {
-    pub fn parse(text: &str) -> Result<IdempotencyKey, InvalidId> {
-        let visible = text.bytes().all(|b| b.is_ascii_graphic());
-        if text.is_empty() || text.len() > 128 || !visible {
-            return Err(InvalidId { what: "Idempotency-Key", reason: "must be 1 to 128 visible ASCII characters" });
+        impl $name {
+            pub fn parse(text: &str) -> Result<$name, InvalidId> {
+                let visible = text.bytes().all(|b| b.is_ascii_graphic());
+                if text.is_empty() || text.len() > 128 || !visible {
+                    return Err(InvalidId { what: $what, reason: "must be 1 to 128 visible ASCII characters" });
+                }
+                Ok($name(text.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-        Ok(IdempotencyKey(text.to_owned()))
-    }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
+
+visible_ascii_id!(
+    /// A client's `Idempotency-Key`: 1 to 128 visible ASCII characters,
+    /// scoped to its user.
+    IdempotencyKey,
+    "Idempotency-Key"
+);
+visible_ascii_id!(
+    /// An operator's id for a deposit: the same id credits once, however
+    /// often the command is run.
+    DepositId,
+    "deposit id"
+);
 
 #[cfg(test)]
 mod tests {
@@ -112,6 +170,19 @@ mod tests {
         for bad in ["", "has space", "tab\t", "é", &"a".repeat(129)] {
             assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn reproducible_ids_repeat_per_seed_and_still_sort_by_creation() {
+        let run = |seed| {
+            let _guard = reproducible_ids(seed);
+            (0..3).map(|_| OrderId::generate()).collect::<Vec<_>>()
+        };
+        let first = run(7);
+        assert_eq!(first, run(7));
+        assert_ne!(first, run(8));
+        assert!(first.windows(2).all(|w| w[0] < w[1]));
+        assert_ne!(OrderId::generate(), OrderId::generate(), "random again once the guard is gone");
     }
 
     #[test]

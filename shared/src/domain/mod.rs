@@ -8,9 +8,9 @@ pub mod money;
 pub mod order;
 pub mod quantity;
 
-pub use batching::{Placement, PoolState, decide};
+pub use batching::{BatchTotals, Placement, PoolOverflow, PoolState, decide};
 pub use coin::{Coin, PriceList, UnknownCoin};
-pub use ids::{BatchId, IdempotencyKey, InvalidId, OrderId, UserId};
-pub use money::{Usd, format_decimal};
-pub use order::{Batch, BatchStatus, Membership, Order, OrderStatus, OrderView};
-pub use quantity::{InvalidAmount, Quantity};
+pub use ids::{BatchId, DepositId, IdempotencyKey, InvalidId, OrderId, UserId, reproducible_ids};
+pub use money::{Usd, exact_product, format_decimal};
+pub use order::{Batch, BatchStatus, Membership, NewOrder, Order, OrderStatus, OrderView, ResendPolicy};
+pub use quantity::{BatchQuantity, InvalidAmount, Quantity};

@@ -3,6 +3,8 @@ use std::ops::Add;
 
 use rust_decimal::Decimal;
 
+use super::quantity::Quantity;
+
 /// An exact, non-negative amount of US dollars.
 ///
 /// Costs are `price × amount` computed exactly; nothing is ever rounded.
@@ -29,6 +31,44 @@ impl Usd {
     pub fn checked_add(self, other: Usd) -> Option<Usd> {
         self.0.checked_add(other.0).map(|v| Usd(v.normalize()))
     }
+
+    /// `price × amount`, exactly, or `None` when a `Decimal` cannot hold the
+    /// exact product (it would round it).
+    pub fn cost(price: Usd, amount: Quantity) -> Option<Usd> {
+        exact_product(price.0, amount.value()).and_then(Usd::new)
+    }
+}
+
+/// The largest mantissa a `Decimal` holds: 2^96 − 1.
+const MAX_MANTISSA: i128 = (1i128 << 96) - 1;
+/// The most decimal places a `Decimal` holds.
+const MAX_SCALE: u32 = 28;
+
+/// `a × b` without rounding: `Decimal`'s own multiplication rounds a
+/// product whose digits do not fit, silently. Here the product of the
+/// mantissas is computed in 128 bits and only trailing zeros may be
+/// dropped to make it fit; otherwise `None`.
+pub fn exact_product(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let (a, b) = (a.normalize(), b.normalize());
+    let mut mantissa = a.mantissa().checked_mul(b.mantissa())?;
+    let mut scale = a.scale() + b.scale();
+    while (scale > MAX_SCALE || mantissa.abs() > MAX_MANTISSA) && scale > 0 && mantissa % 10 == 0 {
+        mantissa /= 10;
+        scale -= 1;
+    }
+    if scale > MAX_SCALE || mantissa.abs() > MAX_MANTISSA {
+        return None;
+    }
+    Decimal::try_from_i128_with_scale(mantissa, scale).ok()
+}
+
+/// Whether every cost `price × amount` of a valid amount (at most
+/// [`Quantity::MAX`] with [`Quantity::MAX_SCALE`] decimals) is exact.
+pub fn prices_every_amount_exactly(price: Usd) -> bool {
+    let price = price.0.normalize();
+    let largest_amount_mantissa = Quantity::MAX.value().mantissa() * 10i128.pow(Quantity::MAX_SCALE);
+    price.scale() + Quantity::MAX_SCALE <= MAX_SCALE
+        && price.mantissa().checked_mul(largest_amount_mantissa).is_some_and(|m| m <= MAX_MANTISSA)
 }
 
 impl Add for Usd {
@@ -79,6 +119,35 @@ mod tests {
         assert_eq!(Usd::new(dec("88.000")).map(|u| u.to_string()), Some("88".into()));
         assert_eq!(format_decimal(dec("-0.0")), "0");
         assert_eq!(format_decimal(dec("4000000000")), "4000000000");
+    }
+
+    #[test]
+    fn costs_are_exact_or_refused() {
+        let price = Usd::new(dec("4")).unwrap();
+        let amount = Quantity::parse("0.00000001").unwrap();
+        assert_eq!(Usd::cost(price, amount).map(|c| c.to_string()), Some("0.00000004".into()));
+        // Decimal's own product rounds 1e-21 × 1e-8 to zero.
+        let tiny = Usd::new(dec("0.000000000000000000001")).unwrap();
+        assert_eq!(tiny.value() * amount.value(), Decimal::ZERO);
+        assert_eq!(Usd::cost(tiny, amount), None);
+        // Trailing zeros may go: 2.5 × 4 = 10 whatever the scales.
+        assert_eq!(exact_product(dec("2.50000000"), dec("4.0")), Some(dec("10")));
+        assert_eq!(exact_product(dec("79228162514264337593543950335"), dec("2")), None);
+    }
+
+    #[test]
+    fn a_price_list_entry_is_exact_for_every_amount_or_refused() {
+        assert!(prices_every_amount_exactly(Usd::new(dec("4")).unwrap()));
+        assert!(prices_every_amount_exactly(Usd::new(dec("95000.5")).unwrap()));
+        assert!(prices_every_amount_exactly(Usd::new(dec("0.00000000000000000001")).unwrap()));
+        assert!(!prices_every_amount_exactly(Usd::new(dec("0.000000000000000000001")).unwrap()));
+        assert!(!prices_every_amount_exactly(Usd::new(dec("1234567890123.5")).unwrap()));
+        let largest = Quantity::MAX;
+        for price in ["4", "95000.5", "0.00000000000000000001", "792281625142"] {
+            let price = Usd::new(dec(price)).unwrap();
+            assert!(prices_every_amount_exactly(price), "{price}");
+            assert!(Usd::cost(price, largest).is_some(), "{price}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 use time::OffsetDateTime;
 
+use super::batching::{BatchTotals, Placement};
 use super::coin::Coin;
-use super::ids::{BatchId, OrderId, UserId};
+use super::ids::{BatchId, IdempotencyKey, OrderId, UserId};
 use super::money::Usd;
-use super::quantity::Quantity;
+use super::quantity::{BatchQuantity, Quantity};
 
 /// Which batch an order belongs to, as recorded on the order itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -13,6 +14,64 @@ pub enum Membership {
     /// Joined (or closed) the open pool number `seq` of its coin. The batch
     /// is known once that pool closes.
     Pool { seq: u64 },
+}
+
+/// An order to place, already priced.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub id: OrderId,
+    pub user: UserId,
+    pub coin: Coin,
+    pub amount: Quantity,
+    pub price: Usd,
+    pub cost: Usd,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub created_at: OffsetDateTime,
+}
+
+impl NewOrder {
+    /// The order as placing it this way records it, and the batch it forms
+    /// (`READY`, with a fresh id) if it forms one.
+    pub fn placed(&self, placement: &Placement) -> (Order, Option<Batch>) {
+        let batch = |seq: Option<u64>, totals: BatchTotals| Batch {
+            id: BatchId::generate(),
+            coin: self.coin.clone(),
+            seq,
+            qty: totals.qty,
+            usd: totals.usd,
+            count: totals.count,
+            status: BatchStatus::Ready,
+            attempts: 0,
+            lease_until: None,
+            attempted_at: None,
+            resends: 0,
+            resent_at: None,
+            refunded: 0,
+            refusal: None,
+            exchange_order_id: None,
+            created_at: self.created_at,
+        };
+        let (membership, formed) = match *placement {
+            Placement::OwnBatch => {
+                let own = batch(None, BatchTotals { usd: self.cost, qty: self.amount.into(), count: 1 });
+                (Membership::Own(own.id), Some(own))
+            }
+            Placement::Join { seq } => (Membership::Pool { seq }, None),
+            Placement::Cross { seq, batch: totals } => (Membership::Pool { seq }, Some(batch(Some(seq), totals))),
+        };
+        let order = Order {
+            id: self.id,
+            user: self.user.clone(),
+            coin: self.coin.clone(),
+            amount: self.amount,
+            price: self.price,
+            cost: self.cost,
+            membership,
+            refunded: false,
+            created_at: self.created_at,
+        };
+        (order, formed)
+    }
 }
 
 /// A placed, paid order as stored.
@@ -29,6 +88,14 @@ pub struct Order {
     pub created_at: OffsetDateTime,
 }
 
+/// Where a batch is in settlement:
+///
+/// ```text
+/// READY ──claim──▶ SUBMITTING ──fill──▶ SETTLED
+///                   │   ▲ unknown outcome: lease released, claimed again
+///                   │   └──────────────┘
+///                   └──refusal──▶ REFUSED ──every member credited──▶ REFUNDED
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchStatus {
     /// Formed, waiting for the settle function (the outbox).
@@ -37,11 +104,20 @@ pub enum BatchStatus {
     Submitting,
     /// Bought.
     Settled,
-    /// Refused for good by the exchange; its orders were refunded.
+    /// Refused for good by the exchange: never sent again. Its orders are
+    /// being refunded, each once.
+    Refused,
+    /// Refused, and every order refunded.
     Refunded,
 }
 
 impl BatchStatus {
+    /// Whether the exchange is done with it: never claimed or sent again.
+    pub fn is_decided(self) -> bool {
+        matches!(self, BatchStatus::Settled | BatchStatus::Refused | BatchStatus::Refunded)
+    }
+
+    /// Whether nothing will ever change it again.
     pub fn is_final(self) -> bool {
         matches!(self, BatchStatus::Settled | BatchStatus::Refunded)
     }
@@ -51,12 +127,13 @@ impl BatchStatus {
             BatchStatus::Ready => "READY",
             BatchStatus::Submitting => "SUBMITTING",
             BatchStatus::Settled => "SETTLED",
+            BatchStatus::Refused => "REFUSED",
             BatchStatus::Refunded => "REFUNDED",
         }
     }
 
     pub fn parse(text: &str) -> Option<BatchStatus> {
-        [BatchStatus::Ready, BatchStatus::Submitting, BatchStatus::Settled, BatchStatus::Refunded]
+        [BatchStatus::Ready, BatchStatus::Submitting, BatchStatus::Settled, BatchStatus::Refused, BatchStatus::Refunded]
             .into_iter()
             .find(|s| s.as_str() == text)
     }
@@ -69,27 +146,65 @@ pub struct Batch {
     pub coin: Coin,
     /// The pool number it closed; `None` for an order bought alone.
     pub seq: Option<u64>,
-    pub qty: Quantity,
+    pub qty: BatchQuantity,
     pub usd: Usd,
     pub count: u32,
     pub status: BatchStatus,
-    /// Settle attempts that claimed it so far.
+    /// Settle attempts that claimed it so far. The attempt holding the
+    /// lease is the one whose number this is: every write of an attempt is
+    /// conditioned on it (a fenced lease).
     pub attempts: u32,
     /// Until when the current `Submitting` attempt holds it.
     pub lease_until: Option<OffsetDateTime>,
+    /// When the last attempt claimed it.
+    pub attempted_at: Option<OffsetDateTime>,
+    /// Times the reconciler sent it to the settle queue again, and the last.
+    pub resends: u32,
+    pub resent_at: Option<OffsetDateTime>,
+    /// Member orders credited back so far (`Refused`, `Refunded`).
+    pub refunded: u32,
+    /// What the exchange said when it refused it.
+    pub refusal: Option<String>,
     pub exchange_order_id: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
+/// When the reconciler sends a batch to the settle queue again: only when
+/// settlement has lost track of it, and less and less often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendPolicy {
+    /// A `READY` batch younger than this still has its message in flight.
+    pub ready_after: time::Duration,
+    /// A batch whose attempt failed waits this long, doubled per attempt
+    /// and per re-send: the queue redelivers failed messages by itself
+    /// (after its visibility timeout), so this is longer than that.
+    pub backoff: time::Duration,
+    pub backoff_cap: time::Duration,
+    /// After this many attempts the batch is left to the dead-letter queue
+    /// and its alarm: an operator looks at it.
+    pub max_attempts: u32,
+}
+
 impl Batch {
-    /// Whether settlement lost track of it: `READY` since before
-    /// `formed_before` (its message was lost), or `SUBMITTING` with a lease
-    /// expired by `now` (its attempt died).
-    pub fn is_stuck(&self, formed_before: OffsetDateTime, now: OffsetDateTime) -> bool {
+    /// When the reconciler should send it again, if ever: `READY` whose
+    /// message seems lost, `SUBMITTING` whose attempt died or failed and was
+    /// not retried, `REFUSED` whose refunds stopped. Each re-send doubles
+    /// the wait before the next.
+    pub fn resend_due(&self, policy: &ResendPolicy) -> Option<OffsetDateTime> {
+        let last = [Some(self.created_at), self.attempted_at, self.resent_at].into_iter().flatten().max()?;
+        let doubled = |base: time::Duration, times: u32| {
+            let factor = 1i32.checked_shl(times.min(20)).unwrap_or(i32::MAX);
+            base.checked_mul(factor).unwrap_or(policy.backoff_cap).min(policy.backoff_cap.max(base))
+        };
         match self.status {
-            BatchStatus::Ready => self.created_at < formed_before,
-            BatchStatus::Submitting => self.lease_until.is_none_or(|until| until <= now),
-            BatchStatus::Settled | BatchStatus::Refunded => false,
+            BatchStatus::Ready | BatchStatus::Refused => Some(last + doubled(policy.ready_after, self.resends)),
+            BatchStatus::Submitting if self.attempts >= policy.max_attempts => None,
+            BatchStatus::Submitting => {
+                let retries = self.attempts.saturating_sub(1) + self.resends;
+                let due = last + doubled(policy.backoff, retries);
+                Some(self.lease_until.map_or(due, |lease| lease.max(due)))
+            }
+            BatchStatus::Settled | BatchStatus::Refunded => None,
         }
     }
 }
@@ -113,14 +228,25 @@ impl OrderStatus {
         }
     }
 
-    /// An order's status from its batch: `pending` while its pool is open.
-    pub fn of(batch: Option<&Batch>) -> OrderStatus {
+    /// An order's status from the order and its batch: `pending` while its
+    /// pool is open, `refunded` once its own cost is back (its batch may
+    /// still be refunding others).
+    pub fn of(order: &Order, batch: Option<&Batch>) -> OrderStatus {
+        if order.refunded {
+            return OrderStatus::Refunded;
+        }
         match batch.map(|b| b.status) {
             None => OrderStatus::Pending,
-            Some(BatchStatus::Ready | BatchStatus::Submitting) => OrderStatus::Settling,
+            Some(BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Refused) => OrderStatus::Settling,
             Some(BatchStatus::Settled) => OrderStatus::Settled,
             Some(BatchStatus::Refunded) => OrderStatus::Refunded,
         }
+    }
+
+    pub fn parse(text: &str) -> Option<OrderStatus> {
+        [OrderStatus::Pending, OrderStatus::Settling, OrderStatus::Settled, OrderStatus::Refunded]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 
@@ -136,7 +262,7 @@ pub struct OrderView {
 impl OrderView {
     pub fn new(order: Order, batch: Option<&Batch>) -> OrderView {
         OrderView {
-            status: OrderStatus::of(batch),
+            status: OrderStatus::of(&order, batch),
             batch_id: batch.map(|b| b.id),
             exchange_order_id: batch.and_then(|b| b.exchange_order_id.clone()),
             order,

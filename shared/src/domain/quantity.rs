@@ -23,10 +23,14 @@ pub enum InvalidAmount {
     TooPrecise { max: u32 },
     #[error("the amount may be at most {max}")]
     TooLarge { max: &'static str },
+    #[error("the cost of this amount at the coin's price cannot be computed exactly")]
+    CostNotExact,
 }
 
 impl Quantity {
     pub const MAX_SCALE: u32 = 8;
+    /// The largest amount an order may have.
+    pub const MAX: Quantity = Quantity(Decimal::from_parts(1_000_000_000, 0, 0, false, 0));
     const MAX_TEXT: &'static str = "1000000000";
     /// Digits allowed before the point once leading zeros are dropped.
     const MAX_INTEGER_DIGITS: usize = 10;
@@ -87,6 +91,41 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// What a batch buys: the sum of its orders' amounts. Positive, with at
+/// most [`Quantity::MAX_SCALE`] decimals like its parts, and without their
+/// cap (a batch of many large orders may hold more than one order may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchQuantity(Decimal);
+
+impl BatchQuantity {
+    /// A positive decimal of at most [`Quantity::MAX_SCALE`] places.
+    pub fn from_decimal(value: Decimal) -> Option<BatchQuantity> {
+        let value = value.normalize();
+        (value > Decimal::ZERO && value.scale() <= Quantity::MAX_SCALE).then_some(BatchQuantity(value))
+    }
+
+    /// `sum + amount`, or `None` if a `Decimal` cannot hold it exactly.
+    pub fn sum(sum: Decimal, amount: Quantity) -> Option<BatchQuantity> {
+        sum.checked_add(amount.value()).and_then(BatchQuantity::from_decimal)
+    }
+
+    pub fn value(self) -> Decimal {
+        self.0
+    }
+}
+
+impl From<Quantity> for BatchQuantity {
+    fn from(amount: Quantity) -> BatchQuantity {
+        BatchQuantity(amount.value())
+    }
+}
+
+impl fmt::Display for BatchQuantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_decimal(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -133,6 +172,19 @@ mod tests {
         ] {
             assert_eq!(Quantity::parse(text), Err(InvalidAmount::NotPlainDecimal), "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_largest_amount_is_one_billion() {
+        assert_eq!(Quantity::parse("1000000000"), Ok(Quantity::MAX));
+    }
+
+    #[test]
+    fn a_batch_quantity_has_no_cap_but_stays_exact() {
+        let sum = BatchQuantity::sum(Decimal::from(999_999_999), Quantity::parse("1.5").unwrap()).unwrap();
+        assert_eq!(sum.to_string(), "1000000000.5");
+        assert_eq!(BatchQuantity::from_decimal(Decimal::ZERO), None);
+        assert_eq!(BatchQuantity::from_decimal(Decimal::new(1, 9)), None);
     }
 
     #[test]

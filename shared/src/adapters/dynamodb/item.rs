@@ -11,9 +11,11 @@ use rust_decimal::Decimal;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::domain::{Batch, BatchId, BatchStatus, Coin, Membership, Order, OrderId, PoolState, Quantity, Usd, UserId};
-
-pub type Item = HashMap<String, AttributeValue>;
+pub use super::table::Item;
+use crate::domain::{
+    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolState, Quantity, Usd,
+    UserId,
+};
 
 pub const PK: &str = "PK";
 pub const SK: &str = "SK";
@@ -58,6 +60,15 @@ pub fn idempotency_key(user: &UserId, key_text: &str) -> Item {
     key(format!("ACCOUNT#{user}"), format!("IDEMPOTENCY#{key_text}"))
 }
 
+pub fn deposit_key(user: &UserId, id: &DepositId) -> Item {
+    key(format!("ACCOUNT#{user}"), format!("DEPOSIT#{id}"))
+}
+
+/// The deposit an account is opened with (seeding).
+pub fn opening_deposit() -> DepositId {
+    DepositId::parse("opening").unwrap_or_else(|_| unreachable!("a valid literal"))
+}
+
 pub fn pool_key(coin: &Coin) -> Item {
     key(format!("COIN#{coin}"), "POOL")
 }
@@ -73,9 +84,17 @@ pub fn batch_key(id: BatchId) -> Item {
 
 pub fn members_partition(batch: &Batch) -> String {
     match batch.seq {
-        Some(seq) => format!("MEMBERS#POOL#{}#{seq}", batch.coin),
-        None => format!("MEMBERS#BATCH#{}", batch.id),
+        Some(seq) => pool_members_partition(&batch.coin, seq),
+        None => own_members_partition(batch.id),
     }
+}
+
+fn pool_members_partition(coin: &Coin, seq: u64) -> String {
+    format!("MEMBERS#POOL#{coin}#{seq}")
+}
+
+fn own_members_partition(batch: BatchId) -> String {
+    format!("MEMBERS#BATCH#{batch}")
 }
 
 pub fn s(value: impl Into<String>) -> AttributeValue {
@@ -128,6 +147,19 @@ fn quantity(item: &Item, attribute: &str) -> Result<Quantity, ItemError> {
     Quantity::from_decimal(get_decimal(item, attribute)?).map_err(|_| invalid(attribute))
 }
 
+fn batch_quantity(item: &Item, attribute: &str) -> Result<BatchQuantity, ItemError> {
+    BatchQuantity::from_decimal(get_decimal(item, attribute)?).ok_or_else(|| invalid(attribute))
+}
+
+fn u32_of(item: &Item, attribute: &str) -> Result<u32, ItemError> {
+    u32::try_from(get_u64(item, attribute)?).map_err(|_| invalid(attribute))
+}
+
+/// A counter that older items may not have yet.
+fn counter(item: &Item, attribute: &str) -> Result<u32, ItemError> {
+    Ok(opt(item, attribute, u32_of)?.unwrap_or(0))
+}
+
 fn time_of(item: &Item, attribute: &str) -> Result<OffsetDateTime, ItemError> {
     OffsetDateTime::parse(get_s(item, attribute)?, &Rfc3339).map_err(|_| invalid(attribute))
 }
@@ -150,7 +182,7 @@ pub fn pool_of(item: &Item) -> Result<PoolState, ItemError> {
         seq: get_u64(item, "seq")?,
         usd: usd(item, "usd")?,
         qty: get_decimal(item, "qty")?,
-        count: u32::try_from(get_u64(item, "count")?).map_err(|_| invalid("count"))?,
+        count: u32_of(item, "count")?,
     })
 }
 
@@ -168,11 +200,11 @@ pub fn order_item(order: &Order, formed: Option<BatchId>) -> Item {
     let members = match order.membership {
         Membership::Own(batch) => {
             item.insert("batch_id".into(), s(batch.to_string()));
-            format!("MEMBERS#BATCH#{batch}")
+            own_members_partition(batch)
         }
         Membership::Pool { seq } => {
             item.insert("seq".into(), n_int(seq));
-            format!("MEMBERS#POOL#{}#{seq}", order.coin)
+            pool_members_partition(&order.coin, seq)
         }
     };
     item.insert(MEMBERS_PK.into(), s(members));
@@ -218,6 +250,21 @@ pub fn batch_item(batch: &Batch) -> Item {
     item.insert("count".into(), n_int(batch.count));
     item.insert("status".into(), s(batch.status.as_str()));
     item.insert("attempts".into(), n_int(batch.attempts));
+    item.insert("resends".into(), n_int(batch.resends));
+    item.insert("refunded".into(), n_int(batch.refunded));
+    for (attribute, at) in
+        [("lease_until_ms", batch.lease_until), ("attempted_at_ms", batch.attempted_at), ("resent_at_ms", batch.resent_at)]
+    {
+        if let Some(at) = at {
+            item.insert(attribute.into(), ms(at));
+        }
+    }
+    if let Some(reason) = &batch.refusal {
+        item.insert("refusal".into(), s(reason.as_str()));
+    }
+    if let Some(id) = &batch.exchange_order_id {
+        item.insert("exchange_order_id".into(), s(id.as_str()));
+    }
     item.insert("created_at".into(), timestamp(batch.created_at));
     if !batch.status.is_final() {
         item.insert(OPEN_PK.into(), s(OPEN_PARTITION));
@@ -234,12 +281,17 @@ pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
         id: BatchId::parse(get_s(item, "batch_id")?).map_err(|_| invalid("batch_id"))?,
         coin: Coin::from_trusted(get_s(item, "coin")?),
         seq: opt(item, "seq", get_u64)?,
-        qty: quantity(item, "qty")?,
+        qty: batch_quantity(item, "qty")?,
         usd: usd(item, "usd")?,
-        count: u32::try_from(get_u64(item, "count")?).map_err(|_| invalid("count"))?,
+        count: u32_of(item, "count")?,
         status: BatchStatus::parse(get_s(item, "status")?).ok_or_else(|| invalid("status"))?,
-        attempts: u32::try_from(get_u64(item, "attempts")?).map_err(|_| invalid("attempts"))?,
+        attempts: u32_of(item, "attempts")?,
         lease_until: opt(item, "lease_until_ms", time_of_ms)?,
+        attempted_at: opt(item, "attempted_at_ms", time_of_ms)?,
+        resends: counter(item, "resends")?,
+        resent_at: opt(item, "resent_at_ms", time_of_ms)?,
+        refunded: counter(item, "refunded")?,
+        refusal: opt(item, "refusal", |i, a| get_s(i, a).map(str::to_owned))?,
         exchange_order_id: opt(item, "exchange_order_id", |i, a| get_s(i, a).map(str::to_owned))?,
         created_at: time_of(item, "created_at")?,
     })
@@ -279,17 +331,35 @@ mod tests {
             id: BatchId::generate(),
             coin: Coin::from_trusted("ABAN"),
             seq: Some(7),
-            qty: Quantity::parse("3").unwrap(),
+            qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
             usd: Usd::new(Decimal::from(12)).unwrap(),
             count: 3,
             status: BatchStatus::Ready,
             attempts: 0,
             lease_until: None,
+            attempted_at: None,
+            resends: 0,
+            resent_at: None,
+            refunded: 0,
+            refusal: None,
             exchange_order_id: None,
-            created_at: now,
+            created_at: now.replace_millisecond(0).unwrap(),
         };
         let item = batch_item(&batch);
         assert!(item.contains_key(OPEN_PK), "a ready batch is in the open-batches index");
         assert_eq!(batch_of(&item).unwrap(), batch);
+
+        let refused = Batch {
+            status: BatchStatus::Refused,
+            attempts: 2,
+            lease_until: Some(batch.created_at),
+            attempted_at: Some(batch.created_at),
+            resends: 1,
+            resent_at: Some(batch.created_at),
+            refunded: 1,
+            refusal: Some("400 symbol halted".into()),
+            ..batch
+        };
+        assert_eq!(batch_of(&batch_item(&refused)).unwrap(), refused);
     }
 }

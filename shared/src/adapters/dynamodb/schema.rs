@@ -1,5 +1,6 @@
 //! The table's definition, the same as `template.yaml`'s, and creating it
-//! when it is missing (`orders-local --backend aws`, tests).
+//! when it is missing (`orders-local --backend aws`, tests). The in-memory
+//! table takes its keys and indexes from the same [`TABLE_SCHEMA`].
 
 use std::time::Duration;
 
@@ -14,6 +15,33 @@ use crate::ports::InfraError;
 
 /// Idempotency records expire through this attribute (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// A global secondary index: its keys (strings), all attributes projected.
+#[derive(Debug)]
+pub struct IndexSchema {
+    pub name: &'static str,
+    pub pk: &'static str,
+    pub sk: &'static str,
+}
+
+/// The table's keys (strings) and its indexes.
+#[derive(Debug)]
+pub struct KeySchema {
+    pub pk: &'static str,
+    pub sk: &'static str,
+    pub indexes: &'static [IndexSchema],
+}
+
+pub static TABLE_SCHEMA: KeySchema = KeySchema {
+    pk: PK,
+    sk: SK,
+    indexes: &[
+        // Sparse: batches not yet settled or refunded (the reconciler).
+        IndexSchema { name: OPEN_BATCHES_INDEX, pk: OPEN_PK, sk: OPEN_SK },
+        // The orders of each batch (refunds).
+        IndexSchema { name: MEMBERS_INDEX, pk: MEMBERS_PK, sk: MEMBERS_SK },
+    ],
+};
 
 fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, InfraError> {
     KeySchemaElement::builder()
@@ -48,16 +76,20 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), InfraError
         Err(error) if error.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {}
         Err(error) => return Err(InfraError::new("describe table", error)),
     }
+    let schema = &TABLE_SCHEMA;
     let mut create = client
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(key(PK, KeyType::Hash)?)
-        .key_schema(key(SK, KeyType::Range)?)
-        .global_secondary_indexes(index(OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK)?)
-        .global_secondary_indexes(index(MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK)?);
-    for name in [PK, SK, OPEN_PK, OPEN_SK, MEMBERS_PK, MEMBERS_SK] {
-        create = create.attribute_definitions(string_attribute(name)?);
+        .key_schema(key(schema.pk, KeyType::Hash)?)
+        .key_schema(key(schema.sk, KeyType::Range)?)
+        .attribute_definitions(string_attribute(schema.pk)?)
+        .attribute_definitions(string_attribute(schema.sk)?);
+    for definition in schema.indexes {
+        create = create
+            .global_secondary_indexes(index(definition.name, definition.pk, definition.sk)?)
+            .attribute_definitions(string_attribute(definition.pk)?)
+            .attribute_definitions(string_attribute(definition.sk)?);
     }
     match create.send().await {
         Ok(_) => {}

@@ -1,0 +1,144 @@
+//! Settlement's writes on a batch: the claim that starts an attempt, and
+//! the attempt's fenced writes (release, settle, refuse), each conditioned
+//! on the attempt still holding the batch (`attempts` is its number). The
+//! outbox: batches not final yet, and the reconciler's record of re-sends.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::item::{self, Item, batch_key, batch_of, ms, n_int, s};
+use super::table::{Changes, ConditionFailed, Cond, Query};
+use super::{DynamoStore, infra};
+use crate::domain::{Batch, BatchId, BatchStatus};
+use crate::ports::{Claim, Fence, InfraError, Outbox, Refund, Settlements};
+
+/// Longest refusal reason kept on the batch.
+const REASON_LIMIT: usize = 500;
+
+fn status(value: BatchStatus) -> aws_sdk_dynamodb::types::AttributeValue {
+    s(value.as_str())
+}
+
+/// Held by `attempt`: `SUBMITTING`, and claimed by that attempt last.
+fn held_by(attempt: u32) -> Cond {
+    Cond::eq("status", status(BatchStatus::Submitting)).and(Cond::eq("attempts", n_int(attempt)))
+}
+
+/// What a fenced write came to.
+fn fence(id: BatchId, result: Result<Item, ConditionFailed>) -> Result<Fence, InfraError> {
+    match result {
+        Ok(_) => Ok(Fence::Held),
+        Err(Some(now)) => {
+            let batch = batch_of(&now).map_err(infra("read batch"))?;
+            Ok(Fence::Lost { status: batch.status, attempts: batch.attempts })
+        }
+        Err(None) => Err(InfraError::new("write batch", format!("batch {id} does not exist"))),
+    }
+}
+
+impl DynamoStore {
+    async fn fenced_write(&self, id: BatchId, attempt: u32, changes: Changes) -> Result<Fence, InfraError> {
+        let result = self.table.update(batch_key(id), changes, Some(held_by(attempt))).await?;
+        fence(id, result)
+    }
+}
+
+#[async_trait]
+impl Settlements for DynamoStore {
+    async fn batch(&self, id: BatchId) -> Result<Option<Batch>, InfraError> {
+        self.read_batch(id).await
+    }
+
+    async fn claim_batch(
+        &self,
+        id: BatchId,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+    ) -> Result<Claim, InfraError> {
+        let changes = Changes::new()
+            .set("status", status(BatchStatus::Submitting))
+            .set("lease_until_ms", ms(lease_until))
+            .set("attempted_at_ms", ms(now))
+            .add("attempts", n_int(1u64));
+        let claimable = Cond::eq("status", status(BatchStatus::Ready)).or(Cond::eq("status", status(BatchStatus::Submitting))
+            .and(Cond::le("lease_until_ms", ms(now))));
+        match self.table.update(batch_key(id), changes, Some(claimable)).await? {
+            Ok(item) => Ok(Claim::Claimed(batch_of(&item).map_err(infra("read batch"))?)),
+            Err(None) => Ok(Claim::NotFound),
+            Err(Some(item)) => {
+                let batch = batch_of(&item).map_err(infra("read batch"))?;
+                match (batch.status, batch.lease_until) {
+                    (BatchStatus::Refused, _) => Ok(Claim::Refusing(batch)),
+                    (status, _) if status.is_final() => Ok(Claim::Finished(status)),
+                    (BatchStatus::Submitting, Some(until)) => Ok(Claim::Leased { until }),
+                    (status, _) => Err(InfraError::new(
+                        "claim batch",
+                        format!("batch {id} is {} and could not be claimed", status.as_str()),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn release_batch(&self, id: BatchId, attempt: u32, now: OffsetDateTime) -> Result<Fence, InfraError> {
+        self.fenced_write(id, attempt, Changes::new().set("lease_until_ms", ms(now))).await
+    }
+
+    async fn settle_batch(&self, id: BatchId, attempt: u32, exchange_order_id: &str) -> Result<Fence, InfraError> {
+        let changes = Changes::new()
+            .set("status", status(BatchStatus::Settled))
+            .set("exchange_order_id", s(exchange_order_id))
+            .remove("lease_until_ms")
+            .remove(item::OPEN_PK)
+            .remove(item::OPEN_SK);
+        self.fenced_write(id, attempt, changes).await
+    }
+
+    async fn refuse_batch(&self, id: BatchId, attempt: u32, reason: &str) -> Result<Fence, InfraError> {
+        let reason: String = reason.chars().take(REASON_LIMIT).collect();
+        let changes = Changes::new()
+            .set("status", status(BatchStatus::Refused))
+            .set("refusal", s(reason))
+            .remove("lease_until_ms");
+        self.fenced_write(id, attempt, changes).await
+    }
+
+    async fn refund_batch(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError> {
+        self.refund(id, max_orders).await
+    }
+}
+
+#[async_trait]
+impl Outbox for DynamoStore {
+    async fn open_batches(&self) -> Result<Vec<Batch>, InfraError> {
+        let mut batches = Vec::new();
+        let mut start = None;
+        loop {
+            let query = Query {
+                index: Some(item::OPEN_BATCHES_INDEX),
+                partition: (item::OPEN_PK, item::OPEN_PARTITION.to_owned()),
+                start,
+                ..Query::default()
+            };
+            let page = self.table.query(query).await?;
+            for found in &page.items {
+                batches.push(batch_of(found).map_err(infra("read batch"))?);
+            }
+            start = page.next;
+            if start.is_none() {
+                return Ok(batches);
+            }
+        }
+    }
+
+    async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError> {
+        let resends = match batch.resends {
+            0 => Cond::eq("resends", n_int(0u64)).or(Cond::NotExists("resends")),
+            seen => Cond::eq("resends", n_int(seen)),
+        };
+        let unchanged =
+            Cond::eq("status", status(batch.status)).and(Cond::eq("attempts", n_int(batch.attempts))).and(resends);
+        let changes = Changes::new().set("resent_at_ms", ms(now)).add("resends", n_int(1u64));
+        Ok(self.table.update(batch_key(batch.id), changes, Some(unchanged)).await?.is_ok())
+    }
+}

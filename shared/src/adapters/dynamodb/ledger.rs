@@ -1,0 +1,59 @@
+//! Every record the audit checks, read back with a scan.
+
+use async_trait::async_trait;
+
+use super::item::{self, balance_of, batch_of, get_s, order_of, pool_of};
+use super::{DynamoStore, infra};
+use crate::audit::{DepositRecord, Ledger};
+use crate::domain::{BatchId, Coin, DepositId, Usd, UserId};
+use crate::ports::{InfraError, LedgerRecords};
+
+#[async_trait]
+impl LedgerRecords for DynamoStore {
+    async fn ledger(&self) -> Result<Ledger, InfraError> {
+        let mut ledger = Ledger::default();
+        let mut start = None;
+        loop {
+            let page = self.table.scan(start).await?;
+            for found in &page.items {
+                let (pk, sk) = (get_s(found, item::PK), get_s(found, item::SK));
+                let (Ok(pk), Ok(sk)) = (pk, sk) else { continue };
+                let read = infra("read ledger");
+                match (pk.split_once('#'), sk) {
+                    (Some(("ACCOUNT", user)), "ACCOUNT") => {
+                        let user = UserId::parse(user).map_err(read)?;
+                        ledger.accounts.push((user, balance_of(Some(found)).map_err(infra("read account"))?));
+                    }
+                    (Some(("ACCOUNT", _)), sk) if sk.starts_with("ORDER#") => {
+                        ledger.orders.push(order_of(found).map_err(infra("read order"))?.0);
+                    }
+                    (Some(("ACCOUNT", user)), sk) if sk.starts_with("DEPOSIT#") => {
+                        let usd = item::get_decimal(found, "usd").ok().and_then(Usd::new);
+                        let usd = usd.ok_or_else(|| InfraError::new("read deposit", format!("{sk} has no amount")))?;
+                        ledger.deposits.push(DepositRecord {
+                            user: UserId::parse(user).map_err(infra("read deposit"))?,
+                            id: DepositId::parse(&sk["DEPOSIT#".len()..]).map_err(infra("read deposit"))?,
+                            usd,
+                        });
+                    }
+                    (Some(("COIN", coin)), "POOL") => {
+                        ledger.pools.push((Coin::from_trusted(coin), pool_of(found).map_err(infra("read pool"))?));
+                    }
+                    (Some(("COIN", coin)), sk) if sk.starts_with("BATCH#") => {
+                        let seq = sk["BATCH#".len()..].parse::<u64>().map_err(infra("read pool pointer"))?;
+                        let batch = BatchId::parse(get_s(found, "batch_id").map_err(infra("read pool pointer"))?)
+                            .map_err(infra("read pool pointer"))?;
+                        ledger.closed_pools.push((Coin::from_trusted(coin), seq, batch));
+                    }
+                    (Some(("BATCH", _)), "BATCH") => ledger.batches.push(batch_of(found).map_err(infra("read batch"))?),
+                    // Idempotency records are not money.
+                    _ => {}
+                }
+            }
+            start = page.next;
+            if start.is_none() {
+                return Ok(ledger);
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Placing an order: one `TransactWriteItems` that records the idempotency
+//! key, debits the balance, puts the order, and either puts its own batch
+//! or changes its coin's pool (joining it, or closing it into a batch).
+//!
+//! Closing a pool is conditioned on its exact state (`seq`, `count`, `usd`,
+//! `qty`): the batch's totals are the ones the condition proved, never a
+//! cache's guess. Joining is conditioned on the pool staying under the
+//! minimum. So a batch forms exactly once and holds exactly its orders,
+//! however many processes race with however stale caches.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::item::{
+    Item, account_key, balance_of, batch_item, get_decimal, get_s, idempotency_key, n, n_int, order_item, order_key,
+    order_of, pool_batch_key, pool_key, pool_of, s,
+};
+use super::pool_cache::{CachedPool, Turn};
+use super::schema::TTL_ATTRIBUTE;
+use super::stats::StoreStats;
+use super::table::{Changes, Cond, Reason, TableError, Transacted, Write};
+use super::{DynamoStore, MAX_ATTEMPTS, contended, infra, unexpected};
+use crate::domain::{Batch, Coin, NewOrder, Order, OrderId, OrderView, Placement, Usd, decide};
+use crate::ports::{InfraError, PlaceError, Placed};
+
+/// How long idempotency keys are kept (the contract asks for 24 hours).
+const KEY_RETENTION: time::Duration = time::Duration::days(7);
+/// Resends of a transaction whose reply was lost, with the same token.
+const RESENDS: u32 = 3;
+
+/// The writes of one placement transaction, and where each is.
+struct Plan {
+    writes: Vec<Write>,
+    key: Option<usize>,
+    debit: usize,
+    order: usize,
+    pool: Option<usize>,
+    /// What the transaction writes, for the reply once it commits.
+    written: (Order, Option<Batch>),
+}
+
+/// What sending a placement transaction came to.
+enum Sent {
+    Committed,
+    Cancelled(Vec<Reason>),
+    /// Over the throughput: nothing changed.
+    Throttled,
+    /// The reply was lost, and reading back found the order: it committed.
+    FoundPlaced,
+}
+
+fn condition_failed(reasons: &[Reason], index: usize) -> Option<Option<&Item>> {
+    match reasons.get(index) {
+        Some(Reason::ConditionFailed(item)) => Some(item.as_ref()),
+        _ => None,
+    }
+}
+
+impl DynamoStore {
+    pub(super) async fn place(&self, new: NewOrder, minimum: Usd) -> Result<Placed, PlaceError> {
+        if new.cost >= minimum {
+            // Its own batch: it never touches the pool, so neither its lane nor its cache.
+            return self.place_with(&new, minimum, None).await;
+        }
+        let mut turn = self.pools.enter(&new.coin).await;
+        self.place_with(&new, minimum, Some(&mut turn)).await
+    }
+
+    async fn place_with(&self, new: &NewOrder, minimum: Usd, mut turn: Option<&mut Turn>) -> Result<Placed, PlaceError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let pool = match turn.as_deref_mut() {
+                Some(turn) => Some(self.pool_for(turn, &new.coin).await?),
+                None => None,
+            };
+            let placement = match &pool {
+                Some(pool) => decide(&pool.state, new.cost, new.amount, minimum)?,
+                None => Placement::OwnBatch,
+            };
+            let plan = self.plan(new, pool.as_ref(), &placement, minimum);
+            // A token per attempt: each attempt is a different request.
+            let token = format!("{}-{attempt}", new.id);
+            let reasons = match self.send(&plan.writes, &token, new).await? {
+                Sent::Committed => {
+                    if let Some(turn) = turn.as_deref_mut() {
+                        turn.note_committed(new, &placement);
+                    }
+                    StoreStats::count(&self.stats.orders_placed);
+                    let (order, batch) = plan.written;
+                    let view = OrderView::new(order, batch.as_ref());
+                    return Ok(Placed { order: view, formed: batch.map(|b| b.id), replayed: false });
+                }
+                Sent::FoundPlaced => {
+                    if let Some(turn) = turn.as_deref_mut() {
+                        turn.forget();
+                    }
+                    return self.already_placed(new).await;
+                }
+                Sent::Throttled => {
+                    StoreStats::count(&self.stats.throttled);
+                    self.backoff(attempt).await;
+                    continue;
+                }
+                Sent::Cancelled(reasons) => reasons,
+            };
+            // Why it was cancelled, most decisive first.
+            if condition_failed(&reasons, plan.order).is_some() {
+                // Our own order exists: an earlier send of it committed.
+                if let Some(turn) = turn.as_deref_mut() {
+                    turn.forget();
+                }
+                return self.already_placed(new).await;
+            }
+            if let Some(record) = plan.key.and_then(|i| condition_failed(&reasons, i)) {
+                return self.replay(new, record).await;
+            }
+            if let Some(account) = condition_failed(&reasons, plan.debit) {
+                let balance = balance_of(account).map_err(infra("read account"))?;
+                return Err(PlaceError::InsufficientFunds { balance, cost: new.cost });
+            }
+            if let Some(current) = plan.pool.and_then(|i| condition_failed(&reasons, i)) {
+                StoreStats::count(&self.stats.stale_pool_retries);
+                let current = match current {
+                    Some(item) => CachedPool { state: pool_of(item).map_err(infra("read pool"))?, exists: true },
+                    None => CachedPool::default(),
+                };
+                if let Some(turn) = turn.as_deref_mut() {
+                    turn.remember(current);
+                }
+                // The first retry has the fresh state; after that other
+                // processes are racing for the same pool: spread out.
+                if attempt > 1 {
+                    self.backoff(attempt).await;
+                }
+                continue;
+            }
+            if contended(&reasons) {
+                StoreStats::count(&self.stats.conflicts);
+                self.backoff(attempt).await;
+                continue;
+            }
+            return Err(InfraError::new("place order", unexpected(&reasons)).into());
+        }
+        StoreStats::count(&self.stats.busy);
+        Err(PlaceError::Busy)
+    }
+
+    /// The coin's pool as the cache has it, read when the cache has nothing.
+    async fn pool_for(&self, turn: &mut Turn, coin: &Coin) -> Result<CachedPool, InfraError> {
+        if let Some(pool) = turn.cached() {
+            return Ok(pool);
+        }
+        StoreStats::count(&self.stats.pool_reads);
+        let pool = match self.table.get(pool_key(coin)).await? {
+            Some(item) => CachedPool { state: pool_of(&item).map_err(infra("read pool"))?, exists: true },
+            None => CachedPool::default(),
+        };
+        turn.remember(pool);
+        Ok(pool)
+    }
+
+    fn plan(&self, new: &NewOrder, pool: Option<&CachedPool>, placement: &Placement, minimum: Usd) -> Plan {
+        let mut writes = Vec::with_capacity(6);
+        let key = new.idempotency_key.as_ref().map(|key| {
+            let mut record = idempotency_key(&new.user, key.as_str());
+            record.insert("order_id".into(), s(new.id.to_string()));
+            record.insert("coin".into(), s(new.coin.as_str()));
+            record.insert("amount".into(), n(new.amount.value()));
+            let expires = (new.created_at + KEY_RETENTION).unix_timestamp();
+            record.insert(TTL_ATTRIBUTE.into(), AttributeValue::N(expires.to_string()));
+            writes.push(Write::Put { item: record, condition: Some(Cond::NotExists("PK")) });
+            writes.len() - 1
+        });
+
+        writes.push(Write::Update {
+            key: account_key(&new.user),
+            changes: Changes::new().add("balance_usd", n(-new.cost.value())),
+            condition: Some(Cond::ge("balance_usd", n(new.cost.value()))),
+        });
+        let debit = writes.len() - 1;
+
+        let (order, batch) = new.placed(placement);
+        writes.push(Write::Put {
+            item: order_item(&order, batch.as_ref().map(|b| b.id)),
+            condition: Some(Cond::NotExists("PK")),
+        });
+        let order_index = writes.len() - 1;
+
+        let pool_write = match (*placement, pool) {
+            (Placement::Join { seq }, Some(pool)) => {
+                let add = Changes::new()
+                    .add("usd", n(new.cost.value()))
+                    .add("qty", n(new.amount.value()))
+                    .add("count", n_int(1u64));
+                let (changes, condition) = if pool.exists {
+                    let limit = minimum.value() - new.cost.value();
+                    (add, Cond::eq("seq", n_int(seq)).and(Cond::lt("usd", n(limit))))
+                } else {
+                    (add.set("seq", n_int(seq)), Cond::NotExists("PK"))
+                };
+                Some(Write::Update { key: pool_key(&new.coin), changes, condition: Some(condition) })
+            }
+            (Placement::Cross { seq, .. }, Some(pool)) => {
+                let zero = || n_int(0u64);
+                let changes = Changes::new()
+                    .set("usd", zero())
+                    .set("qty", zero())
+                    .set("count", zero())
+                    .set("seq", n_int(seq + 1));
+                // The batch's totals come from this exact state: the
+                // condition proves them.
+                let state = &pool.state;
+                let condition = Cond::eq("seq", n_int(seq))
+                    .and(Cond::eq("count", n_int(state.count)))
+                    .and(Cond::eq("usd", n(state.usd.value())))
+                    .and(Cond::eq("qty", n(state.qty)));
+                Some(Write::Update { key: pool_key(&new.coin), changes, condition: Some(condition) })
+            }
+            _ => None,
+        };
+        let pool_index = pool_write.map(|write| {
+            writes.push(write);
+            writes.len() - 1
+        });
+
+        if let Some(batch) = &batch {
+            writes.push(Write::Put { item: batch_item(batch), condition: Some(Cond::NotExists("PK")) });
+            if let Some(seq) = batch.seq {
+                let mut pointer = pool_batch_key(&new.coin, seq);
+                pointer.insert("batch_id".into(), s(batch.id.to_string()));
+                writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
+            }
+        }
+        Plan { writes, key, debit, order: order_index, pool: pool_index, written: (order, batch) }
+    }
+
+    /// Sends one placement transaction. A reply lost in transit is resent
+    /// with the same client request token (which DynamoDB answers without
+    /// applying twice); if no answer comes, the order is read back: it is
+    /// this request's alone, so finding it means the transaction committed.
+    async fn send(&self, writes: &[Write], token: &str, new: &NewOrder) -> Result<Sent, PlaceError> {
+        let mut lost: Option<TableError> = None;
+        for resend in 0..=RESENDS {
+            StoreStats::count(&self.stats.transactions);
+            match self.table.transact(writes.to_vec(), token).await {
+                Ok(Transacted::Committed) => return Ok(Sent::Committed),
+                Ok(Transacted::Cancelled(reasons)) => return Ok(Sent::Cancelled(reasons)),
+                Err(TableError::Throttled { .. }) if lost.is_none() => return Ok(Sent::Throttled),
+                Err(error @ TableError::Failed { .. }) if lost.is_none() => return Err(PlaceError::Infra(error.into())),
+                // No answer, or no answer to a resend: the first may have committed.
+                Err(error) => {
+                    if lost.is_none() {
+                        StoreStats::count(&self.stats.lost_replies);
+                        tracing::warn!(error = &error as &dyn std::error::Error, order_id = %new.id, "lost the reply of a placement; resending it");
+                    }
+                    lost = Some(error);
+                    self.backoff(resend + 1).await;
+                }
+            }
+        }
+        let lost = lost.map(InfraError::from).unwrap_or_else(|| InfraError::new("place order", "no answer"));
+        match self.table.get(order_key(&new.user, new.id)).await {
+            Ok(Some(_)) => Ok(Sent::FoundPlaced),
+            Ok(None) | Err(_) => Err(PlaceError::OutcomeUnknown(lost)),
+        }
+    }
+
+    /// The order an earlier send of this same request committed. It is
+    /// placed: failing to read it back is an unknown outcome to the client,
+    /// never "nothing changed".
+    async fn already_placed(&self, new: &NewOrder) -> Result<Placed, PlaceError> {
+        let read = async {
+            let item = self
+                .table
+                .get(order_key(&new.user, new.id))
+                .await?
+                .ok_or_else(|| InfraError::new("place order", "the order exists and then does not"))?;
+            let (order, formed) = order_of(&item).map_err(infra("read order"))?;
+            Ok::<_, InfraError>((self.view(order).await?, formed))
+        };
+        let (view, formed) = read.await.map_err(PlaceError::OutcomeUnknown)?;
+        StoreStats::count(&self.stats.orders_placed);
+        Ok(Placed { order: view, formed, replayed: false })
+    }
+
+    async fn replay(&self, new: &NewOrder, record: Option<&Item>) -> Result<Placed, PlaceError> {
+        let record = record.ok_or_else(|| InfraError::new("place order", "idempotency record not returned"))?;
+        let same = get_s(record, "coin").map_err(infra("read idempotency record"))? == new.coin.as_str()
+            && get_decimal(record, "amount").map_err(infra("read idempotency record"))? == new.amount.value();
+        if !same {
+            return Err(PlaceError::IdempotencyKeyReused);
+        }
+        let order_id = OrderId::parse(get_s(record, "order_id").map_err(infra("read idempotency record"))?)
+            .map_err(infra("read idempotency record"))?;
+        let view = self
+            .order_view(&new.user, order_id)
+            .await?
+            .ok_or_else(|| InfraError::new("place order", "an idempotency record without its order"))?;
+        Ok(Placed { order: view, formed: None, replayed: true })
+    }
+}

@@ -1,0 +1,159 @@
+//! Refunding a refused batch: each member order's cost goes back to its
+//! owner once, in one transaction per order that marks the order refunded
+//! (only if it was not), credits the account, and counts it on the batch
+//! (only while the batch is `REFUSED`). A call refunds a bounded number of
+//! orders and leaves a cursor on the batch, so the next call resumes where
+//! it stopped; when the count reaches the batch's, the batch is `REFUNDED`.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::item::{
+    self, Item, account_key, batch_key, batch_of, get_s, members_partition, n, n_int, order_key, order_of, s,
+};
+use super::table::{Changes, Cond, Query, Reason, Transacted, Write};
+use super::{DynamoStore, infra, unexpected};
+use crate::domain::{Batch, BatchId, BatchStatus, Order};
+use crate::ports::{InfraError, Refund};
+
+/// The last order refunded, on the batch item: where the next call resumes.
+const CURSOR_PK: &str = "refund_cursor_pk";
+const CURSOR_SK: &str = "refund_cursor_sk";
+
+enum Credited {
+    Now,
+    /// Refunded before (by an earlier or concurrent call).
+    Before,
+    /// The batch is no longer `REFUSED`: someone finished it.
+    BatchMoved,
+}
+
+impl DynamoStore {
+    pub(super) async fn refund(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError> {
+        let item = self
+            .table
+            .get(batch_key(id))
+            .await?
+            .ok_or_else(|| InfraError::new("refund batch", format!("batch {id} does not exist")))?;
+        let batch = batch_of(&item).map_err(infra("read batch"))?;
+        match batch.status {
+            BatchStatus::Refunded => return Ok(Refund { finished: true, ..Refund::default() }),
+            BatchStatus::Refused => {}
+            other => {
+                return Err(InfraError::new(
+                    "refund batch",
+                    format!("batch {id} is {} and cannot be refunded", other.as_str()),
+                ));
+            }
+        }
+        let partition = members_partition(&batch);
+        let mut start = match (get_s(&item, CURSOR_PK), get_s(&item, CURSOR_SK)) {
+            (Ok(pk), Ok(sk)) => Some(Item::from([
+                (item::PK.to_owned(), s(pk)),
+                (item::SK.to_owned(), s(sk)),
+                (item::MEMBERS_PK.to_owned(), s(partition.as_str())),
+                (item::MEMBERS_SK.to_owned(), s(sk)),
+            ])),
+            _ => None,
+        };
+        let mut refund = Refund::default();
+        let mut reached_end = false;
+        'pages: while refund.orders < max_orders {
+            let query = Query {
+                index: Some(item::MEMBERS_INDEX),
+                partition: (item::MEMBERS_PK, partition.clone()),
+                filter: Some(Cond::NotExists("refunded")),
+                limit: Some(max_orders.max(1)),
+                start: start.take(),
+                ..Query::default()
+            };
+            let page = self.table.query(query).await?;
+            for member in &page.items {
+                if refund.orders >= max_orders {
+                    break 'pages;
+                }
+                // The index projects whole order items: the adapter's own mapping reads them.
+                let (order, _) = order_of(member).map_err(infra("read batch member"))?;
+                match self.refund_order(&batch, &order).await? {
+                    Credited::Now => {
+                        refund.orders += 1;
+                        refund.usd = refund.usd + order.cost;
+                    }
+                    Credited::Before => {}
+                    Credited::BatchMoved => break 'pages,
+                }
+            }
+            start = page.next;
+            if start.is_none() {
+                reached_end = true;
+                break;
+            }
+        }
+        refund.finished = self.finish_refund(id, reached_end).await?;
+        Ok(refund)
+    }
+
+    /// `REFUNDED` once every member is; a pass that reached the end of the
+    /// members without that starts over next time (the index is eventually
+    /// consistent: a member may have shown up behind the cursor).
+    async fn finish_refund(&self, id: BatchId, reached_end: bool) -> Result<bool, InfraError> {
+        let batch = self
+            .read_batch(id)
+            .await?
+            .ok_or_else(|| InfraError::new("refund batch", format!("batch {id} does not exist")))?;
+        match batch.status {
+            BatchStatus::Refunded => return Ok(true),
+            BatchStatus::Refused if batch.refunded == batch.count => {}
+            _ => {
+                if reached_end {
+                    let restart = Changes::new().remove(CURSOR_PK).remove(CURSOR_SK);
+                    let refused = Cond::eq("status", s(BatchStatus::Refused.as_str()));
+                    self.table.update(batch_key(id), restart, Some(refused)).await?.ok();
+                }
+                return Ok(false);
+            }
+        }
+        let done = Changes::new()
+            .set("status", s(BatchStatus::Refunded.as_str()))
+            .remove(item::OPEN_PK)
+            .remove(item::OPEN_SK)
+            .remove(CURSOR_PK)
+            .remove(CURSOR_SK);
+        let all_back = Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::eq("refunded", n_int(batch.count)));
+        match self.table.update(batch_key(id), done, Some(all_back)).await? {
+            Ok(_) => Ok(true),
+            // Another call finished it first.
+            Err(now) => Ok(now.as_ref().and_then(|i| get_s(i, "status").ok()) == Some(BatchStatus::Refunded.as_str())),
+        }
+    }
+
+    /// Credits one member order's cost, once.
+    async fn refund_order(&self, batch: &Batch, order: &Order) -> Result<Credited, InfraError> {
+        let order_key = order_key(&order.user, order.id);
+        let (cursor_pk, cursor_sk) = (order_key[item::PK].clone(), order_key[item::SK].clone());
+        let writes = vec![
+            Write::Update {
+                key: order_key,
+                changes: Changes::new().set("refunded", AttributeValue::Bool(true)),
+                condition: Some(Cond::Exists("PK").and(Cond::NotExists("refunded"))),
+            },
+            Write::Update {
+                key: account_key(&order.user),
+                changes: Changes::new().add("balance_usd", n(order.cost.value())),
+                condition: None,
+            },
+            Write::Update {
+                key: batch_key(batch.id),
+                changes: Changes::new().add("refunded", n_int(1u64)).set(CURSOR_PK, cursor_pk).set(CURSOR_SK, cursor_sk),
+                condition: Some(Cond::eq("status", s(BatchStatus::Refused.as_str()))),
+            },
+        ];
+        match self.transact_idempotent("refund order", &writes).await? {
+            Transacted::Committed => Ok(Credited::Now),
+            Transacted::Cancelled(reasons) => match reasons.as_slice() {
+                [Reason::ConditionFailed(_), ..] => Ok(Credited::Before),
+                [_, _, Reason::ConditionFailed(_)] => Ok(Credited::BatchMoved),
+                reasons => Err(InfraError::new("refund order", unexpected(reasons))),
+            },
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! What the store did, for the performance report and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub(super) struct StoreStats {
+    pub orders_placed: AtomicU64,
+    pub transactions: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub throttled: AtomicU64,
+    pub stale_pool_retries: AtomicU64,
+    pub pool_reads: AtomicU64,
+    pub lost_replies: AtomicU64,
+    pub busy: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStatsSnapshot {
+    pub orders_placed: u64,
+    /// Transactions sent, resends included.
+    pub transactions: u64,
+    /// Transactions cancelled by `TransactionConflict`.
+    pub conflicts: u64,
+    /// Requests or transactions refused for throughput.
+    pub throttled: u64,
+    /// Placements retried because the pool had moved.
+    pub stale_pool_retries: u64,
+    pub pool_reads: u64,
+    /// Writes whose outcome was unknown (no reply, a 5xx) and was resolved
+    /// by resending or reading back.
+    pub lost_replies: u64,
+    /// Orders answered "busy".
+    pub busy: u64,
+}
+
+impl StoreStats {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StoreStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StoreStatsSnapshot {
+            orders_placed: get(&self.orders_placed),
+            transactions: get(&self.transactions),
+            conflicts: get(&self.conflicts),
+            throttled: get(&self.throttled),
+            stale_pool_retries: get(&self.stale_pool_retries),
+            pool_reads: get(&self.pool_reads),
+            lost_replies: get(&self.lost_replies),
+            busy: get(&self.busy),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The few DynamoDB operations the store uses, as one trait with two
+//! implementations: the AWS SDK ([`sdk::SdkTable`]) and an in-memory table
+//! with the same semantics ([`memory::MemoryTable`]).
+//!
+//! Conditions and updates are data ([`Cond`], [`Changes`]), not expression
+//! strings: the SDK table renders them into DynamoDB expressions, the memory
+//! table evaluates them. So the store's protocol (every condition that makes
+//! a batch form exactly once) is the same code on both, and the contract
+//! suites run it on the embedded table and on both emulators.
+
+pub mod expr;
+pub mod memory;
+pub mod sdk;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a comparison compares. Numbers compare numerically, strings by their
+/// UTF-8 bytes; a missing attribute or a type mismatch makes it false.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// A condition on one item (`ConditionExpression`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// `attribute_exists(a)`
+    Exists(&'static str),
+    /// `attribute_not_exists(a)`
+    NotExists(&'static str),
+    Cmp(&'static str, CmpOp, AttributeValue),
+    And(Vec<Cond>),
+    Or(Vec<Cond>),
+}
+
+impl Cond {
+    pub fn eq(attribute: &'static str, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute, CmpOp::Eq, value)
+    }
+
+    pub fn lt(attribute: &'static str, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute, CmpOp::Lt, value)
+    }
+
+    pub fn le(attribute: &'static str, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute, CmpOp::Le, value)
+    }
+
+    pub fn ge(attribute: &'static str, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute, CmpOp::Ge, value)
+    }
+
+    pub fn and(self, other: Cond) -> Cond {
+        match self {
+            Cond::And(mut all) => {
+                all.push(other);
+                Cond::And(all)
+            }
+            first => Cond::And(vec![first, other]),
+        }
+    }
+
+    pub fn or(self, other: Cond) -> Cond {
+        match self {
+            Cond::Or(mut any) => {
+                any.push(other);
+                Cond::Or(any)
+            }
+            first => Cond::Or(vec![first, other]),
+        }
+    }
+}
+
+/// What an update does to an item (`UpdateExpression`): `SET`, `ADD` (to
+/// numbers; a missing attribute counts as 0) and `REMOVE`. An update of a
+/// missing item creates it from its key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub set: Vec<(&'static str, AttributeValue)>,
+    pub add: Vec<(&'static str, AttributeValue)>,
+    pub remove: Vec<&'static str>,
+}
+
+impl Changes {
+    pub fn new() -> Changes {
+        Changes::default()
+    }
+
+    pub fn set(mut self, attribute: &'static str, value: AttributeValue) -> Changes {
+        self.set.push((attribute, value));
+        self
+    }
+
+    pub fn add(mut self, attribute: &'static str, value: AttributeValue) -> Changes {
+        self.add.push((attribute, value));
+        self
+    }
+
+    pub fn remove(mut self, attribute: &'static str) -> Changes {
+        self.remove.push(attribute);
+        self
+    }
+}
+
+/// One write of a transaction. Every write asks for the item as it was when
+/// its condition failed (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Put { item: Item, condition: Option<Cond> },
+    Update { key: Item, changes: Changes, condition: Option<Cond> },
+    Check { key: Item, condition: Cond },
+}
+
+/// Why one write of a cancelled transaction was cancelled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// This write was fine; another one cancelled the transaction.
+    None,
+    /// Its condition failed; the item as it was (`None`: it did not exist).
+    ConditionFailed(Option<Item>),
+    /// Another transaction or write held the item.
+    Conflict,
+    /// The item's partition was over its throughput.
+    Throttled,
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transacted {
+    Committed,
+    /// Nothing was written; one reason per write, in order.
+    Cancelled(Vec<Reason>),
+}
+
+/// A single write whose condition failed: the item as it was.
+pub type ConditionFailed = Option<Item>;
+
+/// A `Query` on the table or one of its indexes: one partition, optionally a
+/// sort-key prefix, one page.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub index: Option<&'static str>,
+    pub partition: (&'static str, String),
+    pub sort_prefix: Option<(&'static str, String)>,
+    /// Applied after the page is read, as DynamoDB's `FilterExpression`.
+    pub filter: Option<Cond>,
+    pub newest_first: bool,
+    pub limit: Option<u32>,
+    pub start: Option<Item>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Item>,
+}
+
+/// A request that failed. What the caller may conclude depends on which.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// Refused before anything was applied (bad request, no such table,
+    /// not sent at all): nothing changed.
+    #[error("{operation} failed")]
+    Failed {
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// Over the table's or partition's throughput: nothing changed; back off.
+    #[error("{operation} was throttled")]
+    Throttled {
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// It may or may not have been applied: a timeout or a lost connection
+    /// after sending, a 5xx. Only a read (or a resend with the same client
+    /// request token) can tell.
+    #[error("{operation}: outcome unknown")]
+    Ambiguous {
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl TableError {
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, TableError::Throttled { .. })
+    }
+}
+
+impl From<TableError> for crate::ports::InfraError {
+    fn from(error: TableError) -> Self {
+        let operation = match &error {
+            TableError::Failed { operation, .. }
+            | TableError::Throttled { operation, .. }
+            | TableError::Ambiguous { operation, .. } => *operation,
+        };
+        crate::ports::InfraError::new(operation, error)
+    }
+}
+
+/// The table: every operation is on one item and atomic, except
+/// `transact`, which is atomic over all its writes.
+#[async_trait]
+pub trait Table: Send + Sync {
+    /// A strongly consistent read.
+    async fn get(&self, key: Item) -> Result<Option<Item>, TableError>;
+
+    /// `Err(old)` when the condition failed.
+    async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError>;
+
+    /// The item after the update, or `Err(old)` when the condition failed.
+    async fn update(
+        &self,
+        key: Item,
+        changes: Changes,
+        condition: Option<Cond>,
+    ) -> Result<Result<Item, ConditionFailed>, TableError>;
+
+    /// `TransactWriteItems`. A resend with the same `token` after a commit
+    /// answers `Committed` without writing again (DynamoDB keeps tokens for
+    /// ten minutes).
+    async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError>;
+
+    /// One page. Index queries are eventually consistent on DynamoDB.
+    async fn query(&self, query: Query) -> Result<Page, TableError>;
+
+    /// One page of every item of the table (the audit).
+    async fn scan(&self, start: Option<Item>) -> Result<Page, TableError>;
+}

@@ -1,0 +1,249 @@
+//! The audit: the money invariants, checked on the data at rest.
+//!
+//! - every balance is its deposits, minus its orders' costs, plus what was
+//!   refunded to it;
+//! - every order is in exactly one place: its own batch, a closed pool's
+//!   batch, or its coin's open pool; and its cost is exactly price × amount;
+//! - every batch is exactly its members (count, dollars, coin quantity),
+//!   is worth at least the minimum, and its status agrees with its members'
+//!   refunds;
+//! - every open pool's counters are its pending orders, below the minimum.
+//!
+//! It reads nothing but a [`Ledger`] and says what is wrong, so the same
+//! checks run on the embedded table after every step of a simulation, on an
+//! emulator's table after an end-to-end test, and on a deployed table
+//! (`orders-admin audit`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use rust_decimal::Decimal;
+
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolState, Usd, UserId, exact_product,
+};
+
+/// A credit to an account that is not a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepositRecord {
+    pub user: UserId,
+    pub id: DepositId,
+    pub usd: Usd,
+}
+
+/// Everything the money invariants are about, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub accounts: Vec<(UserId, Usd)>,
+    pub deposits: Vec<DepositRecord>,
+    pub orders: Vec<Order>,
+    pub batches: Vec<Batch>,
+    /// Each coin's open pool.
+    pub pools: Vec<(Coin, PoolState)>,
+    /// Which batch closed pool `seq` of a coin.
+    pub closed_pools: Vec<(Coin, u64, BatchId)>,
+}
+
+/// What the audit found, and the totals it checked.
+#[derive(Debug, Clone, Default)]
+pub struct AuditReport {
+    pub problems: Vec<String>,
+    pub accounts: usize,
+    pub deposited: Decimal,
+    pub balances: Decimal,
+    /// Costs of orders not refunded: what customers paid for coins.
+    pub paid: Decimal,
+    pub orders: usize,
+    pub pending_orders: usize,
+    pub pending_usd: Decimal,
+    pub batches: BTreeMap<&'static str, usize>,
+}
+
+impl AuditReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for AuditReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} accounts: deposited {}, balances {}, paid for orders {}",
+            self.accounts, self.deposited, self.balances, self.paid
+        )?;
+        writeln!(f, "{} orders, {} pending worth {}", self.orders, self.pending_orders, self.pending_usd)?;
+        let batches: Vec<String> = self.batches.iter().map(|(status, n)| format!("{n} {status}")).collect();
+        writeln!(f, "batches: {}", if batches.is_empty() { "none".to_owned() } else { batches.join(", ") })?;
+        if self.problems.is_empty() {
+            write!(f, "no discrepancies")
+        } else {
+            writeln!(f, "{} discrepancies:", self.problems.len())?;
+            for problem in &self.problems {
+                writeln!(f, "- {problem}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where an order is, as the ledger's records place it.
+enum Place {
+    Batch(BatchId),
+    OpenPool,
+    Nowhere(String),
+}
+
+/// Running sums of a group of orders.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    count: u32,
+    usd: Decimal,
+    qty: Decimal,
+    refunded: u32,
+}
+
+impl Sums {
+    fn add(&mut self, order: &Order) {
+        self.count += 1;
+        self.usd += order.cost.value();
+        self.qty += order.amount.value();
+        self.refunded += u32::from(order.refunded);
+    }
+}
+
+pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
+    let mut report = AuditReport::default();
+    let problems = &mut report.problems;
+    let batches: HashMap<BatchId, &Batch> = ledger.batches.iter().map(|b| (b.id, b)).collect();
+    let pools: HashMap<&Coin, &PoolState> = ledger.pools.iter().map(|(c, p)| (c, p)).collect();
+    let mut closed: HashMap<(&Coin, u64), BatchId> = HashMap::new();
+    for (coin, seq, batch) in &ledger.closed_pools {
+        if closed.insert((coin, *seq), *batch).is_some() {
+            problems.push(format!("pool {seq} of {coin} was closed twice"));
+        }
+        match pools.get(coin) {
+            Some(pool) if *seq < pool.seq => {}
+            _ => problems.push(format!("pool {seq} of {coin} is closed but is not before the open pool")),
+        }
+        match batches.get(batch) {
+            Some(b) if b.seq == Some(*seq) && &b.coin == coin => {}
+            _ => problems.push(format!("pool {seq} of {coin} was closed by batch {batch}, which is not that pool's")),
+        }
+    }
+
+    // Orders: exact costs, and the one place each is in.
+    let mut members: HashMap<BatchId, Sums> = HashMap::new();
+    let mut open: HashMap<&Coin, Sums> = HashMap::new();
+    let mut seen: HashMap<OrderId, ()> = HashMap::new();
+    let mut account_flow: BTreeMap<&UserId, Decimal> = BTreeMap::new();
+    for order in &ledger.orders {
+        if seen.insert(order.id, ()).is_some() {
+            problems.push(format!("order {} is stored twice", order.id));
+        }
+        if exact_product(order.price.value(), order.amount.value()) != Some(order.cost.value()) {
+            problems.push(format!("order {} costs {}, not {} × {}", order.id, order.cost, order.price, order.amount));
+        }
+        let flow = account_flow.entry(&order.user).or_default();
+        if order.refunded {
+            // Debited, then credited back.
+        } else {
+            *flow -= order.cost.value();
+            report.paid += order.cost.value();
+        }
+        report.orders += 1;
+        let place = match order.membership {
+            Membership::Own(id) => Place::Batch(id),
+            Membership::Pool { seq } => match (closed.get(&(&order.coin, seq)), pools.get(&order.coin)) {
+                (Some(batch), _) => Place::Batch(*batch),
+                (None, Some(pool)) if pool.seq == seq => Place::OpenPool,
+                (None, _) => Place::Nowhere(format!("pool {seq} of {}, neither open nor closed", order.coin)),
+            },
+        };
+        match place {
+            Place::Batch(id) => members.entry(id).or_default().add(order),
+            Place::OpenPool => {
+                open.entry(&order.coin).or_default().add(order);
+                report.pending_orders += 1;
+                report.pending_usd += order.cost.value();
+                if order.refunded {
+                    problems.push(format!("order {} is pending and refunded", order.id));
+                }
+            }
+            Place::Nowhere(where_) => problems.push(format!("order {} is in no batch and no open pool: {where_}", order.id)),
+        }
+    }
+
+    // Batches: exactly their members, worth the minimum, statuses that agree.
+    for batch in &ledger.batches {
+        *report.batches.entry(batch.status.as_str()).or_default() += 1;
+        let sums = members.get(&batch.id).copied().unwrap_or_default();
+        if (sums.count, sums.usd, sums.qty) != (batch.count, batch.usd.value(), batch.qty.value()) {
+            problems.push(format!(
+                "batch {} records {} orders, {} USD, {} {}; its members are {} orders, {} USD, {} {}",
+                batch.id, batch.count, batch.usd, batch.qty, batch.coin, sums.count, sums.usd, sums.qty, batch.coin
+            ));
+        }
+        if batch.usd < minimum {
+            problems.push(format!("batch {} is worth {} USD, under the minimum {minimum}", batch.id, batch.usd));
+        }
+        let refunds_agree = match batch.status {
+            BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Settled => {
+                sums.refunded == 0 && batch.refunded == 0
+            }
+            BatchStatus::Refused => sums.refunded == batch.refunded,
+            BatchStatus::Refunded => sums.refunded == sums.count && batch.refunded == batch.count,
+        };
+        if !refunds_agree {
+            problems.push(format!(
+                "batch {} is {} with {} of its {} orders refunded (it counts {})",
+                batch.id,
+                batch.status.as_str(),
+                sums.refunded,
+                sums.count,
+                batch.refunded
+            ));
+        }
+        if (batch.status == BatchStatus::Settled) != batch.exchange_order_id.is_some() {
+            problems.push(format!("batch {} is {} and has exchange order {:?}", batch.id, batch.status.as_str(), batch.exchange_order_id));
+        }
+    }
+    for id in members.keys().filter(|id| !batches.contains_key(id)) {
+        problems.push(format!("orders belong to batch {id}, which does not exist"));
+    }
+
+    // Open pools: their counters are their pending orders, under the minimum.
+    for (coin, pool) in &ledger.pools {
+        let sums = open.get(coin).copied().unwrap_or_default();
+        if (sums.count, sums.usd, sums.qty) != (pool.count, pool.usd.value(), pool.qty) {
+            problems.push(format!(
+                "the open pool {} of {coin} records {} orders, {} USD, {} {coin}; its pending orders are {} orders, {} USD, {} {coin}",
+                pool.seq, pool.count, pool.usd, pool.qty, sums.count, sums.usd, sums.qty
+            ));
+        }
+        if pool.usd >= minimum {
+            problems.push(format!("the open pool {} of {coin} holds {} USD, not under the minimum", pool.seq, pool.usd));
+        }
+    }
+
+    // Balances: deposits − costs + refunds.
+    for deposit in &ledger.deposits {
+        *account_flow.entry(&deposit.user).or_default() += deposit.usd.value();
+        report.deposited += deposit.usd.value();
+    }
+    let balances: HashMap<&UserId, Usd> = ledger.accounts.iter().map(|(u, b)| (u, *b)).collect();
+    report.accounts = ledger.accounts.len();
+    report.balances = ledger.accounts.iter().map(|(_, b)| b.value()).sum();
+    for (user, flow) in &account_flow {
+        let balance = balances.get(user).map_or(Decimal::ZERO, |b| b.value());
+        if balance != *flow {
+            problems.push(format!("account {user} holds {balance} USD; its deposits, orders and refunds make {flow}"));
+        }
+    }
+    for (user, balance) in &ledger.accounts {
+        if !account_flow.contains_key(user) && !balance.value().is_zero() {
+            problems.push(format!("account {user} holds {balance} USD without any deposit"));
+        }
+    }
+    report
+}

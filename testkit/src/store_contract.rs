@@ -1,0 +1,541 @@
+//! The store contract: what every store must do, as one suite, run on the
+//! embedded table and on DynamoDB Local and ministack. A backend's tests
+//! call [`store_contract_tests!`] with a factory of [`Stores`]: fresh store
+//! instances on one fresh, empty table, each instance another process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use shared::audit::audit;
+use shared::domain::{
+    BatchId, BatchStatus, Coin, DepositId, IdempotencyKey, NewOrder, OrderId, OrderStatus, Quantity, Usd, UserId,
+};
+use shared::ports::{Claim, Deposited, DepositError, Fence, PlaceError, Placed, Store};
+use time::{Duration, OffsetDateTime};
+
+/// Store instances on one table: every call of [`Stores::instance`] is
+/// another process sharing the table and nothing else.
+pub struct Stores {
+    make: Box<dyn Fn() -> Arc<dyn Store> + Send + Sync>,
+}
+
+impl Stores {
+    pub fn new(make: impl Fn() -> Arc<dyn Store> + Send + Sync + 'static) -> Stores {
+        Stores { make: Box::new(make) }
+    }
+
+    pub fn instance(&self) -> Arc<dyn Store> {
+        (self.make)()
+    }
+}
+
+pub fn usd(text: &str) -> Usd {
+    Usd::new(Decimal::from_str(text).unwrap()).unwrap()
+}
+
+pub fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn ten() -> Usd {
+    usd("10")
+}
+
+/// An ABAN order at $4.
+pub fn order(user_name: &str, amount: &str) -> NewOrder {
+    let amount = Quantity::parse(amount).unwrap();
+    let price = usd("4");
+    NewOrder {
+        id: OrderId::generate(),
+        user: user(user_name),
+        coin: Coin::from_trusted("ABAN"),
+        amount,
+        price,
+        cost: Usd::cost(price, amount).unwrap(),
+        idempotency_key: None,
+        created_at: OffsetDateTime::now_utc().replace_millisecond(0).unwrap(),
+    }
+}
+
+async fn funded(store: &dyn Store, users: &[(&str, &str)]) {
+    for (name, balance) in users {
+        assert!(store.open_account(&user(name), usd(balance)).await.unwrap(), "{name} existed");
+    }
+}
+
+async fn place(store: &dyn Store, order: NewOrder) -> Placed {
+    store.place_order(order, ten()).await.unwrap()
+}
+
+/// The audit of everything the store holds finds nothing wrong.
+pub async fn assert_audit_clean(store: &dyn Store) {
+    let report = audit(&store.ledger().await.unwrap(), ten());
+    assert!(report.is_clean(), "{report}");
+}
+
+pub async fn placing_an_order_debits_and_records_it(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100")]).await;
+    let new = order("alice", "1.5");
+    let placed = place(store.as_ref(), new.clone()).await;
+
+    assert!(!placed.replayed);
+    assert_eq!(placed.formed, None);
+    assert_eq!(placed.order.status, OrderStatus::Pending);
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("94"));
+    let view = store.order(&user("alice"), new.id).await.unwrap().unwrap();
+    assert_eq!(view.order.amount, new.amount);
+    assert_eq!(view.order.cost, usd("6"));
+    assert_eq!(view.order.price, usd("4"));
+    assert_eq!(view.order.created_at, new.created_at);
+    assert_eq!(view.status, OrderStatus::Pending);
+    assert_eq!(store.order(&user("mallory"), new.id).await.unwrap(), None, "only the owner sees it");
+    assert_audit_clean(store.as_ref()).await;
+}
+
+pub async fn insufficient_funds_change_nothing(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "11.99")]).await;
+    let new = order("alice", "3");
+    let result = store.place_order(new.clone(), ten()).await;
+    assert!(matches!(result, Err(PlaceError::InsufficientFunds { .. })), "{result:?}");
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("11.99"));
+    assert_eq!(store.order(&user("alice"), new.id).await.unwrap(), None);
+    // A user without an account has nothing.
+    assert_eq!(store.balance(&user("nobody")).await.unwrap(), Usd::ZERO);
+    let result = store.place_order(order("nobody", "0.00000001"), ten()).await;
+    assert!(matches!(result, Err(PlaceError::InsufficientFunds { .. })));
+    assert_audit_clean(store.as_ref()).await;
+}
+
+pub async fn an_order_of_the_minimum_is_its_own_ready_batch(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100")]).await;
+    let pooled = place(store.as_ref(), order("alice", "1")).await;
+    let placed = place(store.as_ref(), order("alice", "2.5")).await;
+
+    let batch_id = placed.formed.expect("a batch");
+    let batch = store.batch(batch_id).await.unwrap().unwrap();
+    assert_eq!((batch.status, batch.usd, batch.qty.to_string(), batch.count), (BatchStatus::Ready, usd("10"), "2.5".into(), 1));
+    assert_eq!(batch.seq, None);
+    assert_eq!(placed.order.status, OrderStatus::Settling);
+    assert_eq!(placed.order.batch_id, Some(batch_id));
+    // The pool was not touched.
+    let view = store.order(&user("alice"), pooled.order.order.id).await.unwrap().unwrap();
+    assert_eq!(view.status, OrderStatus::Pending);
+    assert_audit_clean(store.as_ref()).await;
+}
+
+pub async fn the_order_that_reaches_the_minimum_closes_the_pool(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100"), ("bob", "100"), ("carol", "100")]).await;
+    let a = place(store.as_ref(), order("alice", "1")).await;
+    let b = place(store.as_ref(), order("bob", "1")).await;
+    assert_eq!((a.formed, b.formed), (None, None));
+    let c = place(store.as_ref(), order("carol", "1")).await;
+
+    let batch_id = c.formed.expect("the third order forms the batch");
+    let batch = store.batch(batch_id).await.unwrap().unwrap();
+    assert_eq!((batch.usd, batch.qty.to_string(), batch.count), (usd("12"), "3".into(), 3));
+    assert_eq!(batch.coin.as_str(), "ABAN");
+    for (name, placed) in [("alice", &a), ("bob", &b), ("carol", &c)] {
+        let view = store.order(&user(name), placed.order.order.id).await.unwrap().unwrap();
+        assert_eq!((view.status, view.batch_id), (OrderStatus::Settling, Some(batch_id)), "{name}");
+    }
+    // A fresh pool opens.
+    let d = place(store.as_ref(), order("alice", "1")).await;
+    assert_eq!((d.formed, d.order.status), (None, OrderStatus::Pending));
+    assert_audit_clean(store.as_ref()).await;
+}
+
+/// Orders of every size, from several processes at once: pooled orders,
+/// orders bought alone, orders that close the pool. "Busy" answers are
+/// retried, as their clients would.
+pub async fn racing_orders_of_mixed_sizes_on_several_instances_form_each_batch_exactly_once(stores: Stores) {
+    const ORDERS: usize = 96;
+    const AMOUNTS: [&str; 8] = ["0.25", "0.5", "0.75", "1", "1.5", "2", "3", "5"];
+    let instances: Vec<Arc<dyn Store>> = (0..3).map(|_| stores.instance()).collect();
+    let users: Vec<String> = (0..12).map(|i| format!("racer-{i}")).collect();
+    for name in &users {
+        instances[0].open_account(&user(name), usd("1000")).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..ORDERS)
+        .map(|i| {
+            let store = Arc::clone(&instances[i % instances.len()]);
+            let new = order(&users[i % users.len()], AMOUNTS[(i * 5 + i / 8) % AMOUNTS.len()]);
+            tokio::spawn(async move {
+                loop {
+                    match store.place_order(new.clone(), usd("10")).await {
+                        Err(PlaceError::Busy) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                        other => return (new, other.unwrap()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut formed = Vec::new();
+    let mut spent: HashMap<String, Decimal> = HashMap::new();
+    for task in tasks {
+        let (new, placed) = task.await.unwrap();
+        formed.extend(placed.formed);
+        *spent.entry(new.user.to_string()).or_default() += new.cost.value();
+    }
+    for id in &formed {
+        let batch = instances[1].batch(*id).await.unwrap().unwrap();
+        assert!(batch.usd >= usd("10"), "{batch:?}");
+    }
+    for name in &users {
+        let balance = instances[2].balance(&user(name)).await.unwrap();
+        assert_eq!(balance.value() + spent[name.as_str()], Decimal::from(1000), "{name}");
+    }
+    // Every order is in exactly one batch or the open pool, with exact totals.
+    assert_audit_clean(instances[0].as_ref()).await;
+}
+
+/// Small orders only, many at once on several instances: batches of exactly
+/// ten dollars each, the pool holding the rest.
+pub async fn racing_small_orders_form_each_batch_exactly_once(stores: Stores) {
+    const ORDERS: usize = 32;
+    let instances: Vec<Arc<dyn Store>> = (0..2).map(|_| stores.instance()).collect();
+    let users: Vec<String> = (0..ORDERS).map(|i| format!("racer-{i}")).collect();
+    for name in &users {
+        instances[0].open_account(&user(name), usd("1")).await.unwrap();
+    }
+    // 32 orders of $1 each against a $10 minimum: 3 batches, 2 left open.
+    let tasks: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let store = Arc::clone(&instances[i % 2]);
+            let new = order(name, "0.25");
+            tokio::spawn(async move {
+                loop {
+                    match store.place_order(new.clone(), usd("10")).await {
+                        Err(PlaceError::Busy) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                        other => return other,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut formed = Vec::new();
+    for task in tasks {
+        formed.extend(task.await.unwrap().unwrap().formed);
+    }
+    assert_eq!(formed.len(), 3, "formed {formed:?}");
+    for id in &formed {
+        let batch = instances[0].batch(*id).await.unwrap().unwrap();
+        assert_eq!((batch.usd, batch.count), (usd("10"), 10));
+    }
+    for name in &users {
+        assert_eq!(instances[1].balance(&user(name)).await.unwrap(), Usd::ZERO);
+    }
+    assert_audit_clean(instances[0].as_ref()).await;
+}
+
+pub async fn racing_replays_of_one_key_debit_once(stores: Stores) {
+    let instances: Vec<Arc<dyn Store>> = (0..2).map(|_| stores.instance()).collect();
+    funded(instances[0].as_ref(), &[("alice", "100")]).await;
+    let key = IdempotencyKey::parse("pay-once").unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&instances[i % 2]);
+            let mut new = order("alice", "1");
+            new.idempotency_key = Some(key.clone());
+            tokio::spawn(async move { store.place_order(new, usd("10")).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut fresh = 0;
+    for task in tasks {
+        let placed = task.await.unwrap().unwrap();
+        fresh += usize::from(!placed.replayed);
+        ids.push(placed.order.order.id);
+    }
+    assert_eq!(fresh, 1);
+    assert!(ids.iter().all(|id| *id == ids[0]));
+    assert_eq!(instances[0].balance(&user("alice")).await.unwrap(), usd("96"));
+    assert_audit_clean(instances[0].as_ref()).await;
+}
+
+pub async fn a_key_reused_for_another_order_is_refused(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100"), ("bob", "100")]).await;
+    let key = IdempotencyKey::parse("k1").unwrap();
+    let mut first = order("alice", "1");
+    first.idempotency_key = Some(key.clone());
+    place(store.as_ref(), first.clone()).await;
+
+    let mut same_amount = order("alice", "1.000");
+    same_amount.idempotency_key = Some(key.clone());
+    let replay = place(store.as_ref(), same_amount).await;
+    assert!(replay.replayed);
+    assert_eq!(replay.order.order.id, first.id);
+
+    let mut other = order("alice", "2");
+    other.idempotency_key = Some(key.clone());
+    let result = store.place_order(other, ten()).await;
+    assert!(matches!(result, Err(PlaceError::IdempotencyKeyReused)), "{result:?}");
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("96"));
+
+    // Scoped to the user.
+    let mut bobs = order("bob", "2");
+    bobs.idempotency_key = Some(key);
+    assert!(!place(store.as_ref(), bobs).await.replayed);
+    assert_audit_clean(store.as_ref()).await;
+}
+
+async fn ready_batch(store: &dyn Store, name: &str) -> BatchId {
+    funded(store, &[(name, "100")]).await;
+    place(store, order(name, "3")).await.formed.unwrap()
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc().replace_millisecond(0).unwrap()
+}
+
+pub async fn a_batch_is_claimed_by_one_attempt_at_a_time(stores: Stores) {
+    let store = stores.instance();
+    let id = ready_batch(store.as_ref(), "alice").await;
+    let now = now();
+    let lease = now + Duration::seconds(30);
+
+    let Claim::Claimed(batch) = store.claim_batch(id, now, lease).await.unwrap() else { panic!("not claimed") };
+    assert_eq!((batch.status, batch.attempts, batch.attempted_at), (BatchStatus::Submitting, 1, Some(now)));
+    assert!(matches!(store.claim_batch(id, now, lease).await.unwrap(), Claim::Leased { .. }));
+
+    // An expired lease may be taken over.
+    let later = lease + Duration::seconds(1);
+    let Claim::Claimed(batch) = store.claim_batch(id, later, later + Duration::seconds(30)).await.unwrap() else {
+        panic!("not claimed after the lease expired")
+    };
+    assert_eq!(batch.attempts, 2);
+
+    // A released lease may be taken at once.
+    assert_eq!(store.release_batch(id, 2, later).await.unwrap(), Fence::Held);
+    let Claim::Claimed(batch) = store.claim_batch(id, later, later + Duration::seconds(30)).await.unwrap() else {
+        panic!("not claimed after release")
+    };
+    assert_eq!(batch.attempts, 3);
+
+    assert_eq!(store.settle_batch(id, 3, "EX-1").await.unwrap(), Fence::Held);
+    assert!(matches!(store.settle_batch(id, 3, "EX-1").await.unwrap(), Fence::Lost { status: BatchStatus::Settled, .. }));
+    assert!(matches!(store.claim_batch(id, later, lease).await.unwrap(), Claim::Finished(BatchStatus::Settled)));
+    let batch = store.batch(id).await.unwrap().unwrap();
+    assert_eq!(batch.exchange_order_id.as_deref(), Some("EX-1"));
+    assert!(matches!(store.claim_batch(BatchId::generate(), now, lease).await.unwrap(), Claim::NotFound));
+    assert_audit_clean(store.as_ref()).await;
+}
+
+/// A late attempt (its lease expired and another attempt claimed the batch)
+/// can change nothing: not release the live lease, not settle, not refuse.
+pub async fn a_late_attempt_can_change_nothing(stores: Stores) {
+    let store = stores.instance();
+    let id = ready_batch(store.as_ref(), "alice").await;
+    let now = now();
+    store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap();
+    let later = now + Duration::seconds(31);
+    let Claim::Claimed(live) = store.claim_batch(id, later, later + Duration::seconds(30)).await.unwrap() else {
+        panic!("the expired lease was not taken over")
+    };
+
+    let lost = Fence::Lost { status: BatchStatus::Submitting, attempts: 2 };
+    assert_eq!(store.release_batch(id, 1, later).await.unwrap(), lost);
+    assert_eq!(store.settle_batch(id, 1, "EX-late").await.unwrap(), lost);
+    assert_eq!(store.refuse_batch(id, 1, "late").await.unwrap(), lost);
+    assert_eq!(store.batch(id).await.unwrap().unwrap(), live, "the late attempt changed the batch");
+    assert!(matches!(store.claim_batch(id, later, later).await.unwrap(), Claim::Leased { .. }), "its lease was ended");
+    assert_audit_clean(store.as_ref()).await;
+}
+
+pub async fn racing_claims_let_one_attempt_through(stores: Stores) {
+    let instances: Vec<Arc<dyn Store>> = (0..2).map(|_| stores.instance()).collect();
+    let id = ready_batch(instances[0].as_ref(), "alice").await;
+    let now = now();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&instances[i % 2]);
+            tokio::spawn(async move { store.claim_batch(id, now, now + Duration::seconds(30)).await })
+        })
+        .collect();
+    let mut claimed = 0;
+    for task in tasks {
+        claimed += usize::from(matches!(task.await.unwrap().unwrap(), Claim::Claimed(_)));
+    }
+    assert_eq!(claimed, 1);
+}
+
+/// A refusal is written before anyone is credited, is final (a claim finds
+/// it refusing, never claimable), and its refunds go in bounded chunks that
+/// resume where they stopped, each order once.
+pub async fn a_refusal_is_final_and_refunds_each_member_once_in_chunks(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100"), ("bob", "100"), ("carol", "100")]).await;
+    place(store.as_ref(), order("alice", "1")).await;
+    place(store.as_ref(), order("bob", "0.5")).await;
+    let id = place(store.as_ref(), order("carol", "1")).await.formed.unwrap();
+    let now = now();
+    let Claim::Claimed(batch) = store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap() else {
+        panic!("not claimed")
+    };
+    // Refunds before the refusal is recorded are refused.
+    assert!(store.refund_batch(id, 10).await.is_err(), "refunded a batch still submitting");
+
+    assert_eq!(store.refuse_batch(id, batch.attempts, "400: symbol halted").await.unwrap(), Fence::Held);
+    let refused = store.batch(id).await.unwrap().unwrap();
+    assert_eq!((refused.status, refused.refusal.as_deref()), (BatchStatus::Refused, Some("400: symbol halted")));
+    let later = now + Duration::minutes(5);
+    assert!(matches!(store.claim_batch(id, later, later).await.unwrap(), Claim::Refusing(_)), "claimable after a refusal");
+    assert_audit_clean(store.as_ref()).await;
+
+    let mut credited = Decimal::ZERO;
+    let mut calls = 0;
+    loop {
+        let refund = store.refund_batch(id, 1).await.unwrap();
+        assert!(refund.orders <= 1, "more than the chunk: {refund:?}");
+        credited += refund.usd.value();
+        calls += 1;
+        assert_audit_clean(store.as_ref()).await;
+        if refund.finished {
+            break;
+        }
+        assert!(calls < 10, "the refund does not finish");
+    }
+    assert_eq!(credited, Decimal::from(10));
+    let again = store.refund_batch(id, 10).await.unwrap();
+    assert_eq!((again.orders, again.finished), (0, true), "refunded twice");
+    for name in ["alice", "bob", "carol"] {
+        assert_eq!(store.balance(&user(name)).await.unwrap(), usd("100"), "{name}");
+    }
+    assert_eq!(store.batch(id).await.unwrap().unwrap().status, BatchStatus::Refunded);
+    assert!(matches!(store.claim_batch(id, later, later).await.unwrap(), Claim::Finished(BatchStatus::Refunded)));
+    let views: Vec<_> = store.ledger().await.unwrap().orders.into_iter().map(|o| o.refunded).collect();
+    assert_eq!(views, vec![true; 3]);
+    assert_audit_clean(store.as_ref()).await;
+}
+
+/// Two refunders at once (a duplicate delivery) credit each order once.
+pub async fn racing_refunds_credit_each_order_once(stores: Stores) {
+    let instances: Vec<Arc<dyn Store>> = (0..2).map(|_| stores.instance()).collect();
+    let store = &instances[0];
+    let names: Vec<String> = (0..12).map(|i| format!("member-{i}")).collect();
+    let mut formed = None;
+    for name in &names {
+        store.open_account(&user(name), usd("10")).await.unwrap();
+        formed = formed.or(place(store.as_ref(), order(name, "0.25")).await.formed);
+    }
+    let id = formed.unwrap();
+    let now = now();
+    let Claim::Claimed(batch) = store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap() else {
+        panic!("not claimed")
+    };
+    store.refuse_batch(id, batch.attempts, "422").await.unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let store = Arc::clone(&instances[i % 2]);
+            tokio::spawn(async move {
+                let mut credited = Decimal::ZERO;
+                for _ in 0..20 {
+                    let refund = store.refund_batch(id, 3).await.unwrap();
+                    credited += refund.usd.value();
+                    if refund.finished {
+                        break;
+                    }
+                }
+                credited
+            })
+        })
+        .collect();
+    let mut credited = Decimal::ZERO;
+    for task in tasks {
+        credited += task.await.unwrap();
+    }
+    assert_eq!(credited, Decimal::from(10), "credited by the refunders together");
+    assert_eq!(store.batch(id).await.unwrap().unwrap().status, BatchStatus::Refunded);
+    assert_audit_clean(store.as_ref()).await;
+}
+
+pub async fn open_batches_are_those_not_final_and_resends_are_recorded_once(stores: Stores) {
+    let store = stores.instance();
+    let ready = ready_batch(store.as_ref(), "alice").await;
+    let submitting = ready_batch(store.as_ref(), "bob").await;
+    let refused = ready_batch(store.as_ref(), "carol").await;
+    let settled = ready_batch(store.as_ref(), "dave").await;
+    let now = now();
+    for id in [submitting, refused, settled] {
+        store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap();
+    }
+    store.refuse_batch(refused, 1, "400").await.unwrap();
+    store.settle_batch(settled, 1, "EX").await.unwrap();
+
+    let open = store.open_batches().await.unwrap();
+    let mut ids: Vec<BatchId> = open.iter().map(|b| b.id).collect();
+    ids.sort();
+    let mut expected = vec![ready, submitting, refused];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let batch = open.iter().find(|b| b.id == ready).unwrap();
+    assert!(store.note_resent(batch, now).await.unwrap());
+    assert!(!store.note_resent(batch, now).await.unwrap(), "recorded twice from one reading");
+    let batch = store.batch(ready).await.unwrap().unwrap();
+    assert_eq!((batch.resends, batch.resent_at), (1, Some(now)));
+}
+
+pub async fn seeding_opens_missing_accounts_only_and_deposits_credit_once(stores: Stores) {
+    let store = stores.instance();
+    assert!(store.open_account(&user("alice"), usd("100")).await.unwrap());
+    place(store.as_ref(), order("alice", "3")).await;
+    assert!(!store.open_account(&user("alice"), usd("100")).await.unwrap(), "opened twice");
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("88"));
+
+    let deposit = DepositId::parse("wire-2026-001").unwrap();
+    let credited = store.deposit(&user("alice"), &deposit, usd("50.5")).await.unwrap();
+    assert_eq!(credited, Deposited::Credited { balance: usd("138.5") });
+    assert_eq!(store.deposit(&user("alice"), &deposit, usd("50.5")).await.unwrap(), Deposited::AlreadyCredited);
+    let reused = store.deposit(&user("alice"), &deposit, usd("60")).await;
+    assert!(matches!(reused, Err(DepositError::IdReused { .. })), "{reused:?}");
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("138.5"));
+    // A deposit opens an account that did not exist.
+    let credited = store.deposit(&user("bob"), &deposit, usd("5")).await.unwrap();
+    assert_eq!(credited, Deposited::Credited { balance: usd("5") });
+    assert_audit_clean(store.as_ref()).await;
+}
+
+/// Generates one `#[tokio::test]` per contract case for a factory of
+/// [`Stores`] (called once per case: a fresh table each).
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($factory:expr) => {
+        $crate::store_contract_tests!(@cases $factory;
+            placing_an_order_debits_and_records_it,
+            insufficient_funds_change_nothing,
+            an_order_of_the_minimum_is_its_own_ready_batch,
+            the_order_that_reaches_the_minimum_closes_the_pool,
+            racing_orders_of_mixed_sizes_on_several_instances_form_each_batch_exactly_once,
+            racing_small_orders_form_each_batch_exactly_once,
+            racing_replays_of_one_key_debit_once,
+            a_key_reused_for_another_order_is_refused,
+            a_batch_is_claimed_by_one_attempt_at_a_time,
+            a_late_attempt_can_change_nothing,
+            racing_claims_let_one_attempt_through,
+            a_refusal_is_final_and_refunds_each_member_once_in_chunks,
+            racing_refunds_credit_each_order_once,
+            open_batches_are_those_not_final_and_resends_are_recorded_once,
+            seeding_opens_missing_accounts_only_and_deposits_credit_once,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let stores = ($factory)().await;
+                $crate::store_contract::$case(stores).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,255 @@
+//! The table contract: the DynamoDB semantics the store relies on, run on
+//! the in-memory table and on DynamoDB Local and ministack, so that the
+//! embedded table is known to behave as the real ones do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use shared::adapters::dynamodb::item::{self, Item, key};
+use shared::adapters::dynamodb::table::{Changes, Cond, Query, Reason, Table, TableError, Transacted, Write};
+
+fn n(text: &str) -> AttributeValue {
+    AttributeValue::N(text.to_owned())
+}
+
+fn s(text: &str) -> AttributeValue {
+    AttributeValue::S(text.to_owned())
+}
+
+fn with(mut item: Item, attributes: &[(&str, AttributeValue)]) -> Item {
+    for (name, value) in attributes {
+        item.insert((*name).to_owned(), value.clone());
+    }
+    item
+}
+
+fn number(item: &Item, name: &str) -> rust_decimal::Decimal {
+    item::get_decimal(item, name).unwrap()
+}
+
+pub async fn conditional_writes_return_the_item_as_it_was(table: Arc<dyn Table>) {
+    let k = key("T#1".into(), "A");
+    let first = with(k.clone(), &[("v", n("1"))]);
+    assert_eq!(table.put(first.clone(), Some(Cond::NotExists("PK"))).await.unwrap(), Ok(()));
+    let again = table.put(with(k.clone(), &[("v", n("2"))]), Some(Cond::NotExists("PK"))).await.unwrap();
+    let old = again.unwrap_err().expect("the old item");
+    assert_eq!(number(&old, "v"), 1.into());
+
+    let failed = table.update(k.clone(), Changes::new().add("v", n("1")), Some(Cond::eq("v", n("5")))).await.unwrap();
+    assert_eq!(number(&failed.unwrap_err().unwrap(), "v"), 1.into());
+    let missing = table.update(key("T#9".into(), "A"), Changes::new().add("v", n("1")), Some(Cond::Exists("PK"))).await;
+    assert_eq!(missing.unwrap(), Err(None), "a missing item has no old image");
+    assert_eq!(table.get(key("T#9".into(), "A")).await.unwrap(), None, "a failed update created the item");
+}
+
+pub async fn updates_set_add_remove_and_create_missing_items(table: Arc<dyn Table>) {
+    let k = key("T#2".into(), "A");
+    let created = table
+        .update(k.clone(), Changes::new().add("usd", n("9.5")).add("count", n("1")).set("s", s("x")), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((number(&created, "usd"), number(&created, "count")), ("9.5".parse().unwrap(), 1.into()));
+    let after = table
+        .update(k.clone(), Changes::new().add("usd", n("-0.50")).remove("s"), Some(Cond::ge("usd", n("0.5"))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(number(&after, "usd"), 9.into());
+    assert!(!after.contains_key("s"));
+    assert_eq!(table.get(k).await.unwrap(), Some(after));
+}
+
+pub async fn numbers_compare_as_numbers_whatever_their_text(table: Arc<dyn Table>) {
+    let k = key("T#3".into(), "A");
+    table.put(with(k.clone(), &[("usd", n("12.50")), ("seq", n("10"))]), None).await.unwrap().unwrap();
+    for (cond, holds) in [
+        (Cond::eq("usd", n("12.5")), true),
+        (Cond::eq("usd", n("12.500000")), true),
+        (Cond::lt("usd", n("12.5")), false),
+        (Cond::le("usd", n("12.5")), true),
+        (Cond::lt("seq", n("9.5")), false),
+        (Cond::ge("seq", n("9.99999999")), true),
+        (Cond::eq("missing", n("0")), false),
+        (Cond::eq("usd", n("12.5")).and(Cond::eq("seq", n("11"))), false),
+        (Cond::eq("usd", n("1")).or(Cond::eq("seq", n("10"))), true),
+    ] {
+        let result = table.update(k.clone(), Changes::new().add("touched", n("1")), Some(cond.clone())).await.unwrap();
+        assert_eq!(result.is_ok(), holds, "{cond:?}");
+    }
+}
+
+pub async fn a_transaction_is_all_or_nothing_with_a_reason_per_write(table: Arc<dyn Table>) {
+    let account = key("T#4".into(), "ACCOUNT");
+    table.put(with(account.clone(), &[("balance", n("5"))]), None).await.unwrap().unwrap();
+    let order = key("T#4".into(), "ORDER#1");
+    let writes = vec![
+        Write::Put { item: with(order.clone(), &[("cost", n("6"))]), condition: Some(Cond::NotExists("PK")) },
+        Write::Update {
+            key: account.clone(),
+            changes: Changes::new().add("balance", n("-6")),
+            condition: Some(Cond::ge("balance", n("6"))),
+        },
+    ];
+    match table.transact(writes.clone(), &ulid::Ulid::new().to_string()).await.unwrap() {
+        Transacted::Cancelled(reasons) => {
+            assert_eq!(reasons.len(), 2);
+            assert_eq!(reasons[0], Reason::None);
+            let Reason::ConditionFailed(Some(old)) = &reasons[1] else { panic!("{reasons:?}") };
+            assert_eq!(number(old, "balance"), 5.into());
+        }
+        other => panic!("committed without the funds: {other:?}"),
+    }
+    assert_eq!(table.get(order.clone()).await.unwrap(), None, "half a transaction was written");
+
+    table.update(account.clone(), Changes::new().add("balance", n("1")), None).await.unwrap().unwrap();
+    assert_eq!(table.transact(writes, &ulid::Ulid::new().to_string()).await.unwrap(), Transacted::Committed);
+    assert_eq!(number(&table.get(account).await.unwrap().unwrap(), "balance"), 0.into());
+    assert!(table.get(order).await.unwrap().is_some());
+}
+
+/// A transaction resent after it committed (its reply was lost) is never
+/// applied twice: DynamoDB answers the same client request token with
+/// success and changes nothing; an emulator that does not keep tokens
+/// cancels it on its conditions instead.
+pub async fn a_resent_committed_transaction_is_never_applied_twice(table: Arc<dyn Table>) {
+    let counter = key("T#5".into(), "COUNTER");
+    let marker = key("T#5".into(), "MARKER");
+    let writes = vec![
+        Write::Put { item: marker.clone(), condition: Some(Cond::NotExists("PK")) },
+        Write::Update { key: counter.clone(), changes: Changes::new().add("n", n("1")), condition: None },
+    ];
+    let token = ulid::Ulid::new().to_string();
+    assert_eq!(table.transact(writes.clone(), &token).await.unwrap(), Transacted::Committed);
+    match table.transact(writes, &token).await.unwrap() {
+        Transacted::Committed => {}
+        Transacted::Cancelled(reasons) => assert!(matches!(reasons[0], Reason::ConditionFailed(_)), "{reasons:?}"),
+    }
+    assert_eq!(number(&table.get(counter).await.unwrap().unwrap(), "n"), 1.into(), "applied twice");
+}
+
+/// DynamoDB refuses a transaction with two writes on one item
+/// (`ValidationException`); DynamoDB Local instead evaluates them in turn
+/// and cancels on the second's condition. The store never sends one; what
+/// it may rely on is that such a transaction never commits.
+pub async fn two_writes_on_one_item_in_a_transaction_are_refused(table: Arc<dyn Table>) {
+    let k = key("T#6".into(), "A");
+    let writes = vec![
+        Write::Update { key: k.clone(), changes: Changes::new().add("n", n("1")), condition: None },
+        Write::Check { key: k.clone(), condition: Cond::NotExists("PK") },
+    ];
+    let result = table.transact(writes, &ulid::Ulid::new().to_string()).await;
+    assert!(matches!(result, Err(TableError::Failed { .. }) | Ok(Transacted::Cancelled(_))), "{result:?}");
+    assert_eq!(table.get(k).await.unwrap(), None);
+}
+
+pub async fn queries_read_a_partition_or_an_index_page_by_page(table: Arc<dyn Table>) {
+    for i in 0..7 {
+        let item = with(
+            key("T#7".into(), format!("ORDER#{i:02}")),
+            &[
+                (item::MEMBERS_PK, s("MEMBERS#X")),
+                (item::MEMBERS_SK, s(&format!("ORDER#{i:02}"))),
+                ("odd", AttributeValue::Bool(i % 2 == 1)),
+            ],
+        );
+        table.put(item, None).await.unwrap().unwrap();
+    }
+    table.put(key("T#7".into(), "ACCOUNT"), None).await.unwrap().unwrap();
+    // A sparse index: an item without the index's keys is not in it.
+    table.put(with(key("T#7".into(), "ORDER#99"), &[(item::MEMBERS_PK, s("MEMBERS#X"))]), None).await.unwrap().unwrap();
+
+    let sks = |page: &[Item]| -> Vec<String> { page.iter().map(|i| item::get_s(i, item::SK).unwrap().to_owned()).collect() };
+    for index in [None, Some(item::MEMBERS_INDEX)] {
+        let partition = match index {
+            None => (item::PK, "T#7".to_owned()),
+            Some(_) => (item::MEMBERS_PK, "MEMBERS#X".to_owned()),
+        };
+        let prefix = index.is_none().then(|| (item::SK, "ORDER#0".to_owned()));
+        let mut seen = Vec::new();
+        let mut start = None;
+        loop {
+            let query =
+                Query { index, partition: partition.clone(), sort_prefix: prefix.clone(), limit: Some(3), start, ..Query::default() };
+            let page = table.query(query).await.unwrap();
+            assert!(page.items.len() <= 3);
+            seen.extend(sks(&page.items));
+            start = page.next;
+            if start.is_none() {
+                break;
+            }
+        }
+        let expected: Vec<String> = (0..7).map(|i| format!("ORDER#{i:02}")).collect();
+        assert_eq!(seen, expected, "index {index:?}");
+
+        let newest = table
+            .query(Query {
+                index,
+                partition: partition.clone(),
+                sort_prefix: prefix.clone(),
+                newest_first: true,
+                limit: Some(2),
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(sks(&newest.items), vec!["ORDER#06", "ORDER#05"]);
+
+        let odd = table
+            .query(Query {
+                index,
+                partition,
+                sort_prefix: prefix,
+                filter: Some(Cond::eq("odd", AttributeValue::Bool(true))),
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(sks(&odd.items), vec!["ORDER#01", "ORDER#03", "ORDER#05"]);
+    }
+}
+
+pub async fn a_scan_reads_every_item(table: Arc<dyn Table>) {
+    for i in 0..25 {
+        table.put(key(format!("T#8#{i}"), "A"), None).await.unwrap().unwrap();
+    }
+    let mut count = 0;
+    let mut start = None;
+    loop {
+        let page = table.scan(start).await.unwrap();
+        count += page.items.len();
+        start = page.next;
+        if start.is_none() {
+            break;
+        }
+    }
+    assert_eq!(count, 25);
+}
+
+/// Generates one `#[tokio::test]` per case for a factory of fresh tables.
+#[macro_export]
+macro_rules! table_contract_tests {
+    ($factory:expr) => {
+        $crate::table_contract_tests!(@cases $factory;
+            conditional_writes_return_the_item_as_it_was,
+            updates_set_add_remove_and_create_missing_items,
+            numbers_compare_as_numbers_whatever_their_text,
+            a_transaction_is_all_or_nothing_with_a_reason_per_write,
+            a_resent_committed_transaction_is_never_applied_twice,
+            two_writes_on_one_item_in_a_transaction_are_refused,
+            queries_read_a_partition_or_an_index_page_by_page,
+            a_scan_reads_every_item,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let table = ($factory)().await;
+                $crate::table_contract::$case(table).await;
+            }
+        )*
+    };
+}
