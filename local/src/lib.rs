@@ -286,7 +286,8 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             "seeded the accounts that did not exist"
         );
     }
-    let reconciler = Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy);
+    let reconciler =
+        Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy);
     tasks.push(tokio::spawn(reconcile(reconciler, options.reconcile_every, shutdown_rx.clone())));
     let service = Arc::new(OrderService::new(Arc::clone(&store) as _, queue, clock, options.service.clone()));
 
@@ -308,7 +309,9 @@ async fn connect_aws(options: &AwsOptions) -> Result<AwsRuntime, StartError> {
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(dynamodb_config).interceptor(requests.clone()).build(),
     );
-    schema::ensure_table(&dynamodb, &options.table).await.map_err(|source| StartError::Aws { what: "table", source })?;
+    schema::ensure_table(&dynamodb, &options.table)
+        .await
+        .map_err(|source| StartError::Aws { what: "table", source })?;
     let sqs = aws_sdk_sqs::Client::new(sqs_config);
     let queue_url = ensure_queues(&sqs, &options.queue_name)
         .await

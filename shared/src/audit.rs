@@ -170,7 +170,9 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
                     problems.push(format!("order {} is pending and refunded", order.id));
                 }
             }
-            Place::Nowhere(where_) => problems.push(format!("order {} is in no batch and no open pool: {where_}", order.id)),
+            Place::Nowhere(where_) => {
+                problems.push(format!("order {} is in no batch and no open pool: {where_}", order.id))
+            }
         }
     }
 
@@ -205,7 +207,12 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
             ));
         }
         if (batch.status == BatchStatus::Settled) != batch.exchange_order_id.is_some() {
-            problems.push(format!("batch {} is {} and has exchange order {:?}", batch.id, batch.status.as_str(), batch.exchange_order_id));
+            problems.push(format!(
+                "batch {} is {} and has exchange order {:?}",
+                batch.id,
+                batch.status.as_str(),
+                batch.exchange_order_id
+            ));
         }
     }
     for id in members.keys().filter(|id| !batches.contains_key(id)) {
@@ -222,7 +229,8 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
             ));
         }
         if pool.usd >= minimum {
-            problems.push(format!("the open pool {} of {coin} holds {} USD, not under the minimum", pool.seq, pool.usd));
+            problems
+                .push(format!("the open pool {} of {coin} holds {} USD, not under the minimum", pool.seq, pool.usd));
         }
     }
 

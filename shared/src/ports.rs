@@ -89,7 +89,9 @@ pub enum Claim {
     /// Settled or refunded: a duplicate delivery.
     Finished(BatchStatus),
     /// Another attempt holds the lease until then.
-    Leased { until: OffsetDateTime },
+    Leased {
+        until: OffsetDateTime,
+    },
     NotFound,
 }
 
@@ -100,7 +102,10 @@ pub enum Fence {
     Held,
     /// The batch is no longer this attempt's: another attempt claimed it, or
     /// it was decided. What it is now.
-    Lost { status: BatchStatus, attempts: u32 },
+    Lost {
+        status: BatchStatus,
+        attempts: u32,
+    },
 }
 
 /// What one refund call did.
@@ -157,7 +162,9 @@ pub trait Outbox: Send + Sync {
 /// What a deposit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deposited {
-    Credited { balance: Usd },
+    Credited {
+        balance: Usd,
+    },
     /// This deposit id was credited before, with the same amount.
     AlreadyCredited,
 }
@@ -221,10 +228,14 @@ pub struct Fill {
 pub enum Lookup {
     Filled(Fill),
     /// It has the order, not filled yet (`new`, `open`, `pending`).
-    Pending { status: String },
+    Pending {
+        status: String,
+    },
     /// It ended the order unfilled (`rejected`, `canceled`, `expired`):
     /// a permanent refusal.
-    Ended { status: String },
+    Ended {
+        status: String,
+    },
     /// It never saw it.
     NotFound,
 }

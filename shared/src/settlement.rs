@@ -105,7 +105,8 @@ impl Settler {
                     return self.refuse(&batch, &format!("the exchange ended the order {status}")).await;
                 }
                 Ok(Lookup::Pending { status }) => {
-                    let source = ExchangeError::Unknown { reason: format!("the exchange reports it {status}"), source: None };
+                    let source =
+                        ExchangeError::Unknown { reason: format!("the exchange reports it {status}"), source: None };
                     return Err(self.give_back(&batch, source).await);
                 }
                 Err(source) => return Err(self.give_back(&batch, source).await),

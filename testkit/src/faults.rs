@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use shared::adapters::dynamodb::table::{
-    Changes, ConditionFailed, Cond, Item, Page, Query, Reason, Table, TableError, Transacted, Write,
+    Changes, Cond, ConditionFailed, Item, Page, Query, Reason, Table, TableError, Transacted, Write,
 };
 
 /// What happens to one request.
@@ -98,11 +98,14 @@ pub struct FaultyTable {
     inner: Arc<dyn Table>,
     plan: Arc<dyn FaultPlan>,
     pub injected: Injected,
+    /// Tokens of transactions that committed: DynamoDB answers their
+    /// resends from the token, so no fault is injected in front of them.
+    committed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl FaultyTable {
     pub fn new(inner: Arc<dyn Table>, plan: Arc<dyn FaultPlan>) -> FaultyTable {
-        FaultyTable { inner, plan, injected: Injected::default() }
+        FaultyTable { inner, plan, injected: Injected::default(), committed: Default::default() }
     }
 
     fn before(&self, operation: Operation) -> Result<Fault, TableError> {
@@ -167,12 +170,18 @@ impl Table for FaultyTable {
     }
 
     async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
+        if self.committed.lock().unwrap().contains(token) {
+            return self.inner.transact(writes, token).await;
+        }
         let fault = self.before(Operation::Transact)?;
         if fault == Fault::Conflict {
             self.injected.conflicts.fetch_add(1, Ordering::Relaxed);
             return Ok(Transacted::Cancelled(vec![Reason::Conflict; writes.len()]));
         }
         let result = self.inner.transact(writes, token).await;
+        if matches!(result, Ok(Transacted::Committed)) {
+            self.committed.lock().unwrap().insert(token.to_owned());
+        }
         self.after(fault, result)
     }
 

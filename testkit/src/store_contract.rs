@@ -14,7 +14,7 @@ use shared::audit::audit;
 use shared::domain::{
     BatchId, BatchStatus, Coin, DepositId, IdempotencyKey, NewOrder, OrderId, OrderStatus, Quantity, Usd, UserId,
 };
-use shared::ports::{Claim, Deposited, DepositError, Fence, PlaceError, Placed, Store};
+use shared::ports::{Claim, DepositError, Deposited, Fence, PlaceError, Placed, Store};
 use time::{Duration, OffsetDateTime};
 
 /// Store instances on one table: every call of [`Stores::instance`] is
@@ -120,7 +120,10 @@ pub async fn an_order_of_the_minimum_is_its_own_ready_batch(stores: Stores) {
 
     let batch_id = placed.formed.expect("a batch");
     let batch = store.batch(batch_id).await.unwrap().unwrap();
-    assert_eq!((batch.status, batch.usd, batch.qty.to_string(), batch.count), (BatchStatus::Ready, usd("10"), "2.5".into(), 1));
+    assert_eq!(
+        (batch.status, batch.usd, batch.qty.to_string(), batch.count),
+        (BatchStatus::Ready, usd("10"), "2.5".into(), 1)
+    );
     assert_eq!(batch.seq, None);
     assert_eq!(placed.order.status, OrderStatus::Settling);
     assert_eq!(placed.order.batch_id, Some(batch_id));
@@ -323,7 +326,10 @@ pub async fn a_batch_is_claimed_by_one_attempt_at_a_time(stores: Stores) {
     assert_eq!(batch.attempts, 3);
 
     assert_eq!(store.settle_batch(id, 3, "EX-1").await.unwrap(), Fence::Held);
-    assert!(matches!(store.settle_batch(id, 3, "EX-1").await.unwrap(), Fence::Lost { status: BatchStatus::Settled, .. }));
+    assert!(matches!(
+        store.settle_batch(id, 3, "EX-1").await.unwrap(),
+        Fence::Lost { status: BatchStatus::Settled, .. }
+    ));
     assert!(matches!(store.claim_batch(id, later, lease).await.unwrap(), Claim::Finished(BatchStatus::Settled)));
     let batch = store.batch(id).await.unwrap().unwrap();
     assert_eq!(batch.exchange_order_id.as_deref(), Some("EX-1"));
@@ -389,7 +395,10 @@ pub async fn a_refusal_is_final_and_refunds_each_member_once_in_chunks(stores: S
     let refused = store.batch(id).await.unwrap().unwrap();
     assert_eq!((refused.status, refused.refusal.as_deref()), (BatchStatus::Refused, Some("400: symbol halted")));
     let later = now + Duration::minutes(5);
-    assert!(matches!(store.claim_batch(id, later, later).await.unwrap(), Claim::Refusing(_)), "claimable after a refusal");
+    assert!(
+        matches!(store.claim_batch(id, later, later).await.unwrap(), Claim::Refusing(_)),
+        "claimable after a refusal"
+    );
     assert_audit_clean(store.as_ref()).await;
 
     let mut credited = Decimal::ZERO;

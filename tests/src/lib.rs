@@ -5,6 +5,7 @@
 
 pub mod emulators;
 pub mod fake_exchange;
+pub mod lossy_proxy;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -195,7 +196,16 @@ impl TestApp {
         base
     }
 
+    /// The audit of everything the instances' table holds: every e2e test
+    /// ends with it (through `stop`), on every backend.
+    pub async fn assert_audit_clean(&self) {
+        let report = self.running[0].audit().await.unwrap();
+        assert!(report.is_clean(), "the audit found discrepancies:\n{report}");
+    }
+
+    /// Audits the table, then stops every instance.
     pub async fn stop(self) {
+        self.assert_audit_clean().await;
         for running in self.running {
             running.stop().await;
         }

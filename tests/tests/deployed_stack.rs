@@ -17,9 +17,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use shared::adapters::dynamodb::DynamoStore;
-use testkit::store_contract::usd;
 use shared::domain::UserId;
 use shared::ports::Accounts;
+use testkit::store_contract::usd;
 
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: scripts/test deploys the stack and sets it"))

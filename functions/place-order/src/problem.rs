@@ -67,9 +67,7 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
             }
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Service busy"),
-            ApiError::OutcomeUnknown(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "outcome-unknown", "Outcome unknown")
-            }
+            ApiError::OutcomeUnknown(_) => (StatusCode::INTERNAL_SERVER_ERROR, "outcome-unknown", "Outcome unknown"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }

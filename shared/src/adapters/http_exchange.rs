@@ -221,7 +221,11 @@ mod tests {
     }
 
     fn order() -> ExchangeOrder {
-        ExchangeOrder { client_order_id: BatchId::generate(), coin: Coin::from_trusted("ABAN"), quantity: quantity("3") }
+        ExchangeOrder {
+            client_order_id: BatchId::generate(),
+            coin: Coin::from_trusted("ABAN"),
+            quantity: quantity("3"),
+        }
     }
 
     fn order_with_status(status: &str) -> serde_json::Value {
@@ -308,14 +312,20 @@ mod tests {
             assert!(matches!(result, Err(ExchangeError::Refused { .. })), "{result:?}");
         }
         let result = buy_answered(ResponseTemplate::new(400).set_body_string("symbol halted")).await;
-        assert!(matches!(&result, Err(ExchangeError::Refused { reason }) if reason.contains("symbol halted")), "{result:?}");
+        assert!(
+            matches!(&result, Err(ExchangeError::Refused { reason }) if reason.contains("symbol halted")),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
     async fn configuration_errors_and_redirects_are_never_refusals() {
         for status in [401u16, 403, 404, 405, 410, 418] {
             let result = buy_answered(ResponseTemplate::new(status).set_body_string("no")).await;
-            assert!(matches!(result, Err(ExchangeError::Misconfigured { status: s, .. }) if s == status), "{status}: {result:?}");
+            assert!(
+                matches!(result, Err(ExchangeError::Misconfigured { status: s, .. }) if s == status),
+                "{status}: {result:?}"
+            );
         }
         for status in [301u16, 302, 307, 308] {
             let server = MockServer::start().await;
@@ -327,7 +337,10 @@ mod tests {
             // Following it would turn the buy into a request nobody meant.
             Mock::given(path("/elsewhere")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
             let result = exchange(&server, 2000).buy(&order()).await;
-            assert!(matches!(result, Err(ExchangeError::Misconfigured { status: s, .. }) if s == status), "{status}: {result:?}");
+            assert!(
+                matches!(result, Err(ExchangeError::Misconfigured { status: s, .. }) if s == status),
+                "{status}: {result:?}"
+            );
         }
     }
 
@@ -372,7 +385,8 @@ mod tests {
         let server = MockServer::start().await;
         let ids: Vec<BatchId> = (0..6).map(|_| BatchId::generate()).collect();
         let answers = [
-            ResponseTemplate::new(200).set_body_json(json!({"exchange_order_id": "X-9", "status": "filled", "quantity": "2.5"})),
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"exchange_order_id": "X-9", "status": "filled", "quantity": "2.5"})),
             ResponseTemplate::new(200).set_body_json(order_with_status("new")),
             ResponseTemplate::new(200).set_body_json(order_with_status("expired")),
             ResponseTemplate::new(404),

@@ -27,7 +27,10 @@ impl Accounts for DynamoStore {
         account.insert("balance_usd".into(), n(balance.value()));
         let writes = [
             Write::Put { item: account, condition: Some(Cond::NotExists("PK")) },
-            Write::Put { item: deposit_record(user, &opening_deposit(), balance), condition: Some(Cond::NotExists("PK")) },
+            Write::Put {
+                item: deposit_record(user, &opening_deposit(), balance),
+                condition: Some(Cond::NotExists("PK")),
+            },
         ];
         match self.transact_idempotent("open account", &writes).await? {
             Transacted::Committed => Ok(true),

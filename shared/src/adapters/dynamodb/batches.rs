@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::item::{self, Item, batch_key, batch_of, ms, n_int, s};
-use super::table::{Changes, ConditionFailed, Cond, Query};
+use super::table::{Changes, Cond, ConditionFailed, Query};
 use super::{DynamoStore, infra};
 use crate::domain::{Batch, BatchId, BatchStatus};
 use crate::ports::{Claim, Fence, InfraError, Outbox, Refund, Settlements};
@@ -60,8 +60,9 @@ impl Settlements for DynamoStore {
             .set("lease_until_ms", ms(lease_until))
             .set("attempted_at_ms", ms(now))
             .add("attempts", n_int(1u64));
-        let claimable = Cond::eq("status", status(BatchStatus::Ready)).or(Cond::eq("status", status(BatchStatus::Submitting))
-            .and(Cond::le("lease_until_ms", ms(now))));
+        let claimable =
+            Cond::eq("status", status(BatchStatus::Ready))
+                .or(Cond::eq("status", status(BatchStatus::Submitting)).and(Cond::le("lease_until_ms", ms(now))));
         match self.table.update(batch_key(id), changes, Some(claimable)).await? {
             Ok(item) => Ok(Claim::Claimed(batch_of(&item).map_err(infra("read batch"))?)),
             Err(None) => Ok(Claim::NotFound),

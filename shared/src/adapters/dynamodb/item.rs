@@ -252,9 +252,11 @@ pub fn batch_item(batch: &Batch) -> Item {
     item.insert("attempts".into(), n_int(batch.attempts));
     item.insert("resends".into(), n_int(batch.resends));
     item.insert("refunded".into(), n_int(batch.refunded));
-    for (attribute, at) in
-        [("lease_until_ms", batch.lease_until), ("attempted_at_ms", batch.attempted_at), ("resent_at_ms", batch.resent_at)]
-    {
+    for (attribute, at) in [
+        ("lease_until_ms", batch.lease_until),
+        ("attempted_at_ms", batch.attempted_at),
+        ("resent_at_ms", batch.resent_at),
+    ] {
         if let Some(at) = at {
             item.insert(attribute.into(), ms(at));
         }

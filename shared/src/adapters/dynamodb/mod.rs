@@ -31,8 +31,8 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-pub use self::stats::StoreStatsSnapshot;
 use self::stats::StoreStats;
+pub use self::stats::StoreStatsSnapshot;
 use self::table::memory::MemoryTable;
 use self::table::sdk::SdkTable;
 use self::table::{Reason, Table, TableError, Transacted, Write};

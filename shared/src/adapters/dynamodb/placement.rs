@@ -65,7 +65,12 @@ impl DynamoStore {
         self.place_with(&new, minimum, Some(&mut turn)).await
     }
 
-    async fn place_with(&self, new: &NewOrder, minimum: Usd, mut turn: Option<&mut Turn>) -> Result<Placed, PlaceError> {
+    async fn place_with(
+        &self,
+        new: &NewOrder,
+        minimum: Usd,
+        mut turn: Option<&mut Turn>,
+    ) -> Result<Placed, PlaceError> {
         for attempt in 1..=MAX_ATTEMPTS {
             let pool = match turn.as_deref_mut() {
                 Some(turn) => Some(self.pool_for(turn, &new.coin).await?),
@@ -233,9 +238,12 @@ impl DynamoStore {
     }
 
     /// Sends one placement transaction. A reply lost in transit is resent
-    /// with the same client request token (which DynamoDB answers without
-    /// applying twice); if no answer comes, the order is read back: it is
-    /// this request's alone, so finding it means the transaction committed.
+    /// with the same client request token: DynamoDB answers a token it has
+    /// committed with success and applies nothing again, so the answer to a
+    /// resend is the answer to the lost send (and were the token forgotten,
+    /// the order's own condition would say it exists). If no answer comes,
+    /// the order is read back: it is this request's alone, so finding it
+    /// means the transaction committed.
     async fn send(&self, writes: &[Write], token: &str, new: &NewOrder) -> Result<Sent, PlaceError> {
         let mut lost: Option<TableError> = None;
         for resend in 0..=RESENDS {
@@ -244,7 +252,9 @@ impl DynamoStore {
                 Ok(Transacted::Committed) => return Ok(Sent::Committed),
                 Ok(Transacted::Cancelled(reasons)) => return Ok(Sent::Cancelled(reasons)),
                 Err(TableError::Throttled { .. }) if lost.is_none() => return Ok(Sent::Throttled),
-                Err(error @ TableError::Failed { .. }) if lost.is_none() => return Err(PlaceError::Infra(error.into())),
+                Err(error @ TableError::Failed { .. }) if lost.is_none() => {
+                    return Err(PlaceError::Infra(error.into()));
+                }
                 // No answer, or no answer to a resend: the first may have committed.
                 Err(error) => {
                     if lost.is_none() {
@@ -257,6 +267,11 @@ impl DynamoStore {
             }
         }
         let lost = lost.map(InfraError::from).unwrap_or_else(|| InfraError::new("place order", "no answer"));
+        self.read_back(new, lost).await
+    }
+
+    /// Whether an order whose placement got no answer is there.
+    async fn read_back(&self, new: &NewOrder, lost: InfraError) -> Result<Sent, PlaceError> {
         match self.table.get(order_key(&new.user, new.id)).await {
             Ok(Some(_)) => Ok(Sent::FoundPlaced),
             Ok(None) | Err(_) => Err(PlaceError::OutcomeUnknown(lost)),

@@ -118,7 +118,8 @@ impl DynamoStore {
             .remove(item::OPEN_SK)
             .remove(CURSOR_PK)
             .remove(CURSOR_SK);
-        let all_back = Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::eq("refunded", n_int(batch.count)));
+        let all_back =
+            Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::eq("refunded", n_int(batch.count)));
         match self.table.update(batch_key(id), done, Some(all_back)).await? {
             Ok(_) => Ok(true),
             // Another call finished it first.
@@ -143,7 +144,10 @@ impl DynamoStore {
             },
             Write::Update {
                 key: batch_key(batch.id),
-                changes: Changes::new().add("refunded", n_int(1u64)).set(CURSOR_PK, cursor_pk).set(CURSOR_SK, cursor_sk),
+                changes: Changes::new()
+                    .add("refunded", n_int(1u64))
+                    .set(CURSOR_PK, cursor_pk)
+                    .set(CURSOR_SK, cursor_sk),
                 condition: Some(Cond::eq("status", s(BatchStatus::Refused.as_str()))),
             },
         ];

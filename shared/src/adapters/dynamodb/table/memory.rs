@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use tokio::time::Instant;
 
 use super::expr::{apply, holds, normalized};
-use super::{Changes, ConditionFailed, Cond, Item, Page, Query, Reason, Table, TableError, Transacted, Write};
+use super::{Changes, Cond, ConditionFailed, Item, Page, Query, Reason, Table, TableError, Transacted, Write};
 use crate::adapters::dynamodb::schema::{KeySchema, TABLE_SCHEMA};
 
 /// How long DynamoDB remembers a transaction's client request token.
@@ -253,7 +253,8 @@ impl Table for MemoryTable {
                     .collect()
             }
         };
-        let mut keys: Vec<(IndexKey, Key)> = keys.into_iter().filter(|(position, _)| position.1.starts_with(prefix)).collect();
+        let mut keys: Vec<(IndexKey, Key)> =
+            keys.into_iter().filter(|(position, _)| position.1.starts_with(prefix)).collect();
         if query.newest_first {
             keys.reverse();
         }

@@ -7,13 +7,13 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, CancellationReason, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-    Update,
+    AttributeValue, CancellationReason, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::expr::Placeholders;
-use super::{Changes, ConditionFailed, Cond, Item, Page, Query, Reason, Table, TableError, Transacted, Write};
+use super::{Changes, Cond, ConditionFailed, Item, Page, Query, Reason, Table, TableError, Transacted, Write};
 
 #[derive(Clone)]
 pub struct SdkTable {
