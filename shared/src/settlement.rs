@@ -66,6 +66,10 @@ pub struct Settler {
 
 /// Orders a settle call refunds before handing the rest to the next message.
 pub const REFUND_CHUNK: u32 = 100;
+/// Tries of an attempt's own write (settle, refuse) before giving up on it:
+/// what this attempt learnt from the exchange is worth a few retries (a
+/// refusal not recorded is learnt again only by sending the order again).
+const WRITE_TRIES: u32 = 5;
 
 impl Settler {
     pub fn new(
@@ -140,7 +144,10 @@ impl Settler {
             );
         }
         let bought = Settlement::Bought { exchange_order_id: fill.exchange_order_id.clone() };
-        match self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id).await? {
+        let settled = self
+            .persist(|| self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id))
+            .await?;
+        match settled {
             Fence::Held => Ok(bought),
             // Another attempt found the same fill and recorded it.
             Fence::Lost { status: BatchStatus::Settled, .. } => Ok(bought),
@@ -161,7 +168,7 @@ impl Settler {
     /// Records the refusal (final) before anyone is credited, then refunds.
     async fn refuse(&self, batch: &Batch, reason: &str) -> Result<Settlement, SettleError> {
         tracing::warn!(batch_id = %batch.id, %reason, "the exchange refused the batch for good; refunding its orders");
-        match self.settlements.refuse_batch(batch.id, batch.attempts, reason).await? {
+        match self.persist(|| self.settlements.refuse_batch(batch.id, batch.attempts, reason)).await? {
             Fence::Held | Fence::Lost { status: BatchStatus::Refused | BatchStatus::Refunded, .. } => {
                 self.refund(batch.id).await
             }
@@ -181,6 +188,27 @@ impl Settler {
         }
         self.queue.send(batch).await?;
         Ok(Settlement::Refunding(refund))
+    }
+
+    /// An attempt's fenced write, tried again when the store fails: the
+    /// write is conditioned on the attempt, so repeating it (even after a
+    /// lost reply that applied it) can only find it done.
+    async fn persist<'a, F, Fut>(&'a self, write: F) -> Result<Fence, InfraError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Fence, InfraError>> + 'a,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match write().await {
+                Err(error) if tries < WRITE_TRIES => {
+                    tracing::warn!(error = &error as &dyn std::error::Error, tries, "a settle write failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(50 << tries)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Releases this attempt's lease so the redelivery can claim the batch

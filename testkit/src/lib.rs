@@ -3,5 +3,6 @@
 //! the models the simulation drives the real code against.
 
 pub mod faults;
+pub mod sim;
 pub mod store_contract;
 pub mod table_contract;
