@@ -213,6 +213,10 @@ impl Run {
                 let _ = self.process().store.deposit(&user, &id, usd("25")).await;
                 continue;
             }
+            if self.world.dice.chance(0.15) {
+                self.burst().await;
+                continue;
+            }
             let (mut coin, mut amount) = self.random_order();
             let mut key = None;
             if self.world.dice.chance(0.35) {
@@ -232,6 +236,25 @@ impl Run {
             }
             self.place(user, coin, amount, key).await;
         }
+    }
+
+    /// Several orders of one coin at once through one process (a busy
+    /// Lambda instance with concurrent requests, or orders-local): its
+    /// lane and cache are under pressure.
+    async fn burst(&self) {
+        let process = self.world.dice.below(self.processes.len());
+        let placements: Vec<_> = (0..self.world.dice.below(6) + 2)
+            .map(|_| {
+                let user = self.world.dice.pick(&self.users).clone();
+                let (_, amount) = self.random_order();
+                let service = Arc::clone(&self.processes[process].service);
+                async move {
+                    let result = service.place(user.clone(), "ABAN", amount, None).await;
+                    self.record_reply(&user, "ABAN", amount, None, result);
+                }
+            })
+            .collect();
+        futures::future::join_all(placements).await;
     }
 
     /// Places one order as a client would: an unknown outcome is retried

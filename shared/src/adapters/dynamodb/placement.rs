@@ -312,3 +312,153 @@ impl DynamoStore {
         Ok(Placed { order: view, formed: None, replayed: true })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use rust_decimal::Decimal;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::audit::audit;
+    use crate::domain::{Coin, PoolState, Quantity, UserId};
+    use crate::ports::{Accounts, LedgerRecords, Orders};
+
+    fn usd(text: &str) -> Usd {
+        Usd::new(Decimal::from_str(text).unwrap()).unwrap()
+    }
+
+    fn order(user: &str, amount: &str) -> NewOrder {
+        let amount = Quantity::parse(amount).unwrap();
+        NewOrder {
+            id: OrderId::generate(),
+            user: UserId::parse(user).unwrap(),
+            coin: Coin::from_trusted("ABAN"),
+            amount,
+            price: usd("4"),
+            cost: Usd::cost(usd("4"), amount).unwrap(),
+            idempotency_key: None,
+            created_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// The memory table, yielding before every request as a network would:
+    /// concurrent placements interleave at every step.
+    struct Yielding(crate::adapters::dynamodb::table::memory::MemoryTable);
+
+    #[async_trait::async_trait]
+    impl crate::adapters::dynamodb::table::Table for Yielding {
+        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
+            tokio::task::yield_now().await;
+            self.0.get(key).await
+        }
+        async fn put(&self, item: Item, c: Option<Cond>) -> Result<Result<(), Option<Item>>, TableError> {
+            tokio::task::yield_now().await;
+            self.0.put(item, c).await
+        }
+        async fn update(
+            &self,
+            key: Item,
+            changes: Changes,
+            c: Option<Cond>,
+        ) -> Result<Result<Item, Option<Item>>, TableError> {
+            tokio::task::yield_now().await;
+            self.0.update(key, changes, c).await
+        }
+        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
+            tokio::task::yield_now().await;
+            let result = self.0.transact(writes, token).await;
+            tokio::task::yield_now().await;
+            result
+        }
+        async fn query(&self, q: crate::adapters::dynamodb::table::Query) -> Result<crate::adapters::dynamodb::table::Page, TableError> {
+            tokio::task::yield_now().await;
+            self.0.query(q).await
+        }
+        async fn scan(&self, start: Option<Item>) -> Result<crate::adapters::dynamodb::table::Page, TableError> {
+            tokio::task::yield_now().await;
+            self.0.scan(start).await
+        }
+    }
+
+    async fn store_with(users: &[&str]) -> DynamoStore {
+        let store = DynamoStore::on(Arc::new(Yielding(Default::default())));
+        for user in users {
+            store.open_account(&UserId::parse(user).unwrap(), usd("1000")).await.unwrap();
+        }
+        store
+    }
+
+    async fn assert_audit_clean(store: &DynamoStore) {
+        let report = audit(&store.ledger().await.unwrap(), usd("10"));
+        assert!(report.is_clean(), "{report}");
+    }
+
+    /// A cache whose count is right but whose dollars are not (another
+    /// process's orders of another size, a bug): the order it makes look
+    /// like it crosses must not close the pool on those totals.
+    #[tokio::test]
+    async fn a_pool_closes_only_on_its_exact_totals_whatever_the_cache_says() {
+        let store = store_with(&["alice", "bob"]).await;
+        store.place(order("alice", "1"), usd("10")).await.unwrap(); // pool: 1 order, $4
+        store.place(order("alice", "0.25"), usd("10")).await.unwrap(); // pool: 2 orders, $5
+        {
+            let mut turn = store.pools.enter(&Coin::from_trusted("ABAN")).await;
+            let wrong = PoolState { seq: 0, usd: usd("8"), qty: Decimal::from(2), count: 2 };
+            turn.remember(CachedPool { state: wrong, exists: true });
+        }
+
+        // $3 more: $11 by the cache, $8 in truth.
+        let placed = store.place(order("bob", "0.75"), usd("10")).await.unwrap();
+
+        assert_eq!(placed.formed, None, "a batch formed at $8");
+        assert_audit_clean(&store).await;
+        assert_eq!(store.stats().stale_pool_retries, 1);
+    }
+
+    /// Within one process, a coin's pooled orders take turns: none of them
+    /// ever decides from a state another one is changing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_process_takes_turns_on_a_coin_so_its_orders_never_retry() {
+        let store = Arc::new(store_with(&["alice"]).await);
+        let before = store.stats().transactions;
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let amount = ["0.25", "0.5", "1", "1.75"][i % 4];
+                tokio::spawn(async move { store.place(order("alice", amount), usd("10")).await.unwrap() })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!((stats.orders_placed, stats.transactions - before, stats.stale_pool_retries), (40, 40, 0), "{stats:?}");
+        assert_audit_clean(&store).await;
+    }
+
+    /// Orders of the minimum or more never wait for the pool's turn, and
+    /// never touch what the pooled orders believe of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn orders_bought_alone_leave_the_pool_and_its_cache_alone() {
+        let store = Arc::new(store_with(&["alice", "bob"]).await);
+        let before = store.stats().transactions;
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let (user, amount) = if i % 2 == 0 { ("alice", "0.5") } else { ("bob", "3") };
+                tokio::spawn(async move { store.place(order(user, amount), usd("10")).await.unwrap() })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!((stats.transactions - before, stats.stale_pool_retries, stats.pool_reads), (40, 0, 1), "{stats:?}");
+        assert_audit_clean(&store).await;
+    }
+}
