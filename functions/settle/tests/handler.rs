@@ -177,3 +177,69 @@ async fn only_the_messages_that_must_be_retried_are_reported() {
     assert!(failures(&retry, event(&[("unknown-outcome", body(batch))])).await.is_empty());
     assert_eq!(working.buys.load(Ordering::SeqCst), 1);
 }
+
+/// Three orders pooled into one batch, from three users.
+async fn pooled_batch(store: &DynamoStore) -> BatchId {
+    let mut formed = None;
+    for name in ["alice", "bob", "carol"] {
+        let user = UserId::parse(name).unwrap();
+        store.open_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
+        let amount = Quantity::parse("1").unwrap();
+        let order = NewOrder {
+            id: OrderId::generate(),
+            user,
+            coin: Coin::from_trusted("ABAN"),
+            amount,
+            price: Usd::new(Decimal::from(4)).unwrap(),
+            cost: Usd::new(Decimal::from(4)).unwrap(),
+            idempotency_key: None,
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        formed = store.place_order(order, Usd::new(Decimal::TEN).unwrap()).await.unwrap().formed.or(formed);
+    }
+    formed.unwrap()
+}
+
+/// The exchange refuses; the refund stops after the first order (the
+/// store fails); the next delivery resumes the refunds where they stopped,
+/// and never sends the order again (the exchange would answer a lookup with
+/// 404: it never took it).
+#[tokio::test]
+async fn a_refund_that_fails_midway_resumes_on_the_next_delivery_and_never_buys_again() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use shared::adapters::dynamodb::table::memory::MemoryTable;
+    use testkit::faults::{Fault, FaultyTable, Operation};
+
+    let failing = Arc::new(AtomicBool::new(false));
+    let refunds_let_through = Arc::new(AtomicUsize::new(0));
+    let plan = {
+        let (failing, let_through) = (Arc::clone(&failing), Arc::clone(&refunds_let_through));
+        move |operation: Operation| {
+            let fail = failing.load(Ordering::SeqCst)
+                && operation == Operation::Transact
+                && let_through.fetch_add(1, Ordering::SeqCst) >= 1;
+            if fail { Fault::FailBefore } else { Fault::None }
+        }
+    };
+    let table = Arc::new(FaultyTable::new(Arc::new(MemoryTable::new()), Arc::new(plan)));
+    let store = Arc::new(DynamoStore::on(table));
+    let exchange = ScriptedExchange::new(true, false);
+    let settler = settler(&store, &exchange);
+    let batch = pooled_batch(&store).await;
+
+    // The refusal is recorded; one order is refunded; then the store fails.
+    failing.store(true, Ordering::SeqCst);
+    assert_eq!(failures(&settler, event(&[("m1", body(batch))])).await, vec!["m1"]);
+    let refused = store.batch(batch).await.unwrap().unwrap();
+    assert_eq!((refused.status, refused.refunded), (shared::domain::BatchStatus::Refused, 1));
+
+    failing.store(false, Ordering::SeqCst);
+    assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
+
+    assert_eq!(exchange.buys.load(Ordering::SeqCst), 1, "sent again after the refusal");
+    assert_eq!(store.batch(batch).await.unwrap().unwrap().status, shared::domain::BatchStatus::Refunded);
+    for name in ["alice", "bob", "carol"] {
+        let balance = store.balance(&UserId::parse(name).unwrap()).await.unwrap();
+        assert_eq!(balance, Usd::new(Decimal::from(100)).unwrap(), "{name}");
+    }
+}
