@@ -62,9 +62,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     tokio::signal::ctrl_c().await?;
     tracing::info!("stopping: finishing requests and settlements under way");
     let aws = running.aws.clone();
+    let audit = running.audit().await;
     running.stop().await;
     if let Some(aws) = aws {
         tracing::info!("{}", aws.report());
+    }
+    match audit {
+        Ok(report) if report.is_clean() => tracing::info!("audit: {report}"),
+        Ok(report) => tracing::error!("audit: {report}"),
+        Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "could not audit the store"),
     }
     tracing::info!("stopped");
     Ok(())

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use shared::domain::{Usd, UserId};
@@ -52,11 +51,7 @@ pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
             let user = UserId::parse(&account.user_id).map_err(|e| invalid(e.to_string()))?;
             let raw = account.balance_usd.get();
             let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
-            let balance = text
-                .parse::<Decimal>()
-                .ok()
-                .filter(|_| text.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
-                .and_then(Usd::new)
+            let balance = Usd::parse(text)
                 .ok_or_else(|| invalid(format!("balance_usd {raw} is not a non-negative plain decimal")))?;
             Ok((user, balance))
         })

@@ -63,6 +63,7 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
     let (success, logs) = output(child);
     assert!(success, "{logs}");
     assert!(logs.contains("simulated exchange filled a market buy"), "{logs}");
+    assert!(logs.contains("audit:") && logs.contains("no discrepancies"), "{logs}");
     assert!(logs.contains("stopped"), "{logs}");
 }
 

@@ -144,9 +144,8 @@ impl Settler {
             );
         }
         let bought = Settlement::Bought { exchange_order_id: fill.exchange_order_id.clone() };
-        let settled = self
-            .persist(|| self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id))
-            .await?;
+        let settled =
+            self.persist(|| self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id)).await?;
         match settled {
             Fence::Held => Ok(bought),
             // Another attempt found the same fill and recorded it.
@@ -203,7 +202,11 @@ impl Settler {
             tries += 1;
             match write().await {
                 Err(error) if tries < WRITE_TRIES => {
-                    tracing::warn!(error = &error as &dyn std::error::Error, tries, "a settle write failed; trying again");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        tries,
+                        "a settle write failed; trying again"
+                    );
                     tokio::time::sleep(Duration::from_millis(50 << tries)).await;
                 }
                 result => return result,

@@ -82,6 +82,9 @@ struct Run {
     auditor: DynamoStore,
 }
 
+/// The running workers, each with its role (to start another in its place).
+type Workers = Arc<Mutex<Vec<(Role, JoinHandle<()>)>>>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Client,
@@ -128,15 +131,15 @@ fn table_faults(world: Arc<World>) -> impl Fn(Operation) -> Fault + Send + Sync 
 impl Run {
     fn new(seed: u64) -> Arc<Run> {
         let world = World::new(seed);
-        let config = ServiceConfig { prices: PriceList::parse("ABAN=4,LOW=0.37,BIG=1234.5").unwrap(), minimum: usd("10") };
+        let config =
+            ServiceConfig { prices: PriceList::parse("ABAN=4,LOW=0.37,BIG=1234.5").unwrap(), minimum: usd("10") };
         let memory = Arc::new(MemoryTable::new());
         let queue = Arc::new(SimQueue::new(Arc::clone(&world)));
         let reader = DynamoStore::on(Arc::clone(&memory) as Arc<dyn Table>);
         let status_of: StatusOf = Box::new(move |id| {
             reader.batch(id).now_or_never().and_then(Result::ok).flatten().map(|batch| batch.status)
         });
-        let exchange =
-            Arc::new(SimExchange::new(Arc::clone(&world), config.prices.clone(), config.minimum, status_of));
+        let exchange = Arc::new(SimExchange::new(Arc::clone(&world), config.prices.clone(), config.minimum, status_of));
         let start = tokio::time::Instant::now();
         let jumps_ms = Arc::new(AtomicI64::new(0));
         let policy = ResendPolicy {
@@ -147,7 +150,8 @@ impl Run {
         };
         let processes = (0..PROCESSES)
             .map(|_| {
-                let table: Arc<dyn Table> = Arc::new(SimTable::new(Arc::clone(&memory), Arc::clone(&world), config.minimum));
+                let table: Arc<dyn Table> =
+                    Arc::new(SimTable::new(Arc::clone(&memory), Arc::clone(&world), config.minimum));
                 let faulty = Arc::new(FaultyTable::new(table, Arc::new(table_faults(Arc::clone(&world)))));
                 let store = Arc::new(DynamoStore::on(faulty).with_jitter_seed(world.dice.seed()));
                 // Each process's clock is a little off; all see the jumps.
@@ -156,8 +160,14 @@ impl Run {
                 Process {
                     service: Arc::new(OrderService::new(store.clone(), queue.clone(), clock.clone(), config.clone())),
                     settler: Arc::new(
-                        Settler::new(store.clone(), exchange.clone(), queue.clone(), clock.clone(), Duration::from_secs(30))
-                            .with_refund_chunk(2),
+                        Settler::new(
+                            store.clone(),
+                            exchange.clone(),
+                            queue.clone(),
+                            clock.clone(),
+                            Duration::from_secs(30),
+                        )
+                        .with_refund_chunk(2),
                     ),
                     reconciler: Arc::new(Reconciler::new(store.clone(), queue.clone(), clock, policy)),
                     store,
@@ -227,7 +237,13 @@ impl Run {
                     key = Some(text.clone());
                     // Usually the same request again; now and then another one under the same key.
                     if self.world.dice.chance(0.8) {
-                        coin = if same_coin == "ABAN" { "ABAN" } else if same_coin == "LOW" { "LOW" } else { "BIG" };
+                        coin = if same_coin == "ABAN" {
+                            "ABAN"
+                        } else if same_coin == "LOW" {
+                            "LOW"
+                        } else {
+                            "BIG"
+                        };
                         amount = *same_amount;
                     }
                 } else {
@@ -287,7 +303,8 @@ impl Run {
                     replies.placed.insert(id, (user.clone(), placed.order.order.cost));
                 }
                 if let Some(key) = key {
-                    let entry = replies.keys.entry((user.clone(), key.to_owned())).or_insert((coin.to_owned(), amount, None));
+                    let entry =
+                        replies.keys.entry((user.clone(), key.to_owned())).or_insert((coin.to_owned(), amount, None));
                     match entry.2 {
                         Some(first) if first != id => {
                             self.world.violated(format!("key {key} of {user} placed {first} and then {id}"));
@@ -344,7 +361,7 @@ impl Run {
 
     /// Kills a random worker between two of its steps, and starts another in
     /// its place; jumps the clock now and then.
-    async fn chaos(self: Arc<Self>, workers: Arc<Mutex<Vec<(Role, JoinHandle<()>)>>>) {
+    async fn chaos(self: Arc<Self>, workers: Workers) {
         while self.world.faults_on() {
             tokio::time::sleep(self.world.dice.millis(500..4000)).await;
             {
@@ -382,7 +399,10 @@ impl Run {
             };
             match batch.status {
                 BatchStatus::Settled if filled.is_none() || filled != batch.exchange_order_id.as_ref() => {
-                    return Err(format!("batch {} is settled as {:?}; the exchange has {record:?}", batch.id, batch.exchange_order_id));
+                    return Err(format!(
+                        "batch {} is settled as {:?}; the exchange has {record:?}",
+                        batch.id, batch.exchange_order_id
+                    ));
                 }
                 BatchStatus::Refunded if filled.is_some() => {
                     return Err(format!("batch {} was refunded, yet the exchange filled it: {record:?}", batch.id));
@@ -403,7 +423,11 @@ impl Run {
         for (id, (user, cost)) in &replies.placed {
             match ledger.orders.iter().find(|o| o.id == *id) {
                 Some(order) if order.user == *user && order.cost == *cost => {}
-                other => return Err(format!("order {id} was answered as placed for {user} at {cost}; the table has {other:?}")),
+                other => {
+                    return Err(format!(
+                        "order {id} was answered as placed for {user} at {cost}; the table has {other:?}"
+                    ));
+                }
             }
         }
         let count = |status| ledger.batches.iter().filter(|b| b.status == status).count();
@@ -446,7 +470,8 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
         if run.world.violation().is_some() {
             break;
         }
-        let clients_done = workers.lock().unwrap().iter().all(|(role, handle)| *role != Role::Client || handle.is_finished());
+        let clients_done =
+            workers.lock().unwrap().iter().all(|(role, handle)| *role != Role::Client || handle.is_finished());
         let all_decided = run.ledger().batches.iter().all(|b| b.status.is_final());
         if clients_done && all_decided {
             break;

@@ -206,8 +206,8 @@ async fn pooled_batch(store: &DynamoStore) -> BatchId {
 /// 404: it never took it).
 #[tokio::test]
 async fn a_refund_that_fails_midway_resumes_on_the_next_delivery_and_never_buys_again() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use shared::adapters::dynamodb::table::memory::MemoryTable;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
     use testkit::faults::{Fault, FaultyTable, Operation};
 
     let failing = Arc::new(AtomicBool::new(false));

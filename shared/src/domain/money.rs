@@ -32,6 +32,22 @@ impl Usd {
         self.0.checked_add(other.0).map(|v| Usd(v.normalize()))
     }
 
+    /// A plain decimal's exact text (`"100"`, `"12.50"`: digits and at most
+    /// one point; no sign, no exponent), or `None`. Never rounded: text with
+    /// more digits than a `Decimal` holds is refused.
+    pub fn parse(text: &str) -> Option<Usd> {
+        let (int_part, frac_part) = text.split_once('.').unwrap_or((text, "0"));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int_part) || !digits(frac_part) {
+            return None;
+        }
+        let significant = int_part.trim_start_matches('0').len() + frac_part.trim_end_matches('0').len();
+        if significant > MAX_SCALE as usize {
+            return None;
+        }
+        text.parse::<Decimal>().ok().and_then(Usd::new)
+    }
+
     /// `price × amount`, exactly, or `None` when a `Decimal` cannot hold the
     /// exact product (it would round it).
     pub fn cost(price: Usd, amount: Quantity) -> Option<Usd> {
@@ -119,6 +135,15 @@ mod tests {
         assert_eq!(Usd::new(dec("88.000")).map(|u| u.to_string()), Some("88".into()));
         assert_eq!(format_decimal(dec("-0.0")), "0");
         assert_eq!(format_decimal(dec("4000000000")), "4000000000");
+    }
+
+    #[test]
+    fn dollars_parse_from_plain_decimals_only_and_exactly() {
+        assert_eq!(Usd::parse("100").map(|u| u.to_string()), Some("100".into()));
+        assert_eq!(Usd::parse("012.50").map(|u| u.to_string()), Some("12.5".into()));
+        for bad in ["", "-1", "+1", "1e3", "1.", ".5", "1.2.3", "NaN", " 1", "1,5", "99999999999999999999999999999"] {
+            assert_eq!(Usd::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -269,3 +269,110 @@ impl OrderView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rust_decimal::Decimal;
+    use time::Duration;
+
+    use super::*;
+
+    fn at(seconds: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn batch(status: BatchStatus) -> Batch {
+        Batch {
+            id: BatchId::generate(),
+            coin: Coin::from_trusted("ABAN"),
+            seq: Some(0),
+            qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
+            usd: Usd::new(Decimal::from(12)).unwrap(),
+            count: 3,
+            status,
+            attempts: 0,
+            lease_until: None,
+            attempted_at: None,
+            resends: 0,
+            resent_at: None,
+            refunded: 0,
+            refusal: None,
+            exchange_order_id: None,
+            created_at: at(0),
+        }
+    }
+
+    const POLICY: ResendPolicy = ResendPolicy {
+        ready_after: Duration::minutes(1),
+        backoff: Duration::minutes(5),
+        backoff_cap: Duration::hours(1),
+        max_attempts: 5,
+    };
+
+    #[test]
+    fn a_ready_batch_is_due_after_a_minute_then_less_and_less_often() {
+        let mut ready = batch(BatchStatus::Ready);
+        assert_eq!(ready.resend_due(&POLICY), Some(at(60)));
+        ready.resends = 3;
+        ready.resent_at = Some(at(600));
+        assert_eq!(ready.resend_due(&POLICY), Some(at(600 + 8 * 60)));
+        ready.resends = 30;
+        assert_eq!(ready.resend_due(&POLICY), Some(at(600 + 3600)), "capped");
+    }
+
+    #[test]
+    fn a_failed_attempt_waits_for_the_queue_and_an_exhausted_one_for_an_operator() {
+        let mut submitting = batch(BatchStatus::Submitting);
+        submitting.attempts = 1;
+        submitting.attempted_at = Some(at(100));
+        submitting.lease_until = Some(at(100));
+        assert_eq!(submitting.resend_due(&POLICY), Some(at(100 + 300)));
+        submitting.attempts = 3;
+        assert_eq!(submitting.resend_due(&POLICY), Some(at(100 + 1200)));
+        // A live lease is never cut short.
+        submitting.lease_until = Some(at(10_000));
+        assert_eq!(submitting.resend_due(&POLICY), Some(at(10_000)));
+        submitting.attempts = 5;
+        assert_eq!(submitting.resend_due(&POLICY), None);
+    }
+
+    #[test]
+    fn decided_batches_are_never_sent_again_but_unfinished_refunds_are() {
+        assert_eq!(batch(BatchStatus::Settled).resend_due(&POLICY), None);
+        assert_eq!(batch(BatchStatus::Refunded).resend_due(&POLICY), None);
+        let mut refused = batch(BatchStatus::Refused);
+        refused.attempted_at = Some(at(30));
+        assert_eq!(refused.resend_due(&POLICY), Some(at(90)));
+    }
+
+    #[test]
+    fn an_order_is_refunded_once_its_own_cost_is_back() {
+        let order = Order {
+            id: OrderId::generate(),
+            user: UserId::parse("alice").unwrap(),
+            coin: Coin::from_trusted("ABAN"),
+            amount: Quantity::parse("1").unwrap(),
+            price: Usd::new(Decimal::from(4)).unwrap(),
+            cost: Usd::new(Decimal::from(4)).unwrap(),
+            membership: Membership::Pool { seq: 0 },
+            refunded: false,
+            created_at: at(0),
+        };
+        let refused = batch(BatchStatus::Refused);
+        assert_eq!(OrderStatus::of(&order, None), OrderStatus::Pending);
+        assert_eq!(OrderStatus::of(&order, Some(&refused)), OrderStatus::Settling);
+        let back = Order { refunded: true, ..order };
+        assert_eq!(OrderStatus::of(&back, Some(&refused)), OrderStatus::Refunded);
+        for status in [
+            BatchStatus::Ready,
+            BatchStatus::Submitting,
+            BatchStatus::Settled,
+            BatchStatus::Refused,
+            BatchStatus::Refunded,
+        ] {
+            assert_eq!(BatchStatus::parse(status.as_str()), Some(status));
+        }
+    }
+}

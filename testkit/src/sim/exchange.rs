@@ -20,7 +20,9 @@ use super::World;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderState {
-    Filled { exchange_order_id: String },
+    Filled {
+        exchange_order_id: String,
+    },
     /// Taken, not filled yet.
     Pending,
     /// Refused with 400/422: the exchange never took it.
@@ -213,7 +215,9 @@ impl Exchange for SimExchange {
         if self.world.faults_on() {
             match self.world.dice.below(100) {
                 0..8 => return Err(unknown("lookup 502")),
-                8..10 => return Err(ExchangeError::Misconfigured { status: 403, detail: "forbidden (simulated)".into() }),
+                8..10 => {
+                    return Err(ExchangeError::Misconfigured { status: 403, detail: "forbidden (simulated)".into() });
+                }
                 _ => {}
             }
         }

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::adapters::dynamodb::table::{
-    Changes, ConditionFailed, Cond, Item, Page, Query, Table, TableError, Transacted, Write,
+    Changes, Cond, ConditionFailed, Item, Page, Query, Table, TableError, Transacted, Write,
 };
 use shared::audit::audit;
 use shared::domain::Usd;
@@ -35,7 +35,8 @@ impl SimTable {
 
     async fn travel(&self) {
         // Mostly quick, sometimes slow: a request's way there or back.
-        let delay = if self.world.dice.chance(0.05) { self.world.dice.millis(20..400) } else { self.world.dice.millis(0..8) };
+        let delay =
+            if self.world.dice.chance(0.05) { self.world.dice.millis(20..400) } else { self.world.dice.millis(0..8) };
         tokio::time::sleep(delay).await;
     }
 

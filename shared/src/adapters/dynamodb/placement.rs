@@ -326,7 +326,7 @@ mod tests {
     use super::*;
     use crate::audit::audit;
     use crate::domain::{Coin, PoolState, Quantity, UserId};
-    use crate::ports::{Accounts, LedgerRecords, Orders};
+    use crate::ports::{Accounts, LedgerRecords};
 
     fn usd(text: &str) -> Usd {
         Usd::new(Decimal::from_str(text).unwrap()).unwrap()
@@ -375,7 +375,10 @@ mod tests {
             tokio::task::yield_now().await;
             result
         }
-        async fn query(&self, q: crate::adapters::dynamodb::table::Query) -> Result<crate::adapters::dynamodb::table::Page, TableError> {
+        async fn query(
+            &self,
+            q: crate::adapters::dynamodb::table::Query,
+        ) -> Result<crate::adapters::dynamodb::table::Page, TableError> {
             tokio::task::yield_now().await;
             self.0.query(q).await
         }
@@ -437,7 +440,11 @@ mod tests {
             task.await.unwrap();
         }
         let stats = store.stats();
-        assert_eq!((stats.orders_placed, stats.transactions - before, stats.stale_pool_retries), (40, 40, 0), "{stats:?}");
+        assert_eq!(
+            (stats.orders_placed, stats.transactions - before, stats.stale_pool_retries),
+            (40, 40, 0),
+            "{stats:?}"
+        );
         assert_audit_clean(&store).await;
     }
 

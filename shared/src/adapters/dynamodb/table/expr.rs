@@ -11,12 +11,17 @@ use rust_decimal::Decimal;
 
 use super::{Changes, CmpOp, Cond, Item};
 
+/// `ExpressionAttributeNames`: placeholder → attribute name.
+pub type Names = HashMap<String, String>;
+/// `ExpressionAttributeValues`: placeholder → value.
+pub type Values = HashMap<String, AttributeValue>;
+
 /// Placeholders of one request: every attribute name is `#nK`, every value
 /// `:vK`, shared by its condition, update and filter.
 #[derive(Debug, Default)]
 pub struct Placeholders {
-    pub names: HashMap<String, String>,
-    pub values: HashMap<String, AttributeValue>,
+    pub names: Names,
+    pub values: Values,
 }
 
 impl Placeholders {
@@ -85,7 +90,7 @@ impl Placeholders {
     }
 
     /// `None` when nothing was used (DynamoDB refuses empty maps).
-    pub fn into_parts(self) -> (Option<HashMap<String, String>>, Option<HashMap<String, AttributeValue>>) {
+    pub fn into_parts(self) -> (Option<Names>, Option<Values>) {
         let names = (!self.names.is_empty()).then_some(self.names);
         let values = (!self.values.is_empty()).then_some(self.values);
         (names, values)

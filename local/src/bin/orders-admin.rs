@@ -1,0 +1,93 @@
+//! What operators do to a deployed (or emulated) table, over the same
+//! store the functions use: fund an account with an idempotent deposit,
+//! and audit the money invariants.
+//!
+//! ```text
+//! orders-admin deposit --user alice --usd 100 --id wire-2026-0042 [--table orders]
+//! orders-admin audit [--table orders] [--minimum 10]
+//! ```
+//!
+//! DynamoDB is reached through the AWS SDK's standard configuration
+//! (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials); the table is `--table`,
+//! else `TABLE_NAME`, else `orders`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shared::adapters::dynamodb::DynamoStore;
+use shared::audit::audit;
+use shared::domain::{DepositId, Usd, UserId};
+use shared::ports::{Accounts, Deposited, LedgerRecords};
+
+#[derive(Parser)]
+#[command(name = "orders-admin", version, about = "Operator commands on the orders table")]
+struct Cli {
+    /// The DynamoDB table (default: $TABLE_NAME, else "orders").
+    #[arg(long, global = true)]
+    table: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Credits an account once per deposit id (the same id again credits nothing).
+    Deposit {
+        #[arg(long)]
+        user: String,
+        /// Dollars, a plain decimal ("100", "12.50").
+        #[arg(long)]
+        usd: String,
+        /// Your reference for this deposit (1 to 128 visible ASCII characters).
+        #[arg(long)]
+        id: String,
+    },
+    /// Checks every balance, order, batch and pool; exits 1 on any discrepancy.
+    Audit {
+        /// The exchange minimum the batches were formed with.
+        #[arg(long, default_value = "10")]
+        minimum: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            let mut message = format!("orders-admin: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let table = cli.table.or_else(|| std::env::var("TABLE_NAME").ok()).unwrap_or_else(|| "orders".to_owned());
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone());
+    match cli.command {
+        Command::Deposit { user, usd, id } => {
+            let user = UserId::parse(&user)?;
+            let usd = Usd::parse(&usd).filter(|u| *u > Usd::ZERO).ok_or("--usd must be a positive plain decimal")?;
+            let id = DepositId::parse(&id)?;
+            match store.deposit(&user, &id, usd).await? {
+                Deposited::Credited { balance } => println!("credited {usd} USD to {user}; balance {balance} USD"),
+                Deposited::AlreadyCredited => println!("deposit {id} was credited before; nothing changed"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { minimum } => {
+            let minimum = Usd::parse(&minimum).ok_or("--minimum must be a plain decimal")?;
+            let report = audit(&store.ledger().await?, minimum);
+            println!("table {table}: {report}");
+            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

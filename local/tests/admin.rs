@@ -1,0 +1,73 @@
+//! `orders-admin` as an operator runs it, against a table on ministack
+//! (started by ./scripts/test; its endpoint is MINISTACK_ENDPOINT).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use shared::adapters::dynamodb::schema;
+
+const BIN: &str = env!("CARGO_BIN_EXE_orders-admin");
+
+fn endpoint() -> String {
+    std::env::var("MINISTACK_ENDPOINT")
+        .expect("MINISTACK_ENDPOINT is not set: run ./scripts/test, which starts ministack, or point it at one")
+}
+
+fn admin(table: &str, args: &[&str]) -> (Output, String) {
+    let output = Command::new(BIN)
+        .args(["--table", table])
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output, text)
+}
+
+#[tokio::test]
+async fn deposits_credit_once_per_id_and_the_audit_finds_money_that_came_from_nowhere() {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("admin-{}", ulid::Ulid::new().to_string().to_lowercase());
+    schema::ensure_table(&client, &table).await.unwrap();
+
+    let (output, text) = admin(&table, &["deposit", "--user", "alice", "--usd", "100.50", "--id", "wire-1"]);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("credited 100.5 USD to alice; balance 100.5 USD"), "{text}");
+    let (output, text) = admin(&table, &["deposit", "--user", "alice", "--usd", "100.50", "--id", "wire-1"]);
+    assert!(output.status.success() && text.contains("credited before; nothing changed"), "{text}");
+    let (output, text) = admin(&table, &["deposit", "--user", "alice", "--usd", "7", "--id", "wire-1"]);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("deposit wire-1 was credited before with 100.5 USD, not 7 USD"), "{text}");
+    for bad in [["--usd", "-5"], ["--usd", "1e3"], ["--usd", "0"]] {
+        let (output, text) = admin(&table, &["deposit", "--user", "bob", bad[0], bad[1], "--id", "x"]);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+    }
+
+    let (output, text) = admin(&table, &["audit"]);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("no discrepancies") && text.contains("deposited 100.5"), "{text}");
+
+    // A balance written by hand, as the old seeding did: money from nowhere.
+    let account = HashMap::from([
+        ("PK".to_owned(), AttributeValue::S("ACCOUNT#alice".into())),
+        ("SK".to_owned(), AttributeValue::S("ACCOUNT".into())),
+        ("user_id".to_owned(), AttributeValue::S("alice".into())),
+        ("balance_usd".to_owned(), AttributeValue::N("1000".into())),
+    ]);
+    client.put_item().table_name(&table).set_item(Some(account)).send().await.unwrap();
+    let (output, text) = admin(&table, &["audit"]);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("account alice holds 1000 USD; its deposits, orders and refunds make 100.5"), "{text}");
+}
