@@ -1,5 +1,5 @@
 //! `orders-local`: the Order API and settlement on one port, running the
-//! very handlers the Lambdas run (CONTRACTS.md §3).
+//! very handlers the Lambdas run (docs/api.md).
 
 pub mod event_source;
 pub mod gateway;

@@ -1,4 +1,4 @@
-//! An exchange speaking CONTRACTS.md §2, on wiremock: idempotent on
+//! An exchange speaking docs/exchange-protocol.md, on wiremock: idempotent on
 //! `client_order_id`, recording every call, with scripted failures.
 
 use std::collections::{HashMap, VecDeque};

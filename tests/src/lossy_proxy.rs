@@ -19,6 +19,9 @@ use tokio::net::TcpListener;
 /// Which replies are lost.
 #[derive(Debug, Clone, Copy)]
 pub struct LossRule {
+    /// Only transactions whose client request token has no `-` (a store's
+    /// refunds and deposits; placements use `{order id}-{attempt}`).
+    pub only_undashed_tokens: bool,
     /// Of every `every`-th distinct transaction (by client request token)…
     pub every: usize,
     /// …lose the replies of the first `sends` sends (SDK retries and the
@@ -29,8 +32,14 @@ pub struct LossRule {
     pub reads_after_a_loss: bool,
 }
 
+impl LossRule {
+    /// Nothing is lost.
+    pub const NONE: LossRule = LossRule { only_undashed_tokens: false, every: 0, sends: 0, reads_after_a_loss: false };
+}
+
 #[derive(Default)]
 struct State {
+    rule: Option<LossRule>,
     /// Per client request token: whether its replies are lost, and sends so far.
     tokens: HashMap<String, (bool, usize)>,
     distinct: usize,
@@ -48,7 +57,7 @@ impl LossyProxy {
     pub async fn start(upstream: String, rule: LossRule) -> LossyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State { rule: Some(rule), ..State::default() }));
         let client = reqwest::Client::new();
         let shared = Arc::clone(&state);
         tokio::spawn(async move {
@@ -57,7 +66,7 @@ impl LossyProxy {
                 let (state, client, upstream) = (Arc::clone(&shared), client.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
-                        forward(Arc::clone(&state), client.clone(), upstream.clone(), rule, request)
+                        forward(Arc::clone(&state), client.clone(), upstream.clone(), request)
                     });
                     // A lost reply ends the connection with an error: expected.
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
@@ -69,6 +78,13 @@ impl LossyProxy {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Loses replies by another rule from now on.
+    pub fn set_rule(&self, rule: LossRule) {
+        let mut state = self.state.lock().expect("proxy state");
+        state.rule = Some(rule);
+        state.losing_reads = false;
     }
 
     /// Replies lost so far.
@@ -85,7 +101,6 @@ async fn forward(
     state: Arc<Mutex<State>>,
     client: reqwest::Client,
     upstream: String,
-    rule: LossRule,
     request: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
     let (parts, body) = request.into_parts();
@@ -104,11 +119,12 @@ async fn forward(
 
     let lose = {
         let mut state = state.lock().map_err(|_| "proxy state poisoned")?;
-        let lose = if target.ends_with(".TransactWriteItems") {
-            let token = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["ClientRequestToken"].as_str().map(str::to_owned))
-                .unwrap_or_default();
+        let rule = state.rule.unwrap_or(LossRule::NONE);
+        let token = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["ClientRequestToken"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let lose = if target.ends_with(".TransactWriteItems") && (!rule.only_undashed_tokens || !token.contains('-')) {
             if !state.tokens.contains_key(&token) {
                 state.distinct += 1;
                 let chosen = rule.every > 0 && state.distinct.is_multiple_of(rule.every);

@@ -15,6 +15,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use e2e_tests::emulators::{Emulator, unique_name};
 use e2e_tests::lossy_proxy::{LossRule, LossyProxy};
+use e2e_tests::{Behavior, FakeExchange, TestApp, spawn_app_with};
+use orders_local::{AwsOptions, Backend};
 use rust_decimal::Decimal;
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::sdk::SdkTable;
@@ -145,8 +147,7 @@ async fn lost_replies_on(emulator: Emulator) {
     // Every third transaction loses the replies of all its sends (the SDK's
     // retries and the store's resends): only reading back can tell.
     let proxy =
-        LossyProxy::start(emulator.endpoint(), LossRule { every: 3, sends: usize::MAX, reads_after_a_loss: false })
-            .await;
+        LossyProxy::start(emulator.endpoint(), LossRule { every: 3, sends: usize::MAX, ..LossRule::NONE }).await;
     let store = Arc::new(store_behind(&proxy, emulator, &name).await);
     let clean = DynamoStore::new(client, name);
     let users: Vec<UserId> = (0..6).map(|u| UserId::parse(&format!("lossy-{u}")).unwrap()).collect();
@@ -191,9 +192,11 @@ async fn replies_lost_on_the_wire_are_resolved_on_ministack() {
 /// not debit again.
 async fn unknown_outcome_on(emulator: Emulator) {
     let (client, name) = fresh_table(emulator).await;
-    let proxy =
-        LossyProxy::start(emulator.endpoint(), LossRule { every: 1, sends: usize::MAX, reads_after_a_loss: true })
-            .await;
+    let proxy = LossyProxy::start(
+        emulator.endpoint(),
+        LossRule { every: 1, sends: usize::MAX, reads_after_a_loss: true, ..LossRule::NONE },
+    )
+    .await;
     let clean = DynamoStore::new(client.clone(), name.clone());
     clean.open_account(&UserId::parse("alice").unwrap(), usd("100")).await.unwrap();
     let lossy = store_behind(&proxy, emulator, &name).await;
@@ -222,4 +225,85 @@ async fn an_unknown_outcome_is_said_only_when_nothing_can_tell_on_dynamodb_local
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_outcome_is_said_only_when_nothing_can_tell_on_ministack() {
     unknown_outcome_on(Emulator::Ministack).await;
+}
+
+/// The SDK's standard retries, with a short first backoff (the replies are
+/// lost on purpose, many times).
+async fn through(proxy: &LossyProxy) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(proxy.endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
+        .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(10)))
+        .load()
+        .await
+}
+
+/// orders-local with its table on `emulator` behind `proxy`, its queue on ministack.
+async fn app_behind(proxy: &LossyProxy, exchange: FakeExchange, accounts: &[(&str, &str)]) -> TestApp {
+    let dynamodb = through(proxy).await;
+    let sqs = Emulator::Ministack.sdk_config().await;
+    spawn_app_with(accounts, exchange, move |options| {
+        options.backend = Backend::Aws;
+        options.aws = AwsOptions {
+            table: unique_name("lossy"),
+            queue_name: unique_name("lossy-settle"),
+            dynamodb: Some(dynamodb),
+            sqs: Some(sqs),
+        };
+    })
+    .await
+}
+
+/// An order written whose every reply (and every read after) was lost is
+/// answered `500 outcome-unknown`, never "nothing changed"; a retry with its
+/// key finds it, and it was debited once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_placement_whose_replies_are_lost_is_never_answered_as_nothing_changed() {
+    for emulator in [Emulator::DynamoDbLocal, Emulator::Ministack] {
+        let proxy = LossyProxy::start(emulator.endpoint(), LossRule::NONE).await;
+        let app = app_behind(&proxy, FakeExchange::start().await, &[("alice", "100")]).await;
+        let order = r#"{"coin":"ABAN","amount":"1"}"#;
+        proxy.set_rule(LossRule { every: 1, sends: usize::MAX, reads_after_a_loss: true, ..LossRule::NONE });
+
+        let reply = app.post_raw(Some("alice"), order, &[("idempotency-key", "lost-1")]).await;
+
+        reply.assert_problem(500, "outcome-unknown");
+        proxy.set_rule(LossRule::NONE);
+        let retry = app.post_raw(Some("alice"), order, &[("idempotency-key", "lost-1")]).await;
+        assert_eq!(retry.status, 200, "{emulator:?}: {}", retry.body);
+        assert_eq!(app.balance("alice").await, e2e_tests::dec("96"), "{emulator:?}");
+        app.stop().await;
+    }
+}
+
+/// The exchange refuses a batch; every refund's first replies are lost (the
+/// SDK's retries included). The refunds still happen, each once, and the
+/// order is never sent to the exchange again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunds_whose_replies_are_lost_complete_once_and_never_resend_the_order() {
+    for emulator in [Emulator::DynamoDbLocal, Emulator::Ministack] {
+        let proxy = LossyProxy::start(emulator.endpoint(), LossRule::NONE).await;
+        let exchange = FakeExchange::start().await;
+        exchange.set_default(Behavior::Refuse);
+        let users = [("alice", "100"), ("bob", "100"), ("carol", "100")];
+        let app = app_behind(&proxy, exchange, &users).await;
+        proxy.set_rule(LossRule { only_undashed_tokens: true, every: 1, sends: 3, ..LossRule::NONE });
+
+        let mut orders = Vec::new();
+        for (user, _) in users {
+            let reply = app.place(user, "ABAN", "1").await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            orders.push((user, reply.text("order_id")));
+        }
+        for (user, id) in &orders {
+            app.wait_for_order(user, id, |r| r.text("status") == "refunded").await;
+            assert_eq!(app.balance(user).await, e2e_tests::dec("100"), "{emulator:?}: {user}");
+        }
+        assert!(proxy.lost() >= 3, "no refund reply was lost");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let posts = app.exchange.calls().iter().filter(|c| c.method == "POST").count();
+        assert_eq!(posts, 1, "{emulator:?}: the refused order was sent again");
+        app.stop().await;
+    }
 }

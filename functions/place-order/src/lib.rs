@@ -1,4 +1,4 @@
-//! The place-order function: the Order API of CONTRACTS.md §1 as one
+//! The place-order function: the Order API of docs/api.md as one
 //! `lambda_http` handler. `orders-local` runs this same handler.
 
 pub mod problem;
@@ -75,7 +75,7 @@ fn idempotency_key(request: &Request) -> Result<Option<IdempotencyKey>, ApiError
 }
 
 async fn place_order(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {
-    // Precedence of CONTRACTS.md: 401, 413, 400, 422.
+    // Precedence of docs/api.md: 401, 413, 400, 422.
     let user = caller(request)?;
     let body = request.body().as_ref();
     if body.len() > BODY_LIMIT {
