@@ -163,7 +163,7 @@ impl AwsRuntime {
         let stats = self.store.stats();
         let requests = self.requests.snapshot();
         let count = |operation: &str| requests.get(operation).copied().unwrap_or(0);
-        let placing = stats.transactions + stats.pool_reads;
+        let placing = stats.placement_transactions + stats.pool_reads;
         let per_order = match stats.orders_placed {
             0 => "n/a".to_owned(),
             orders => format!("{:.4}", placing as f64 / orders as f64),
@@ -173,7 +173,7 @@ impl AwsRuntime {
              GetItem = {per_order} requests per placed order; TransactionConflict {}, throttled {}, stale-pool \
              retries {}, lost replies {}, busy {}; settling: {} UpdateItem",
             stats.orders_placed,
-            stats.transactions,
+            stats.placement_transactions,
             stats.pool_reads,
             stats.conflicts,
             stats.throttled,
@@ -302,17 +302,22 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
 /// The table and queues, created when missing, and clients that count
 /// their requests.
 async fn connect_aws(options: &AwsOptions) -> Result<AwsRuntime, StartError> {
-    let standard = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let standard = shared::adapters::aws::load_config().await;
     let dynamodb_config = options.dynamodb.as_ref().unwrap_or(&standard);
     let sqs_config = options.sqs.as_ref().unwrap_or(&standard);
     let requests = RequestCounter::new();
+    let timeouts = shared::adapters::aws::timeouts();
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(dynamodb_config).interceptor(requests.clone()).build(),
+        aws_sdk_dynamodb::config::Builder::from(dynamodb_config)
+            .timeout_config(timeouts.clone())
+            .interceptor(requests.clone())
+            .build(),
     );
     schema::ensure_table(&dynamodb, &options.table)
         .await
         .map_err(|source| StartError::Aws { what: "table", source })?;
-    let sqs = aws_sdk_sqs::Client::new(sqs_config);
+    let sqs =
+        aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(sqs_config).timeout_config(timeouts).build());
     let queue_url = ensure_queues(&sqs, &options.queue_name)
         .await
         .map_err(|source| StartError::Aws { what: "settle queue", source })?;

@@ -292,6 +292,28 @@ pub async fn a_key_reused_for_another_order_is_refused(stores: Stores) {
     assert_audit_clean(store.as_ref()).await;
 }
 
+/// A retry finds the batch its first send formed still `READY` (its
+/// message may never have been sent): it is handed to settlement again.
+pub async fn a_replay_hands_a_batch_still_ready_to_settlement_again(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100")]).await;
+    let mut new = order("alice", "3");
+    new.idempotency_key = Some(IdempotencyKey::parse("again").unwrap());
+    let batch = place(store.as_ref(), new.clone()).await.formed.unwrap();
+
+    let mut retry = new.clone();
+    retry.id = OrderId::generate();
+    let replayed = place(store.as_ref(), retry.clone()).await;
+    assert_eq!((replayed.replayed, replayed.formed), (true, Some(batch)));
+
+    let now = now();
+    store.claim_batch(batch, now, now + Duration::seconds(30)).await.unwrap();
+    retry.id = OrderId::generate();
+    let replayed = place(store.as_ref(), retry).await;
+    assert_eq!((replayed.replayed, replayed.formed), (true, None), "a claimed batch is settlement's already");
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("88"));
+}
+
 async fn ready_batch(store: &dyn Store, name: &str) -> BatchId {
     funded(store, &[(name, "100")]).await;
     place(store, order(name, "3")).await.formed.unwrap()
@@ -529,6 +551,7 @@ macro_rules! store_contract_tests {
             racing_small_orders_form_each_batch_exactly_once,
             racing_replays_of_one_key_debit_once,
             a_key_reused_for_another_order_is_refused,
+            a_replay_hands_a_batch_still_ready_to_settlement_again,
             a_batch_is_claimed_by_one_attempt_at_a_time,
             a_late_attempt_can_change_nothing,
             racing_claims_let_one_attempt_through,

@@ -13,7 +13,7 @@ async fn main() -> Result<(), Error> {
 
     let config = ServiceConfig::from_env()?;
     let resources = AwsResources::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = shared::adapters::aws::load_config().await;
     let service = Arc::new(OrderService::new(
         Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
         Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),

@@ -15,7 +15,7 @@ async fn main() -> Result<(), Error> {
     let config = SettleConfig::from_env()?;
     let resources = AwsResources::from_env()?;
     let exchange = HttpExchange::new(&config.exchange)?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = shared::adapters::aws::load_config().await;
     let settler = Arc::new(Settler::new(
         Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
         Arc::new(exchange),

@@ -70,7 +70,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let table = cli.table.or_else(|| std::env::var("TABLE_NAME").ok()).unwrap_or_else(|| "orders".to_owned());
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = shared::adapters::aws::load_config().await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone());
     match cli.command {
         Command::Deposit { user, usd, id } => {

@@ -1,5 +1,6 @@
 //! Implementations of the ports.
 
+pub mod aws;
 pub mod dynamodb;
 pub mod http_exchange;
 pub mod memory_queue;

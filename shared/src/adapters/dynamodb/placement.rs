@@ -11,15 +11,17 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    Item, account_key, balance_of, batch_item, get_decimal, get_s, idempotency_key, n, n_int, order_item, order_key,
-    order_of, pool_batch_key, pool_key, pool_of, s,
+    Item, ItemError, account_key, balance_of, batch_item, get_decimal, get_s, idempotency_key, n, n_int, order_item,
+    order_key, order_of, pool_batch_key, pool_key, pool_of, s,
 };
 use super::pool_cache::{CachedPool, Turn};
 use super::schema::TTL_ATTRIBUTE;
 use super::stats::StoreStats;
 use super::table::{Changes, Cond, Reason, TableError, Transacted, Write};
 use super::{DynamoStore, MAX_ATTEMPTS, contended, infra, unexpected};
-use crate::domain::{Batch, Coin, NewOrder, Order, OrderId, OrderView, Placement, Usd, decide};
+use crate::domain::{
+    Batch, BatchId, BatchStatus, Coin, NewOrder, Order, OrderId, OrderStatus, OrderView, Placement, Usd, UserId, decide,
+};
 use crate::ports::{InfraError, PlaceError, Placed};
 
 /// How long idempotency keys are kept (the contract asks for 24 hours).
@@ -248,6 +250,7 @@ impl DynamoStore {
         let mut lost: Option<TableError> = None;
         for resend in 0..=RESENDS {
             StoreStats::count(&self.stats.transactions);
+            StoreStats::count(&self.stats.placement_transactions);
             match self.table.transact(writes.to_vec(), token).await {
                 Ok(Transacted::Committed) => return Ok(Sent::Committed),
                 Ok(Transacted::Cancelled(reasons)) => return Ok(Sent::Cancelled(reasons)),
@@ -282,34 +285,47 @@ impl DynamoStore {
     /// placed: failing to read it back is an unknown outcome to the client,
     /// never "nothing changed".
     async fn already_placed(&self, new: &NewOrder) -> Result<Placed, PlaceError> {
-        let read = async {
-            let item = self
-                .table
-                .get(order_key(&new.user, new.id))
-                .await?
-                .ok_or_else(|| InfraError::new("place order", "the order exists and then does not"))?;
-            let (order, formed) = order_of(&item).map_err(infra("read order"))?;
-            Ok::<_, InfraError>((self.view(order).await?, formed))
-        };
-        let (view, formed) = read.await.map_err(PlaceError::OutcomeUnknown)?;
+        let (order, formed) = self.placed_order(&new.user, new.id).await.map_err(PlaceError::OutcomeUnknown)?;
         StoreStats::count(&self.stats.orders_placed);
-        Ok(Placed { order: view, formed, replayed: false })
+        Ok(Placed { order, formed, replayed: false })
     }
 
+    /// The order an earlier request with this key placed. Its record exists,
+    /// so its order does: failing to read it is an unknown outcome too.
     async fn replay(&self, new: &NewOrder, record: Option<&Item>) -> Result<Placed, PlaceError> {
-        let record = record.ok_or_else(|| InfraError::new("place order", "idempotency record not returned"))?;
-        let same = get_s(record, "coin").map_err(infra("read idempotency record"))? == new.coin.as_str()
-            && get_decimal(record, "amount").map_err(infra("read idempotency record"))? == new.amount.value();
-        if !same {
+        fn fields(r: &Item) -> Result<(&str, rust_decimal::Decimal, &str), ItemError> {
+            Ok((get_s(r, "coin")?, get_decimal(r, "amount")?, get_s(r, "order_id")?))
+        }
+        let (coin, amount, order_id) = record
+            .ok_or_else(|| InfraError::new("place order", "idempotency record not returned"))
+            .and_then(|r| fields(r).map_err(infra("read idempotency record")))
+            .map_err(PlaceError::OutcomeUnknown)?;
+        if coin != new.coin.as_str() || amount != new.amount.value() {
             return Err(PlaceError::IdempotencyKeyReused);
         }
-        let order_id = OrderId::parse(get_s(record, "order_id").map_err(infra("read idempotency record"))?)
-            .map_err(infra("read idempotency record"))?;
-        let view = self
-            .order_view(&new.user, order_id)
+        let order_id =
+            OrderId::parse(order_id).map_err(|e| PlaceError::OutcomeUnknown(InfraError::new("place order", e)))?;
+        let (order, formed) = self.placed_order(&new.user, order_id).await.map_err(PlaceError::OutcomeUnknown)?;
+        Ok(Placed { order, formed, replayed: true })
+    }
+
+    /// A placed order, and the batch it formed if that batch is still
+    /// `READY`: the caller sends it to the settle queue (again: harmless),
+    /// so that a retry never leaves it waiting for the reconciler.
+    async fn placed_order(&self, user: &UserId, id: OrderId) -> Result<(OrderView, Option<BatchId>), InfraError> {
+        let item = self
+            .table
+            .get(order_key(user, id))
             .await?
-            .ok_or_else(|| InfraError::new("place order", "an idempotency record without its order"))?;
-        Ok(Placed { order: view, formed: None, replayed: true })
+            .ok_or_else(|| InfraError::new("place order", "a placed order that is not there"))?;
+        let (order, formed) = order_of(&item).map_err(infra("read order"))?;
+        let view = self.view(order).await?;
+        let ready = view.batch_id.is_some_and(|b| Some(b) == formed) && view.status == OrderStatus::Settling;
+        let still_ready = match (ready, formed) {
+            (true, Some(batch)) => self.read_batch(batch).await?.is_some_and(|b| b.status == BatchStatus::Ready),
+            _ => false,
+        };
+        Ok((view, formed.filter(|_| still_ready)))
     }
 }
 
@@ -428,7 +444,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn one_process_takes_turns_on_a_coin_so_its_orders_never_retry() {
         let store = Arc::new(store_with(&["alice"]).await);
-        let before = store.stats().transactions;
         let tasks: Vec<_> = (0..40)
             .map(|i| {
                 let store = Arc::clone(&store);
@@ -441,7 +456,7 @@ mod tests {
         }
         let stats = store.stats();
         assert_eq!(
-            (stats.orders_placed, stats.transactions - before, stats.stale_pool_retries),
+            (stats.orders_placed, stats.placement_transactions, stats.stale_pool_retries),
             (40, 40, 0),
             "{stats:?}"
         );
@@ -453,7 +468,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn orders_bought_alone_leave_the_pool_and_its_cache_alone() {
         let store = Arc::new(store_with(&["alice", "bob"]).await);
-        let before = store.stats().transactions;
         let tasks: Vec<_> = (0..40)
             .map(|i| {
                 let store = Arc::clone(&store);
@@ -465,7 +479,7 @@ mod tests {
             task.await.unwrap();
         }
         let stats = store.stats();
-        assert_eq!((stats.transactions - before, stats.stale_pool_retries, stats.pool_reads), (40, 0, 1), "{stats:?}");
+        assert_eq!((stats.placement_transactions, stats.stale_pool_retries, stats.pool_reads), (40, 0, 1), "{stats:?}");
         assert_audit_clean(&store).await;
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(super) struct StoreStats {
     pub orders_placed: AtomicU64,
     pub transactions: AtomicU64,
+    pub placement_transactions: AtomicU64,
     pub conflicts: AtomicU64,
     pub throttled: AtomicU64,
     pub stale_pool_retries: AtomicU64,
@@ -19,6 +20,8 @@ pub struct StoreStatsSnapshot {
     pub orders_placed: u64,
     /// Transactions sent, resends included.
     pub transactions: u64,
+    /// Of those, placements' (not refunds', deposits', accounts').
+    pub placement_transactions: u64,
     /// Transactions cancelled by `TransactionConflict`.
     pub conflicts: u64,
     /// Requests or transactions refused for throughput.
@@ -43,6 +46,7 @@ impl StoreStats {
         StoreStatsSnapshot {
             orders_placed: get(&self.orders_placed),
             transactions: get(&self.transactions),
+            placement_transactions: get(&self.placement_transactions),
             conflicts: get(&self.conflicts),
             throttled: get(&self.throttled),
             stale_pool_retries: get(&self.stale_pool_retries),
