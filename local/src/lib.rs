@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use shared::adapters::dynamodb::{DynamoStore, schema};
 use shared::adapters::http_exchange::{HttpExchange, HttpExchangeConfig};
-use shared::adapters::memory_queue::memory_queue;
+use shared::adapters::memory_queue::{MemoryQueue, QueuedMessage, memory_queue};
 use shared::adapters::sdk_metrics::RequestCounter;
 use shared::adapters::simulated_exchange::SimulatedExchange;
 use shared::adapters::sqs::{SqsQueue, ensure_queues};
@@ -233,38 +233,43 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let dead_letters = DeadLetters::default();
     let mut tasks = Vec::new();
 
-    let (store, queue, aws): (Arc<dyn Store>, Arc<dyn SettleQueue>, Option<AwsRuntime>) = match options.backend {
+    // Where the settle queue's messages are consumed: in-process, as
+    // Lambda's event source mapping would, or from SQS.
+    enum Consumer {
+        Embedded(tokio::sync::mpsc::UnboundedReceiver<QueuedMessage>, MemoryQueue),
+        Sqs(AwsRuntime),
+    }
+    let (store, queue, consumer): (Arc<dyn Store>, Arc<dyn SettleQueue>, Consumer) = match options.backend {
         Backend::Memory => {
-            let store: Arc<dyn Store> = Arc::new(DynamoStore::in_memory());
             let (queue, messages) = memory_queue();
-            let settler = Arc::new(Settler::new(
-                Arc::clone(&store) as _,
-                exchange,
-                Arc::new(queue.clone()),
-                Arc::clone(&clock),
-                options.settle_lease,
-            ));
+            (Arc::new(DynamoStore::in_memory()), Arc::new(queue.clone()), Consumer::Embedded(messages, queue))
+        }
+        Backend::Aws => {
+            let runtime = connect_aws(&options.aws).await?;
+            let queue = SqsQueue::new(runtime.sqs.clone(), runtime.queue_url.clone());
+            (runtime.store.clone(), Arc::new(queue), Consumer::Sqs(runtime))
+        }
+    };
+    let settler = Arc::new(Settler::new(
+        Arc::clone(&store) as _,
+        exchange,
+        Arc::clone(&queue),
+        Arc::clone(&clock),
+        options.settle_lease,
+    ));
+    let aws = match consumer {
+        Consumer::Embedded(messages, embedded) => {
             tasks.push(tokio::spawn(event_source::run(
                 messages,
-                queue.clone(),
+                embedded,
                 settler,
                 options.event_source.clone(),
                 Arc::clone(&dead_letters),
                 shutdown_rx.clone(),
             )));
-            (store, Arc::new(queue), None)
+            None
         }
-        Backend::Aws => {
-            let runtime = connect_aws(&options.aws).await?;
-            let store: Arc<dyn Store> = runtime.store.clone();
-            let queue = SqsQueue::new(runtime.sqs.clone(), runtime.queue_url.clone());
-            let settler = Arc::new(Settler::new(
-                Arc::clone(&store) as _,
-                exchange,
-                Arc::new(queue.clone()),
-                Arc::clone(&clock),
-                options.settle_lease,
-            ));
+        Consumer::Sqs(runtime) => {
             // Two pollers, as Lambda starts with several concurrent invocations.
             for _ in 0..2 {
                 tasks.push(tokio::spawn(sqs_poller::run(
@@ -275,7 +280,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
                     shutdown_rx.clone(),
                 )));
             }
-            (store, Arc::new(queue), Some(runtime))
+            Some(runtime)
         }
     };
     if let Some(path) = &options.seed {

@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::memory_queue::memory_queue;
-use shared::domain::{BatchId, Coin, NewOrder, OrderId, Quantity, Usd, UserId};
+use shared::domain::{BatchId, Usd, UserId};
 use shared::ports::{Accounts, Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, Orders, Settlements, SystemClock};
 use shared::settlement::Settler;
 
@@ -60,21 +60,9 @@ impl Exchange for ScriptedExchange {
 }
 
 async fn formed_batch(store: &DynamoStore, user: &str) -> BatchId {
-    let user = UserId::parse(user).unwrap();
-    store.open_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
-    let amount = Quantity::parse("3").unwrap();
-    let order = NewOrder {
-        id: OrderId::generate(),
-        user,
-        coin: Coin::from_trusted("ABAN"),
-        amount,
-        price: Usd::new(Decimal::from(4)).unwrap(),
-        cost: Usd::new(Decimal::from(12)).unwrap(),
-        idempotency_key: None,
-        created_at: time::OffsetDateTime::now_utc(),
-    };
-    let placed = store.place_order(order, Usd::new(Decimal::TEN).unwrap()).await.unwrap();
-    placed.formed.unwrap()
+    store.open_account(&UserId::parse(user).unwrap(), Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
+    let order = testkit::store_contract::order(user, "3");
+    store.place_order(order, Usd::new(Decimal::TEN).unwrap()).await.unwrap().formed.unwrap()
 }
 
 /// The fixture event, with one record per (message id, body).
@@ -182,19 +170,8 @@ async fn only_the_messages_that_must_be_retried_are_reported() {
 async fn pooled_batch(store: &DynamoStore) -> BatchId {
     let mut formed = None;
     for name in ["alice", "bob", "carol"] {
-        let user = UserId::parse(name).unwrap();
-        store.open_account(&user, Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
-        let amount = Quantity::parse("1").unwrap();
-        let order = NewOrder {
-            id: OrderId::generate(),
-            user,
-            coin: Coin::from_trusted("ABAN"),
-            amount,
-            price: Usd::new(Decimal::from(4)).unwrap(),
-            cost: Usd::new(Decimal::from(4)).unwrap(),
-            idempotency_key: None,
-            created_at: time::OffsetDateTime::now_utc(),
-        };
+        store.open_account(&UserId::parse(name).unwrap(), Usd::new(Decimal::from(100)).unwrap()).await.unwrap();
+        let order = testkit::store_contract::order(name, "1");
         formed = store.place_order(order, Usd::new(Decimal::TEN).unwrap()).await.unwrap().formed.or(formed);
     }
     formed.unwrap()
