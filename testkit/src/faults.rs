@@ -152,6 +152,12 @@ impl Table for FaultyTable {
         self.after(fault, result)
     }
 
+    async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+        let fault = self.before(Operation::Get)?;
+        let result = self.inner.get_many(keys).await;
+        self.after(fault, result)
+    }
+
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
         let fault = self.before(Operation::Put)?;
         let result = self.inner.put(item, condition).await;

@@ -2,6 +2,7 @@
 //! every store and table backend runs, a table that injects faults, and
 //! the models the simulation drives the real code against.
 
+pub mod contention;
 pub mod faults;
 pub mod sim;
 pub mod store_contract;

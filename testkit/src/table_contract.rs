@@ -214,6 +214,16 @@ pub async fn queries_read_a_partition_or_an_index_page_by_page(table: Arc<dyn Ta
     }
 }
 
+pub async fn a_batch_get_reads_the_items_that_exist(table: Arc<dyn Table>) {
+    for i in 0..5 {
+        table.put(with(key(format!("T#9#{i}"), "A"), &[("n", n(&i.to_string()))]), None).await.unwrap().unwrap();
+    }
+    let keys: Vec<Item> = (0..7).map(|i| key(format!("T#9#{i}"), "A")).collect();
+    let mut found: Vec<rust_decimal::Decimal> = table.get_many(keys).await.unwrap().iter().map(|i| number(i, "n")).collect();
+    found.sort();
+    assert_eq!(found, (0..5).map(rust_decimal::Decimal::from).collect::<Vec<_>>());
+}
+
 pub async fn a_scan_reads_every_item(table: Arc<dyn Table>) {
     for i in 0..25 {
         table.put(key(format!("T#8#{i}"), "A"), None).await.unwrap().unwrap();
@@ -243,6 +253,7 @@ macro_rules! table_contract_tests {
             a_resent_committed_transaction_is_never_applied_twice,
             two_writes_on_one_item_in_a_transaction_are_refused,
             queries_read_a_partition_or_an_index_page_by_page,
+            a_batch_get_reads_the_items_that_exist,
             a_scan_reads_every_item,
         );
     };

@@ -74,6 +74,13 @@ impl Table for SimTable {
         result
     }
 
+    async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+        self.travel().await;
+        let result = self.inner.get_many(keys).await;
+        self.travel().await;
+        result
+    }
+
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
         self.write(self.inner.put(item, condition)).await
     }

@@ -372,6 +372,10 @@ mod tests {
             tokio::task::yield_now().await;
             self.0.get(key).await
         }
+        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+            tokio::task::yield_now().await;
+            self.0.get_many(keys).await
+        }
         async fn put(&self, item: Item, c: Option<Cond>) -> Result<Result<(), Option<Item>>, TableError> {
             tokio::task::yield_now().await;
             self.0.put(item, c).await

@@ -159,6 +159,15 @@ impl Table for MemoryTable {
         Ok(self.lock("get item")?.items.get(&key).cloned())
     }
 
+    async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+        if keys.len() > 100 {
+            return Err(failed("batch get item", "ValidationException: at most 100 keys"));
+        }
+        let keys = keys.iter().map(|k| self.key_of(k, "batch get item")).collect::<Result<Vec<_>, _>>()?;
+        let state = self.lock("batch get item")?;
+        Ok(keys.iter().filter_map(|k| state.items.get(k).cloned()).collect())
+    }
+
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
         let mut state = self.lock("put item")?;
         let write = Write::Put { item, condition };

@@ -221,6 +221,11 @@ pub trait Table: Send + Sync {
     /// A strongly consistent read.
     async fn get(&self, key: Item) -> Result<Option<Item>, TableError>;
 
+    /// Strongly consistent reads of several items in one request
+    /// (`BatchGetItem`, at most 100 keys); the items that exist, in no
+    /// particular order.
+    async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError>;
+
     /// `Err(old)` when the condition failed.
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError>;
 

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, CancellationReason, ConditionCheck, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    AttributeValue, CancellationReason, ConditionCheck, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -143,6 +143,39 @@ impl Table for SdkTable {
             .await
             .map_err(|e| classify("get item", e))?;
         Ok(output.item)
+    }
+
+    async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+        let mut found = Vec::with_capacity(keys.len());
+        let mut pending = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| build_error("batch get item", e))?,
+        );
+        // DynamoDB may leave keys unprocessed (throughput, size): ask again.
+        for attempt in 0u32.. {
+            let Some(request) = pending.take() else { break };
+            if request.keys().is_empty() || attempt > 10 {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt.min(5))).await;
+            }
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(self.name.clone(), request)
+                .send()
+                .await
+                .map_err(|e| classify("batch get item", e))?;
+            if let Some(mut responses) = output.responses {
+                found.extend(responses.remove(&self.name).unwrap_or_default());
+            }
+            pending = output.unprocessed_keys.and_then(|mut u| u.remove(&self.name));
+        }
+        Ok(found)
     }
 
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
