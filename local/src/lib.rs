@@ -22,10 +22,10 @@ use shared::adapters::sdk_metrics::RequestCounter;
 use shared::adapters::simulated_exchange::SimulatedExchange;
 use shared::adapters::sqs::{SqsQueue, ensure_queues};
 use shared::audit::{AuditReport, audit};
-use shared::config::ServiceConfig;
+use shared::config::{POOL_QUIET_FOR, ServiceConfig};
 use shared::domain::ResendPolicy;
 use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock};
-use shared::reconcile::Reconciler;
+use shared::reconcile::{PoolSweep, Reconciler};
 use shared::service::OrderService;
 use shared::settlement::Settler;
 use tokio::net::TcpListener;
@@ -291,8 +291,13 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             "seeded the accounts that did not exist"
         );
     }
-    let reconciler =
-        Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy);
+    let sweep = PoolSweep {
+        coins: options.service.prices.coins().cloned().collect(),
+        minimum: options.service.minimum,
+        quiet_for: POOL_QUIET_FOR,
+    };
+    let reconciler = Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy)
+        .sweeping(sweep);
     tasks.push(tokio::spawn(reconcile(reconciler, options.reconcile_every, shutdown_rx.clone())));
     let service = Arc::new(OrderService::new(Arc::clone(&store) as _, queue, clock, options.service.clone()));
 

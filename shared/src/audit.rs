@@ -7,7 +7,8 @@
 //! - every batch is exactly its members (count, dollars, coin quantity),
 //!   is worth at least the minimum, and its status agrees with its members'
 //!   refunds;
-//! - every open pool's counters are its pending orders, below the minimum.
+//! - every open pool's counters are its pending orders, below the minimum
+//!   (a coin's pool may be spread over shards: each shard's open pool).
 //!
 //! It reads nothing but a [`Ledger`] and says what is wrong, so the same
 //! checks run on the embedded table after every step of a simulation, on an
@@ -20,7 +21,8 @@ use std::fmt;
 use rust_decimal::Decimal;
 
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolState, Usd, UserId, exact_product,
+    Batch, BatchId, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolId, PoolState, Usd, UserId,
+    exact_product,
 };
 
 /// A credit to an account that is not a refund.
@@ -31,6 +33,22 @@ pub struct DepositRecord {
     pub usd: Usd,
 }
 
+/// One shard's open pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPool {
+    pub coin: Coin,
+    pub shard: u32,
+    pub state: PoolState,
+}
+
+/// A pool a batch closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedPool {
+    pub coin: Coin,
+    pub pool: PoolId,
+    pub batch: BatchId,
+}
+
 /// Everything the money invariants are about, as stored.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
@@ -38,10 +56,10 @@ pub struct Ledger {
     pub deposits: Vec<DepositRecord>,
     pub orders: Vec<Order>,
     pub batches: Vec<Batch>,
-    /// Each coin's open pool.
-    pub pools: Vec<(Coin, PoolState)>,
-    /// Which batch closed pool `seq` of a coin.
-    pub closed_pools: Vec<(Coin, u64, BatchId)>,
+    /// Each coin's open pools, one per shard.
+    pub pools: Vec<OpenPool>,
+    /// Which batch closed each closed pool.
+    pub closed_pools: Vec<ClosedPool>,
 }
 
 /// What the audit found, and the totals it checked.
@@ -88,9 +106,9 @@ impl fmt::Display for AuditReport {
 }
 
 /// Where an order is, as the ledger's records place it.
-enum Place {
+enum Place<'a> {
     Batch(BatchId),
-    OpenPool,
+    OpenPool((&'a Coin, u32)),
     Nowhere(String),
 }
 
@@ -116,25 +134,33 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     let mut report = AuditReport::default();
     let problems = &mut report.problems;
     let batches: HashMap<BatchId, &Batch> = ledger.batches.iter().map(|b| (b.id, b)).collect();
-    let pools: HashMap<&Coin, &PoolState> = ledger.pools.iter().map(|(c, p)| (c, p)).collect();
-    let mut closed: HashMap<(&Coin, u64), BatchId> = HashMap::new();
-    for (coin, seq, batch) in &ledger.closed_pools {
-        if closed.insert((coin, *seq), *batch).is_some() {
-            problems.push(format!("pool {seq} of {coin} was closed twice"));
+    let pools: HashMap<(&Coin, u32), &PoolState> = ledger.pools.iter().map(|p| ((&p.coin, p.shard), &p.state)).collect();
+    let mut closed: HashMap<(&Coin, PoolId), BatchId> = HashMap::new();
+    for ClosedPool { coin, pool, batch } in &ledger.closed_pools {
+        let (shard, seq) = (pool.shard, pool.seq);
+        if closed.insert((coin, *pool), *batch).is_some() {
+            problems.push(format!("pool {seq} of shard {shard} of {coin} was closed twice"));
         }
-        match pools.get(coin) {
-            Some(pool) if *seq < pool.seq => {}
-            _ => problems.push(format!("pool {seq} of {coin} is closed but is not before the open pool")),
+        match pools.get(&(coin, shard)) {
+            Some(open) if seq < open.seq => {}
+            _ => problems.push(format!("pool {seq} of shard {shard} of {coin} is closed but is not before its open pool")),
         }
         match batches.get(batch) {
-            Some(b) if b.seq == Some(*seq) && &b.coin == coin => {}
-            _ => problems.push(format!("pool {seq} of {coin} was closed by batch {batch}, which is not that pool's")),
+            Some(b) if b.pools.contains(pool) && &b.coin == coin => {}
+            _ => problems.push(format!("pool {seq} of shard {shard} of {coin} was closed by batch {batch}, which is not that pool's")),
+        }
+    }
+    for batch in &ledger.batches {
+        for pool in &batch.pools {
+            if closed.get(&(&batch.coin, *pool)) != Some(&batch.id) {
+                problems.push(format!("batch {} closed pool {} of shard {}, which does not point to it", batch.id, pool.seq, pool.shard));
+            }
         }
     }
 
     // Orders: exact costs, and the one place each is in.
     let mut members: HashMap<BatchId, Sums> = HashMap::new();
-    let mut open: HashMap<&Coin, Sums> = HashMap::new();
+    let mut open: HashMap<(&Coin, u32), Sums> = HashMap::new();
     let mut seen: HashMap<OrderId, ()> = HashMap::new();
     let mut account_flow: BTreeMap<&UserId, Decimal> = BTreeMap::new();
     for order in &ledger.orders {
@@ -154,16 +180,20 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
         report.orders += 1;
         let place = match order.membership {
             Membership::Own(id) => Place::Batch(id),
-            Membership::Pool { seq } => match (closed.get(&(&order.coin, seq)), pools.get(&order.coin)) {
-                (Some(batch), _) => Place::Batch(*batch),
-                (None, Some(pool)) if pool.seq == seq => Place::OpenPool,
-                (None, _) => Place::Nowhere(format!("pool {seq} of {}, neither open nor closed", order.coin)),
-            },
+            Membership::Pool { shard, seq } => {
+                match (closed.get(&(&order.coin, PoolId { shard, seq })), pools.get(&(&order.coin, shard))) {
+                    (Some(batch), _) => Place::Batch(*batch),
+                    (None, Some(pool)) if pool.seq == seq => Place::OpenPool((&order.coin, shard)),
+                    (None, _) => {
+                        Place::Nowhere(format!("pool {seq} of shard {shard} of {}, neither open nor closed", order.coin))
+                    }
+                }
+            }
         };
         match place {
             Place::Batch(id) => members.entry(id).or_default().add(order),
-            Place::OpenPool => {
-                open.entry(&order.coin).or_default().add(order);
+            Place::OpenPool(pool) => {
+                open.entry(pool).or_default().add(order);
                 report.pending_orders += 1;
                 report.pending_usd += order.cost.value();
                 if order.refunded {
@@ -220,17 +250,20 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     }
 
     // Open pools: their counters are their pending orders, under the minimum.
-    for (coin, pool) in &ledger.pools {
-        let sums = open.get(coin).copied().unwrap_or_default();
+    for OpenPool { coin, shard, state: pool } in &ledger.pools {
+        let sums = open.get(&(coin, *shard)).copied().unwrap_or_default();
         if (sums.count, sums.usd, sums.qty) != (pool.count, pool.usd.value(), pool.qty) {
             problems.push(format!(
-                "the open pool {} of {coin} records {} orders, {} USD, {} {coin}; its pending orders are {} orders, {} USD, {} {coin}",
+                "the open pool {} of shard {shard} of {coin} records {} orders, {} USD, {} {coin}; \
+                 its pending orders are {} orders, {} USD, {} {coin}",
                 pool.seq, pool.count, pool.usd, pool.qty, sums.count, sums.usd, sums.qty
             ));
         }
         if pool.usd >= minimum {
-            problems
-                .push(format!("the open pool {} of {coin} holds {} USD, not under the minimum", pool.seq, pool.usd));
+            problems.push(format!(
+                "the open pool {} of shard {shard} of {coin} holds {} USD, not under the minimum",
+                pool.seq, pool.usd
+            ));
         }
     }
 

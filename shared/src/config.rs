@@ -10,6 +10,9 @@ use crate::adapters::http_exchange::HttpExchangeConfig;
 use crate::adapters::sqs::MAX_RECEIVE_COUNT;
 use crate::domain::{PriceList, ResendPolicy, Usd};
 
+/// A pool shard nobody wrote for this long is swept by the reconciler.
+pub const POOL_QUIET_FOR: time::Duration = time::Duration::seconds(10);
+
 /// When the reconciler function re-sends a batch: a `READY` batch after a
 /// minute; a failed attempt's batch after five minutes (longer than the
 /// settle queue's visibility timeout, after which SQS redelivers the

@@ -157,6 +157,18 @@ pub trait Outbox: Send + Sync {
     /// Records a re-send of `batch` (as it was read); `false` when the
     /// batch changed since, and the record was not written.
     async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError>;
+
+    /// Closes into `READY` batches what the coin's idle pool shards (not
+    /// written for `quiet_for`) hold, while together they reach the minimum,
+    /// and lets the coin's shard count shrink to the shards in use. The
+    /// batches formed are returned: they go to the settle queue.
+    async fn sweep_pools(
+        &self,
+        coin: &Coin,
+        minimum: Usd,
+        quiet_for: time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<BatchId>, InfraError>;
 }
 
 /// What a deposit did.

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::{BatchId, BatchStatus, ResendPolicy};
+use crate::domain::{BatchId, BatchStatus, Coin, ResendPolicy, Usd};
 use crate::ports::{Clock, InfraError, Outbox, SettleQueue};
 
 pub struct Reconciler {
@@ -16,6 +16,17 @@ pub struct Reconciler {
     queue: Arc<dyn SettleQueue>,
     clock: Arc<dyn Clock>,
     policy: ResendPolicy,
+    pools: Option<PoolSweep>,
+}
+
+/// Which coins' pools the reconciler sweeps, and when a shard counts as
+/// abandoned.
+#[derive(Debug, Clone)]
+pub struct PoolSweep {
+    pub coins: Vec<Coin>,
+    pub minimum: Usd,
+    /// A shard nobody wrote for this long is nobody's any more.
+    pub quiet_for: time::Duration,
 }
 
 /// What one run did.
@@ -26,6 +37,8 @@ pub struct ReconcileReport {
     pub failed: Vec<(BatchId, InfraError)>,
     /// Batches that exhausted their attempts: an operator's.
     pub left_to_operator: Vec<BatchId>,
+    /// Batches formed from what idle pool shards held.
+    pub swept: Vec<BatchId>,
 }
 
 impl Reconciler {
@@ -35,7 +48,13 @@ impl Reconciler {
         clock: Arc<dyn Clock>,
         policy: ResendPolicy,
     ) -> Reconciler {
-        Reconciler { outbox, queue, clock, policy }
+        Reconciler { outbox, queue, clock, policy, pools: None }
+    }
+
+    /// Also gathers what idle pool shards of these coins hold into batches
+    /// (nobody else writes them once their writers are gone).
+    pub fn sweeping(self, pools: PoolSweep) -> Reconciler {
+        Reconciler { pools: Some(pools), ..self }
     }
 
     /// Sends every batch that is due again. One failed send does not stop
@@ -43,6 +62,25 @@ impl Reconciler {
     pub async fn run_once(&self) -> Result<ReconcileReport, InfraError> {
         let now = self.clock.now();
         let mut report = ReconcileReport::default();
+        if let Some(sweep) = &self.pools {
+            for coin in &sweep.coins {
+                let formed = match self.outbox.sweep_pools(coin, sweep.minimum, sweep.quiet_for, now).await {
+                    Ok(formed) => formed,
+                    Err(error) => {
+                        tracing::warn!(error = &error as &dyn std::error::Error, %coin, "could not sweep the pool's shards");
+                        continue;
+                    }
+                };
+                for batch in formed {
+                    tracing::info!(batch_id = %batch, %coin, "a batch formed from idle pool shards");
+                    // A failed send leaves a READY batch: the outbox sends it later.
+                    if let Err(error) = self.queue.send(batch).await {
+                        report.failed.push((batch, error));
+                    }
+                    report.swept.push(batch);
+                }
+            }
+        }
         for batch in self.outbox.open_batches().await? {
             match batch.resend_due(&self.policy) {
                 Some(due) if due <= now => {}

@@ -80,14 +80,7 @@ pub struct ContentionStats {
     pub throttles: AtomicU64,
 }
 
-/// A write that went through, for reconstructing what happened when.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub at: Instant,
-    pub writes: Vec<Write>,
-}
-
-type Key = (String, String);
+pub(crate) type Key = (String, String);
 
 /// A partition's write units, in thousandths, refilled continuously.
 struct Bucket {
@@ -99,7 +92,6 @@ struct Bucket {
 struct State {
     held: HashMap<Key, Instant>,
     buckets: HashMap<String, Bucket>,
-    log: Vec<Committed>,
 }
 
 pub struct ContendedTable {
@@ -107,11 +99,9 @@ pub struct ContendedTable {
     rules: ContentionRules,
     state: Mutex<State>,
     pub stats: ContentionStats,
-    /// Keep a log of committed writes whose partition key starts so.
-    log_prefix: Option<String>,
 }
 
-fn key_of(item: &Item) -> Key {
+pub(crate) fn key_of(item: &Item) -> Key {
     let text = |name: &str| match item.get(name) {
         Some(AttributeValue::S(s)) => s.clone(),
         _ => String::new(),
@@ -119,7 +109,7 @@ fn key_of(item: &Item) -> Key {
     (text("PK"), text("SK"))
 }
 
-fn write_key(write: &Write) -> Key {
+pub(crate) fn write_key(write: &Write) -> Key {
     match write {
         Write::Put { item, .. } => key_of(item),
         Write::Update { key, .. } | Write::Check { key, .. } => key_of(key),
@@ -128,16 +118,7 @@ fn write_key(write: &Write) -> Key {
 
 impl ContendedTable {
     pub fn new(inner: Arc<MemoryTable>, rules: ContentionRules) -> ContendedTable {
-        ContendedTable { inner, rules, state: Mutex::default(), stats: ContentionStats::default(), log_prefix: None }
-    }
-
-    /// Logs the committed writes of partitions whose key starts with `prefix`.
-    pub fn logging(self, prefix: &str) -> ContendedTable {
-        ContendedTable { log_prefix: Some(prefix.to_owned()), ..self }
-    }
-
-    pub fn log(&self) -> Vec<Committed> {
-        self.state.lock().unwrap().log.clone()
+        ContendedTable { inner, rules, state: Mutex::default(), stats: ContentionStats::default() }
     }
 
     /// Takes `units` from the partition's bucket, or says it is throttled.
@@ -152,14 +133,6 @@ impl ContendedTable {
         }
         bucket.milli_units -= units * 1000;
         true
-    }
-
-    fn record(&self, state: &mut State, writes: &[Write]) {
-        let Some(prefix) = &self.log_prefix else { return };
-        let kept: Vec<Write> = writes.iter().filter(|w| write_key(w).0.starts_with(prefix.as_str())).cloned().collect();
-        if !kept.is_empty() {
-            state.log.push(Committed { at: Instant::now(), writes: kept });
-        }
     }
 
     /// The checks of a single-item write: not held, not over the partition.
@@ -204,12 +177,7 @@ impl Table for ContendedTable {
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
         self.admit_single(&key_of(&item))?;
         tokio::time::sleep(self.rules.plain_latency).await;
-        let write = Write::Put { item: item.clone(), condition: condition.clone() };
-        let result = self.inner.put(item, condition).await;
-        if matches!(result, Ok(Ok(()))) {
-            self.record(&mut self.state.lock().unwrap(), &[write]);
-        }
-        result
+        self.inner.put(item, condition).await
     }
 
     async fn update(
@@ -220,12 +188,7 @@ impl Table for ContendedTable {
     ) -> Result<Result<Item, ConditionFailed>, TableError> {
         self.admit_single(&key_of(&key))?;
         tokio::time::sleep(self.rules.plain_latency).await;
-        let write = Write::Update { key: key.clone(), changes: changes.clone(), condition: condition.clone() };
-        let result = self.inner.update(key, changes, condition).await;
-        if matches!(result, Ok(Ok(_))) {
-            self.record(&mut self.state.lock().unwrap(), &[write]);
-        }
-        result
+        self.inner.update(key, changes, condition).await
     }
 
     async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
@@ -239,6 +202,10 @@ impl Table for ContendedTable {
             let held: Vec<bool> = keys.iter().map(|k| state.held.get(k).is_some_and(|t| *t > now)).collect();
             if held.iter().any(|h| *h) {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                if std::env::var("CONTENTION_DEBUG").is_ok() {
+                    let which: Vec<String> = keys.iter().zip(&held).filter(|(_, h)| **h).map(|(k, _)| format!("{}/{}", k.0, k.1)).collect();
+                    eprintln!("conflict on {which:?}");
+                }
                 let reasons = held.iter().map(|h| if *h { Reason::Conflict } else { Reason::None }).collect();
                 return Ok(Transacted::Cancelled(reasons));
             }
@@ -268,15 +235,12 @@ impl Table for ContendedTable {
             }
         }
         tokio::time::sleep(self.rules.hold).await;
-        let result = self.inner.transact(writes.clone(), token).await;
+        let result = self.inner.transact(writes, token).await;
         let mut state = self.state.lock().unwrap();
         for key in &keys {
             if state.held.get(key) == Some(&until) {
                 state.held.remove(key);
             }
-        }
-        if matches!(result, Ok(Transacted::Committed)) {
-            self.record(&mut state, &writes);
         }
         result
     }

@@ -4,6 +4,7 @@
 
 pub mod contention;
 pub mod faults;
+pub mod recording;
 pub mod sim;
 pub mod store_contract;
 pub mod table_contract;

@@ -10,6 +10,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
+use shared::adapters::dynamodb::DynamoStore;
+use shared::adapters::dynamodb::item::{n_int, shards_key};
+use shared::adapters::dynamodb::table::{Changes, Table};
 use shared::audit::audit;
 use shared::domain::{
     BatchId, BatchStatus, Coin, DepositId, IdempotencyKey, NewOrder, OrderId, OrderStatus, Quantity, Usd, UserId,
@@ -20,16 +23,22 @@ use time::{Duration, OffsetDateTime};
 /// Store instances on one table: every call of [`Stores::instance`] is
 /// another process sharing the table and nothing else.
 pub struct Stores {
-    make: Box<dyn Fn() -> Arc<dyn Store> + Send + Sync>,
+    table: Arc<dyn Table>,
 }
 
 impl Stores {
-    pub fn new(make: impl Fn() -> Arc<dyn Store> + Send + Sync + 'static) -> Stores {
-        Stores { make: Box::new(make) }
+    pub fn new(table: Arc<dyn Table>) -> Stores {
+        Stores { table }
     }
 
     pub fn instance(&self) -> Arc<dyn Store> {
-        (self.make)()
+        Arc::new(DynamoStore::on(Arc::clone(&self.table)))
+    }
+
+    /// The table itself, for what only an operator or another process
+    /// would write.
+    pub fn table(&self) -> &Arc<dyn Table> {
+        &self.table
     }
 }
 
@@ -124,7 +133,7 @@ pub async fn an_order_of_the_minimum_is_its_own_ready_batch(stores: Stores) {
         (batch.status, batch.usd, batch.qty.to_string(), batch.count),
         (BatchStatus::Ready, usd("10"), "2.5".into(), 1)
     );
-    assert_eq!(batch.seq, None);
+    assert!(batch.pools.is_empty());
     assert_eq!(placed.order.status, OrderStatus::Settling);
     assert_eq!(placed.order.batch_id, Some(batch_id));
     // The pool was not touched.
@@ -196,6 +205,47 @@ pub async fn racing_orders_of_mixed_sizes_on_several_instances_form_each_batch_e
         assert_eq!(balance.value() + spent[name.as_str()], Decimal::from(1000), "{name}");
     }
     // Every order is in exactly one batch or the open pool, with exact totals.
+    assert_audit_clean(instances[0].as_ref()).await;
+}
+
+/// A coin whose pool is spread over shards (as contention makes it): orders
+/// racing on several instances land on several shards, each batch forms
+/// once and exactly; once they stop, the sweep gathers what the shards hold
+/// until they hold less than the minimum together.
+pub async fn a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less_than_the_minimum(stores: Stores) {
+    stores.table().update(shards_key(&Coin::from_trusted("ABAN")), Changes::new().set("count", n_int(8u64)), None).await.unwrap().unwrap();
+    let instances: Vec<Arc<dyn Store>> = (0..6).map(|_| stores.instance()).collect();
+    let users: Vec<String> = (0..6).map(|i| format!("sharer-{i}")).collect();
+    for name in &users {
+        instances[0].open_account(&user(name), usd("1000")).await.unwrap();
+    }
+    let amounts = ["0.25", "0.5", "0.75", "1", "1.25", "1.5", "1.75", "2"];
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let store = Arc::clone(&instances[i % instances.len()]);
+            let new = order(&users[i % users.len()], amounts[(i * 3) % amounts.len()]);
+            tokio::spawn(async move { store.place_order(new, usd("10")).await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let ledger = instances[0].ledger().await.unwrap();
+    let shards = ledger.pools.iter().filter(|p| p.coin.as_str() == "ABAN").count();
+    assert!(shards > 1, "the orders all went to one shard");
+    assert_audit_clean(instances[0].as_ref()).await;
+
+    let formed = instances[1]
+        .sweep_pools(&Coin::from_trusted("ABAN"), usd("10"), Duration::ZERO, now() + Duration::seconds(2))
+        .await
+        .unwrap();
+    let ledger = instances[0].ledger().await.unwrap();
+    let open: Decimal = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
+    assert!(open < Decimal::TEN, "the shards still hold {open} together");
+    for id in &formed {
+        let batch = instances[0].batch(*id).await.unwrap().unwrap();
+        assert!(batch.usd >= usd("10") && batch.pools.len() > 1, "{batch:?}");
+    }
     assert_audit_clean(instances[0].as_ref()).await;
 }
 
@@ -549,6 +599,7 @@ macro_rules! store_contract_tests {
             the_order_that_reaches_the_minimum_closes_the_pool,
             racing_orders_of_mixed_sizes_on_several_instances_form_each_batch_exactly_once,
             racing_small_orders_form_each_batch_exactly_once,
+            a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less_than_the_minimum,
             racing_replays_of_one_key_debit_once,
             a_key_reused_for_another_order_is_refused,
             a_replay_hands_a_batch_still_ready_to_settlement_again,

@@ -315,7 +315,10 @@ impl Run {
                 }
                 false
             }
-            Err(PlaceOrderError::Place(PlaceError::OutcomeUnknown(_))) => {
+            Err(PlaceOrderError::Place(PlaceError::OutcomeUnknown(error))) => {
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("unknown outcome: {:?}", error);
+                }
                 replies.unknown += 1;
                 key.is_some()
             }
@@ -488,6 +491,11 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
     }
     if let Some(violation) = run.world.violation() {
         return Err(violation);
+    }
+    if std::env::var("SIM_DEBUG").is_ok() {
+        for process in &run.processes {
+            eprintln!("{:?}", process.store.stats());
+        }
     }
     run.check_the_end()
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use e2e_tests::emulators::{Emulator, unique_name};
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::sdk::SdkTable;
-use shared::adapters::dynamodb::{DynamoStore, schema};
-use shared::ports::Store;
+use shared::adapters::dynamodb::schema;
 use testkit::store_contract::Stores;
 
 async fn fresh_table(emulator: Emulator) -> (aws_sdk_dynamodb::Client, String) {
@@ -22,7 +21,7 @@ async fn fresh_table(emulator: Emulator) -> (aws_sdk_dynamodb::Client, String) {
 
 async fn fresh_stores(emulator: Emulator) -> Stores {
     let (client, name) = fresh_table(emulator).await;
-    Stores::new(move || Arc::new(DynamoStore::new(client.clone(), name.clone())) as Arc<dyn Store>)
+    Stores::new(Arc::new(SdkTable::new(client, name)))
 }
 
 async fn fresh_sdk_table(emulator: Emulator) -> Arc<dyn Table> {

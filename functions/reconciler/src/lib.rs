@@ -13,6 +13,8 @@ pub struct Report {
     /// Batches that exhausted their attempts: in the dead-letter queue,
     /// for an operator.
     pub left_to_operator: Vec<String>,
+    /// Batches formed from what idle pool shards held.
+    pub swept: Vec<String>,
 }
 
 /// The scheduled event's content does not matter: every run looks at all
@@ -24,6 +26,7 @@ pub async fn handle(reconciler: &Reconciler, _event: LambdaEvent<serde_json::Val
         resent = report.resent.len(),
         failed = report.failed.len(),
         left_to_operator = report.left_to_operator.len(),
+        swept = report.swept.len(),
         "reconciled"
     );
     let ids = |ids: &mut dyn Iterator<Item = String>| ids.collect::<Vec<_>>();
@@ -31,5 +34,6 @@ pub async fn handle(reconciler: &Reconciler, _event: LambdaEvent<serde_json::Val
         resent: ids(&mut report.resent.iter().map(ToString::to_string)),
         failed: ids(&mut report.failed.iter().map(|(id, _)| id.to_string())),
         left_to_operator: ids(&mut report.left_to_operator.iter().map(ToString::to_string)),
+        swept: ids(&mut report.swept.iter().map(ToString::to_string)),
     })
 }

@@ -3,22 +3,24 @@ use std::sync::Arc;
 use lambda_runtime::{Error, run, service_fn};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::sqs::SqsQueue;
-use shared::config::{AwsResources, RESEND_POLICY};
+use shared::config::{AwsResources, POOL_QUIET_FOR, RESEND_POLICY, ServiceConfig};
 use shared::ports::SystemClock;
-use shared::reconcile::Reconciler;
+use shared::reconcile::{PoolSweep, Reconciler};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init_lambda();
 
     let resources = AwsResources::from_env()?;
+    let service = ServiceConfig::from_env()?;
     let sdk = shared::adapters::aws::load_config().await;
     let reconciler = Arc::new(Reconciler::new(
         Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
         Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
         Arc::new(SystemClock),
         RESEND_POLICY,
-    ));
+    )
+    .sweeping(PoolSweep { coins: service.prices.coins().cloned().collect(), minimum: service.minimum, quiet_for: POOL_QUIET_FOR }));
     run(service_fn(move |event| {
         let reconciler = Arc::clone(&reconciler);
         async move { reconciler::handle(&reconciler, event).await }

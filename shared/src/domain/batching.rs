@@ -1,6 +1,10 @@
 //! The batching rule: where an order goes, decided from the open pool of its
 //! coin. Pure, so that the store adapters only have to make the decision
 //! stick atomically (the condition on the pool item), never re-derive it.
+//!
+//! A coin's open pool may be spread over shards (see docs/design.md): an
+//! order goes to one shard, and a batch closes that shard, together with
+//! idle shards whose money would otherwise wait.
 
 use rust_decimal::Decimal;
 
@@ -17,6 +21,21 @@ pub struct PoolState {
     pub count: u32,
 }
 
+/// Which open pool: a shard of a coin's pool, and its number there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolId {
+    pub shard: u32,
+    pub seq: u64,
+}
+
+/// Another shard's pool, as last seen, closed into a batch with the order's
+/// own: its exact state is the condition of its closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Absorbed {
+    pub shard: u32,
+    pub state: PoolState,
+}
+
 /// Totals of a batch that an order forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchTotals {
@@ -31,16 +50,17 @@ pub struct BatchTotals {
 #[error("the order would make its coin's pool too large to add up exactly")]
 pub struct PoolOverflow;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
     /// The order alone reaches the minimum: it is its own batch, bought at
     /// once; the pool is untouched.
     OwnBatch,
     /// The order joins the open pool `seq`, which stays below the minimum.
     Join { seq: u64 },
-    /// The order brings pool `seq` to the minimum: the pool closes as a batch
-    /// with these totals and reopens empty as `seq + 1`.
-    Cross { seq: u64, batch: BatchTotals },
+    /// The order brings pool `seq` to the minimum (with the shards it
+    /// absorbs, if any): the pool closes as a batch with these totals and
+    /// reopens empty as `seq + 1`, and so does each absorbed shard.
+    Cross { seq: u64, batch: BatchTotals, absorbed: Vec<Absorbed> },
 }
 
 /// Decides where an order of `amount` costing `cost` goes.
@@ -54,10 +74,64 @@ pub fn decide(pool: &PoolState, cost: Usd, amount: Quantity, minimum: Usd) -> Re
     }
     let qty = BatchQuantity::sum(pool.qty, amount).ok_or(PoolOverflow)?;
     let count = pool.count.checked_add(1).ok_or(PoolOverflow)?;
-    Ok(Placement::Cross { seq: pool.seq, batch: BatchTotals { usd, qty, count } })
+    Ok(Placement::Cross { seq: pool.seq, batch: BatchTotals { usd, qty, count }, absorbed: Vec::new() })
+}
+
+/// [`decide`], for an order on one shard of a pool spread over several:
+/// idle shards (nobody has written them for a while) join the batch of an
+/// order that crosses on its own, and make an order cross that would not
+/// have. `idle` holds at most as many shards as one batch may absorb.
+pub fn decide_sharded(
+    own: &PoolState,
+    idle: &[Absorbed],
+    cost: Usd,
+    amount: Quantity,
+    minimum: Usd,
+) -> Result<Placement, PoolOverflow> {
+    let alone = decide(own, cost, amount, minimum)?;
+    let absorbed: Vec<Absorbed> = match &alone {
+        Placement::OwnBatch => return Ok(alone),
+        // Crossing anyway: take the idle money along.
+        Placement::Cross { .. } => idle.iter().filter(|s| s.state.count > 0).copied().collect(),
+        // Crossing with the idle shards that reach the minimum, largest first.
+        Placement::Join { .. } => {
+            let mut by_size: Vec<Absorbed> = idle.iter().filter(|s| s.state.count > 0).copied().collect();
+            by_size.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
+            let mut total = own.usd.checked_add(cost).ok_or(PoolOverflow)?;
+            let mut taken = Vec::new();
+            for shard in by_size {
+                if total >= minimum {
+                    break;
+                }
+                total = total.checked_add(shard.state.usd).ok_or(PoolOverflow)?;
+                taken.push(shard);
+            }
+            if total < minimum {
+                return Ok(alone);
+            }
+            taken
+        }
+    };
+    let mut batch = BatchTotals {
+        usd: own.usd.checked_add(cost).ok_or(PoolOverflow)?,
+        qty: BatchQuantity::sum(own.qty, amount).ok_or(PoolOverflow)?,
+        count: own.count.checked_add(1).ok_or(PoolOverflow)?,
+    };
+    for shard in &absorbed {
+        batch.usd = batch.usd.checked_add(shard.state.usd).ok_or(PoolOverflow)?;
+        batch.qty = BatchQuantity::from_decimal(batch.qty.value().checked_add(shard.state.qty).ok_or(PoolOverflow)?)
+            .ok_or(PoolOverflow)?;
+        batch.count = batch.count.checked_add(shard.state.count).ok_or(PoolOverflow)?;
+    }
+    Ok(Placement::Cross { seq: own.seq, batch, absorbed })
 }
 
 impl PoolState {
+    /// The pool once closed into a batch: the next one, empty.
+    pub fn closed(&self) -> PoolState {
+        PoolState { seq: self.seq + 1, ..PoolState::default() }
+    }
+
     /// The pool after `placement` of an order of `amount` costing `cost`.
     pub fn after(&self, placement: &Placement, cost: Usd, amount: Quantity) -> PoolState {
         match placement {
@@ -65,7 +139,7 @@ impl PoolState {
             Placement::Join { .. } => {
                 PoolState { seq: self.seq, usd: self.usd + cost, qty: self.qty + amount.value(), count: self.count + 1 }
             }
-            Placement::Cross { .. } => PoolState { seq: self.seq + 1, ..PoolState::default() },
+            Placement::Cross { .. } => self.closed(),
         }
     }
 }
@@ -117,7 +191,10 @@ mod tests {
             pool = pool.after(&p, usd("4"), qty("1"));
         }
         let p = decide(&pool, usd("4"), qty("1"), minimum).unwrap();
-        assert_eq!(p, Placement::Cross { seq: 0, batch: BatchTotals { usd: usd("12"), qty: total("3"), count: 3 } });
+        assert_eq!(
+            p,
+            Placement::Cross { seq: 0, batch: BatchTotals { usd: usd("12"), qty: total("3"), count: 3 }, absorbed: vec![] }
+        );
         assert_eq!(pool.after(&p, usd("4"), qty("1")), PoolState { seq: 1, ..PoolState::default() });
     }
 
@@ -125,7 +202,10 @@ mod tests {
     fn a_pool_landing_exactly_on_the_minimum_crosses() {
         let pool = PoolState { seq: 7, usd: usd("6"), qty: Decimal::from_str("1.5").unwrap(), count: 2 };
         let p = decide(&pool, usd("4"), qty("1"), usd("10")).unwrap();
-        assert_eq!(p, Placement::Cross { seq: 7, batch: BatchTotals { usd: usd("10"), qty: total("2.5"), count: 3 } });
+        assert_eq!(
+            p,
+            Placement::Cross { seq: 7, batch: BatchTotals { usd: usd("10"), qty: total("2.5"), count: 3 }, absorbed: vec![] }
+        );
     }
 
     #[test]
@@ -141,6 +221,38 @@ mod tests {
         let p = decide(&pool, usd("0.01"), qty("1"), usd("10"));
         let Ok(Placement::Cross { batch, .. }) = p else { panic!("{p:?}") };
         assert_eq!(batch.qty.to_string(), "1000000000.5");
+    }
+
+    fn shard(shard: u32, usd_text: &str, count: u32) -> Absorbed {
+        let value = Usd::new(Decimal::from_str(usd_text).unwrap()).unwrap();
+        Absorbed { shard, state: PoolState { seq: 3, usd: value, qty: value.value() / Decimal::from(4), count } }
+    }
+
+    #[test]
+    fn an_order_on_one_shard_crosses_with_idle_shards_that_reach_the_minimum() {
+        let own = PoolState { seq: 9, usd: usd("2"), qty: Decimal::from_str("0.5").unwrap(), count: 1 };
+        // $2 + $1 here; $3 and $5 idle elsewhere: the $5 shard is enough.
+        let idle = [shard(1, "3", 1), shard(2, "5", 2), shard(3, "0", 0)];
+        let p = decide_sharded(&own, &idle, usd("1"), qty("0.25"), usd("10")).unwrap();
+        assert_eq!(p, decide_sharded(&own, &idle[..2], usd("1"), qty("0.25"), usd("10")).unwrap());
+        let Placement::Cross { seq, batch, absorbed } = p else { panic!("{p:?}") };
+        assert_eq!((seq, absorbed, batch.count), (9, vec![shard(2, "5", 2), shard(1, "3", 1)], 5));
+        assert_eq!((batch.usd, batch.qty), (usd("11"), total("2.75")));
+        // Not enough anywhere: it joins.
+        let p = decide_sharded(&own, &[shard(1, "3", 1)], usd("1"), qty("0.25"), usd("10")).unwrap();
+        assert_eq!(p, Placement::Join { seq: 9 });
+        // Without shards, exactly the pool's own rule.
+        assert_eq!(decide_sharded(&own, &[], usd("1"), qty("0.25"), usd("10")), decide(&own, usd("1"), qty("0.25"), usd("10")));
+    }
+
+    #[test]
+    fn an_order_crossing_on_its_own_takes_the_idle_money_along() {
+        let own = PoolState { seq: 2, usd: usd("9"), qty: Decimal::from_str("2.25").unwrap(), count: 3 };
+        let p = decide_sharded(&own, &[shard(4, "1", 1), shard(5, "0", 0)], usd("2"), qty("0.5"), usd("10")).unwrap();
+        let Placement::Cross { batch, absorbed, .. } = p else { panic!("{p:?}") };
+        assert_eq!((batch.usd, batch.count, absorbed), (usd("12"), 5, vec![shard(4, "1", 1)]));
+        // An order of the minimum or more is still its own batch.
+        assert_eq!(decide_sharded(&own, &[shard(4, "1", 1)], usd("10"), qty("2.5"), usd("10")), Ok(Placement::OwnBatch));
     }
 
     /// The simple model: a list of open orders; whenever an order of at least
@@ -199,7 +311,7 @@ mod tests {
                         prop_assert_eq!(seq, pool.seq);
                         open.push(index);
                     }
-                    Placement::Cross { seq, batch } => {
+                    Placement::Cross { seq, batch, .. } => {
                         prop_assert_eq!(seq, pool.seq);
                         open.push(index);
                         batches.push((batch, std::mem::take(&mut open)));

@@ -8,7 +8,7 @@ pub mod money;
 pub mod order;
 pub mod quantity;
 
-pub use batching::{BatchTotals, Placement, PoolOverflow, PoolState, decide};
+pub use batching::{Absorbed, BatchTotals, Placement, PoolId, PoolOverflow, PoolState, decide, decide_sharded};
 pub use coin::{Coin, PriceList, UnknownCoin};
 pub use ids::{BatchId, DepositId, IdempotencyKey, InvalidId, OrderId, UserId, reproducible_ids};
 pub use money::{Usd, exact_product, format_decimal};

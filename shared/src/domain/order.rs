@@ -1,6 +1,6 @@
 use time::OffsetDateTime;
 
-use super::batching::{BatchTotals, Placement};
+use super::batching::{BatchTotals, Placement, PoolId};
 use super::coin::Coin;
 use super::ids::{BatchId, IdempotencyKey, OrderId, UserId};
 use super::money::Usd;
@@ -11,9 +11,9 @@ use super::quantity::{BatchQuantity, Quantity};
 pub enum Membership {
     /// Bought alone: its batch was created with it.
     Own(BatchId),
-    /// Joined (or closed) the open pool number `seq` of its coin. The batch
-    /// is known once that pool closes.
-    Pool { seq: u64 },
+    /// Joined (or closed) open pool `seq` of shard `shard` of its coin's
+    /// pool. The batch is known once that pool closes.
+    Pool { shard: u32, seq: u64 },
 }
 
 /// An order to place, already priced.
@@ -30,13 +30,14 @@ pub struct NewOrder {
 }
 
 impl NewOrder {
-    /// The order as placing it this way records it, and the batch it forms
-    /// (`READY`, with a fresh id) if it forms one.
-    pub fn placed(&self, placement: &Placement) -> (Order, Option<Batch>) {
-        let batch = |seq: Option<u64>, totals: BatchTotals| Batch {
+    /// The order as placing it this way (on shard `shard` of its coin's
+    /// pool) records it, and the batch it forms (`READY`, with a fresh id)
+    /// if it forms one.
+    pub fn placed(&self, shard: u32, placement: &Placement) -> (Order, Option<Batch>) {
+        let batch = |pools: Vec<PoolId>, totals: BatchTotals| Batch {
             id: BatchId::generate(),
             coin: self.coin.clone(),
-            seq,
+            pools,
             qty: totals.qty,
             usd: totals.usd,
             count: totals.count,
@@ -51,13 +52,17 @@ impl NewOrder {
             exchange_order_id: None,
             created_at: self.created_at,
         };
-        let (membership, formed) = match *placement {
+        let (membership, formed) = match placement {
             Placement::OwnBatch => {
-                let own = batch(None, BatchTotals { usd: self.cost, qty: self.amount.into(), count: 1 });
+                let own = batch(Vec::new(), BatchTotals { usd: self.cost, qty: self.amount.into(), count: 1 });
                 (Membership::Own(own.id), Some(own))
             }
-            Placement::Join { seq } => (Membership::Pool { seq }, None),
-            Placement::Cross { seq, batch: totals } => (Membership::Pool { seq }, Some(batch(Some(seq), totals))),
+            Placement::Join { seq } => (Membership::Pool { shard, seq: *seq }, None),
+            Placement::Cross { seq, batch: totals, absorbed } => {
+                let mut pools = vec![PoolId { shard, seq: *seq }];
+                pools.extend(absorbed.iter().map(|a| PoolId { shard: a.shard, seq: a.state.seq }));
+                (Membership::Pool { shard, seq: *seq }, Some(batch(pools, *totals)))
+            }
         };
         let order = Order {
             id: self.id,
@@ -144,8 +149,9 @@ impl BatchStatus {
 pub struct Batch {
     pub id: BatchId,
     pub coin: Coin,
-    /// The pool number it closed; `None` for an order bought alone.
-    pub seq: Option<u64>,
+    /// The pools it closed (its crossing order's first); none for an order
+    /// bought alone.
+    pub pools: Vec<PoolId>,
     pub qty: BatchQuantity,
     pub usd: Usd,
     pub count: u32,
@@ -287,7 +293,7 @@ mod tests {
         Batch {
             id: BatchId::generate(),
             coin: Coin::from_trusted("ABAN"),
-            seq: Some(0),
+            pools: vec![PoolId { shard: 0, seq: 0 }],
             qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
             usd: Usd::new(Decimal::from(12)).unwrap(),
             count: 3,
@@ -356,7 +362,7 @@ mod tests {
             amount: Quantity::parse("1").unwrap(),
             price: Usd::new(Decimal::from(4)).unwrap(),
             cost: Usd::new(Decimal::from(4)).unwrap(),
-            membership: Membership::Pool { seq: 0 },
+            membership: Membership::Pool { shard: 0, seq: 0 },
             refunded: false,
             created_at: at(0),
         };

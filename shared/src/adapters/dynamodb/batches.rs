@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::item::{self, Item, batch_key, batch_of, ms, n_int, s};
 use super::table::{Changes, Cond, ConditionFailed, Query};
 use super::{DynamoStore, infra};
-use crate::domain::{Batch, BatchId, BatchStatus};
+use crate::domain::{Batch, BatchId, BatchStatus, Coin, Usd};
 use crate::ports::{Claim, Fence, InfraError, Outbox, Refund, Settlements};
 
 /// Longest refusal reason kept on the batch.
@@ -141,5 +141,15 @@ impl Outbox for DynamoStore {
             Cond::eq("status", status(batch.status)).and(Cond::eq("attempts", n_int(batch.attempts))).and(resends);
         let changes = Changes::new().set("resent_at_ms", ms(now)).add("resends", n_int(1u64));
         Ok(self.table.update(batch_key(batch.id), changes, Some(unchanged)).await?.is_ok())
+    }
+
+    async fn sweep_pools(
+        &self,
+        coin: &Coin,
+        minimum: Usd,
+        quiet_for: time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<BatchId>, InfraError> {
+        self.sweep(coin, minimum, quiet_for, now).await
     }
 }

@@ -13,8 +13,8 @@ use time::format_description::well_known::Rfc3339;
 
 pub use super::table::Item;
 use crate::domain::{
-    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolState, Quantity, Usd,
-    UserId,
+    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolId, PoolState,
+    Quantity, Usd, UserId,
 };
 
 pub const PK: &str = "PK";
@@ -69,28 +69,57 @@ pub fn opening_deposit() -> DepositId {
     DepositId::parse("opening").unwrap_or_else(|_| unreachable!("a valid literal"))
 }
 
-pub fn pool_key(coin: &Coin) -> Item {
-    key(format!("COIN#{coin}"), "POOL")
+/// The partition of shard `shard` of a coin's pool: shard 0 is the coin's
+/// own (where a pool that never grew lives); each other shard has its own
+/// partition, so that it has its own throughput.
+fn shard_partition(coin: &Coin, shard: u32) -> String {
+    match shard {
+        0 => format!("COIN#{coin}"),
+        shard => format!("COIN#{coin}#{shard}"),
+    }
 }
 
-/// Which batch closed pool `seq` of `coin`.
-pub fn pool_batch_key(coin: &Coin, seq: u64) -> Item {
-    key(format!("COIN#{coin}"), format!("BATCH#{seq:020}"))
+/// The coin and shard of a pool partition's key (`COIN#ABAN`, `COIN#ABAN#3`).
+pub fn parse_shard_partition(pk: &str) -> Option<(Coin, u32)> {
+    let rest = pk.strip_prefix("COIN#")?;
+    match rest.split_once('#') {
+        None => Some((Coin::from_trusted(rest), 0)),
+        Some((coin, shard)) => Some((Coin::from_trusted(coin), shard.parse().ok()?)),
+    }
+}
+
+pub fn pool_key(coin: &Coin, shard: u32) -> Item {
+    key(shard_partition(coin, shard), "POOL")
+}
+
+/// Which batch closed pool `pool` of `coin`.
+pub fn pool_batch_key(coin: &Coin, pool: PoolId) -> Item {
+    key(shard_partition(coin, pool.shard), format!("BATCH#{:020}", pool.seq))
+}
+
+/// How many shards a coin's pool has now.
+pub fn shards_key(coin: &Coin) -> Item {
+    key(format!("COIN#{coin}"), "SHARDS")
 }
 
 pub fn batch_key(id: BatchId) -> Item {
     key(format!("BATCH#{id}"), "BATCH")
 }
 
-pub fn members_partition(batch: &Batch) -> String {
-    match batch.seq {
-        Some(seq) => pool_members_partition(&batch.coin, seq),
-        None => own_members_partition(batch.id),
+/// Where a batch's orders are in the members index: one partition per pool
+/// it closed, or its own for an order bought alone.
+pub fn members_partitions(batch: &Batch) -> Vec<String> {
+    if batch.pools.is_empty() {
+        return vec![own_members_partition(batch.id)];
     }
+    batch.pools.iter().map(|pool| pool_members_partition(&batch.coin, *pool)).collect()
 }
 
-fn pool_members_partition(coin: &Coin, seq: u64) -> String {
-    format!("MEMBERS#POOL#{coin}#{seq}")
+fn pool_members_partition(coin: &Coin, pool: PoolId) -> String {
+    match pool.shard {
+        0 => format!("MEMBERS#POOL#{coin}#{}", pool.seq),
+        shard => format!("MEMBERS#POOL#{coin}#{shard}#{}", pool.seq),
+    }
 }
 
 fn own_members_partition(batch: BatchId) -> String {
@@ -170,6 +199,11 @@ fn time_of_ms(item: &Item, attribute: &str) -> Result<OffsetDateTime, ItemError>
     OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| invalid(attribute))
 }
 
+/// An optional epoch-milliseconds attribute.
+pub fn time_of_ms_opt(item: &Item, attribute: &str) -> Result<Option<OffsetDateTime>, ItemError> {
+    opt(item, attribute, time_of_ms)
+}
+
 pub fn balance_of(item: Option<&Item>) -> Result<Usd, ItemError> {
     match item.filter(|i| i.contains_key("balance_usd")) {
         Some(item) => usd(item, "balance_usd"),
@@ -202,9 +236,12 @@ pub fn order_item(order: &Order, formed: Option<BatchId>) -> Item {
             item.insert("batch_id".into(), s(batch.to_string()));
             own_members_partition(batch)
         }
-        Membership::Pool { seq } => {
+        Membership::Pool { shard, seq } => {
             item.insert("seq".into(), n_int(seq));
-            pool_members_partition(&order.coin, seq)
+            if shard != 0 {
+                item.insert("shard".into(), n_int(shard));
+            }
+            pool_members_partition(&order.coin, PoolId { shard, seq })
         }
     };
     item.insert(MEMBERS_PK.into(), s(members));
@@ -221,7 +258,7 @@ pub fn order_of(item: &Item) -> Result<(Order, Option<BatchId>), ItemError> {
     };
     let membership = match opt(item, "batch_id", |_, a| batch_id(a))? {
         Some(batch) => Membership::Own(batch),
-        None => Membership::Pool { seq: get_u64(item, "seq")? },
+        None => Membership::Pool { shard: counter(item, "shard")?, seq: get_u64(item, "seq")? },
     };
     let order = Order {
         id: OrderId::parse(get_s(item, "order_id")?).map_err(|_| invalid("order_id"))?,
@@ -242,8 +279,16 @@ pub fn batch_item(batch: &Batch) -> Item {
     let mut item = batch_key(batch.id);
     item.insert("batch_id".into(), s(batch.id.to_string()));
     item.insert("coin".into(), s(batch.coin.as_str()));
-    if let Some(seq) = batch.seq {
-        item.insert("seq".into(), n_int(seq));
+    // One pool of shard 0 (a pool that never grew) as before: its `seq`.
+    match batch.pools.as_slice() {
+        [] => {}
+        [PoolId { shard: 0, seq }] => {
+            item.insert("seq".into(), n_int(*seq));
+        }
+        pools => {
+            let text: Vec<String> = pools.iter().map(|p| format!("{}:{}", p.shard, p.seq)).collect();
+            item.insert("pools".into(), s(text.join(",")));
+        }
     }
     item.insert("qty".into(), n(batch.qty.value()));
     item.insert("usd".into(), n(batch.usd.value()));
@@ -278,11 +323,24 @@ pub fn batch_item(batch: &Batch) -> Item {
     item
 }
 
+fn pools_of(item: &Item) -> Result<Vec<PoolId>, ItemError> {
+    if let Some(text) = opt(item, "pools", |i, a| get_s(i, a).map(str::to_owned))? {
+        return text
+            .split(',')
+            .map(|pool| {
+                let (shard, seq) = pool.split_once(':').ok_or_else(|| invalid("pools"))?;
+                Ok(PoolId { shard: shard.parse().map_err(|_| invalid("pools"))?, seq: seq.parse().map_err(|_| invalid("pools"))? })
+            })
+            .collect();
+    }
+    Ok(opt(item, "seq", get_u64)?.map(|seq| PoolId { shard: 0, seq }).into_iter().collect())
+}
+
 pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
     Ok(Batch {
         id: BatchId::parse(get_s(item, "batch_id")?).map_err(|_| invalid("batch_id"))?,
         coin: Coin::from_trusted(get_s(item, "coin")?),
-        seq: opt(item, "seq", get_u64)?,
+        pools: pools_of(item)?,
         qty: batch_quantity(item, "qty")?,
         usd: usd(item, "usd")?,
         count: u32_of(item, "count")?,
@@ -322,17 +380,17 @@ mod tests {
             amount: Quantity::parse("0.00000001").unwrap(),
             price: Usd::new(Decimal::from(4)).unwrap(),
             cost: Usd::new(Decimal::from_str("0.00000004").unwrap()).unwrap(),
-            membership: Membership::Pool { seq: 7 },
+            membership: Membership::Pool { shard: 0, seq: 7 },
             refunded: false,
             created_at: now,
         };
         let formed = Some(BatchId::generate());
-        assert_eq!(order_of(&order_item(&order, formed)).unwrap(), (order, formed));
+        assert_eq!(order_of(&order_item(&order, formed)).unwrap(), (order.clone(), formed));
 
         let batch = Batch {
             id: BatchId::generate(),
             coin: Coin::from_trusted("ABAN"),
-            seq: Some(7),
+            pools: vec![PoolId { shard: 0, seq: 7 }],
             qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
             usd: Usd::new(Decimal::from(12)).unwrap(),
             count: 3,
@@ -363,5 +421,12 @@ mod tests {
             ..batch
         };
         assert_eq!(batch_of(&batch_item(&refused)).unwrap(), refused);
+
+        let merged = Batch { pools: vec![PoolId { shard: 3, seq: 2 }, PoolId { shard: 0, seq: 9 }], ..refused };
+        assert_eq!(batch_of(&batch_item(&merged)).unwrap(), merged);
+        let sharded = Order { membership: Membership::Pool { shard: 5, seq: 1 }, ..order };
+        assert_eq!(order_of(&order_item(&sharded, None)).unwrap().0, sharded);
+        assert_eq!(parse_shard_partition("COIN#ABAN#12"), Some((Coin::from_trusted("ABAN"), 12)));
+        assert_eq!(parse_shard_partition("COIN#ABAN"), Some((Coin::from_trusted("ABAN"), 0)));
     }
 }

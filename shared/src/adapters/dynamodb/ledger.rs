@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 
-use super::item::{self, balance_of, batch_of, get_s, order_of, pool_of};
+use super::item::{self, balance_of, batch_of, get_s, order_of, parse_shard_partition, pool_of};
 use super::{DynamoStore, infra};
-use crate::audit::{DepositRecord, Ledger};
-use crate::domain::{BatchId, Coin, DepositId, Usd, UserId};
+use crate::audit::{ClosedPool, DepositRecord, Ledger, OpenPool};
+use crate::domain::{BatchId, DepositId, PoolId, Usd, UserId};
 use crate::ports::{InfraError, LedgerRecords};
 
 #[async_trait]
@@ -36,14 +36,17 @@ impl LedgerRecords for DynamoStore {
                             usd,
                         });
                     }
-                    (Some(("COIN", coin)), "POOL") => {
-                        ledger.pools.push((Coin::from_trusted(coin), pool_of(found).map_err(infra("read pool"))?));
+                    (Some(("COIN", _)), "POOL") => {
+                        let (coin, shard) = parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool", pk.to_owned()))?;
+                        ledger.pools.push(OpenPool { coin, shard, state: pool_of(found).map_err(infra("read pool"))? });
                     }
-                    (Some(("COIN", coin)), sk) if sk.starts_with("BATCH#") => {
+                    (Some(("COIN", _)), sk) if sk.starts_with("BATCH#") => {
+                        let (coin, shard) =
+                            parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool pointer", pk.to_owned()))?;
                         let seq = sk["BATCH#".len()..].parse::<u64>().map_err(infra("read pool pointer"))?;
                         let batch = BatchId::parse(get_s(found, "batch_id").map_err(infra("read pool pointer"))?)
                             .map_err(infra("read pool pointer"))?;
-                        ledger.closed_pools.push((Coin::from_trusted(coin), seq, batch));
+                        ledger.closed_pools.push(ClosedPool { coin, pool: PoolId { shard, seq }, batch });
                     }
                     (Some(("BATCH", _)), "BATCH") => ledger.batches.push(batch_of(found).map_err(infra("read batch"))?),
                     // Idempotency records are not money.

@@ -7,6 +7,8 @@
 //! - `placement`: the one transaction per order, and resolving lost replies;
 //! - `pool_cache`: what this process believes each coin's pool is, behind
 //!   a per-coin lane;
+//! - `shards`: how many shards a coin's pool has, and the sweep that
+//!   batches what idle shards hold;
 //! - `batches`: claims, fenced leases, settling and refusing;
 //! - `refunds`: crediting a refused batch's orders, chunk by chunk;
 //! - `accounts`: balances, opening accounts, deposits;
@@ -22,6 +24,7 @@ mod placement;
 mod pool_cache;
 mod refunds;
 pub mod schema;
+mod shards;
 mod stats;
 pub mod table;
 
@@ -36,16 +39,46 @@ pub use self::stats::StoreStatsSnapshot;
 use self::table::memory::MemoryTable;
 use self::table::sdk::SdkTable;
 use self::table::{Reason, Table, TableError, Transacted, Write};
-use crate::ports::InfraError;
+use crate::ports::{Clock, InfraError, SystemClock};
 
 /// Attempts of one write before giving up (answering "busy" for an order).
 const MAX_ATTEMPTS: u32 = 12;
+
+/// How a coin's pool spreads over shards when processes contend for it
+/// (docs/design.md, "Scale"). With one shard it is one pool item, as a
+/// single writer always has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSharding {
+    /// At most this many shards per coin; 1 keeps every coin on one item.
+    pub max_shards: u32,
+    /// How often a process reads how many shards a coin has.
+    pub count_every: Duration,
+    /// Most shards left behind that one batch takes along.
+    pub carry_at_most: usize,
+}
+
+impl Default for PoolSharding {
+    fn default() -> Self {
+        PoolSharding { max_shards: 1024, count_every: Duration::from_secs(1), carry_at_most: 8 }
+    }
+}
+
+impl PoolSharding {
+    /// One pool item per coin, whatever the contention.
+    pub fn off() -> PoolSharding {
+        PoolSharding { max_shards: 1, ..PoolSharding::default() }
+    }
+}
 
 pub struct DynamoStore {
     table: Arc<dyn Table>,
     pools: pool_cache::PoolCache,
     stats: StoreStats,
-    /// Backoff jitter; seeded in simulations so that they replay exactly.
+    sharding: PoolSharding,
+    /// When pools are written and judged idle.
+    clock: Arc<dyn Clock>,
+    /// Backoff jitter and shard choices; seeded in simulations so that they
+    /// replay exactly.
     jitter: Mutex<StdRng>,
 }
 
@@ -67,13 +100,29 @@ impl DynamoStore {
             table,
             pools: pool_cache::PoolCache::default(),
             stats: StoreStats::default(),
+            sharding: PoolSharding::default(),
+            clock: Arc::new(SystemClock),
             jitter: Mutex::new(StdRng::from_os_rng()),
         }
     }
 
-    /// Makes the backoff jitter a function of `seed` (simulations).
+    /// Makes the backoff jitter and shard choices a function of `seed`
+    /// (simulations).
     pub fn with_jitter_seed(self, seed: u64) -> DynamoStore {
         DynamoStore { jitter: Mutex::new(StdRng::seed_from_u64(seed)), ..self }
+    }
+
+    pub fn with_pool_sharding(self, sharding: PoolSharding) -> DynamoStore {
+        DynamoStore { sharding, ..self }
+    }
+
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> DynamoStore {
+        DynamoStore { clock, ..self }
+    }
+
+    /// A number in `0..n` from the store's own randomness.
+    fn random_below(&self, n: u32) -> u32 {
+        self.jitter.lock().map(|mut rng| rng.random_range(0..n.max(1))).unwrap_or(0)
     }
 
     pub fn stats(&self) -> StoreStatsSnapshot {

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::item::{account_key, balance_of, batch_key, batch_of, get_s, order_key, order_of, pool_batch_key};
 use super::{DynamoStore, infra};
-use crate::domain::{Batch, BatchId, Membership, NewOrder, Order, OrderId, OrderView, Usd, UserId};
+use crate::domain::{Batch, BatchId, Membership, NewOrder, Order, OrderId, OrderView, PoolId, Usd, UserId};
 use crate::ports::{InfraError, Orders, PlaceError, Placed};
 
 impl DynamoStore {
@@ -23,7 +23,7 @@ impl DynamoStore {
     pub(super) async fn batch_of_order(&self, order: &Order) -> Result<Option<Batch>, InfraError> {
         let id = match order.membership {
             Membership::Own(batch) => batch,
-            Membership::Pool { seq } => match self.table.get(pool_batch_key(&order.coin, seq)).await? {
+            Membership::Pool { shard, seq } => match self.table.get(pool_batch_key(&order.coin, PoolId { shard, seq })).await? {
                 Some(pointer) => BatchId::parse(get_s(&pointer, "batch_id").map_err(infra("read pool pointer"))?)
                     .map_err(infra("read pool pointer"))?,
                 None => return Ok(None),

@@ -7,20 +7,27 @@
 //! cache's guess. Joining is conditioned on the pool staying under the
 //! minimum. So a batch forms exactly once and holds exactly its orders,
 //! however many processes race with however stale caches.
+//!
+//! A coin's pool may be spread over shards: a process places on its home
+//! shard; when another process holds it (`TransactionConflict`) it moves to
+//! another, and when that keeps happening the coin gets more shards. A batch
+//! may close idle shards along with its own (each on its exact state too).
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    Item, ItemError, account_key, balance_of, batch_item, get_decimal, get_s, idempotency_key, n, n_int, order_item,
-    order_key, order_of, pool_batch_key, pool_key, pool_of, s,
+    Item, ItemError, account_key, balance_of, batch_item, get_decimal, get_s, idempotency_key, ms, n, n_int,
+    order_item, order_key, order_of, pool_batch_key, pool_key, s,
 };
 use super::pool_cache::{CachedPool, Turn};
 use super::schema::TTL_ATTRIBUTE;
+use super::shards::{cached_of, close_pool};
 use super::stats::StoreStats;
 use super::table::{Changes, Cond, Reason, TableError, Transacted, Write};
 use super::{DynamoStore, MAX_ATTEMPTS, contended, infra, unexpected};
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, NewOrder, Order, OrderId, OrderStatus, OrderView, Placement, Usd, UserId, decide,
+    Batch, BatchId, BatchStatus, Coin, NewOrder, Order, OrderId, OrderStatus, OrderView, Placement, Usd, UserId,
+    decide_sharded,
 };
 use crate::ports::{InfraError, PlaceError, Placed};
 
@@ -35,7 +42,8 @@ struct Plan {
     key: Option<usize>,
     debit: usize,
     order: usize,
-    pool: Option<usize>,
+    /// The pool writes: the home shard's first, then the absorbed ones'.
+    pools: Vec<(usize, u32)>,
     /// What the transaction writes, for the reply once it commits.
     written: (Order, Option<Batch>),
 }
@@ -73,22 +81,36 @@ impl DynamoStore {
         minimum: Usd,
         mut turn: Option<&mut Turn>,
     ) -> Result<Placed, PlaceError> {
+        // Conflicts this order met on its home shard.
+        let mut collisions = 0;
         for attempt in 1..=MAX_ATTEMPTS {
-            let pool = match turn.as_deref_mut() {
-                Some(turn) => Some(self.pool_for(turn, &new.coin).await?),
-                None => None,
+            let (placement, plan) = match turn.as_deref_mut() {
+                None => {
+                    let placement = Placement::OwnBatch;
+                    let plan = self.plan(new, 0, None, &placement, minimum);
+                    (placement, plan)
+                }
+                Some(turn) => {
+                    let first = turn.shard_count.is_none();
+                    let count = self.shard_count(turn, &new.coin).await?;
+                    if turn.home >= count || (first && count > 1) {
+                        // Spread out from the start: a new process picks any shard.
+                        let home = self.random_below(count);
+                        turn.move_home(home);
+                    }
+                    let own = self.pool_for(turn, &new.coin).await?;
+                    let left = turn.left_behind(self.sharding.carry_at_most);
+                    let placement = decide_sharded(&own.state, &left, new.cost, new.amount, minimum)?;
+                    let plan = self.plan(new, turn.home, Some(&own), &placement, minimum);
+                    (placement, plan)
+                }
             };
-            let placement = match &pool {
-                Some(pool) => decide(&pool.state, new.cost, new.amount, minimum)?,
-                None => Placement::OwnBatch,
-            };
-            let plan = self.plan(new, pool.as_ref(), &placement, minimum);
             // A token per attempt: each attempt is a different request.
             let token = format!("{}-{attempt}", new.id);
             let reasons = match self.send(&plan.writes, &token, new).await? {
                 Sent::Committed => {
                     if let Some(turn) = turn.as_deref_mut() {
-                        turn.note_committed(new, &placement);
+                        turn.note_committed(new, &placement, self.clock.now());
                     }
                     StoreStats::count(&self.stats.orders_placed);
                     let (order, batch) = plan.written;
@@ -97,7 +119,7 @@ impl DynamoStore {
                 }
                 Sent::FoundPlaced => {
                     if let Some(turn) = turn.as_deref_mut() {
-                        turn.forget();
+                        turn.shards.clear();
                     }
                     return self.already_placed(new).await;
                 }
@@ -112,7 +134,7 @@ impl DynamoStore {
             if condition_failed(&reasons, plan.order).is_some() {
                 // Our own order exists: an earlier send of it committed.
                 if let Some(turn) = turn.as_deref_mut() {
-                    turn.forget();
+                    turn.shards.clear();
                 }
                 return self.already_placed(new).await;
             }
@@ -123,20 +145,71 @@ impl DynamoStore {
                 let balance = balance_of(account).map_err(infra("read account"))?;
                 return Err(PlaceError::InsufficientFunds { balance, cost: new.cost });
             }
-            if let Some(current) = plan.pool.and_then(|i| condition_failed(&reasons, i)) {
-                StoreStats::count(&self.stats.stale_pool_retries);
-                let current = match current {
-                    Some(item) => CachedPool { state: pool_of(item).map_err(infra("read pool"))?, exists: true },
-                    None => CachedPool::default(),
-                };
-                if let Some(turn) = turn.as_deref_mut() {
-                    turn.remember(current);
+            let Some(turn) = turn.as_deref_mut() else {
+                if contended(&reasons) {
+                    StoreStats::count(&self.stats.conflicts);
+                    self.backoff(attempt).await;
+                    continue;
                 }
+                return Err(InfraError::new("place order", unexpected(&reasons)).into());
+            };
+            // A pool moved since it was read: remember it as it is, decide
+            // again. A shard left behind that moved is someone else's now.
+            let mut stale = false;
+            for &(index, shard) in &plan.pools {
+                if let Some(current) = condition_failed(&reasons, index) {
+                    stale = true;
+                    if shard == turn.home {
+                        let pool = match current {
+                            Some(item) => cached_of(item)?,
+                            None => CachedPool::default(),
+                        };
+                        turn.remember(shard, pool);
+                    } else {
+                        turn.let_go(shard);
+                    }
+                }
+            }
+            if stale {
+                StoreStats::count(&self.stats.stale_pool_retries);
                 // The first retry has the fresh state; after that other
                 // processes are racing for the same pool: spread out.
                 if attempt > 1 {
                     self.backoff(attempt).await;
                 }
+                continue;
+            }
+            let conflicted = |index: usize| matches!(reasons.get(index), Some(Reason::Conflict));
+            if let Some(&(home_index, _)) = plan.pools.first()
+                && conflicted(home_index)
+            {
+                // Another process holds this process's home shard: move to
+                // another; if there is none, or moving keeps colliding, the
+                // coin needs more shards.
+                StoreStats::count(&self.stats.conflicts);
+                collisions += 1;
+                // Others may have grown the count meanwhile.
+                let mut count = self.fresh_shard_count(turn, &new.coin).await?;
+                if count == 1 || collisions >= 2 {
+                    count = self.grow_shards(turn, &new.coin, count).await?;
+                }
+                let next = self.pick_shard(count, turn.home);
+                turn.move_home(next);
+                if collisions >= 2 {
+                    self.backoff(attempt).await;
+                }
+                continue;
+            }
+            let mut taken = false;
+            for &(index, shard) in plan.pools.iter().skip(1) {
+                if conflicted(index) {
+                    // Someone is on a shard this process left: theirs now.
+                    taken = true;
+                    turn.let_go(shard);
+                }
+            }
+            if taken {
+                StoreStats::count(&self.stats.conflicts);
                 continue;
             }
             if contended(&reasons) {
@@ -150,21 +223,23 @@ impl DynamoStore {
         Err(PlaceError::Busy)
     }
 
-    /// The coin's pool as the cache has it, read when the cache has nothing.
+    /// The home shard's pool as the cache has it, read when it has nothing.
     async fn pool_for(&self, turn: &mut Turn, coin: &Coin) -> Result<CachedPool, InfraError> {
-        if let Some(pool) = turn.cached() {
+        let home = turn.home;
+        if let Some(pool) = turn.cached(home) {
             return Ok(pool);
         }
         StoreStats::count(&self.stats.pool_reads);
-        let pool = match self.table.get(pool_key(coin)).await? {
-            Some(item) => CachedPool { state: pool_of(&item).map_err(infra("read pool"))?, exists: true },
+        let pool = match self.table.get(pool_key(coin, home)).await? {
+            Some(item) => cached_of(&item)?,
             None => CachedPool::default(),
         };
-        turn.remember(pool);
+        turn.remember(home, pool);
         Ok(pool)
     }
 
-    fn plan(&self, new: &NewOrder, pool: Option<&CachedPool>, placement: &Placement, minimum: Usd) -> Plan {
+    fn plan(&self, new: &NewOrder, home: u32, pool: Option<&CachedPool>, placement: &Placement, minimum: Usd) -> Plan {
+        let now = self.clock.now();
         let mut writes = Vec::with_capacity(6);
         let key = new.idempotency_key.as_ref().map(|key| {
             let mut record = idempotency_key(&new.user, key.as_str());
@@ -184,59 +259,59 @@ impl DynamoStore {
         });
         let debit = writes.len() - 1;
 
-        let (order, batch) = new.placed(placement);
+        let (order, batch) = new.placed(home, placement);
         writes.push(Write::Put {
             item: order_item(&order, batch.as_ref().map(|b| b.id)),
             condition: Some(Cond::NotExists("PK")),
         });
         let order_index = writes.len() - 1;
 
-        let pool_write = match (*placement, pool) {
+        let mut pools = Vec::new();
+        match (placement, pool) {
             (Placement::Join { seq }, Some(pool)) => {
                 let add = Changes::new()
                     .add("usd", n(new.cost.value()))
                     .add("qty", n(new.amount.value()))
-                    .add("count", n_int(1u64));
+                    .add("count", n_int(1u64))
+                    .set("updated_ms", ms(now));
                 let (changes, condition) = if pool.exists {
                     let limit = minimum.value() - new.cost.value();
-                    (add, Cond::eq("seq", n_int(seq)).and(Cond::lt("usd", n(limit))))
+                    (add, Cond::eq("seq", n_int(*seq)).and(Cond::lt("usd", n(limit))))
                 } else {
-                    (add.set("seq", n_int(seq)), Cond::NotExists("PK"))
+                    (add.set("seq", n_int(*seq)), Cond::NotExists("PK"))
                 };
-                Some(Write::Update { key: pool_key(&new.coin), changes, condition: Some(condition) })
+                writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
+                pools.push((writes.len() - 1, home));
             }
-            (Placement::Cross { seq, .. }, Some(pool)) => {
-                let zero = || n_int(0u64);
-                let changes = Changes::new()
-                    .set("usd", zero())
-                    .set("qty", zero())
-                    .set("count", zero())
-                    .set("seq", n_int(seq + 1));
-                // The batch's totals come from this exact state: the
-                // condition proves them.
-                let state = &pool.state;
-                let condition = Cond::eq("seq", n_int(seq))
-                    .and(Cond::eq("count", n_int(state.count)))
-                    .and(Cond::eq("usd", n(state.usd.value())))
-                    .and(Cond::eq("qty", n(state.qty)));
-                Some(Write::Update { key: pool_key(&new.coin), changes, condition: Some(condition) })
+            (Placement::Cross { absorbed, .. }, Some(pool)) => {
+                // The batch's totals come from these exact states: the
+                // conditions prove them. (A home shard with no item yet is
+                // created closed: the shards carried along reach the minimum.)
+                let (changes, mut condition) = close_pool(&pool.state, now);
+                if !pool.exists {
+                    condition = Cond::NotExists("PK");
+                }
+                writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
+                pools.push((writes.len() - 1, home));
+                for shard in absorbed {
+                    let (changes, condition) = close_pool(&shard.state, now);
+                    let key = pool_key(&new.coin, shard.shard);
+                    writes.push(Write::Update { key, changes, condition: Some(condition) });
+                    pools.push((writes.len() - 1, shard.shard));
+                }
             }
-            _ => None,
-        };
-        let pool_index = pool_write.map(|write| {
-            writes.push(write);
-            writes.len() - 1
-        });
+            _ => {}
+        }
 
         if let Some(batch) = &batch {
             writes.push(Write::Put { item: batch_item(batch), condition: Some(Cond::NotExists("PK")) });
-            if let Some(seq) = batch.seq {
-                let mut pointer = pool_batch_key(&new.coin, seq);
+            for pool in &batch.pools {
+                let mut pointer = pool_batch_key(&new.coin, *pool);
                 pointer.insert("batch_id".into(), s(batch.id.to_string()));
                 writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
             }
         }
-        Plan { writes, key, debit, order: order_index, pool: pool_index, written: (order, batch) }
+        Plan { writes, key, debit, order: order_index, pools, written: (order, batch) }
     }
 
     /// Sends one placement transaction. A reply lost in transit is resent
@@ -432,7 +507,7 @@ mod tests {
         {
             let mut turn = store.pools.enter(&Coin::from_trusted("ABAN")).await;
             let wrong = PoolState { seq: 0, usd: usd("8"), qty: Decimal::from(2), count: 2 };
-            turn.remember(CachedPool { state: wrong, exists: true });
+            turn.remember(0, CachedPool { state: wrong, exists: true, written_at: None });
         }
 
         // $3 more: $11 by the cache, $8 in truth.
@@ -465,6 +540,34 @@ mod tests {
             "{stats:?}"
         );
         assert_audit_clean(&store).await;
+    }
+
+    /// A process that moved off a shard (another process collided with it
+    /// there) takes the orders it left along in its next batch, even when
+    /// its new shard has no item yet.
+    #[tokio::test]
+    async fn a_process_that_moved_takes_the_orders_it_left_along() {
+        let store = store_with(&["alice"]).await;
+        let coin = Coin::from_trusted("ABAN");
+        let count = Changes::new().set("count", n_int(4u64));
+        store.table.update(super::super::item::shards_key(&coin), count, None).await.unwrap().unwrap();
+        store.place(order("alice", "1"), usd("10")).await.unwrap();
+        store.place(order("alice", "1"), usd("10")).await.unwrap(); // $8 on its home shard
+        let left = {
+            let mut turn = store.pools.enter(&coin).await;
+            let left = turn.home;
+            turn.move_home((left + 1) % 4);
+            left
+        };
+
+        let placed = store.place(order("alice", "1"), usd("10")).await.unwrap();
+
+        let batch = store.read_batch(placed.formed.expect("$4 + the $8 left behind")).await.unwrap().unwrap();
+        let pools: Vec<u32> = batch.pools.iter().map(|p| p.shard).collect();
+        assert_eq!(pools, vec![(left + 1) % 4, left]);
+        assert_eq!((batch.usd, batch.count), (usd("12"), 3));
+        assert_audit_clean(&store).await;
+        assert_eq!(store.stats().busy, 0);
     }
 
     /// Orders of the minimum or more never wait for the pool's turn, and

@@ -2,20 +2,24 @@
 //! owner once, in one transaction per order that marks the order refunded
 //! (only if it was not), credits the account, and counts it on the batch
 //! (only while the batch is `REFUSED`). A call refunds a bounded number of
-//! orders and leaves a cursor on the batch, so the next call resumes where
-//! it stopped; when the count reaches the batch's, the batch is `REFUNDED`.
+//! orders and leaves a cursor on the batch (the pool, then the last order),
+//! so the next call resumes where it stopped; when the count reaches the
+//! batch's, the batch is `REFUNDED`.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    self, Item, account_key, batch_key, batch_of, get_s, members_partition, n, n_int, order_key, order_of, s,
+    self, Item, account_key, batch_key, batch_of, get_s, get_u64, members_partitions, n, n_int, order_key, order_of,
+    s,
 };
 use super::table::{Changes, Cond, Query, Reason, Transacted, Write};
 use super::{DynamoStore, infra, unexpected};
 use crate::domain::{Batch, BatchId, BatchStatus, Order};
 use crate::ports::{InfraError, Refund};
 
-/// The last order refunded, on the batch item: where the next call resumes.
+/// The last order refunded, on the batch item: where the next call resumes
+/// (which of the batch's pools, and the order's key there).
+const CURSOR_POOL: &str = "refund_cursor_pool";
 const CURSOR_PK: &str = "refund_cursor_pk";
 const CURSOR_SK: &str = "refund_cursor_sk";
 
@@ -45,9 +49,10 @@ impl DynamoStore {
                 ));
             }
         }
-        let partition = members_partition(&batch);
-        let mut start = match (get_s(&item, CURSOR_PK), get_s(&item, CURSOR_SK)) {
-            (Ok(pk), Ok(sk)) => Some(Item::from([
+        let partitions = members_partitions(&batch);
+        let mut pool = get_u64(&item, CURSOR_POOL).map_or(0, |p| usize::try_from(p).unwrap_or(0));
+        let mut start = match (get_s(&item, CURSOR_PK), get_s(&item, CURSOR_SK), partitions.get(pool)) {
+            (Ok(pk), Ok(sk), Some(partition)) => Some(Item::from([
                 (item::PK.to_owned(), s(pk)),
                 (item::SK.to_owned(), s(sk)),
                 (item::MEMBERS_PK.to_owned(), s(partition.as_str())),
@@ -56,11 +61,10 @@ impl DynamoStore {
             _ => None,
         };
         let mut refund = Refund::default();
-        let mut reached_end = false;
-        'pages: while refund.orders < max_orders {
+        'pools: while pool < partitions.len() && refund.orders < max_orders {
             let query = Query {
                 index: Some(item::MEMBERS_INDEX),
-                partition: (item::MEMBERS_PK, partition.clone()),
+                partition: (item::MEMBERS_PK, partitions[pool].clone()),
                 filter: Some(Cond::NotExists("refunded")),
                 limit: Some(max_orders.max(1)),
                 start: start.take(),
@@ -69,25 +73,25 @@ impl DynamoStore {
             let page = self.table.query(query).await?;
             for member in &page.items {
                 if refund.orders >= max_orders {
-                    break 'pages;
+                    break 'pools;
                 }
                 // The index projects whole order items: the adapter's own mapping reads them.
                 let (order, _) = order_of(member).map_err(infra("read batch member"))?;
-                match self.refund_order(&batch, &order).await? {
+                match self.refund_order(&batch, pool, &order).await? {
                     Credited::Now => {
                         refund.orders += 1;
                         refund.usd = refund.usd + order.cost;
                     }
                     Credited::Before => {}
-                    Credited::BatchMoved => break 'pages,
+                    Credited::BatchMoved => break 'pools,
                 }
             }
             start = page.next;
             if start.is_none() {
-                reached_end = true;
-                break;
+                pool += 1;
             }
         }
+        let reached_end = pool >= partitions.len();
         refund.finished = self.finish_refund(id, reached_end).await?;
         Ok(refund)
     }
@@ -105,7 +109,7 @@ impl DynamoStore {
             BatchStatus::Refused if batch.refunded == batch.count => {}
             _ => {
                 if reached_end {
-                    let restart = Changes::new().remove(CURSOR_PK).remove(CURSOR_SK);
+                    let restart = Changes::new().remove(CURSOR_POOL).remove(CURSOR_PK).remove(CURSOR_SK);
                     let refused = Cond::eq("status", s(BatchStatus::Refused.as_str()));
                     self.table.update(batch_key(id), restart, Some(refused)).await?.ok();
                 }
@@ -116,6 +120,7 @@ impl DynamoStore {
             .set("status", s(BatchStatus::Refunded.as_str()))
             .remove(item::OPEN_PK)
             .remove(item::OPEN_SK)
+            .remove(CURSOR_POOL)
             .remove(CURSOR_PK)
             .remove(CURSOR_SK);
         let all_back =
@@ -128,7 +133,7 @@ impl DynamoStore {
     }
 
     /// Credits one member order's cost, once.
-    async fn refund_order(&self, batch: &Batch, order: &Order) -> Result<Credited, InfraError> {
+    async fn refund_order(&self, batch: &Batch, pool: usize, order: &Order) -> Result<Credited, InfraError> {
         let order_key = order_key(&order.user, order.id);
         let (cursor_pk, cursor_sk) = (order_key[item::PK].clone(), order_key[item::SK].clone());
         let writes = vec![
@@ -146,6 +151,7 @@ impl DynamoStore {
                 key: batch_key(batch.id),
                 changes: Changes::new()
                     .add("refunded", n_int(1u64))
+                    .set(CURSOR_POOL, n_int(pool as u64))
                     .set(CURSOR_PK, cursor_pk)
                     .set(CURSOR_SK, cursor_sk),
                 condition: Some(Cond::eq("status", s(BatchStatus::Refused.as_str()))),

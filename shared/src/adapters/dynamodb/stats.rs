@@ -11,6 +11,8 @@ pub(super) struct StoreStats {
     pub throttled: AtomicU64,
     pub stale_pool_retries: AtomicU64,
     pub pool_reads: AtomicU64,
+    pub shard_reads: AtomicU64,
+    pub shards_grown: AtomicU64,
     pub lost_replies: AtomicU64,
     pub busy: AtomicU64,
 }
@@ -29,6 +31,10 @@ pub struct StoreStatsSnapshot {
     /// Placements retried because the pool had moved.
     pub stale_pool_retries: u64,
     pub pool_reads: u64,
+    /// Reads of a coin's shard count and views of its shards.
+    pub shard_reads: u64,
+    /// Times this process grew a coin's shard count.
+    pub shards_grown: u64,
     /// Writes whose outcome was unknown (no reply, a 5xx) and was resolved
     /// by resending or reading back.
     pub lost_replies: u64,
@@ -51,6 +57,8 @@ impl StoreStats {
             throttled: get(&self.throttled),
             stale_pool_retries: get(&self.stale_pool_retries),
             pool_reads: get(&self.pool_reads),
+            shard_reads: get(&self.shard_reads),
+            shards_grown: get(&self.shards_grown),
             lost_replies: get(&self.lost_replies),
             busy: get(&self.busy),
         }
