@@ -33,7 +33,7 @@ use shared::domain::{
     BatchStatus, DepositId, IdempotencyKey, OrderId, PriceList, Quantity, ResendPolicy, Usd, UserId, reproducible_ids,
 };
 use shared::ports::{Accounts, LedgerRecords, PlaceError, Settlements};
-use shared::reconcile::Reconciler;
+use shared::reconcile::{PoolSweep, Reconciler};
 use shared::service::{OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
 use testkit::faults::{Fault, FaultyTable, Operation};
@@ -102,6 +102,9 @@ struct Summary {
     unknown: u64,
     busy: u64,
     resent_after_unrecorded_refusal: u64,
+    /// Pool shards in use, over all coins, and batches that closed several.
+    shards: usize,
+    merged_batches: usize,
     /// The final table and exchange, as text: equal for equal seeds.
     fingerprint: String,
 }
@@ -153,10 +156,11 @@ impl Run {
                 let table: Arc<dyn Table> =
                     Arc::new(SimTable::new(Arc::clone(&memory), Arc::clone(&world), config.minimum));
                 let faulty = Arc::new(FaultyTable::new(table, Arc::new(table_faults(Arc::clone(&world)))));
-                let store = Arc::new(DynamoStore::on(faulty).with_jitter_seed(world.dice.seed()));
                 // Each process's clock is a little off; all see the jumps.
                 let skew = time::Duration::milliseconds(world.dice.below(4000) as i64 - 2000);
                 let clock = Arc::new(SimClock::new(start, Arc::clone(&jumps_ms), skew));
+                let store =
+                    Arc::new(DynamoStore::on(faulty).with_jitter_seed(world.dice.seed()).with_clock(clock.clone()));
                 Process {
                     service: Arc::new(OrderService::new(store.clone(), queue.clone(), clock.clone(), config.clone())),
                     settler: Arc::new(
@@ -169,7 +173,11 @@ impl Run {
                         )
                         .with_refund_chunk(2),
                     ),
-                    reconciler: Arc::new(Reconciler::new(store.clone(), queue.clone(), clock, policy)),
+                    reconciler: Arc::new(Reconciler::new(store.clone(), queue.clone(), clock, policy).sweeping(PoolSweep {
+                        coins: config.prices.coins().cloned().collect(),
+                        minimum: config.minimum,
+                        quiet_for: time::Duration::seconds(5),
+                    })),
                     store,
                 }
             })
@@ -392,6 +400,14 @@ impl Run {
         if !open.is_empty() {
             return Err(format!("batches never settled nor refunded once the faults stopped: {open:?}"));
         }
+        // Nothing stranded: each coin's shards hold less than the minimum together.
+        let mut pending: BTreeMap<String, Decimal> = BTreeMap::new();
+        for pool in &ledger.pools {
+            *pending.entry(pool.coin.to_string()).or_default() += pool.state.usd.value();
+        }
+        if let Some((coin, usd)) = pending.iter().find(|(_, usd)| **usd >= self.minimum.value()) {
+            return Err(format!("the pools of {coin} hold {usd} USD together once the load stopped"));
+        }
         // What the exchange filled is exactly what the table says was bought.
         let records = self.exchange.records();
         for batch in &ledger.batches {
@@ -442,6 +458,8 @@ impl Run {
             unknown: replies.unknown,
             busy: replies.busy,
             resent_after_unrecorded_refusal: *self.exchange.resent_after_unrecorded_refusal.lock().unwrap(),
+            shards: ledger.pools.len(),
+            merged_batches: ledger.batches.iter().filter(|b| b.pools.len() > 1).count(),
             fingerprint: format!("{ledger:?}\n{records:?}"),
         })
     }
@@ -520,14 +538,16 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
         match run(seed) {
             Ok(summary) => println!(
                 "seed {seed}: {} steps, {} orders, {} batches settled, {} refunded, {} unknown outcomes, {} busy, \
-                 {} resends after a refusal a crash kept from being recorded",
+                 {} resends after a refusal a crash kept from being recorded, {} pool shards, {} batches of several shards",
                 summary.steps,
                 summary.orders,
                 summary.settled,
                 summary.refunded,
                 summary.unknown,
                 summary.busy,
-                summary.resent_after_unrecorded_refusal
+                summary.resent_after_unrecorded_refusal,
+                summary.shards,
+                summary.merged_batches
             ),
             Err(violation) => panic!(
                 "seed {seed} broke an invariant {violation}\n\nreplay it: SIM_SEED={seed} cargo test -p testkit --test simulation -- --nocapture"
