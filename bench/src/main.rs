@@ -36,9 +36,9 @@ use shared::audit::audit;
 use shared::domain::{Coin, NewOrder, OrderId, Quantity, Usd, UserId};
 use shared::ports::{Accounts, Clock, LedgerRecords, Orders, Outbox, PlaceError, SystemClock};
 use std::sync::atomic::AtomicI64;
-use testkit::sim::SimClock;
 use testkit::contention::{ContendedTable, ContentionRules};
 use testkit::recording::RecordingTable;
+use testkit::sim::SimClock;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -283,7 +283,11 @@ fn main() {
         "{:?}, {} s per point, small ABAN orders ($1 to $8), minimum $10{}",
         cli.target,
         cli.seconds,
-        if cli.target == Target::Model { format!(", transactions hold their items {} ms", cli.hold_ms) } else { String::new() }
+        if cli.target == Target::Model {
+            format!(", transactions hold their items {} ms", cli.hold_ms)
+        } else {
+            String::new()
+        }
     );
     println!(
         "| design | writers | orders/s | busy | requests/order | p50 ms | p99 ms | batches | longest wait at ≥ $10, ms | open pools after, USD | audit |"

@@ -78,6 +78,8 @@ pub struct Options {
     pub reconcile_every: Duration,
     /// When the reconciler re-sends a batch settlement lost track of.
     pub resend_policy: ResendPolicy,
+    /// A pool shard nobody wrote for this long is swept by the reconciler.
+    pub pool_quiet_for: time::Duration,
     pub exchange_connect_timeout: Duration,
     pub exchange_timeout: Duration,
     pub settle_lease: Duration,
@@ -102,6 +104,7 @@ impl Default for Options {
                 backoff_cap: time::Duration::minutes(10),
                 max_attempts: EventSourceConfig::default().max_receives,
             },
+            pool_quiet_for: POOL_QUIET_FOR,
             exchange_connect_timeout: Duration::from_secs(2),
             exchange_timeout: Duration::from_secs(5),
             settle_lease: Duration::from_secs(30),
@@ -163,18 +166,19 @@ impl AwsRuntime {
         let stats = self.store.stats();
         let requests = self.requests.snapshot();
         let count = |operation: &str| requests.get(operation).copied().unwrap_or(0);
-        let placing = stats.placement_transactions + stats.pool_reads;
+        let placing = stats.placement_transactions + stats.pool_reads + stats.shard_reads;
         let per_order = match stats.orders_placed {
             0 => "n/a".to_owned(),
             orders => format!("{:.4}", placing as f64 / orders as f64),
         };
         format!(
             "orders placed {}; DynamoDB requests by operation {requests:?}; placing: {} TransactWriteItems + {} pool \
-             GetItem = {per_order} requests per placed order; TransactionConflict {}, throttled {}, stale-pool \
-             retries {}, lost replies {}, busy {}; settling: {} UpdateItem",
+             GetItem + {} shard-count reads and writes = {per_order} requests per placed order; TransactionConflict {}, \
+             throttled {}, stale-pool retries {}, lost replies {}, busy {}; settling: {} UpdateItem",
             stats.orders_placed,
             stats.placement_transactions,
             stats.pool_reads,
+            stats.shard_reads,
             stats.conflicts,
             stats.throttled,
             stats.stale_pool_retries,
@@ -294,10 +298,11 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let sweep = PoolSweep {
         coins: options.service.prices.coins().cloned().collect(),
         minimum: options.service.minimum,
-        quiet_for: POOL_QUIET_FOR,
+        quiet_for: options.pool_quiet_for,
     };
-    let reconciler = Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy)
-        .sweeping(sweep);
+    let reconciler =
+        Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy)
+            .sweeping(sweep);
     tasks.push(tokio::spawn(reconcile(reconciler, options.reconcile_every, shutdown_rx.clone())));
     let service = Arc::new(OrderService::new(Arc::clone(&store) as _, queue, clock, options.service.clone()));
 

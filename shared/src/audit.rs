@@ -134,7 +134,8 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     let mut report = AuditReport::default();
     let problems = &mut report.problems;
     let batches: HashMap<BatchId, &Batch> = ledger.batches.iter().map(|b| (b.id, b)).collect();
-    let pools: HashMap<(&Coin, u32), &PoolState> = ledger.pools.iter().map(|p| ((&p.coin, p.shard), &p.state)).collect();
+    let pools: HashMap<(&Coin, u32), &PoolState> =
+        ledger.pools.iter().map(|p| ((&p.coin, p.shard), &p.state)).collect();
     let mut closed: HashMap<(&Coin, PoolId), BatchId> = HashMap::new();
     for ClosedPool { coin, pool, batch } in &ledger.closed_pools {
         let (shard, seq) = (pool.shard, pool.seq);
@@ -143,17 +144,23 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
         }
         match pools.get(&(coin, shard)) {
             Some(open) if seq < open.seq => {}
-            _ => problems.push(format!("pool {seq} of shard {shard} of {coin} is closed but is not before its open pool")),
+            _ => problems
+                .push(format!("pool {seq} of shard {shard} of {coin} is closed but is not before its open pool")),
         }
         match batches.get(batch) {
             Some(b) if b.pools.contains(pool) && &b.coin == coin => {}
-            _ => problems.push(format!("pool {seq} of shard {shard} of {coin} was closed by batch {batch}, which is not that pool's")),
+            _ => problems.push(format!(
+                "pool {seq} of shard {shard} of {coin} was closed by batch {batch}, which is not that pool's"
+            )),
         }
     }
     for batch in &ledger.batches {
         for pool in &batch.pools {
             if closed.get(&(&batch.coin, *pool)) != Some(&batch.id) {
-                problems.push(format!("batch {} closed pool {} of shard {}, which does not point to it", batch.id, pool.seq, pool.shard));
+                problems.push(format!(
+                    "batch {} closed pool {} of shard {}, which does not point to it",
+                    batch.id, pool.seq, pool.shard
+                ));
             }
         }
     }
@@ -184,9 +191,10 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
                 match (closed.get(&(&order.coin, PoolId { shard, seq })), pools.get(&(&order.coin, shard))) {
                     (Some(batch), _) => Place::Batch(*batch),
                     (None, Some(pool)) if pool.seq == seq => Place::OpenPool((&order.coin, shard)),
-                    (None, _) => {
-                        Place::Nowhere(format!("pool {seq} of shard {shard} of {}, neither open nor closed", order.coin))
-                    }
+                    (None, _) => Place::Nowhere(format!(
+                        "pool {seq} of shard {shard} of {}, neither open nor closed",
+                        order.coin
+                    )),
                 }
             }
         };

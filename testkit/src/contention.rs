@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::adapters::dynamodb::table::{
-    Changes, ConditionFailed, Cond, Item, Page, Query, Reason, Table, TableError, Transacted, Write,
+    Changes, Cond, ConditionFailed, Item, Page, Query, Reason, Table, TableError, Transacted, Write,
 };
 use tokio::time::Instant;
 
@@ -151,7 +151,8 @@ impl ContendedTable {
             self.stats.throttles.fetch_add(1, Ordering::Relaxed);
             return Err(TableError::Throttled {
                 operation: "single write",
-                source: "ProvisionedThroughputExceeded: the partition is over 1,000 write units per second (model)".into(),
+                source: "ProvisionedThroughputExceeded: the partition is over 1,000 write units per second (model)"
+                    .into(),
             });
         }
         Ok(())
@@ -203,7 +204,8 @@ impl Table for ContendedTable {
             if held.iter().any(|h| *h) {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 if std::env::var("CONTENTION_DEBUG").is_ok() {
-                    let which: Vec<String> = keys.iter().zip(&held).filter(|(_, h)| **h).map(|(k, _)| format!("{}/{}", k.0, k.1)).collect();
+                    let which: Vec<String> =
+                        keys.iter().zip(&held).filter(|(_, h)| **h).map(|(k, _)| format!("{}/{}", k.0, k.1)).collect();
                     eprintln!("conflict on {which:?}");
                 }
                 let reasons = held.iter().map(|h| if *h { Reason::Conflict } else { Reason::None }).collect();

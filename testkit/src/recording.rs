@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use shared::adapters::dynamodb::table::{
-    Changes, ConditionFailed, Cond, Item, Page, Query, Table, TableError, Transacted, Write,
+    Changes, Cond, ConditionFailed, Item, Page, Query, Table, TableError, Transacted, Write,
 };
 use tokio::time::Instant;
 
@@ -56,8 +56,10 @@ impl RecordingTable {
     }
 
     fn record(&self, writes: Vec<Write>) {
-        let kept: Vec<Write> =
-            writes.into_iter().filter(|w| self.prefixes.iter().any(|p| write_key(w).0.starts_with(p.as_str()))).collect();
+        let kept: Vec<Write> = writes
+            .into_iter()
+            .filter(|w| self.prefixes.iter().any(|p| write_key(w).0.starts_with(p.as_str())))
+            .collect();
         if !kept.is_empty() {
             self.log.lock().unwrap().push(Committed { at: Instant::now(), writes: kept });
         }

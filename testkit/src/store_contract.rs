@@ -213,7 +213,12 @@ pub async fn racing_orders_of_mixed_sizes_on_several_instances_form_each_batch_e
 /// once and exactly; once they stop, the sweep gathers what the shards hold
 /// until they hold less than the minimum together.
 pub async fn a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less_than_the_minimum(stores: Stores) {
-    stores.table().update(shards_key(&Coin::from_trusted("ABAN")), Changes::new().set("count", n_int(8u64)), None).await.unwrap().unwrap();
+    stores
+        .table()
+        .update(shards_key(&Coin::from_trusted("ABAN")), Changes::new().set("count", n_int(8u64)), None)
+        .await
+        .unwrap()
+        .unwrap();
     let instances: Vec<Arc<dyn Store>> = (0..6).map(|_| stores.instance()).collect();
     let users: Vec<String> = (0..6).map(|i| format!("sharer-{i}")).collect();
     for name in &users {

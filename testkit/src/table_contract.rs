@@ -219,7 +219,8 @@ pub async fn a_batch_get_reads_the_items_that_exist(table: Arc<dyn Table>) {
         table.put(with(key(format!("T#9#{i}"), "A"), &[("n", n(&i.to_string()))]), None).await.unwrap().unwrap();
     }
     let keys: Vec<Item> = (0..7).map(|i| key(format!("T#9#{i}"), "A")).collect();
-    let mut found: Vec<rust_decimal::Decimal> = table.get_many(keys).await.unwrap().iter().map(|i| number(i, "n")).collect();
+    let mut found: Vec<rust_decimal::Decimal> =
+        table.get_many(keys).await.unwrap().iter().map(|i| number(i, "n")).collect();
     found.sort();
     assert_eq!(found, (0..5).map(rust_decimal::Decimal::from).collect::<Vec<_>>());
 }

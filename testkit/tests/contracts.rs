@@ -19,9 +19,7 @@ mod table {
 mod store {
     use super::*;
 
-    testkit::store_contract_tests!(|| async {
-        Stores::new(Arc::new(MemoryTable::new()))
-    });
+    testkit::store_contract_tests!(|| async { Stores::new(Arc::new(MemoryTable::new())) });
 }
 
 /// A retry with a key whose order exists, while reads fail: the client is

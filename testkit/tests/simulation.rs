@@ -173,11 +173,13 @@ impl Run {
                         )
                         .with_refund_chunk(2),
                     ),
-                    reconciler: Arc::new(Reconciler::new(store.clone(), queue.clone(), clock, policy).sweeping(PoolSweep {
-                        coins: config.prices.coins().cloned().collect(),
-                        minimum: config.minimum,
-                        quiet_for: time::Duration::seconds(5),
-                    })),
+                    reconciler: Arc::new(Reconciler::new(store.clone(), queue.clone(), clock, policy).sweeping(
+                        PoolSweep {
+                            coins: config.prices.coins().cloned().collect(),
+                            minimum: config.minimum,
+                            quiet_for: time::Duration::seconds(5),
+                        },
+                    )),
                     store,
                 }
             })

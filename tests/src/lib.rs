@@ -95,6 +95,9 @@ pub async fn spawn_cluster(
             max_backoff: Duration::from_millis(200),
             ..EventSourceConfig::default()
         },
+        // Pool shards idle once a test's orders stop are swept within seconds.
+        reconcile_every: Duration::from_secs(1),
+        pool_quiet_for: time::Duration::seconds(2),
         ..Options::default()
     };
     if let Some((table_on, queue_on)) = aws_backend() {

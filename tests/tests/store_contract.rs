@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use e2e_tests::emulators::{Emulator, unique_name};
+use shared::adapters::dynamodb::schema;
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::sdk::SdkTable;
-use shared::adapters::dynamodb::schema;
 use testkit::store_contract::Stores;
 
 async fn fresh_table(emulator: Emulator) -> (aws_sdk_dynamodb::Client, String) {

@@ -14,13 +14,19 @@ async fn main() -> Result<(), Error> {
     let resources = AwsResources::from_env()?;
     let service = ServiceConfig::from_env()?;
     let sdk = shared::adapters::aws::load_config().await;
-    let reconciler = Arc::new(Reconciler::new(
-        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
-        Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
-        Arc::new(SystemClock),
-        RESEND_POLICY,
-    )
-    .sweeping(PoolSweep { coins: service.prices.coins().cloned().collect(), minimum: service.minimum, quiet_for: POOL_QUIET_FOR }));
+    let reconciler = Arc::new(
+        Reconciler::new(
+            Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
+            Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
+            Arc::new(SystemClock),
+            RESEND_POLICY,
+        )
+        .sweeping(PoolSweep {
+            coins: service.prices.coins().cloned().collect(),
+            minimum: service.minimum,
+            quiet_for: POOL_QUIET_FOR,
+        }),
+    );
     run(service_fn(move |event| {
         let reconciler = Arc::clone(&reconciler);
         async move { reconciler::handle(&reconciler, event).await }

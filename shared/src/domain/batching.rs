@@ -193,7 +193,11 @@ mod tests {
         let p = decide(&pool, usd("4"), qty("1"), minimum).unwrap();
         assert_eq!(
             p,
-            Placement::Cross { seq: 0, batch: BatchTotals { usd: usd("12"), qty: total("3"), count: 3 }, absorbed: vec![] }
+            Placement::Cross {
+                seq: 0,
+                batch: BatchTotals { usd: usd("12"), qty: total("3"), count: 3 },
+                absorbed: vec![]
+            }
         );
         assert_eq!(pool.after(&p, usd("4"), qty("1")), PoolState { seq: 1, ..PoolState::default() });
     }
@@ -204,7 +208,11 @@ mod tests {
         let p = decide(&pool, usd("4"), qty("1"), usd("10")).unwrap();
         assert_eq!(
             p,
-            Placement::Cross { seq: 7, batch: BatchTotals { usd: usd("10"), qty: total("2.5"), count: 3 }, absorbed: vec![] }
+            Placement::Cross {
+                seq: 7,
+                batch: BatchTotals { usd: usd("10"), qty: total("2.5"), count: 3 },
+                absorbed: vec![]
+            }
         );
     }
 
@@ -242,7 +250,10 @@ mod tests {
         let p = decide_sharded(&own, &[shard(1, "3", 1)], usd("1"), qty("0.25"), usd("10")).unwrap();
         assert_eq!(p, Placement::Join { seq: 9 });
         // Without shards, exactly the pool's own rule.
-        assert_eq!(decide_sharded(&own, &[], usd("1"), qty("0.25"), usd("10")), decide(&own, usd("1"), qty("0.25"), usd("10")));
+        assert_eq!(
+            decide_sharded(&own, &[], usd("1"), qty("0.25"), usd("10")),
+            decide(&own, usd("1"), qty("0.25"), usd("10"))
+        );
     }
 
     #[test]
@@ -252,7 +263,10 @@ mod tests {
         let Placement::Cross { batch, absorbed, .. } = p else { panic!("{p:?}") };
         assert_eq!((batch.usd, batch.count, absorbed), (usd("12"), 5, vec![shard(4, "1", 1)]));
         // An order of the minimum or more is still its own batch.
-        assert_eq!(decide_sharded(&own, &[shard(4, "1", 1)], usd("10"), qty("2.5"), usd("10")), Ok(Placement::OwnBatch));
+        assert_eq!(
+            decide_sharded(&own, &[shard(4, "1", 1)], usd("10"), qty("2.5"), usd("10")),
+            Ok(Placement::OwnBatch)
+        );
     }
 
     /// The simple model: a list of open orders; whenever an order of at least

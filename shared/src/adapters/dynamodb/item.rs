@@ -329,7 +329,10 @@ fn pools_of(item: &Item) -> Result<Vec<PoolId>, ItemError> {
             .split(',')
             .map(|pool| {
                 let (shard, seq) = pool.split_once(':').ok_or_else(|| invalid("pools"))?;
-                Ok(PoolId { shard: shard.parse().map_err(|_| invalid("pools"))?, seq: seq.parse().map_err(|_| invalid("pools"))? })
+                Ok(PoolId {
+                    shard: shard.parse().map_err(|_| invalid("pools"))?,
+                    seq: seq.parse().map_err(|_| invalid("pools"))?,
+                })
             })
             .collect();
     }

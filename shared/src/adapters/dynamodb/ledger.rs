@@ -37,12 +37,13 @@ impl LedgerRecords for DynamoStore {
                         });
                     }
                     (Some(("COIN", _)), "POOL") => {
-                        let (coin, shard) = parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool", pk.to_owned()))?;
+                        let (coin, shard) =
+                            parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool", pk.to_owned()))?;
                         ledger.pools.push(OpenPool { coin, shard, state: pool_of(found).map_err(infra("read pool"))? });
                     }
                     (Some(("COIN", _)), sk) if sk.starts_with("BATCH#") => {
-                        let (coin, shard) =
-                            parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool pointer", pk.to_owned()))?;
+                        let (coin, shard) = parse_shard_partition(pk)
+                            .ok_or_else(|| InfraError::new("read pool pointer", pk.to_owned()))?;
                         let seq = sk["BATCH#".len()..].parse::<u64>().map_err(infra("read pool pointer"))?;
                         let batch = BatchId::parse(get_s(found, "batch_id").map_err(infra("read pool pointer"))?)
                             .map_err(infra("read pool pointer"))?;

@@ -23,11 +23,13 @@ impl DynamoStore {
     pub(super) async fn batch_of_order(&self, order: &Order) -> Result<Option<Batch>, InfraError> {
         let id = match order.membership {
             Membership::Own(batch) => batch,
-            Membership::Pool { shard, seq } => match self.table.get(pool_batch_key(&order.coin, PoolId { shard, seq })).await? {
-                Some(pointer) => BatchId::parse(get_s(&pointer, "batch_id").map_err(infra("read pool pointer"))?)
-                    .map_err(infra("read pool pointer"))?,
-                None => return Ok(None),
-            },
+            Membership::Pool { shard, seq } => {
+                match self.table.get(pool_batch_key(&order.coin, PoolId { shard, seq })).await? {
+                    Some(pointer) => BatchId::parse(get_s(&pointer, "batch_id").map_err(infra("read pool pointer"))?)
+                        .map_err(infra("read pool pointer"))?,
+                    None => return Ok(None),
+                }
+            }
         };
         self.read_batch(id).await
     }

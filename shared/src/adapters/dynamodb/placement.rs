@@ -156,10 +156,12 @@ impl DynamoStore {
             // A pool moved since it was read: remember it as it is, decide
             // again. A shard left behind that moved is someone else's now.
             let mut stale = false;
+            let mut home_moved = false;
             for &(index, shard) in &plan.pools {
                 if let Some(current) = condition_failed(&reasons, index) {
                     stale = true;
                     if shard == turn.home {
+                        home_moved = true;
                         let pool = match current {
                             Some(item) => cached_of(item)?,
                             None => CachedPool::default(),
@@ -170,34 +172,36 @@ impl DynamoStore {
                     }
                 }
             }
-            if stale {
-                StoreStats::count(&self.stats.stale_pool_retries);
-                // The first retry has the fresh state; after that other
-                // processes are racing for the same pool: spread out.
-                if attempt > 1 {
+            let conflicted = |index: usize| matches!(reasons.get(index), Some(Reason::Conflict));
+            let home_held = plan.pools.first().is_some_and(|&(index, _)| conflicted(index));
+            if home_held || home_moved {
+                // Another process writes this process's home shard (it holds
+                // it now, or moved it since): a collision. Once may be
+                // chance; again, move to another shard, and if there is
+                // none, or moving keeps colliding, the coin needs more.
+                collisions += 1;
+                if home_held {
+                    StoreStats::count(&self.stats.conflicts);
+                } else {
+                    StoreStats::count(&self.stats.stale_pool_retries);
+                }
+                if home_held || collisions >= 2 {
+                    // Others may have grown the count meanwhile.
+                    let mut count = self.fresh_shard_count(turn, &new.coin).await?;
+                    if count == 1 || collisions >= 2 {
+                        count = self.grow_shards(turn, &new.coin, count).await?;
+                    }
+                    let next = self.pick_shard(count, turn.home);
+                    turn.move_home(next);
+                }
+                if collisions >= 2 {
                     self.backoff(attempt).await;
                 }
                 continue;
             }
-            let conflicted = |index: usize| matches!(reasons.get(index), Some(Reason::Conflict));
-            if let Some(&(home_index, _)) = plan.pools.first()
-                && conflicted(home_index)
-            {
-                // Another process holds this process's home shard: move to
-                // another; if there is none, or moving keeps colliding, the
-                // coin needs more shards.
-                StoreStats::count(&self.stats.conflicts);
-                collisions += 1;
-                // Others may have grown the count meanwhile.
-                let mut count = self.fresh_shard_count(turn, &new.coin).await?;
-                if count == 1 || collisions >= 2 {
-                    count = self.grow_shards(turn, &new.coin, count).await?;
-                }
-                let next = self.pick_shard(count, turn.home);
-                turn.move_home(next);
-                if collisions >= 2 {
-                    self.backoff(attempt).await;
-                }
+            if stale {
+                // Only a shard left behind moved: someone else's now.
+                StoreStats::count(&self.stats.stale_pool_retries);
                 continue;
             }
             let mut taken = false;

@@ -9,8 +9,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    self, Item, account_key, batch_key, batch_of, get_s, get_u64, members_partitions, n, n_int, order_key, order_of,
-    s,
+    self, Item, account_key, batch_key, batch_of, get_s, get_u64, members_partitions, n, n_int, order_key, order_of, s,
 };
 use super::table::{Changes, Cond, Query, Reason, Transacted, Write};
 use super::{DynamoStore, infra, unexpected};

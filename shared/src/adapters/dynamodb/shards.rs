@@ -6,7 +6,9 @@
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::item::{self, Item, batch_item, get_u64, ms, n, n_int, parse_shard_partition, pool_batch_key, pool_key, s, shards_key};
+use super::item::{
+    self, Item, batch_item, get_u64, ms, n, n_int, parse_shard_partition, pool_batch_key, pool_key, s, shards_key,
+};
 use super::pool_cache::{CachedPool, Turn};
 use super::stats::StoreStats;
 use super::table::{Changes, Cond, Transacted, Write};
@@ -89,7 +91,11 @@ impl DynamoStore {
             seen => Cond::eq("count", n_int(seen)),
         };
         StoreStats::count(&self.stats.shard_reads);
-        let count = match self.table.update(shards_key(coin), Changes::new().set("count", n_int(wanted)), Some(unchanged)).await? {
+        let count = match self
+            .table
+            .update(shards_key(coin), Changes::new().set("count", n_int(wanted)), Some(unchanged))
+            .await?
+        {
             Ok(_) => {
                 StoreStats::count(&self.stats.shards_grown);
                 wanted
@@ -115,7 +121,6 @@ impl DynamoStore {
     async fn read_shards(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<(u32, CachedPool)>, InfraError> {
         let mut found = Vec::with_capacity(shards.len());
         for chunk in shards.chunks(BATCH_GET_KEYS) {
-            StoreStats::count(&self.stats.shard_reads);
             let items = self.table.get_many(chunk.iter().map(|shard| pool_key(coin, *shard)).collect()).await?;
             let mut seen: Vec<(u32, CachedPool)> = Vec::with_capacity(chunk.len());
             for item in &items {
@@ -194,7 +199,12 @@ impl DynamoStore {
 
     /// One transaction closing `group`'s pools, each exactly as read, into
     /// a new `READY` batch. `None` when one of them changed meanwhile.
-    async fn close_shards(&self, coin: &Coin, group: &[Absorbed], now: OffsetDateTime) -> Result<Option<BatchId>, InfraError> {
+    async fn close_shards(
+        &self,
+        coin: &Coin,
+        group: &[Absorbed],
+        now: OffsetDateTime,
+    ) -> Result<Option<BatchId>, InfraError> {
         let Some(batch) = swept_batch(coin, group, now) else { return Ok(None) };
         let mut writes = Vec::with_capacity(group.len() * 2 + 1);
         for shard in group {
@@ -209,7 +219,9 @@ impl DynamoStore {
         }
         match self.transact_idempotent("sweep pools", &writes).await? {
             Transacted::Committed => Ok(Some(batch.id)),
-            Transacted::Cancelled(reasons) if reasons.iter().any(|r| matches!(r, super::table::Reason::ConditionFailed(_))) => {
+            Transacted::Cancelled(reasons)
+                if reasons.iter().any(|r| matches!(r, super::table::Reason::ConditionFailed(_))) =>
+            {
                 Ok(None)
             }
             Transacted::Cancelled(reasons) => Err(InfraError::new("sweep pools", unexpected(&reasons))),
