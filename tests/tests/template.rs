@@ -106,8 +106,8 @@ fn each_function_gets_the_configuration_its_main_reads() {
     assert!(globals.get("TABLE_NAME").is_some());
     for (function, variables) in [
         ("PlaceOrderFunction", &["SETTLE_QUEUE_URL", "PRICES", "EXCHANGE_MINIMUM_USD"][..]),
-        ("SettleFunction", &["EXCHANGE_URL"][..]),
-        ("ReconcilerFunction", &["SETTLE_QUEUE_URL"][..]),
+        ("SettleFunction", &["EXCHANGE_URL", "SETTLE_QUEUE_URL"][..]),
+        ("ReconcilerFunction", &["SETTLE_QUEUE_URL", "PRICES", "EXCHANGE_MINIMUM_USD"][..]),
     ] {
         let environment = &resource(&template, function)["Environment"]["Variables"];
         for variable in variables {
