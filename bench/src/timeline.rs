@@ -67,7 +67,16 @@ pub fn waits(log: &[Committed], minimum: Decimal, end: Instant) -> Waits {
         if formed && pooled {
             result.batches += 1;
             if let Some(since) = waiting_since.take() {
-                result.longest_wait = result.longest_wait.max(committed.at.duration_since(since));
+                let wait = committed.at.duration_since(since);
+                if wait > result.longest_wait && std::env::var("HOT_COIN_DEBUG").is_ok() {
+                    let first = log.iter().map(|c| c.at).min().unwrap_or(since);
+                    let during = log.iter().filter(|c| c.at > since && c.at < committed.at).count();
+                    eprintln!(
+                        "wait {wait:?} from {:?} after the first write; {during} writes went through meanwhile",
+                        since.duration_since(first)
+                    );
+                }
+                result.longest_wait = result.longest_wait.max(wait);
             }
         }
         let pending: Decimal = pools.values().sum();
