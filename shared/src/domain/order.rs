@@ -34,24 +34,7 @@ impl NewOrder {
     /// pool) records it, and the batch it forms (`READY`, with a fresh id)
     /// if it forms one.
     pub fn placed(&self, shard: u32, placement: &Placement) -> (Order, Option<Batch>) {
-        let batch = |pools: Vec<PoolId>, totals: BatchTotals| Batch {
-            id: BatchId::generate(),
-            coin: self.coin.clone(),
-            pools,
-            qty: totals.qty,
-            usd: totals.usd,
-            count: totals.count,
-            status: BatchStatus::Ready,
-            attempts: 0,
-            lease_until: None,
-            attempted_at: None,
-            resends: 0,
-            resent_at: None,
-            refunded: 0,
-            refusal: None,
-            exchange_order_id: None,
-            created_at: self.created_at,
-        };
+        let batch = |pools: Vec<PoolId>, totals: BatchTotals| Batch::ready(&self.coin, pools, totals, self.created_at);
         let (membership, formed) = match placement {
             Placement::OwnBatch => {
                 let own = batch(Vec::new(), BatchTotals { usd: self.cost, qty: self.amount.into(), count: 1 });
@@ -192,6 +175,29 @@ pub struct ResendPolicy {
 }
 
 impl Batch {
+    /// A batch just formed (`READY`, a fresh id) from these pools (none: an
+    /// order bought alone) with these totals.
+    pub fn ready(coin: &Coin, pools: Vec<PoolId>, totals: BatchTotals, created_at: OffsetDateTime) -> Batch {
+        Batch {
+            id: BatchId::generate(),
+            coin: coin.clone(),
+            pools,
+            qty: totals.qty,
+            usd: totals.usd,
+            count: totals.count,
+            status: BatchStatus::Ready,
+            attempts: 0,
+            lease_until: None,
+            attempted_at: None,
+            resends: 0,
+            resent_at: None,
+            refunded: 0,
+            refusal: None,
+            exchange_order_id: None,
+            created_at,
+        }
+    }
+
     /// When the reconciler should send it again, if ever: `READY` whose
     /// message seems lost, `SUBMITTING` whose attempt died or failed and was
     /// not retried, `REFUSED` whose refunds stopped. Each re-send doubles

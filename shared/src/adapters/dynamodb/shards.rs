@@ -13,7 +13,7 @@ use super::pool_cache::{CachedPool, Turn};
 use super::stats::StoreStats;
 use super::table::{Changes, Cond, Transacted, Write};
 use super::{DynamoStore, infra, unexpected};
-use crate::domain::{Absorbed, Batch, BatchId, BatchQuantity, BatchStatus, Coin, PoolId, PoolState, Usd};
+use crate::domain::{Absorbed, Batch, BatchId, BatchQuantity, BatchTotals, Coin, PoolId, PoolState, Usd};
 use crate::ports::InfraError;
 
 /// Keys one `BatchGetItem` reads at most.
@@ -234,22 +234,7 @@ fn swept_batch(coin: &Coin, group: &[Absorbed], now: OffsetDateTime) -> Option<B
     let usd = group.iter().try_fold(Usd::ZERO, |sum, s| sum.checked_add(s.state.usd))?;
     let qty = group.iter().try_fold(rust_decimal::Decimal::ZERO, |sum, s| sum.checked_add(s.state.qty))?;
     let count = group.iter().try_fold(0u32, |sum, s| sum.checked_add(s.state.count))?;
-    Some(Batch {
-        id: BatchId::generate(),
-        coin: coin.clone(),
-        pools: group.iter().map(|s| PoolId { shard: s.shard, seq: s.state.seq }).collect(),
-        qty: BatchQuantity::from_decimal(qty)?,
-        usd,
-        count,
-        status: BatchStatus::Ready,
-        attempts: 0,
-        lease_until: None,
-        attempted_at: None,
-        resends: 0,
-        resent_at: None,
-        refunded: 0,
-        refusal: None,
-        exchange_order_id: None,
-        created_at: now,
-    })
+    let pools = group.iter().map(|s| PoolId { shard: s.shard, seq: s.state.seq }).collect();
+    let totals = BatchTotals { usd, qty: BatchQuantity::from_decimal(qty)?, count };
+    Some(Batch::ready(coin, pools, totals, now))
 }
