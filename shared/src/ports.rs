@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 
 use crate::audit::Ledger;
 use crate::domain::{
-    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, NewOrder, OrderId, OrderView, PoolOverflow, Usd,
-    UserId,
+    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, NewOrder, OrderId, OrderStatus, OrderView,
+    PoolOverflow, Usd, UserId,
 };
 
 /// An infrastructure failure: the store or queue could not answer. Never a
@@ -77,6 +77,28 @@ pub trait Orders: Send + Sync {
 
     /// A user's balance; zero for a user without an account.
     async fn balance(&self, user: &UserId) -> Result<Usd, InfraError>;
+
+    /// One page of the user's orders, newest first.
+    async fn orders_of(&self, user: &UserId, page: OrderPage) -> Result<OrderList, InfraError>;
+}
+
+/// Which page of a user's orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderPage {
+    /// At most this many orders (1 to 100).
+    pub limit: u32,
+    /// The last order of the previous page: this page starts after it.
+    pub after: Option<OrderId>,
+    /// Only orders in this status (a page may then hold fewer than `limit`).
+    pub status: Option<OrderStatus>,
+}
+
+/// A page of a user's orders.
+#[derive(Debug, Clone)]
+pub struct OrderList {
+    pub orders: Vec<OrderView>,
+    /// Where the next page starts (the last order read); `None` on the last.
+    pub next: Option<OrderId>,
 }
 
 /// The result of trying to claim a batch for a settle attempt.

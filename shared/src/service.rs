@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::ServiceConfig;
 use crate::domain::{IdempotencyKey, InvalidAmount, NewOrder, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
-use crate::ports::{Clock, InfraError, Orders, PlaceError, Placed, SettleQueue};
+use crate::ports::{Clock, InfraError, OrderList, OrderPage, Orders, PlaceError, Placed, SettleQueue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceOrderError {
@@ -75,6 +75,11 @@ impl OrderService {
 
     pub async fn order(&self, user: &UserId, id: OrderId) -> Result<Option<OrderView>, InfraError> {
         self.store.order(user, id).await
+    }
+
+    /// A page of the user's orders, newest first.
+    pub async fn orders(&self, user: &UserId, page: OrderPage) -> Result<OrderList, InfraError> {
+        self.store.orders_of(user, page).await
     }
 
     pub async fn balance(&self, user: &UserId) -> Result<Usd, InfraError> {

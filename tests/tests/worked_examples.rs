@@ -126,3 +126,54 @@ async fn starting_again_with_the_seed_leaves_existing_balances_alone() {
     assert_eq!(app.balance("alice").await, dec("88"));
     app.stop().await;
 }
+
+/// `GET /orders`: the caller's orders, newest first, page by page, with
+/// their statuses, filtered by status; nobody else's.
+#[tokio::test]
+async fn the_order_history_pages_newest_first_and_filters_by_status() {
+    let app = e2e_tests::spawn_app(&[("alice", "100"), ("bob", "100")]).await;
+    let mut placed = Vec::new();
+    // $12 bought alone, then $4 + $2 + $2 + $1 pending.
+    for amount in ["3", "1", "0.5", "0.5", "0.25"] {
+        let reply = app.place("alice", "ABAN", amount).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        placed.push(reply.text("order_id"));
+    }
+    app.wait_for_order("alice", &placed[0], |r| r.text("status") == "settled").await;
+    let list = |query: &str| {
+        let url = format!("{}/orders{query}", app.base);
+        app.request(app.client.get(url).header("x-user-id", "alice"))
+    };
+
+    let mut seen = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let page = list(&query).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let orders = page.body["orders"].as_array().unwrap().clone();
+        assert!(orders.len() <= 2);
+        seen.extend(orders.iter().map(|o| o["order_id"].as_str().unwrap().to_owned()));
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = placed.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+
+    let pending = list("?status=pending").await;
+    let statuses: Vec<&str> =
+        pending.body["orders"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, vec!["pending"; 4], "{}", pending.body);
+    let settled = list("?status=settled").await;
+    assert_eq!(settled.body["orders"][0]["order_id"], placed[0].as_str(), "{}", settled.body);
+
+    let bobs = app.request(app.client.get(format!("{}/orders", app.base)).header("x-user-id", "bob")).await;
+    assert_eq!(bobs.body["orders"].as_array().map(Vec::len), Some(0));
+    for bad in ["?limit=0", "?limit=101", "?limit=x", "?cursor=nope", "?status=open", "?limit=1&limit=2", "?sort=asc"] {
+        list(bad).await.assert_problem(400, "malformed-request");
+    }
+    let anonymous = app.request(app.client.get(format!("{}/orders", app.base))).await;
+    anonymous.assert_problem(401, "unauthorized");
+    app.stop().await;
+}

@@ -13,7 +13,7 @@ use shared::ports::PlaceError;
 use shared::service::{OrderService, PlaceOrderError};
 
 use crate::problem::ApiError;
-use crate::wire::{AccountResponse, OrderResponse, PlaceOrderRequest};
+use crate::wire::{AccountResponse, ListQuery, OrderListResponse, OrderResponse, PlaceOrderRequest};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -32,15 +32,16 @@ async fn route(service: &OrderService, request: &Request) -> Result<Response<Bod
     match path.split('/').collect::<Vec<_>>().as_slice() {
         ["", "orders"] => match *method {
             Method::POST => place_order(service, request).await,
-            _ => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+            Method::GET | Method::HEAD => list_orders(service, request).await,
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD, POST" }),
         },
         ["", "orders", id] => match *method {
             Method::GET | Method::HEAD => get_order(service, request, id).await,
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         },
         ["", "account"] => match *method {
             Method::GET | Method::HEAD => get_account(service, request).await,
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         },
         _ => Err(ApiError::NotFound),
     }
@@ -113,6 +114,14 @@ async fn get_order(service: &OrderService, request: &Request, id: &str) -> Resul
     let id = OrderId::parse(id).map_err(|_| ApiError::NotFound)?;
     let view = service.order(&user, id).await.map_err(ApiError::Internal)?.ok_or(ApiError::NotFound)?;
     Ok(json(StatusCode::OK, &OrderResponse::from(&view)))
+}
+
+/// `GET /orders?limit=&cursor=&status=`: the caller's orders, newest first.
+async fn list_orders(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {
+    let user = caller(request)?;
+    let page = ListQuery::parse(&request.query_string_parameters())?;
+    let list = service.orders(&user, page).await.map_err(ApiError::Internal)?;
+    Ok(json(StatusCode::OK, &OrderListResponse::from(&list)))
 }
 
 async fn get_account(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {

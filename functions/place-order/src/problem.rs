@@ -15,6 +15,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     MalformedBody(String),
+    #[error("{0}")]
+    BadQuery(String),
     #[error(transparent)]
     InvalidIdempotencyKey(InvalidId),
     #[error(transparent)]
@@ -48,7 +50,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
             }
-            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request"),
+            ApiError::MalformedBody(_) | ApiError::BadQuery(_) => {
+                (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request")
+            }
             ApiError::InvalidIdempotencyKey(_) => {
                 (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key")
             }
@@ -157,6 +161,7 @@ mod tests {
             ApiError::Unauthenticated,
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::MalformedBody(String::new()),
+            ApiError::BadQuery(String::new()),
             ApiError::InvalidIdempotencyKey(InvalidId { what: "", reason: "" }),
             ApiError::UnknownCoin(UnknownCoin { symbol: String::new(), known: String::new() }),
             ApiError::InvalidAmount(InvalidAmount::NotPositive),

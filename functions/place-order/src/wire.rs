@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use shared::domain::{OrderView, Quantity, Usd, UserId, format_decimal};
+use shared::domain::{OrderId, OrderStatus, OrderView, Quantity, Usd, UserId, format_decimal};
+use shared::ports::{OrderList, OrderPage};
 use time::format_description::well_known::Rfc3339;
 
 use crate::problem::ApiError;
@@ -77,6 +78,75 @@ impl From<&OrderView> for OrderResponse {
             batch_id: view.batch_id.map(|b| b.to_string()),
             exchange_order_id: view.exchange_order_id.clone(),
             created_at: created_at.format(&Rfc3339).unwrap_or_default(),
+        }
+    }
+}
+
+/// The query of `GET /orders`, checked: `limit` 1–100 (50), an opaque
+/// `cursor` from the previous page, a `status`. Anything else is a 400.
+pub struct ListQuery;
+
+impl ListQuery {
+    pub fn parse(query: &aws_lambda_events::query_map::QueryMap) -> Result<OrderPage, ApiError> {
+        let bad = |detail: String| ApiError::BadQuery(detail);
+        let one = |name: &str| -> Result<Option<&str>, ApiError> {
+            match query.all(name).unwrap_or_default().as_slice() {
+                [] => Ok(None),
+                [value] => Ok(Some(*value)),
+                _ => Err(bad(format!("{name} is given more than once"))),
+            }
+        };
+        for (name, _) in query.iter() {
+            if !["limit", "cursor", "status"].contains(&name) {
+                return Err(bad(format!("unknown query parameter {:?}; known: limit, cursor, status", name)));
+            }
+        }
+        let limit = match one("limit")? {
+            None => 50,
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100).contains(n) && text.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| bad("limit must be a whole number from 1 to 100".to_owned()))?,
+        };
+        let after = match one("cursor")? {
+            None => None,
+            Some(text) => Some(cursor_order(text).ok_or_else(|| bad("cursor is not one this API gave".to_owned()))?),
+        };
+        let status =
+            match one("status")? {
+                None => None,
+                Some(text) => Some(OrderStatus::parse(text).ok_or_else(|| {
+                    bad(format!("status must be pending, settling, settled or refunded, not {text:?}"))
+                })?),
+            };
+        Ok(OrderPage { limit, after, status })
+    }
+}
+
+const CURSOR_PREFIX: &str = "o1.";
+
+/// An opaque cursor: where the next page starts.
+fn cursor(after: OrderId) -> String {
+    format!("{CURSOR_PREFIX}{after}")
+}
+
+fn cursor_order(text: &str) -> Option<OrderId> {
+    OrderId::parse(text.strip_prefix(CURSOR_PREFIX)?).ok()
+}
+
+/// A page of orders, newest first.
+#[derive(Debug, Serialize)]
+pub struct OrderListResponse {
+    pub orders: Vec<OrderResponse>,
+    pub next_cursor: Option<String>,
+}
+
+impl From<&OrderList> for OrderListResponse {
+    fn from(list: &OrderList) -> Self {
+        OrderListResponse {
+            orders: list.orders.iter().map(OrderResponse::from).collect(),
+            next_cursor: list.next.map(cursor),
         }
     }
 }

@@ -12,6 +12,10 @@ thread_local! {
     static SEEDED_IDS: RefCell<Option<(StdRng, u64)>> = const { RefCell::new(None) };
 }
 
+/// Ids of this process, increasing: two made in the same millisecond still
+/// sort in the order they were made (a user's orders list newest first).
+static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+
 fn next_ulid() -> Ulid {
     SEEDED_IDS.with(|seeded| match seeded.borrow_mut().as_mut() {
         // Ids still sort by creation, one millisecond apart.
@@ -19,7 +23,10 @@ fn next_ulid() -> Ulid {
             *millis += 1;
             Ulid::from_parts(*millis, rng.random())
         }
-        None => Ulid::new(),
+        None => {
+            let mut generator = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            generator.get_or_insert_with(ulid::Generator::new).generate().unwrap_or_else(|_| Ulid::new())
+        }
     })
 }
 
@@ -183,6 +190,8 @@ mod tests {
         assert_ne!(first, run(8));
         assert!(first.windows(2).all(|w| w[0] < w[1]));
         assert_ne!(OrderId::generate(), OrderId::generate(), "random again once the guard is gone");
+        let made: Vec<OrderId> = (0..1000).map(|_| OrderId::generate()).collect();
+        assert!(made.windows(2).all(|w| w[0] < w[1]), "ids of one process increase");
     }
 
     #[test]

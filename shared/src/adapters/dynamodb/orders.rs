@@ -2,10 +2,16 @@
 
 use async_trait::async_trait;
 
-use super::item::{account_key, balance_of, batch_key, batch_of, get_s, order_key, order_of, pool_batch_key};
+use std::collections::HashMap;
+
+use super::item::{
+    self, account_key, balance_of, batch_key, batch_of, batch_of as batch_of_item, get_s, order_key, order_of,
+    parse_shard_partition, pool_batch_key,
+};
+use super::table::Query;
 use super::{DynamoStore, infra};
-use crate::domain::{Batch, BatchId, Membership, NewOrder, Order, OrderId, OrderView, PoolId, Usd, UserId};
-use crate::ports::{InfraError, Orders, PlaceError, Placed};
+use crate::domain::{Batch, BatchId, Coin, Membership, NewOrder, Order, OrderId, OrderView, PoolId, Usd, UserId};
+use crate::ports::{InfraError, OrderList, OrderPage, Orders, PlaceError, Placed};
 
 impl DynamoStore {
     pub(super) async fn order_view(&self, user: &UserId, id: OrderId) -> Result<Option<OrderView>, InfraError> {
@@ -60,5 +66,85 @@ impl Orders for DynamoStore {
     async fn balance(&self, user: &UserId) -> Result<Usd, InfraError> {
         let item = self.table.get(account_key(user)).await?;
         balance_of(item.as_ref()).map_err(infra("read account"))
+    }
+
+    /// One `Query` of the account's partition (its orders, newest first),
+    /// then the batches those orders are in, read together.
+    async fn orders_of(&self, user: &UserId, page: OrderPage) -> Result<OrderList, InfraError> {
+        let partition = account_key(user)[item::PK].as_s().cloned().unwrap_or_default();
+        let query = Query {
+            partition: (item::PK, partition),
+            sort_prefix: Some((item::SK, "ORDER#".to_owned())),
+            newest_first: true,
+            limit: Some(page.limit.clamp(1, 100)),
+            start: page.after.map(|id| order_key(user, id)),
+            ..Query::default()
+        };
+        let found = self.table.query(query).await?;
+        let orders: Vec<Order> = found
+            .items
+            .iter()
+            .map(|i| order_of(i).map(|(o, _)| o))
+            .collect::<Result<_, _>>()
+            .map_err(infra("read order"))?;
+        let next = match found.next {
+            Some(_) => orders.last().map(|o| o.id),
+            None => None,
+        };
+        let batches = self.batches_of(&orders).await?;
+        let orders = orders
+            .into_iter()
+            .map(|order| {
+                let batch = batches.iter().find(|(member, _)| *member == order.id).and_then(|(_, b)| b.as_ref());
+                OrderView::new(order.clone(), batch)
+            })
+            .filter(|view| page.status.is_none_or(|status| view.status == status))
+            .collect();
+        Ok(OrderList { orders, next })
+    }
+}
+
+impl DynamoStore {
+    /// The batch of each order that is in one yet, in two reads at most:
+    /// the closed pools' pointers, then the batches.
+    async fn batches_of(&self, orders: &[Order]) -> Result<Vec<(OrderId, Option<Batch>)>, InfraError> {
+        let mut pools: Vec<(Coin, PoolId)> = Vec::new();
+        for order in orders {
+            if let Membership::Pool { shard, seq } = order.membership {
+                let pool = (order.coin.clone(), PoolId { shard, seq });
+                if !pools.contains(&pool) {
+                    pools.push(pool);
+                }
+            }
+        }
+        let mut closed: HashMap<(Coin, PoolId), BatchId> = HashMap::new();
+        for chunk in pools.chunks(100) {
+            let keys = chunk.iter().map(|(coin, pool)| pool_batch_key(coin, *pool)).collect();
+            for pointer in self.table.get_many(keys).await? {
+                let pk = get_s(&pointer, item::PK).map_err(infra("read pool pointer"))?;
+                let sk = get_s(&pointer, item::SK).map_err(infra("read pool pointer"))?;
+                let (coin, shard) =
+                    parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool pointer", pk.to_owned()))?;
+                let seq = sk.trim_start_matches("BATCH#").parse::<u64>().map_err(infra("read pool pointer"))?;
+                let batch = BatchId::parse(get_s(&pointer, "batch_id").map_err(infra("read pool pointer"))?)
+                    .map_err(infra("read pool pointer"))?;
+                closed.insert((coin, PoolId { shard, seq }), batch);
+            }
+        }
+        let batch_of = |order: &Order| match order.membership {
+            Membership::Own(batch) => Some(batch),
+            Membership::Pool { shard, seq } => closed.get(&(order.coin.clone(), PoolId { shard, seq })).copied(),
+        };
+        let mut ids: Vec<BatchId> = orders.iter().filter_map(batch_of).collect();
+        ids.sort();
+        ids.dedup();
+        let mut batches: HashMap<BatchId, Batch> = HashMap::new();
+        for chunk in ids.chunks(100) {
+            for found in self.table.get_many(chunk.iter().map(|id| batch_key(*id)).collect()).await? {
+                let batch = batch_of_item(&found).map_err(infra("read batch"))?;
+                batches.insert(batch.id, batch);
+            }
+        }
+        Ok(orders.iter().map(|order| (order.id, batch_of(order).and_then(|id| batches.get(&id).cloned()))).collect())
     }
 }
