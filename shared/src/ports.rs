@@ -181,9 +181,10 @@ pub trait Outbox: Send + Sync {
     async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError>;
 
     /// Closes into `READY` batches what the coin's idle pool shards (not
-    /// written for `quiet_for`) hold, while together they reach the minimum,
-    /// and lets the coin's shard count shrink to the shards in use. The
-    /// batches formed are returned: they go to the settle queue.
+    /// written for `quiet_for`) hold, while together they reach the
+    /// minimum, and what idle money is left under it together with the
+    /// fullest shards still in use, when that reaches it. The batches
+    /// formed are returned: they go to the settle queue.
     async fn sweep_pools(
         &self,
         coin: &Coin,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use shared::adapters::dynamodb::DynamoStore;
-use shared::adapters::dynamodb::item::{n_int, shards_key};
-use shared::adapters::dynamodb::table::{Changes, Table};
+use shared::adapters::dynamodb::item::{shards_grown, shards_key};
+use shared::adapters::dynamodb::table::Table;
 use shared::audit::audit;
 use shared::domain::{
     BatchId, BatchStatus, Coin, DepositId, IdempotencyKey, NewOrder, OrderId, OrderStatus, Quantity, Usd, UserId,
@@ -215,7 +215,7 @@ pub async fn racing_orders_of_mixed_sizes_on_several_instances_form_each_batch_e
 pub async fn a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less_than_the_minimum(stores: Stores) {
     stores
         .table()
-        .update(shards_key(&Coin::from_trusted("ABAN")), Changes::new().set("count", n_int(8u64)), None)
+        .update(shards_key(&Coin::from_trusted("ABAN")), shards_grown(8, 8, now()), None)
         .await
         .unwrap()
         .unwrap();

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
+use super::table::Changes;
 use aws_sdk_dynamodb::types::AttributeValue;
 use rust_decimal::Decimal;
 use time::OffsetDateTime;
@@ -100,6 +101,12 @@ pub fn pool_batch_key(coin: &Coin, pool: PoolId) -> Item {
 /// How many shards a coin's pool has now.
 pub fn shards_key(coin: &Coin) -> Item {
     key(format!("COIN#{coin}"), "SHARDS")
+}
+
+/// The changes that record a coin's shards grown to `count` at `at`, and
+/// `high`, the most it has had.
+pub fn shards_grown(count: u32, high: u32, at: OffsetDateTime) -> Changes {
+    Changes::new().set("count", n_int(count)).set("grown_ms", ms(at)).set("high", n_int(high.max(count)))
 }
 
 pub fn batch_key(id: BatchId) -> Item {

@@ -43,6 +43,11 @@ use crate::ports::{Clock, InfraError, SystemClock};
 
 /// Attempts of one write before giving up (answering "busy" for an order).
 const MAX_ATTEMPTS: u32 = 12;
+/// An order keeps trying through contention this long (and at least
+/// `MAX_ATTEMPTS` times) before it is answered busy: one customer's burst of
+/// orders queues on their account item, which admits one transaction after
+/// another, and drains in about this long.
+const BUSY_AFTER: Duration = Duration::from_secs(2);
 
 /// How a coin's pool spreads over shards when processes contend for it
 /// (docs/design.md, "Scale"). With one shard it is one pool item, as a
@@ -55,11 +60,19 @@ pub struct PoolSharding {
     pub count_every: Duration,
     /// Most shards left behind that one batch takes along.
     pub carry_at_most: usize,
+    /// The count halves once per this long since it last grew: shards
+    /// nobody collides for any more fold back.
+    pub shrink_after: Duration,
 }
 
 impl Default for PoolSharding {
     fn default() -> Self {
-        PoolSharding { max_shards: 1024, count_every: Duration::from_secs(1), carry_at_most: 8 }
+        PoolSharding {
+            max_shards: 1024,
+            count_every: Duration::from_secs(1),
+            carry_at_most: 8,
+            shrink_after: Duration::from_secs(2),
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
+use super::shards::ShardCount;
 use crate::domain::{Absorbed, Coin, NewOrder, Placement, PoolState};
 
 /// One shard's pool as this process last saw it.
@@ -42,7 +43,7 @@ pub(super) struct CoinPools {
     /// is alone on it), and those it left holding orders.
     pub shards: BTreeMap<u32, CachedPool>,
     /// How many shards the coin has, and when that was read.
-    pub shard_count: Option<(u32, Instant)>,
+    pub shard_count: Option<(ShardCount, Instant)>,
 }
 
 type Lane = Arc<tokio::sync::Mutex<CoinPools>>;

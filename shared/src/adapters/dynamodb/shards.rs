@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::item::{
-    self, Item, batch_item, get_u64, ms, n, n_int, parse_shard_partition, pool_batch_key, pool_key, s, shards_key,
+    self, Item, batch_item, get_u64, ms, n, n_int, parse_shard_partition, pool_batch_key, pool_key, s, shards_grown,
+    shards_key,
 };
 use super::pool_cache::{CachedPool, Turn};
 use super::stats::StoreStats;
@@ -18,6 +19,9 @@ use crate::ports::InfraError;
 
 /// Keys one `BatchGetItem` reads at most.
 const BATCH_GET_KEYS: usize = 100;
+/// Shards one sweep batch closes at most: two writes each (the pool and its
+/// batch pointer) and the batch, within a transaction's 100.
+const SHARDS_PER_BATCH: usize = 48;
 
 /// A shard's pool item as read, with when it was last written.
 pub(super) fn cached_of(found: &Item) -> Result<CachedPool, InfraError> {
@@ -43,41 +47,97 @@ pub(super) fn close_pool(state: &PoolState, now: OffsetDateTime) -> (Changes, Co
     (changes, condition)
 }
 
+/// A coin's shard count as recorded (`COIN#{coin}` / `SHARDS`): what it
+/// last grew to, and when. It halves every `shrink_after` since, without
+/// anyone writing: once processes stop colliding, the coin comes back to
+/// one pool (and one pool's exact timing) in a few halvings. `high` is the
+/// most shards the coin has had: a shard above today's count may still hold
+/// orders, so the sweep reads up to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ShardCount {
+    grown_to: u32,
+    /// When it grew, in ms since the epoch as written (`grown_ms`).
+    grown_ms: Option<i64>,
+    high: u32,
+    exists: bool,
+}
+
+impl ShardCount {
+    fn of(found: Option<&Item>) -> Result<ShardCount, InfraError> {
+        let Some(found) = found else {
+            return Ok(ShardCount { grown_to: 1, grown_ms: None, high: 1, exists: false });
+        };
+        let read = |name: &str| -> Result<Option<u64>, InfraError> {
+            if !found.contains_key(name) {
+                return Ok(None);
+            }
+            get_u64(found, name).map(Some).map_err(infra("read shard count"))
+        };
+        let grown_to = u32::try_from(read("count")?.unwrap_or(1)).unwrap_or(u32::MAX).max(1);
+        let grown_ms = read("grown_ms")?.and_then(|ms| i64::try_from(ms).ok());
+        let high = u32::try_from(read("high")?.unwrap_or(0)).unwrap_or(u32::MAX).max(grown_to);
+        Ok(ShardCount { grown_to, grown_ms, high, exists: true })
+    }
+
+    /// The count at `now`: halved once per `shrink_after` since it grew.
+    /// (A count written before it decayed, with no `grown_ms`, is taken as
+    /// long since grown.)
+    pub(super) fn at(&self, now: OffsetDateTime, shrink_after: std::time::Duration, max: u32) -> u32 {
+        let since_ms = match self.grown_ms {
+            Some(grown) => i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX) - grown,
+            None => i64::MAX,
+        };
+        let every_ms = i64::try_from(shrink_after.as_millis()).unwrap_or(i64::MAX).max(1);
+        let halvings = u32::try_from((since_ms.max(0) / every_ms).min(31)).unwrap_or(31);
+        (self.grown_to >> halvings).clamp(1, max.max(1))
+    }
+
+    /// The condition that the record is still as read.
+    fn unchanged(&self) -> Cond {
+        if !self.exists {
+            return Cond::NotExists("PK");
+        }
+        let grown = match self.grown_ms {
+            Some(ms) => Cond::eq("grown_ms", n_int(u64::try_from(ms).unwrap_or(0))),
+            None => Cond::NotExists("grown_ms"),
+        };
+        Cond::eq("count", n_int(self.grown_to)).and(grown)
+    }
+}
+
 impl DynamoStore {
-    /// How many shards the coin's pool has, as recently read.
+    async fn read_shard_count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
+        StoreStats::count(&self.stats.shard_reads);
+        ShardCount::of(self.table.get(shards_key(coin)).await?.as_ref())
+    }
+
+    /// How many shards the coin's pool has now, from a recent read.
     pub(super) async fn shard_count(&self, turn: &mut Turn, coin: &Coin) -> Result<u32, InfraError> {
         if self.sharding.max_shards <= 1 {
             return Ok(1);
         }
-        if let Some((count, at)) = turn.shard_count
-            && at.elapsed() < self.sharding.count_every
-        {
-            return Ok(count);
-        }
-        StoreStats::count(&self.stats.shard_reads);
-        let count = match self.table.get(shards_key(coin)).await? {
-            Some(found) => u32::try_from(get_u64(&found, "count").map_err(infra("read shard count"))?).unwrap_or(1),
-            None => 1,
+        let record = match turn.shard_count {
+            Some((record, at)) if at.elapsed() < self.sharding.count_every => record,
+            _ => {
+                let record = self.read_shard_count(coin).await?;
+                turn.shard_count = Some((record, Instant::now()));
+                record
+            }
         };
-        let count = count.clamp(1, self.sharding.max_shards);
-        turn.shard_count = Some((count, Instant::now()));
-        Ok(count)
+        Ok(record.at(self.clock.now(), self.sharding.shrink_after, self.sharding.max_shards))
     }
 
     /// The shard count, read again unless it was just read: a collision
     /// says others may have grown it.
     pub(super) async fn fresh_shard_count(&self, turn: &mut Turn, coin: &Coin) -> Result<u32, InfraError> {
-        if let Some((count, at)) = turn.shard_count
-            && at.elapsed() < self.sharding.count_every / 20
-        {
-            return Ok(count);
+        if turn.shard_count.is_some_and(|(_, at)| at.elapsed() >= self.sharding.count_every / 20) {
+            turn.shard_count = None;
         }
-        turn.shard_count = None;
         self.shard_count(turn, coin).await
     }
 
-    /// Grows the coin's shard count (once per count, whoever asks first):
-    /// processes keep colliding on the shards there are.
+    /// Grows the coin's shard count from `seen` (once per count, whoever
+    /// asks first): processes keep colliding on the shards there are.
     pub(super) async fn grow_shards(&self, turn: &mut Turn, coin: &Coin, seen: u32) -> Result<u32, InfraError> {
         // Quickly while there are few shards: a burst of new processes
         // collides until there are about as many as writers.
@@ -86,26 +146,30 @@ impl DynamoStore {
         if wanted <= seen {
             return Ok(seen);
         }
-        let unchanged = match seen {
-            1 => Cond::NotExists("count").or(Cond::eq("count", n_int(1u64))),
-            seen => Cond::eq("count", n_int(seen)),
+        let now = self.clock.now();
+        let record = match turn.shard_count {
+            Some((record, _)) => record,
+            None => self.read_shard_count(coin).await?,
         };
+        let grown = ShardCount {
+            grown_to: wanted,
+            grown_ms: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).ok(),
+            high: record.high.max(wanted),
+            exists: true,
+        };
+        let changes = shards_grown(grown.grown_to, grown.high, now);
         StoreStats::count(&self.stats.shard_reads);
-        let count = match self
-            .table
-            .update(shards_key(coin), Changes::new().set("count", n_int(wanted)), Some(unchanged))
-            .await?
-        {
+        let record = match self.table.update(shards_key(coin), changes, Some(record.unchanged())).await? {
             Ok(_) => {
                 StoreStats::count(&self.stats.shards_grown);
-                wanted
+                grown
             }
-            // Someone grew it first.
-            Err(Some(now)) => u32::try_from(get_u64(&now, "count").map_err(infra("read shard count"))?).unwrap_or(seen),
-            Err(None) => seen,
+            // Someone changed it first (grew it, most likely): theirs stands.
+            Err(Some(current)) => ShardCount::of(Some(&current))?,
+            Err(None) => self.read_shard_count(coin).await?,
         };
-        turn.shard_count = Some((count, Instant::now()));
-        Ok(count)
+        turn.shard_count = Some((record, Instant::now()));
+        Ok(record.at(now, self.sharding.shrink_after, self.sharding.max_shards))
     }
 
     /// Another shard to place on: the coin's shards are `0..count`.
@@ -138,9 +202,12 @@ impl DynamoStore {
     }
 
     /// Batches what the coin's idle shards hold (no write for `quiet_for`),
-    /// the largest first, until they hold less than the minimum together;
-    /// then lets the shard count shrink to the shards still in use. Returns
-    /// the batches formed (`READY`: they go to the settle queue).
+    /// the largest first, while they hold the minimum together; what idle
+    /// shards are left under it is topped up with the fullest shards still
+    /// written, when together they reach it. Reads every shard the coin has
+    /// had (`high`): a process that went away may have left orders above
+    /// today's count. Returns the batches formed (`READY`: they go to the
+    /// settle queue).
     pub(super) async fn sweep(
         &self,
         coin: &Coin,
@@ -148,51 +215,41 @@ impl DynamoStore {
         quiet_for: time::Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<BatchId>, InfraError> {
-        let count = match self.table.get(shards_key(coin)).await? {
-            Some(found) => u32::try_from(get_u64(&found, "count").map_err(infra("read shard count"))?).unwrap_or(1),
-            None => 1,
-        };
-        let all: Vec<u32> = (0..count.max(1)).collect();
+        let record = self.read_shard_count(coin).await?;
+        let all: Vec<u32> = (0..record.high).collect();
         let pools = self.read_shards(coin, &all).await?;
         let quiet = |pool: &CachedPool| pool.written_at.is_none_or(|at| at <= now - quiet_for);
-        let mut idle: Vec<Absorbed> = pools
-            .iter()
-            .filter(|(_, pool)| pool.exists && pool.state.count > 0 && quiet(pool))
-            .map(|(shard, pool)| Absorbed { shard: *shard, state: pool.state })
-            .collect();
-        idle.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
+        let holding = |(shard, pool): &(u32, CachedPool)| {
+            (pool.exists && pool.state.count > 0).then_some(Absorbed { shard: *shard, state: pool.state })
+        };
+        let largest_first = |shards: &mut Vec<Absorbed>| {
+            shards.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
+        };
+        let mut idle: Vec<Absorbed> = pools.iter().filter(|(_, pool)| quiet(pool)).filter_map(holding).collect();
+        let mut written: Vec<Absorbed> = pools.iter().filter(|(_, pool)| !quiet(pool)).filter_map(holding).collect();
+        largest_first(&mut idle);
+        largest_first(&mut written);
 
         let mut formed = Vec::new();
-        loop {
-            let total = idle.iter().fold(Usd::ZERO, |sum, s| sum + s.state.usd);
-            if total < minimum || idle.is_empty() {
-                break;
-            }
-            // The largest first until the minimum: the fewest shards per batch.
-            let mut group = Vec::new();
-            let mut usd = Usd::ZERO;
-            while usd < minimum && !idle.is_empty() {
-                let shard = idle.remove(0);
-                usd = usd + shard.state.usd;
-                group.push(shard);
-            }
+        while let Some(group) = take_minimum(idle.iter(), minimum) {
+            idle.drain(..group.len());
             match self.close_shards(coin, &group, now).await? {
                 Some(batch) => formed.push(batch),
                 // One of them moved: it is not idle after all; the rest may still be.
-                None => break,
+                None => return Ok(formed),
             }
         }
-
-        // The shards in use (holding orders, or written lately) bound the count.
-        let in_use = pools
-            .iter()
-            .filter(|(_, pool)| pool.state.count > 0 || !quiet(pool))
-            .map(|(shard, _)| shard + 1)
-            .max()
-            .unwrap_or(1);
-        if in_use < count {
-            let shrink = Changes::new().set("count", n_int(in_use));
-            self.table.update(shards_key(coin), shrink, Some(Cond::eq("count", n_int(count)))).await?.ok();
+        // Idle money under the minimum while shards in use hold more: both
+        // together (the writers of those lose one race, and decide again).
+        // Half a batch's room for the idle ones, the largest; what does not
+        // fit waits for the next sweep.
+        if !idle.is_empty() {
+            let orphans = idle.iter().take(SHARDS_PER_BATCH / 2);
+            if let Some(group) = take_minimum(orphans.chain(written.iter()), minimum)
+                && let Some(batch) = self.close_shards(coin, &group, now).await?
+            {
+                formed.push(batch);
+            }
         }
         Ok(formed)
     }
@@ -229,6 +286,21 @@ impl DynamoStore {
     }
 }
 
+/// The first of `shards` that together hold `minimum`, as many as one batch
+/// may close at most; `None` when they do not reach it.
+fn take_minimum<'a>(shards: impl Iterator<Item = &'a Absorbed>, minimum: Usd) -> Option<Vec<Absorbed>> {
+    let mut usd = Usd::ZERO;
+    let mut group = Vec::new();
+    for shard in shards.take(SHARDS_PER_BATCH) {
+        usd = usd + shard.state.usd;
+        group.push(*shard);
+        if usd >= minimum {
+            return Some(group);
+        }
+    }
+    None
+}
+
 /// The batch that closing these pools forms.
 fn swept_batch(coin: &Coin, group: &[Absorbed], now: OffsetDateTime) -> Option<Batch> {
     let usd = group.iter().try_fold(Usd::ZERO, |sum, s| sum.checked_add(s.state.usd))?;
@@ -237,4 +309,179 @@ fn swept_batch(coin: &Coin, group: &[Absorbed], now: OffsetDateTime) -> Option<B
     let pools = group.iter().map(|s| PoolId { shard: s.shard, seq: s.state.seq }).collect();
     let totals = BatchTotals { usd, qty: BatchQuantity::from_decimal(qty)?, count };
     Some(Batch::ready(coin, pools, totals, now))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::str::FromStr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rust_decimal::Decimal;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::adapters::dynamodb::PoolSharding;
+    use crate::audit::audit;
+    use crate::domain::{NewOrder, OrderId, Quantity, UserId};
+    use crate::ports::{Accounts, Clock, LedgerRecords, Outbox};
+
+    fn usd(text: &str) -> Usd {
+        Usd::new(Decimal::from_str(text).unwrap()).unwrap()
+    }
+
+    fn at_ms(ms: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap()
+    }
+
+    #[test]
+    fn the_count_halves_once_per_period_since_it_grew() {
+        let record = ShardCount { grown_to: 1024, grown_ms: Some(1_000_000), high: 1024, exists: true };
+        let every = Duration::from_secs(2);
+        let count_at = |ms: i64| record.at(at_ms(ms), every, 1024);
+        assert_eq!(count_at(1_000_000), 1024);
+        assert_eq!(count_at(1_001_999), 1024);
+        assert_eq!(count_at(1_002_000), 512);
+        assert_eq!(count_at(1_007_999), 128);
+        assert_eq!(count_at(1_020_000), 1);
+        assert_eq!(count_at(9_000_000_000), 1);
+        // Another process's clock a little behind the one that grew it.
+        assert_eq!(count_at(999_990), 1024);
+        assert_eq!(record.at(at_ms(1_000_000), every, 256), 256, "capped at the configured most");
+        let never_dated = ShardCount { grown_ms: None, ..record };
+        assert_eq!(never_dated.at(at_ms(1_000_000), every, 1024), 1, "an undated count is long since grown");
+    }
+
+    #[test]
+    fn a_sweep_group_is_the_fewest_shards_that_reach_the_minimum_and_fits_one_transaction() {
+        let shard = |shard: u32, dollars: &str| Absorbed {
+            shard,
+            state: PoolState { seq: 0, usd: usd(dollars), qty: Decimal::ONE, count: 1 },
+        };
+        let shards = [shard(3, "6"), shard(1, "4"), shard(2, "1")];
+        let group = take_minimum(shards.iter(), usd("10")).unwrap();
+        assert_eq!(group.iter().map(|s| s.shard).collect::<Vec<_>>(), vec![3, 1]);
+        assert!(take_minimum(shards.iter(), usd("12")).is_none());
+        let crumbs: Vec<Absorbed> = (0..60).map(|i| shard(i, "0.2")).collect();
+        assert!(take_minimum(crumbs.iter(), usd("10")).is_none(), "50 shards do not fit one batch");
+        assert_eq!(take_minimum(crumbs.iter(), usd("9.6")).map(|g| g.len()), Some(SHARDS_PER_BATCH));
+    }
+
+    struct SetClock(Mutex<OffsetDateTime>);
+
+    impl SetClock {
+        fn set(&self, to: OffsetDateTime) {
+            *self.0.lock().unwrap() = to;
+        }
+    }
+
+    impl Clock for SetClock {
+        fn now(&self) -> OffsetDateTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn order(user: &str, amount: &str, at: OffsetDateTime) -> NewOrder {
+        let amount = Quantity::parse(amount).unwrap();
+        NewOrder {
+            id: OrderId::generate(),
+            user: UserId::parse(user).unwrap(),
+            coin: Coin::from_trusted("ABAN"),
+            amount,
+            price: usd("4"),
+            cost: Usd::cost(usd("4"), amount).unwrap(),
+            idempotency_key: None,
+            created_at: at,
+        }
+    }
+
+    async fn processes(count: usize, clock: &Arc<SetClock>) -> Vec<DynamoStore> {
+        let table: Arc<dyn crate::adapters::dynamodb::table::Table> =
+            Arc::new(crate::adapters::dynamodb::table::memory::MemoryTable::new());
+        let stores: Vec<DynamoStore> = (0..count)
+            .map(|i| {
+                DynamoStore::on(Arc::clone(&table))
+                    .with_clock(Arc::clone(clock) as Arc<dyn Clock>)
+                    .with_jitter_seed(i as u64)
+            })
+            .collect();
+        stores[0].open_account(&UserId::parse("alice").unwrap(), usd("1000")).await.unwrap();
+        stores
+    }
+
+    async fn assert_audit_clean(store: &DynamoStore) {
+        let report = audit(&store.ledger().await.unwrap(), usd("10"));
+        assert!(report.is_clean(), "{report}");
+    }
+
+    /// A process gone quiet (a Lambda instance nobody calls any more) left
+    /// one small order on its shard, while others keep the shards they write
+    /// under the minimum: the sweep takes the quiet shard with the fullest
+    /// written one.
+    #[tokio::test]
+    async fn an_order_left_alone_on_a_quiet_shard_is_swept_with_a_shard_in_use() {
+        let t0 = at_ms(1_700_000_000_000);
+        let clock = Arc::new(SetClock(Mutex::new(t0)));
+        let stores = processes(2, &clock).await;
+        let coin = Coin::from_trusted("ABAN");
+        stores[0].table.update(shards_key(&coin), shards_grown(4, 4, t0), None).await.unwrap().unwrap();
+        let lone = stores[0].place(order("alice", "0.5", t0), usd("10")).await.unwrap(); // $2
+        let quiet_shard = stores[0].pools.enter(&coin).await.home;
+
+        clock.set(t0 + time::Duration::seconds(1));
+        let busy_shard = {
+            let mut turn = stores[1].pools.enter(&coin).await;
+            stores[1].shard_count(&mut turn, &coin).await.unwrap();
+            turn.home = (quiet_shard + 1) % 4;
+            turn.home
+        };
+        clock.set(t0 + time::Duration::seconds(30));
+        for _ in 0..2 {
+            let placed = stores[1].place(order("alice", "1", t0), usd("10")).await.unwrap(); // $8
+            assert_eq!(placed.formed, None);
+        }
+
+        let now = t0 + time::Duration::seconds(35);
+        let formed = stores[1].sweep_pools(&coin, usd("10"), time::Duration::seconds(10), now).await.unwrap();
+
+        assert_eq!(formed.len(), 1, "the quiet $2 and the $8 in use are the minimum together");
+        let batch = stores[1].read_batch(formed[0]).await.unwrap().unwrap();
+        let mut pools: Vec<u32> = batch.pools.iter().map(|p| p.shard).collect();
+        pools.sort_unstable();
+        let mut expected = vec![quiet_shard, busy_shard];
+        expected.sort_unstable();
+        assert_eq!((pools, batch.usd, batch.count), (expected, usd("10"), 3));
+        let alice = UserId::parse("alice").unwrap();
+        let order = stores[1].order_view(&alice, lone.order.order.id).await.unwrap().unwrap();
+        assert_eq!(order.batch_id, Some(batch.id));
+        assert_audit_clean(&stores[0]).await;
+    }
+
+    /// Eight processes that grew the coin to 64 shards in a burst, then a
+    /// trickle: by the time it comes, the count has folded back to one, and
+    /// the order that brings the coin to the minimum forms the batch, as with
+    /// one pool.
+    #[tokio::test]
+    async fn after_a_burst_the_count_folds_back_and_a_trickle_batches_at_once() {
+        let t0 = at_ms(1_700_000_000_000);
+        let clock = Arc::new(SetClock(Mutex::new(t0)));
+        let stores = processes(8, &clock).await;
+        let coin = Coin::from_trusted("ABAN");
+        stores[0].table.update(shards_key(&coin), shards_grown(64, 64, t0), None).await.unwrap().unwrap();
+        let shrink_after = PoolSharding::default().shrink_after;
+
+        clock.set(t0 + time::Duration::try_from(shrink_after * 6).unwrap());
+        let mut turn = stores[0].pools.enter(&coin).await;
+        assert_eq!(stores[0].shard_count(&mut turn, &coin).await.unwrap(), 1);
+        drop(turn);
+
+        // $2 a time, round the processes: the fifth crosses.
+        for (i, store) in stores.iter().take(5).enumerate() {
+            let placed = store.place(order("alice", "0.5", t0), usd("10")).await.unwrap();
+            assert_eq!(placed.formed.is_some(), i == 4, "order {i}: {placed:?}");
+        }
+        assert_audit_clean(&stores[0]).await;
+    }
 }
