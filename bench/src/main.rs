@@ -33,6 +33,7 @@ use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::adapters::dynamodb::table::sdk::SdkTable;
 use shared::adapters::dynamodb::{DynamoStore, PoolSharding, schema};
 use shared::audit::audit;
+use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY};
 use shared::domain::{Coin, NewOrder, OrderId, Quantity, Usd, UserId};
 use shared::ports::{Accounts, Clock, LedgerRecords, Orders, Outbox, PlaceError, SystemClock};
 use std::sync::atomic::AtomicI64;
@@ -79,6 +80,14 @@ struct Cli {
     /// The model's transaction hold time.
     #[arg(long, default_value = "10")]
     hold_ms: u64,
+    /// After each point's load, this many seconds of a trickle: one order a
+    /// second, taking turns over (at most 8 of) the same writers.
+    #[arg(long, default_value = "30")]
+    trickle: u64,
+    /// The sharded design's count halves once per this long since it grew
+    /// (the store's default unless given).
+    #[arg(long)]
+    shrink_after_ms: Option<u64>,
 }
 
 /// One point of the curve.
@@ -92,8 +101,22 @@ struct Point {
     requests: u64,
     latencies: Vec<Duration>,
     waits: timeline::Waits,
+    trickle: Trickle,
     open_after: Decimal,
     audit_problems: usize,
+}
+
+/// What the trickle after the load saw.
+#[derive(Default)]
+struct Trickle {
+    placed: u64,
+    busy: u64,
+    /// Batches formed, and the longest the coin held the minimum without one,
+    /// of the waits that ended in the trickle (one that began in the load
+    /// counts whole).
+    waits: timeline::Waits,
+    /// Shards holding orders when it ended.
+    shards_in_use: usize,
 }
 
 fn minimum() -> Usd {
@@ -119,11 +142,17 @@ fn small_order(rng: &mut StdRng, user: &UserId) -> NewOrder {
     }
 }
 
-fn store_for(design: Design, table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> DynamoStore {
+fn store_for(design: Design, table: Arc<dyn Table>, clock: Arc<dyn Clock>, cli: &Cli) -> DynamoStore {
     let store = DynamoStore::on(table).with_clock(clock);
     match design {
         Design::Today => store.with_pool_sharding(PoolSharding::off()),
-        Design::Sharded => store.with_pool_sharding(PoolSharding::default()),
+        Design::Sharded => {
+            let mut sharding = PoolSharding::default();
+            if let Some(ms) = cli.shrink_after_ms {
+                sharding.shrink_after = Duration::from_millis(ms);
+            }
+            store.with_pool_sharding(sharding)
+        }
     }
 }
 
@@ -153,7 +182,8 @@ async fn base_table(target: Target, rules: ContentionRules) -> (Arc<dyn Table>, 
     }
 }
 
-async fn point(target: Target, design: Design, writers: usize, duration: Duration, rules: ContentionRules) -> Point {
+async fn point(target: Target, design: Design, writers: usize, duration: Duration, cli: &Cli) -> Point {
+    let rules = ContentionRules { hold: Duration::from_millis(cli.hold_ms), ..ContentionRules::default() };
     let (base, contended) = base_table(target, rules).await;
     let recording = Arc::new(RecordingTable::new(Arc::clone(&base), &["COIN#", "BATCH#"]));
     let users: Vec<UserId> = (0..writers * 4).map(|u| UserId::parse(&format!("hot-{u}")).unwrap()).collect();
@@ -169,8 +199,9 @@ async fn point(target: Target, design: Design, writers: usize, duration: Duratio
         _ => Arc::new(SystemClock),
     };
     let stop_at = start + duration;
-    let runs = (0..writers).map(|w| {
-        let store = store_for(design, recording.clone(), Arc::clone(&clock));
+    let stores: Vec<DynamoStore> =
+        (0..writers).map(|_| store_for(design, recording.clone(), Arc::clone(&clock), cli)).collect();
+    let runs = stores.iter().enumerate().map(|(w, store)| {
         let mine: Vec<UserId> = users.iter().skip(w).step_by(writers).cloned().collect();
         async move {
             let mut rng = StdRng::seed_from_u64(w as u64);
@@ -195,10 +226,28 @@ async fn point(target: Target, design: Design, writers: usize, duration: Duratio
             (placed, busy, failed, latencies)
         }
     });
-    let results = futures::future::join_all(runs).await;
-    let elapsed = start.elapsed();
-    let requests = recording.requests() - requests_before;
-    let waits = timeline::waits(&recording.log(), minimum().value(), stop_at);
+    // The reconciler's sweeps, as deployed, throughout: their requests count.
+    let sweeper = DynamoStore::on(recording.clone()).with_clock(Arc::clone(&clock));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let sweeping = async {
+        let coin = Coin::from_trusted("ABAN");
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(POOL_SWEEP_EVERY).await;
+            if let Err(error) = sweeper.sweep_pools(&coin, minimum(), POOL_QUIET_FOR, clock.now()).await {
+                eprintln!("sweep: {error}");
+            }
+        }
+    };
+    let work = async {
+        let results = futures::future::join_all(runs).await;
+        let elapsed = start.elapsed();
+        let requests = recording.requests() - requests_before;
+        let waits = timeline::waits(&recording.log(), minimum().value(), start, stop_at);
+        let trickle = trickle(&stores, &users, Duration::from_secs(cli.trickle), &recording).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (results, elapsed, requests, waits, trickle)
+    };
+    let ((results, elapsed, requests, waits, trickle), ()) = tokio::join!(work, sweeping);
 
     // The load stopped: the reconciler's sweep gathers what idle pools hold.
     let coin = Coin::from_trusted("ABAN");
@@ -227,6 +276,7 @@ async fn point(target: Target, design: Design, writers: usize, duration: Duratio
         requests,
         latencies: Vec::new(),
         waits,
+        trickle,
         open_after,
         audit_problems: report.problems.len(),
     };
@@ -238,6 +288,29 @@ async fn point(target: Target, design: Design, writers: usize, duration: Duratio
     }
     point.latencies.sort();
     point
+}
+
+/// One order a second for `length`, taking turns over (at most 8 of) the
+/// writers that made the load: what a coin sees once its rally is over.
+async fn trickle(stores: &[DynamoStore], users: &[UserId], length: Duration, recording: &RecordingTable) -> Trickle {
+    let mut result = Trickle::default();
+    let begin = Instant::now();
+    let turns = stores.len().min(8);
+    let mut rng = StdRng::seed_from_u64(u64::MAX);
+    for k in 0..length.as_secs() {
+        tokio::time::sleep_until(begin + Duration::from_secs(k)).await;
+        let user = &users[rng.random_range(0..users.len())];
+        match stores[(k as usize) % turns].place_order(small_order(&mut rng, user), minimum()).await {
+            Ok(_) => result.placed += 1,
+            Err(PlaceError::Busy) => result.busy += 1,
+            Err(error) => eprintln!("trickle: {error}"),
+        }
+    }
+    let end = Instant::now();
+    result.waits = timeline::waits(&recording.log(), minimum().value(), begin, end);
+    let ledger = stores[0].ledger().await.unwrap();
+    result.shards_in_use = ledger.pools.iter().filter(|p| p.coin.as_str() == "ABAN" && p.state.count > 0).count();
+    result
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> f64 {
@@ -266,9 +339,22 @@ fn print(point: &Point) {
     );
 }
 
+fn print_trickle(point: &Point) {
+    let trickle = &point.trickle;
+    println!(
+        "| {:?} | {} | {} | {} | {} | {:.0} | {} |",
+        point.design,
+        point.writers,
+        trickle.placed,
+        trickle.busy,
+        trickle.waits.batches,
+        trickle.waits.longest_wait.as_secs_f64() * 1000.0,
+        trickle.shards_in_use,
+    );
+}
+
 fn main() {
     let cli = Cli::parse();
-    let rules = ContentionRules { hold: Duration::from_millis(cli.hold_ms), ..ContentionRules::default() };
     let designs = match cli.design {
         Designs::Today => vec![Design::Today],
         Designs::Sharded => vec![Design::Sharded],
@@ -293,10 +379,24 @@ fn main() {
         "| design | writers | orders/s | busy | requests/order | p50 ms | p99 ms | batches | longest wait at ≥ $10, ms | open pools after, USD | audit |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut points = Vec::new();
     for design in designs {
         for writers in &cli.writers {
-            let point = runtime.block_on(point(cli.target, design, *writers, Duration::from_secs(cli.seconds), rules));
+            let point = runtime.block_on(point(cli.target, design, *writers, Duration::from_secs(cli.seconds), &cli));
             print(&point);
+            points.push(point);
+        }
+    }
+    if cli.trickle > 0 {
+        println!();
+        println!("Then {} s of a trickle, one order a second taking turns over at most 8 of the writers:", cli.trickle);
+        println!();
+        println!(
+            "| design | writers in the load | orders | busy | batches | longest wait at ≥ $10, ms | shards holding orders at the end |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for point in &points {
+            print_trickle(point);
         }
     }
 }

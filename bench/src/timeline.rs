@@ -34,14 +34,17 @@ pub struct Waits {
     pub longest_wait: Duration,
 }
 
-/// Replays `log` (in the order the writes went through) up to `end`.
-pub fn waits(log: &[Committed], minimum: Decimal, end: Instant) -> Waits {
+/// Replays `log` (in the order the writes went through) up to `end`,
+/// counting the batches and waits that end from `from` on (a wait that
+/// began before counts whole).
+pub fn waits(log: &[Committed], minimum: Decimal, from: Instant, end: Instant) -> Waits {
     let mut pools: HashMap<String, Decimal> = HashMap::new();
     let mut result = Waits::default();
     let mut waiting_since: Option<Instant> = None;
     let mut entries: Vec<&Committed> = log.iter().collect();
     entries.sort_by_key(|c| c.at);
-    for committed in entries {
+    for committed in entries.into_iter().take_while(|c| c.at <= end) {
+        let counts = committed.at >= from;
         let (mut formed, mut pooled) = (false, false);
         for write in &committed.writes {
             match write {
@@ -65,8 +68,10 @@ pub fn waits(log: &[Committed], minimum: Decimal, end: Instant) -> Waits {
         }
         // A batch of pooled orders (an order bought alone takes nothing from a pool).
         if formed && pooled {
-            result.batches += 1;
-            if let Some(since) = waiting_since.take() {
+            if counts {
+                result.batches += 1;
+            }
+            if let Some(since) = waiting_since.take().filter(|_| counts) {
                 let wait = committed.at.duration_since(since);
                 if wait > result.longest_wait && std::env::var("HOT_COIN_DEBUG").is_ok() {
                     let first = log.iter().map(|c| c.at).min().unwrap_or(since);

@@ -22,7 +22,7 @@ use shared::adapters::sdk_metrics::RequestCounter;
 use shared::adapters::simulated_exchange::SimulatedExchange;
 use shared::adapters::sqs::{SqsQueue, ensure_queues};
 use shared::audit::{AuditReport, audit};
-use shared::config::{POOL_QUIET_FOR, ServiceConfig};
+use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, ServiceConfig};
 use shared::domain::ResendPolicy;
 use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock};
 use shared::reconcile::{PoolSweep, Reconciler};
@@ -80,6 +80,8 @@ pub struct Options {
     pub resend_policy: ResendPolicy,
     /// A pool shard nobody wrote for this long is swept by the reconciler.
     pub pool_quiet_for: time::Duration,
+    /// How often the reconciler sweeps pool shards (between its runs).
+    pub pool_sweep_every: Duration,
     pub exchange_connect_timeout: Duration,
     pub exchange_timeout: Duration,
     pub settle_lease: Duration,
@@ -105,6 +107,7 @@ impl Default for Options {
                 max_attempts: EventSourceConfig::default().max_receives,
             },
             pool_quiet_for: POOL_QUIET_FOR,
+            pool_sweep_every: POOL_SWEEP_EVERY,
             exchange_connect_timeout: Duration::from_secs(2),
             exchange_timeout: Duration::from_secs(5),
             settle_lease: Duration::from_secs(30),
@@ -299,6 +302,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         coins: options.service.prices.coins().cloned().collect(),
         minimum: options.service.minimum,
         quiet_for: options.pool_quiet_for,
+        every: options.pool_sweep_every,
     };
     let reconciler =
         Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy)
@@ -358,12 +362,21 @@ async fn connect_aws(options: &AwsOptions) -> Result<AwsRuntime, StartError> {
 }
 
 /// The reconciler function's schedule, in-process.
+/// The reconciler's schedule: a run every `every`, and sweeps of the pool
+/// shards between runs (as the function's runs do while they last).
 async fn reconcile(reconciler: Reconciler, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let sweep_every = reconciler.sweep_every().unwrap_or(every).min(every);
+    let mut last_run = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(sweep_every) => {}
             _ = shutdown.changed() => break,
         }
+        if last_run.elapsed() < every {
+            reconciler.sweep().await;
+            continue;
+        }
+        last_run = tokio::time::Instant::now();
         match reconciler.run_once().await {
             Ok(report) if !report.left_to_operator.is_empty() => {
                 tracing::error!(batches = ?report.left_to_operator, "batches exhausted their settle attempts: an operator must look");

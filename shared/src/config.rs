@@ -10,8 +10,14 @@ use crate::adapters::http_exchange::HttpExchangeConfig;
 use crate::adapters::sqs::MAX_RECEIVE_COUNT;
 use crate::domain::{PriceList, ResendPolicy, Usd};
 
-/// A pool shard nobody wrote for this long is swept by the reconciler.
-pub const POOL_QUIET_FOR: time::Duration = time::Duration::seconds(10);
+/// A pool shard nobody wrote for this long is swept by the reconciler. (One
+/// still written loses a race to the sweep at worst, and places again.)
+pub const POOL_QUIET_FOR: time::Duration = time::Duration::seconds(2);
+
+/// How often the reconciler sweeps pool shards: what a process left on its
+/// shard when it went quiet (a Lambda instance nobody calls any more) waits
+/// about this long plus `POOL_QUIET_FOR` once the coin holds the minimum.
+pub const POOL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// When the reconciler function re-sends a batch: a `READY` batch after a
 /// minute; a failed attempt's batch after five minutes (longer than the

@@ -27,6 +27,8 @@ pub struct PoolSweep {
     pub minimum: Usd,
     /// A shard nobody wrote for this long is nobody's any more.
     pub quiet_for: time::Duration,
+    /// How often [`Reconciler::run_until`] sweeps.
+    pub every: std::time::Duration,
 }
 
 /// What one run did.
@@ -57,30 +59,12 @@ impl Reconciler {
         Reconciler { pools: Some(pools), ..self }
     }
 
-    /// Sends every batch that is due again. One failed send does not stop
-    /// the others.
+    /// Sweeps the pools (when it does), then sends every batch that is due
+    /// again. One failed send does not stop the others.
     pub async fn run_once(&self) -> Result<ReconcileReport, InfraError> {
         let now = self.clock.now();
         let mut report = ReconcileReport::default();
-        if let Some(sweep) = &self.pools {
-            for coin in &sweep.coins {
-                let formed = match self.outbox.sweep_pools(coin, sweep.minimum, sweep.quiet_for, now).await {
-                    Ok(formed) => formed,
-                    Err(error) => {
-                        tracing::warn!(error = &error as &dyn std::error::Error, %coin, "could not sweep the pool's shards");
-                        continue;
-                    }
-                };
-                for batch in formed {
-                    tracing::info!(batch_id = %batch, %coin, "a batch formed from idle pool shards");
-                    // A failed send leaves a READY batch: the outbox sends it later.
-                    if let Err(error) = self.queue.send(batch).await {
-                        report.failed.push((batch, error));
-                    }
-                    report.swept.push(batch);
-                }
-            }
-        }
+        self.sweep_into(&mut report).await;
         for batch in self.outbox.open_batches().await? {
             match batch.resend_due(&self.policy) {
                 Some(due) if due <= now => {}
@@ -110,6 +94,53 @@ impl Reconciler {
         }
         report.resent.sort();
         Ok(report)
+    }
+
+    /// One run, then sweeps every `PoolSweep::every` until `deadline`: a
+    /// scheduled function runs a minute at most apart, and what a quiet
+    /// shard holds should not wait that long.
+    pub async fn run_until(&self, deadline: tokio::time::Instant) -> Result<ReconcileReport, InfraError> {
+        let mut report = self.run_once().await?;
+        let Some(every) = self.pools.as_ref().map(|sweep| sweep.every) else { return Ok(report) };
+        while tokio::time::Instant::now() + every < deadline {
+            tokio::time::sleep(every).await;
+            self.sweep_into(&mut report).await;
+        }
+        Ok(report)
+    }
+
+    /// How often it sweeps pool shards, when it does.
+    pub fn sweep_every(&self) -> Option<std::time::Duration> {
+        self.pools.as_ref().map(|sweep| sweep.every)
+    }
+
+    /// Batches what each coin's quiet pool shards hold, and sends them on.
+    pub async fn sweep(&self) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        self.sweep_into(&mut report).await;
+        report
+    }
+
+    async fn sweep_into(&self, report: &mut ReconcileReport) {
+        let Some(sweep) = &self.pools else { return };
+        let now = self.clock.now();
+        for coin in &sweep.coins {
+            let formed = match self.outbox.sweep_pools(coin, sweep.minimum, sweep.quiet_for, now).await {
+                Ok(formed) => formed,
+                Err(error) => {
+                    tracing::warn!(error = &error as &dyn std::error::Error, %coin, "could not sweep the pool's shards");
+                    continue;
+                }
+            };
+            for batch in formed {
+                tracing::info!(batch_id = %batch, %coin, "a batch formed from idle pool shards");
+                // A failed send leaves a READY batch: the outbox sends it later.
+                if let Err(error) = self.queue.send(batch).await {
+                    report.failed.push((batch, error));
+                }
+                report.swept.push(batch);
+            }
+        }
     }
 }
 

@@ -178,6 +178,7 @@ impl Run {
                             coins: config.prices.coins().cloned().collect(),
                             minimum: config.minimum,
                             quiet_for: time::Duration::seconds(5),
+                            every: Duration::from_secs(5),
                         },
                     )),
                     store,

@@ -1,6 +1,8 @@
 //! The reconciler function: on a schedule, sends the batches settlement
 //! lost track of to the settle queue again (see `shared::reconcile`).
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use lambda_runtime::{Error, LambdaEvent};
 use serde::Serialize;
 use shared::reconcile::Reconciler;
@@ -17,11 +19,18 @@ pub struct Report {
     pub swept: Vec<String>,
 }
 
+/// Time left at the end of an invocation for the report and the runtime.
+const MARGIN: Duration = Duration::from_secs(3);
+/// An invocation sweeps for at most this long: the next one comes a minute
+/// after it began.
+const LONGEST: Duration = Duration::from_secs(55);
+
 /// The scheduled event's content does not matter: every run looks at all
-/// open batches. An `Err` (the open batches could not be read) makes the
-/// run count as failed; a failed send does not.
-pub async fn handle(reconciler: &Reconciler, _event: LambdaEvent<serde_json::Value>) -> Result<Report, Error> {
-    let report = reconciler.run_once().await?;
+/// open batches, then sweeps the pool shards every few seconds while the
+/// invocation lasts. An `Err` (the open batches could not be read) makes
+/// the run count as failed; a failed send does not.
+pub async fn handle(reconciler: &Reconciler, event: LambdaEvent<serde_json::Value>) -> Result<Report, Error> {
+    let report = reconciler.run_until(tokio::time::Instant::now() + sweeping_for(event.context.deadline)).await?;
     tracing::info!(
         resent = report.resent.len(),
         failed = report.failed.len(),
@@ -36,4 +45,11 @@ pub async fn handle(reconciler: &Reconciler, _event: LambdaEvent<serde_json::Val
         left_to_operator: ids(&mut report.left_to_operator.iter().map(ToString::to_string)),
         swept: ids(&mut report.swept.iter().map(ToString::to_string)),
     })
+}
+
+/// How long this invocation may keep sweeping: until its deadline (ms since
+/// the epoch, from the runtime) less a margin; no time at all without one.
+fn sweeping_for(deadline_ms: u64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Duration::from_millis(deadline_ms).saturating_sub(now).saturating_sub(MARGIN).min(LONGEST)
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use lambda_runtime::{Error, run, service_fn};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::sqs::SqsQueue;
-use shared::config::{AwsResources, POOL_QUIET_FOR, RESEND_POLICY, ServiceConfig};
+use shared::config::{AwsResources, POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig};
 use shared::ports::SystemClock;
 use shared::reconcile::{PoolSweep, Reconciler};
 
@@ -25,6 +25,7 @@ async fn main() -> Result<(), Error> {
             coins: service.prices.coins().cloned().collect(),
             minimum: service.minimum,
             quiet_for: POOL_QUIET_FOR,
+            every: POOL_SWEEP_EVERY,
         }),
     );
     run(service_fn(move |event| {

@@ -21,7 +21,7 @@ use super::item::{
 };
 use super::pool_cache::{CachedPool, Turn};
 use super::schema::TTL_ATTRIBUTE;
-use super::shards::{cached_of, close_pool};
+use super::shards::{VIEW_QUIET_FOR, cached_of, close_pool};
 use super::stats::StoreStats;
 use super::table::{Changes, Cond, Reason, TableError, Transacted, Write};
 use super::{BUSY_AFTER, DynamoStore, MAX_ATTEMPTS, contended, infra, unexpected};
@@ -102,9 +102,11 @@ impl DynamoStore {
                         let home = self.random_below(count);
                         turn.move_home(home);
                     }
+                    self.refresh_view(turn, &new.coin).await?;
                     let own = self.pool_for(turn, &new.coin).await?;
-                    let left = turn.left_behind(self.sharding.carry_at_most);
-                    let placement = decide_sharded(&own.state, &left, new.cost, new.amount, minimum)?;
+                    let quiet_since = self.clock.now() - VIEW_QUIET_FOR;
+                    let carry = turn.carry(self.sharding.carry_at_most, quiet_since);
+                    let placement = decide_sharded(&own.state, &carry, new.cost, new.amount, minimum)?;
                     let plan = self.plan(new, turn.home, Some(&own), &placement, minimum);
                     (placement, plan)
                 }

@@ -12,7 +12,10 @@
 //! A coin's pool may be spread over shards (docs/design.md, "Scale"): the
 //! process places its orders on one of them, its *home*. When it moves to
 //! another (another process writes its home), it remembers the shards it
-//! left with orders in them, and takes them along in its next batch.
+//! left with orders in them, and takes them along in its next batch. A
+//! process that was idle a while also looks at the coin's other shards
+//! (its *view*), and takes the quiet ones along too: once a rally is over,
+//! what the shards hold together batches as one pool would.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -44,6 +47,11 @@ pub(super) struct CoinPools {
     pub shards: BTreeMap<u32, CachedPool>,
     /// How many shards the coin has, and when that was read.
     pub shard_count: Option<(ShardCount, Instant)>,
+    /// Other shards holding orders, as last read, and when.
+    pub view: BTreeMap<u32, CachedPool>,
+    pub view_read: Option<Instant>,
+    /// When this process last placed a pooled order of the coin.
+    pub last_placed: Option<Instant>,
 }
 
 type Lane = Arc<tokio::sync::Mutex<CoinPools>>;
@@ -102,19 +110,29 @@ impl CoinPools {
         self.home = shard;
     }
 
-    /// The shards this process left holding orders, as it left them: its
-    /// batch closes them too (each only if it is still exactly so).
-    pub fn left_behind(&self, at_most: usize) -> Vec<Absorbed> {
-        self.shards
+    /// The shards a batch of this process's may take along, each only if
+    /// it is still exactly as known: first those it left holding orders, as
+    /// it left them; then those of its view nobody has written since
+    /// `quiet_since`.
+    pub fn carry(&self, at_most: usize, quiet_since: OffsetDateTime) -> Vec<Absorbed> {
+        let holding = |(shard, pool): (&u32, &CachedPool)| {
+            (*shard != self.home && pool.exists && pool.state.count > 0)
+                .then_some(Absorbed { shard: *shard, state: pool.state })
+        };
+        let left = self.shards.iter().filter_map(holding);
+        let quiet = self
+            .view
             .iter()
-            .filter(|(shard, pool)| **shard != self.home && pool.exists && pool.state.count > 0)
-            .take(at_most)
-            .map(|(shard, pool)| Absorbed { shard: *shard, state: pool.state })
-            .collect()
+            .filter(|(shard, pool)| {
+                !self.shards.contains_key(shard) && pool.written_at.is_some_and(|at| at <= quiet_since)
+            })
+            .filter_map(holding);
+        left.chain(quiet).take(at_most).collect()
     }
 
-    /// A shard left behind that someone else now writes: theirs to batch.
+    /// A shard to take along that someone else now writes: theirs to batch.
     pub fn let_go(&mut self, shard: u32) {
+        self.view.remove(&shard);
         if shard != self.home {
             self.shards.remove(&shard);
         }
@@ -124,6 +142,7 @@ impl CoinPools {
     /// this process's order moved it here; others may have moved the pools
     /// too, which the next transaction's conditions find out.
     pub fn note_committed(&mut self, new: &NewOrder, placement: &Placement, at: OffsetDateTime) {
+        self.last_placed = Some(Instant::now());
         let home = self.home;
         let Some(cached) = self.shards.get_mut(&home) else { return };
         match placement {
@@ -138,6 +157,7 @@ impl CoinPools {
                 // Taken along: nothing left there to carry.
                 for shard in absorbed {
                     self.shards.remove(&shard.shard);
+                    self.view.remove(&shard.shard);
                 }
             }
             // Decided from another state than the cache's: it cannot be trusted.
