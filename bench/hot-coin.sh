@@ -4,7 +4,7 @@
 # virtual time (default), or on the emulators, which this starts like
 # scripts/test does.
 #
-#   bench/hot-coin.sh [--target model|dynamodb-local|ministack] [--writers 1,8,64,256] [--seconds 5] [--design both]
+#   bench/hot-coin.sh [--target model|dynamodb-local|ministack] [--writers 1,8,64,256] [--seconds 5] [--design both] [--trickle 30]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ " $* " == *" dynamodb-local"* || " $* " == *" ministack"* ]]; then

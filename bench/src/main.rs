@@ -6,11 +6,14 @@
 //! placed order, p50/p99 placement latency, the batches formed, the longest
 //! time the coin's pooled orders stayed at or above the minimum with no
 //! batch forming, what the open pools hold once the load stops and the
-//! reconciler has run, and the audit of the money invariants.
+//! reconciler has run, and the audit of the money invariants; then, after
+//! each load, a trickle of one order a second over a few of the same
+//! writers, and how long the coin held the minimum without a batch in it.
+//! The reconciler's sweep runs every 5 s throughout, as deployed.
 //!
 //! ```text
 //! cargo run --release -p hot-coin-bench -- [--target model|dynamodb-local|ministack]
-//!     [--writers 1,8,64,256] [--seconds 2] [--design today|sharded|both]
+//!     [--writers 1,8,64,256] [--seconds 2] [--design today|sharded|both] [--trickle 30]
 //! ```
 //!
 //! The emulators' endpoints come from `DYNAMODB_LOCAL_ENDPOINT` and
