@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lambda_events::apigw::{
     ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest,
@@ -12,14 +13,15 @@ use aws_lambda_events::apigw::{
 };
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderMap, HeaderValue, Response, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use lambda_http::request::LambdaRequest;
+use place_order::BODY_LIMIT;
+use place_order::problem::ApiError;
 use shared::service::OrderService;
 
-/// API Gateway's own payload limit; the handler enforces the API's smaller one.
-const GATEWAY_BODY_LIMIT: usize = 10 * 1024 * 1024;
+use crate::openapi;
 
 /// The header `orders-local` trusts in place of a verified JWT.
 pub const USER_HEADER: &str = "x-user-id";
@@ -28,13 +30,26 @@ pub async fn serve(
     service: Arc<OrderService>,
     request: hyper::Request<Incoming>,
     remote: SocketAddr,
+    body_timeout: Duration,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, GATEWAY_BODY_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return Ok(gateway_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"));
+    if let Some(response) = served_here(&parts) {
+        return Ok(response);
+    }
+    if let Err(error) = check_head(&parts) {
+        return Ok(problem(error));
+    }
+    // The API's limit, applied while reading: a larger body is never held.
+    let body = match tokio::time::timeout(body_timeout, Limited::new(body, BODY_LIMIT).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            return Ok(problem(ApiError::PayloadTooLarge { limit: BODY_LIMIT }));
         }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "the request body could not be read");
+            return Ok(problem(ApiError::Malformed("the request body could not be read".to_owned())));
+        }
+        Err(_) => return Ok(problem(ApiError::RequestTimeout)),
     };
     let event = api_gateway_event(&parts, body, remote);
     let lambda_request: lambda_http::Request = LambdaRequest::ApiGatewayV2(event).into();
@@ -43,7 +58,8 @@ pub async fn serve(
         Err(error) => {
             // What API Gateway does with a failed invocation.
             tracing::error!(error = %error, "the handler failed");
-            return Ok(gateway_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"));
+            let error = shared::ports::InfraError::new("invoke the handler", error);
+            return Ok(problem(ApiError::Internal(error)));
         }
     };
     let (parts, body) = response.into_parts();
@@ -54,6 +70,33 @@ pub async fn serve(
         _ => Bytes::new(),
     };
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// What the gateway answers before reading a body: a declared body over
+/// the limit, and the caller's id sent more than once (which one would be
+/// the caller?).
+fn check_head(parts: &http::request::Parts) -> Result<(), ApiError> {
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+    }
+    if parts.headers.get_all(USER_HEADER).iter().nth(1).is_some() {
+        return Err(ApiError::Malformed("X-User-Id must be sent once; the request carries several".to_owned()));
+    }
+    Ok(())
+}
+
+/// Documents `orders-local` serves itself: the API description.
+fn served_here(parts: &http::request::Parts) -> Option<Response<Full<Bytes>>> {
+    if parts.uri.path() != "/openapi.json" {
+        return None;
+    }
+    if parts.method != http::Method::GET && parts.method != http::Method::HEAD {
+        return Some(problem(ApiError::MethodNotAllowed { allow: "GET, HEAD" }));
+    }
+    let mut response = Response::new(Full::new(openapi::json()));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Some(response)
 }
 
 fn api_gateway_event(parts: &http::request::Parts, body: Bytes, remote: SocketAddr) -> ApiGatewayV2httpRequest {
@@ -102,11 +145,8 @@ fn api_gateway_event(parts: &http::request::Parts, body: Bytes, remote: SocketAd
     event
 }
 
-/// An error API Gateway produces itself, in its own format.
-fn gateway_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+/// An error the gateway answers itself, in the API's problem format.
+fn problem(error: ApiError) -> Response<Full<Bytes>> {
+    let (parts, body) = error.into_response().into_parts();
+    Response::from_parts(parts, Full::new(Bytes::copy_from_slice(body.as_ref())))
 }

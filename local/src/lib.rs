@@ -3,7 +3,10 @@
 
 pub mod event_source;
 pub mod gateway;
+pub mod openapi;
+mod parse_errors;
 pub mod seed;
+pub mod server;
 pub mod sqs_poller;
 
 use std::net::SocketAddr;
@@ -11,10 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use shared::adapters::dynamodb::{DynamoStore, schema};
 use shared::adapters::http_exchange::{HttpExchange, HttpExchangeConfig};
 use shared::adapters::memory_queue::{MemoryQueue, QueuedMessage, memory_queue};
@@ -33,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use event_source::{DeadLetters, EventSourceConfig};
+pub use server::ServerLimits;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -87,6 +87,7 @@ pub struct Options {
     pub settle_lease: Duration,
     pub event_source: EventSourceConfig,
     pub service: ServiceConfig,
+    pub limits: ServerLimits,
 }
 
 impl Default for Options {
@@ -113,6 +114,7 @@ impl Default for Options {
             settle_lease: Duration::from_secs(30),
             event_source: EventSourceConfig::default(),
             service: ServiceConfig::default(),
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -314,7 +316,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Listen { addr: options.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: options.listen, source })?;
-    tasks.push(tokio::spawn(accept(listener, service, shutdown_rx)));
+    tasks.push(tokio::spawn(server::serve(listener, service, options.limits.clone(), shutdown_rx)));
     Ok(Running { addr, store, minimum: options.service.minimum, dead_letters, aws, shutdown, tasks })
 }
 
@@ -361,7 +363,6 @@ async fn connect_aws(options: &AwsOptions) -> Result<AwsRuntime, StartError> {
     })
 }
 
-/// The reconciler function's schedule, in-process.
 /// The reconciler's schedule: a run every `every`, and sweeps of the pool
 /// shards between runs (as the function's runs do while they last).
 async fn reconcile(reconciler: Reconciler, every: Duration, mut shutdown: watch::Receiver<bool>) {
@@ -384,36 +385,5 @@ async fn reconcile(reconciler: Reconciler, every: Duration, mut shutdown: watch:
             Ok(_) => {}
             Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "reconciling stuck batches failed"),
         }
-    }
-}
-
-async fn accept(listener: TcpListener, service: Arc<OrderService>, mut shutdown: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = Arc::clone(&service);
-        let connection = http1::Builder::new().serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |request| gateway::serve(Arc::clone(&service), request, remote)),
-        );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
-    }
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after 5 s; closing them");
     }
 }

@@ -1,9 +1,11 @@
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use orders_local::{Backend, Options};
+use orders_local::{Backend, Options, ServerLimits};
 use shared::config::ServiceConfig;
 
 /// The Order API and settlement on one port, running the Lambda handlers.
@@ -21,6 +23,13 @@ struct Cli {
     exchange_url: Option<String>,
     #[arg(long, value_enum, default_value = "memory")]
     backend: Backend,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's head (or, on a kept-alive
+    /// connection, its next request), and then its body.
+    #[arg(long, default_value_t = ServerLimits::default().header_timeout.as_secs())]
+    request_timeout: u64,
 }
 
 #[tokio::main]
@@ -30,6 +39,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,hyper=warn".into()),
         )
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli).await {
@@ -54,24 +64,44 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         exchange_url: cli.exchange_url,
         backend: cli.backend,
         service: ServiceConfig::from_env()?,
+        limits: ServerLimits {
+            max_connections: cli.max_connections,
+            header_timeout: Duration::from_secs(cli.request_timeout),
+            body_timeout: Duration::from_secs(cli.request_timeout),
+            ..ServerLimits::default()
+        },
         ..Options::default()
     };
     let exchange = options.exchange_url.clone().unwrap_or_else(|| "simulated".to_owned());
     let running = orders_local::start(options).await?;
-    tracing::info!(addr = %running.addr, %exchange, "orders-local is serving the Order API; Ctrl-C stops it");
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("stopping: finishing requests and settlements under way");
+    tracing::info!(addr = %running.addr, %exchange, "orders-local is serving the Order API; Ctrl-C or SIGTERM stops it");
+    let signal = stop_signal().await?;
+    tracing::info!(signal, "stopping: finishing requests and settlements under way");
     let aws = running.aws.clone();
-    let audit = running.audit().await;
+    let embedded = running.store.clone();
+    let minimum = running.minimum;
     running.stop().await;
-    if let Some(aws) = aws {
-        tracing::info!("{}", aws.report());
-    }
-    match audit {
-        Ok(report) if report.is_clean() => tracing::info!("audit: {report}"),
-        Ok(report) => tracing::error!("audit: {report}"),
-        Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "could not audit the store"),
+    match aws {
+        // A shared table may hold millions of items and other processes'
+        // work: `orders-admin audit` checks it.
+        Some(aws) => tracing::info!("{}", aws.report()),
+        None => match embedded.ledger().await {
+            Ok(ledger) => match shared::audit::audit(&ledger, minimum) {
+                report if report.is_clean() => tracing::info!("audit: {report}"),
+                report => tracing::error!("audit: {report}"),
+            },
+            Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "could not audit the store"),
+        },
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as container runtimes and process managers send.
+async fn stop_signal() -> std::io::Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.map(|()| "SIGINT"),
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
 }

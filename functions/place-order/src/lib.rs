@@ -26,8 +26,8 @@ pub async fn handle(service: &OrderService, request: Request) -> Result<Response
 }
 
 async fn route(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {
+    // Paths are exact, as API Gateway routes them: `/orders/` is not `/orders`.
     let path = request.uri().path();
-    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let method = request.method();
     match path.split('/').collect::<Vec<_>>().as_slice() {
         ["", "orders"] => match *method {
@@ -35,7 +35,7 @@ async fn route(service: &OrderService, request: &Request) -> Result<Response<Bod
             Method::GET | Method::HEAD => list_orders(service, request).await,
             _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD, POST" }),
         },
-        ["", "orders", id] => match *method {
+        ["", "orders", id] if !id.is_empty() => match *method {
             Method::GET | Method::HEAD => get_order(service, request, id).await,
             _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         },
@@ -63,9 +63,16 @@ fn caller(request: &Request) -> Result<UserId, ApiError> {
 }
 
 fn idempotency_key(request: &Request) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = request.headers().get("idempotency-key") else {
+    let mut values = request.headers().get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey(shared::domain::InvalidId {
+            what: "Idempotency-Key",
+            reason: "must be sent once; the request carries several",
+        }));
+    }
     let text = value.to_str().map_err(|_| {
         ApiError::InvalidIdempotencyKey(shared::domain::InvalidId {
             what: "Idempotency-Key",

@@ -13,8 +13,15 @@ pub enum ApiError {
     Unauthenticated,
     #[error("the body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request is not well-formed: its body, a header, its framing.
     #[error("{0}")]
-    MalformedBody(String),
+    Malformed(String),
+    #[error("the request URI is too long")]
+    UriTooLong,
+    #[error("the request's headers are too large")]
+    HeadersTooLarge,
+    #[error("the request was not received in time")]
+    RequestTimeout,
     #[error("{0}")]
     BadQuery(String),
     #[error(transparent)]
@@ -50,9 +57,14 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
             }
-            ApiError::MalformedBody(_) | ApiError::BadQuery(_) => {
+            ApiError::Malformed(_) | ApiError::BadQuery(_) => {
                 (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request")
             }
+            ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI too long"),
+            ApiError::HeadersTooLarge => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers-too-large", "Request headers too large")
+            }
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request timeout"),
             ApiError::InvalidIdempotencyKey(_) => {
                 (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key")
             }
@@ -80,11 +92,11 @@ impl ApiError {
         self.code().0
     }
 
-    /// The problem+json response. A 5xx says nothing internal; its cause
-    /// chain is logged here, once.
-    pub fn into_response(self) -> Response<Body> {
+    /// The status and the problem+json body. A 5xx says nothing internal;
+    /// its cause chain is logged here, once.
+    pub fn problem(&self) -> (StatusCode, String) {
         let (status, kind, title) = self.code();
-        let detail = match &self {
+        let detail = match self {
             ApiError::Internal(source) => {
                 tracing::error!(error = source as &dyn std::error::Error, "request failed");
                 "The request could not be completed; it changed nothing and may be retried.".to_owned()
@@ -98,7 +110,11 @@ impl ApiError {
             other => other.to_string(),
         };
         let problem = Problem { kind, title, status: status.as_u16(), detail };
-        let body = serde_json::to_string(&problem).unwrap_or_default();
+        (status, serde_json::to_string(&problem).unwrap_or_default())
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (status, body) = self.problem();
         let mut response = Response::new(Body::Text(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -160,7 +176,10 @@ mod tests {
         let every_error = [
             ApiError::Unauthenticated,
             ApiError::PayloadTooLarge { limit: 1 },
-            ApiError::MalformedBody(String::new()),
+            ApiError::Malformed(String::new()),
+            ApiError::UriTooLong,
+            ApiError::HeadersTooLarge,
+            ApiError::RequestTimeout,
             ApiError::BadQuery(String::new()),
             ApiError::InvalidIdempotencyKey(InvalidId { what: "", reason: "" }),
             ApiError::UnknownCoin(UnknownCoin { symbol: String::new(), known: String::new() }),

@@ -27,18 +27,18 @@ pub struct PlaceOrderRequest {
 impl PlaceOrderRequest {
     /// Shape errors are 400; a well-formed but unacceptable amount is 422.
     pub fn parse(body: &[u8]) -> Result<PlaceOrderRequest, ApiError> {
-        let malformed = |detail: &str| ApiError::MalformedBody(detail.to_owned());
+        let malformed = |detail: &str| ApiError::Malformed(detail.to_owned());
         let text = std::str::from_utf8(body).map_err(|_| malformed("the body is not UTF-8 JSON"))?;
         // serde would also take a JSON array as a struct; the API takes objects only.
         if !text.trim_start().starts_with('{') {
             return Err(malformed("the body must be a JSON object with \"coin\" and \"amount\""));
         }
         let parsed: PlaceOrderBody<'_> =
-            serde_json::from_str(text).map_err(|e| ApiError::MalformedBody(format!("invalid order JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| ApiError::Malformed(format!("invalid order JSON: {e}")))?;
         let raw = parsed.amount.get();
         let amount_text = match raw.as_bytes().first() {
             Some(b'"') => serde_json::from_str::<String>(raw)
-                .map_err(|e| ApiError::MalformedBody(format!("invalid amount string: {e}")))?,
+                .map_err(|e| ApiError::Malformed(format!("invalid amount string: {e}")))?,
             Some(b'-' | b'0'..=b'9') => raw.to_owned(),
             _ => {
                 return Err(malformed("\"amount\" must be a decimal string or a JSON number"));
@@ -205,9 +205,9 @@ mod tests {
             "{\"coin\":\"ABAN\",\"amount\":\"3\"",
             "{\"coin\":\"ABAN\",\"coin\":\"ABAN\",\"amount\":\"3\"}",
         ] {
-            assert!(matches!(parse(body), Err(ApiError::MalformedBody(_))), "{body:?}");
+            assert!(matches!(parse(body), Err(ApiError::Malformed(_))), "{body:?}");
         }
-        assert!(matches!(PlaceOrderRequest::parse(b"{\"coin\":\"\xff\"}"), Err(ApiError::MalformedBody(_))));
+        assert!(matches!(PlaceOrderRequest::parse(b"{\"coin\":\"\xff\"}"), Err(ApiError::Malformed(_))));
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! hyper answers a request it cannot parse (invalid header bytes,
+//! conflicting `Content-Length`s, a URI or head too large) itself, before
+//! any service sees it, with an empty `400`/`414`/`431` and a closed
+//! connection. hyper has no hook for that answer, so this wrapper around
+//! the connection recognises it as hyper writes it and sends a
+//! problem+json body in its place, diagnosed from the bytes the client
+//! sent: a client gets the same kind of error body from every layer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use place_order::problem::ApiError;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The request bytes kept for a diagnosis; a head longer than this is
+/// still answered, with a less specific detail.
+const KEPT_FOR_DIAGNOSIS: usize = 16 * 1024;
+
+/// A connection whose canned parse-error answers become problem+json.
+pub struct ProblemAnswers<T> {
+    inner: T,
+    /// What the client sent since the last response began.
+    received: Vec<u8>,
+    /// The replacement answer, and how much of it is written.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl<T> ProblemAnswers<T> {
+    pub fn new(inner: T) -> ProblemAnswers<T> {
+        ProblemAnswers { inner, received: Vec::new(), replacing: None }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> ProblemAnswers<T> {
+    /// Writes what is left of a replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.replacing {
+            if *written == bytes.len() {
+                self.replacing = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ProblemAnswers<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let room = KEPT_FOR_DIAGNOSIS.saturating_sub(this.received.len());
+        let new = &buf.filled()[before..];
+        this.received.extend_from_slice(&new[..new.len().min(room)]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemAnswers<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_replacement(cx))?;
+        if let Some(status) = canned_error_status(buf) {
+            let answer = answer(&diagnose(status, &this.received));
+            this.received.clear();
+            this.replacing = Some((answer, 0));
+            // The canned bytes count as written: hyper moves on to flush
+            // and close, which write the replacement first.
+            ready!(this.poll_replacement(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        this.received.clear();
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_replacement(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_replacement(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// The status of hyper's own parse-error answer, if `written` is one: a
+/// whole head of `400`, `414` or `431` with `connection: close` and no
+/// body. The service's responses always carry a body, so never match.
+fn canned_error_status(written: &[u8]) -> Option<u16> {
+    let status = match written.get(..13)? {
+        b"HTTP/1.1 400 " => 400,
+        b"HTTP/1.1 414 " => 414,
+        b"HTTP/1.1 431 " => 431,
+        _ => return None,
+    };
+    let head = std::str::from_utf8(written).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n").skip(1);
+    let closes = lines.clone().any(|l| l.eq_ignore_ascii_case("connection: close"));
+    let empty = lines.any(|l| l.eq_ignore_ascii_case("content-length: 0"));
+    (closes && empty).then_some(status)
+}
+
+/// What was wrong with the request, as the API's error for it.
+fn diagnose(status: u16, received: &[u8]) -> ApiError {
+    match status {
+        414 => return ApiError::UriTooLong,
+        431 => return ApiError::HeadersTooLarge,
+        _ => {}
+    }
+    let head = received.split(|&b| b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let mut lengths = Vec::new();
+    for (index, line) in head.enumerate() {
+        if line.is_empty() {
+            break;
+        }
+        if index == 0 {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return ApiError::Malformed(format!("header line {index} has no ':'"));
+        };
+        let name = String::from_utf8_lossy(&line[..colon]).trim().to_ascii_lowercase();
+        let value = &line[colon + 1..];
+        if let Some(&bad) = value.iter().find(|&&b| !(b == b'\t' || b >= 0x20) || b == 0x7f) {
+            let reason = format!("header {name} carries the byte 0x{bad:02x}, which HTTP does not allow");
+            return match name.as_str() {
+                "idempotency-key" => ApiError::InvalidIdempotencyKey(shared::domain::InvalidId {
+                    what: "Idempotency-Key",
+                    reason: "must be 1 to 128 visible ASCII characters",
+                }),
+                _ => ApiError::Malformed(reason),
+            };
+        }
+        if name == "content-length" {
+            lengths.push(String::from_utf8_lossy(value).trim().to_owned());
+        }
+    }
+    lengths.dedup();
+    if lengths.len() > 1 {
+        return ApiError::Malformed(format!("conflicting Content-Length headers: {}", lengths.join(", ")));
+    }
+    ApiError::Malformed("the request is not valid HTTP/1.1".to_owned())
+}
+
+/// A whole HTTP/1.1 response carrying the problem, closing the connection
+/// as hyper would have.
+fn answer(error: &ApiError) -> Vec<u8> {
+    let (status, body) = error.problem();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_hypers_bodiless_closing_errors_are_replaced() {
+        let canned = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        assert_eq!(canned_error_status(canned), Some(400));
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 90\r\n\r\n";
+        assert_eq!(canned_error_status(ours), None);
+        let fine = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(canned_error_status(fine), None);
+    }
+
+    #[test]
+    fn the_diagnosis_names_the_faulty_header() {
+        let key = diagnose(400, b"GET /account HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\x7fb\r\n\r\n");
+        assert!(matches!(key, ApiError::InvalidIdempotencyKey(_)));
+        let lengths = diagnose(400, b"POST /orders HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello");
+        assert!(lengths.to_string().contains("conflicting Content-Length headers: 5, 6"), "{lengths}");
+        let other = diagnose(400, b"GET /account HTTP/1.1\r\nX-Thing: a\x01b\r\n\r\n");
+        assert!(other.to_string().contains("x-thing carries the byte 0x01"), "{other}");
+        assert!(matches!(diagnose(431, b""), ApiError::HeadersTooLarge));
+    }
+}

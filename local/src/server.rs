@@ -1,0 +1,127 @@
+//! The HTTP server in front of the gateway: what API Gateway's managed
+//! front door does for the deployed stack, here bounded so that slow,
+//! stalled or flooding clients cannot take the process down. hyper reads
+//! the head within `header_timeout` (on a kept-alive connection, the wait
+//! for the next request counts), the gateway reads the body within
+//! `body_timeout`, at most `max_connections` are open (more wait in the
+//! listen backlog), and accept errors back off instead of spinning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use shared::service::OrderService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::gateway;
+use crate::parse_errors::ProblemAnswers;
+
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// To receive a request's head, and the idle time allowed between
+    /// requests on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// To receive a request's body once its head is in.
+    pub body_timeout: Duration,
+    /// How long stopping waits for open requests before closing them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Longest back-off after repeated accept errors (out of file descriptors, say).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<OrderService>,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut failures = AcceptFailures::default();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let body_timeout = limits.body_timeout;
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            _ = shutdown.changed() => break,
+        };
+        let Ok(slot) = slot else { break };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => {
+                    failures.recovered();
+                    accepted
+                }
+                Err(error) => {
+                    let pause = failures.failed(&error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => continue,
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = Arc::clone(&service);
+        let connection = http.serve_connection(
+            TokioIo::new(ProblemAnswers::new(stream)),
+            service_fn(move |request| gateway::serve(Arc::clone(&service), request, remote, body_timeout)),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(after = ?limits.drain_timeout, "connections still open; closing them");
+    }
+}
+
+/// A burst of accept errors: logged once when it starts and once when it
+/// ends, with a back-off doubling from 10 ms in between.
+#[derive(Default)]
+struct AcceptFailures {
+    in_a_row: u32,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        if self.in_a_row == 0 {
+            tracing::warn!(%error, "accept failed; backing off until it succeeds");
+        }
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        let pause = Duration::from_millis(10).saturating_mul(1 << self.in_a_row.min(7));
+        pause.min(MAX_ACCEPT_BACKOFF)
+    }
+
+    fn recovered(&mut self) {
+        if self.in_a_row > 0 {
+            tracing::info!(failures = self.in_a_row, "accepting connections again");
+            self.in_a_row = 0;
+        }
+    }
+}
