@@ -5,6 +5,7 @@
 
 AWS_SAM_CLI_VERSION=1.170.0
 CARGO_LAMBDA_VERSION=1.9.2
+SCHEMATHESIS_VERSION=4.32.5
 
 install_tools() {
   local venv
@@ -17,4 +18,16 @@ install_tools() {
   fi
   export PATH="$venv/bin:$PATH"
   export SAM_CLI_TELEMETRY=0
+}
+
+# schemathesis (PyPI), the API fuzzer, in a venv of its own: its pins and
+# the SAM CLI's need not agree.
+install_schemathesis() {
+  local venv
+  venv="$(pwd)/.emulators/schemathesis-venv"
+  if [ ! -x "$venv/bin/schemathesis" ]; then
+    echo "installing schemathesis==$SCHEMATHESIS_VERSION (PyPI)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+  fi
 }
