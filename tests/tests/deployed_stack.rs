@@ -167,6 +167,28 @@ async fn the_deployed_stack_places_pools_settles_and_refuses_bad_input() {
     for user in &users {
         assert_eq!(stack.balance(user).await + paid[user], dec("100"), "{user}");
     }
+    // GET /orders through API Gateway's route: the caller's own, newest
+    // first, a page at a time, filtered by status; a bad parameter is 400.
+    let mine: Vec<&Value> = placed.iter().filter(|(user, _)| user == "user-0").map(|(_, order)| order).collect();
+    let mut listed = Vec::new();
+    let mut path = "/orders?limit=2".to_owned();
+    loop {
+        let (status, page) = stack.get("user-0", &path).await;
+        assert_eq!(status, 200, "{page}");
+        listed.extend(page["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/orders?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = mine.iter().map(|o| o["order_id"].as_str().unwrap().to_owned()).collect();
+    expected.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed, expected, "user-0's orders, newest first");
+    let (_, refunded) = stack.get("user-0", "/orders?status=refunded").await;
+    assert_eq!(refunded["orders"], serde_json::json!([]), "{refunded}");
+    let (status, problem) = stack.get("user-0", "/orders?limit=1000").await;
+    assert_eq!((status, problem["type"].as_str()), (400, Some("malformed-request")), "{problem}");
+
     let fills = exchange.fills();
     let mut ids = std::collections::HashSet::new();
     for fill in &fills {

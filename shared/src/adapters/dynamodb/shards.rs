@@ -29,6 +29,10 @@ const VIEW_SHARDS: u32 = BATCH_GET_KEYS as u32;
 /// Shards one sweep batch closes at most: two writes each (the pool and its
 /// batch pointer) and the batch, within a transaction's 100.
 const SHARDS_PER_BATCH: usize = 48;
+/// Shards in use a sweep considers for topping up idle money, the fullest.
+const TOP_UP_CANDIDATES: usize = 16;
+/// Reads and tries a top-up gets, each on a fresh read of its shards.
+const TOP_UP_ATTEMPTS: u32 = 5;
 
 /// A shard's pool item as read, with when it was last written.
 pub(super) fn cached_of(found: &Item) -> Result<CachedPool, InfraError> {
@@ -273,14 +277,60 @@ impl DynamoStore {
         // Half a batch's room for the idle ones, the largest; what does not
         // fit waits for the next sweep.
         if !idle.is_empty() {
-            let orphans = idle.iter().take(SHARDS_PER_BATCH / 2);
-            if let Some(group) = take_minimum(orphans.chain(written.iter()), minimum)
-                && let Some(batch) = self.close_shards(coin, &group, now).await?
-            {
+            idle.truncate(SHARDS_PER_BATCH / 2);
+            written.truncate(TOP_UP_CANDIDATES);
+            if let Some(batch) = self.top_up(coin, idle, written, minimum, now).await? {
                 formed.push(batch);
             }
         }
         Ok(formed)
+    }
+
+    /// Closes `idle` shards with enough of the `written` ones to reach the
+    /// minimum. Under steady load a shard in use changes every few
+    /// milliseconds, and the read of every shard above is long done: so each
+    /// attempt reads just these shards again and closes them on what it
+    /// read, a window of two requests, and a lost race is tried again.
+    async fn top_up(
+        &self,
+        coin: &Coin,
+        mut idle: Vec<Absorbed>,
+        mut written: Vec<Absorbed>,
+        minimum: Usd,
+        now: OffsetDateTime,
+    ) -> Result<Option<BatchId>, InfraError> {
+        for attempt in 1..=TOP_UP_ATTEMPTS {
+            if attempt > 1 {
+                let shards: Vec<u32> = idle.iter().chain(&written).map(|a| a.shard).collect();
+                let fresh = self.read_shards(coin, &shards).await?;
+                let state = |absorbed: &Absorbed| {
+                    fresh.iter().find(|(shard, _)| *shard == absorbed.shard).map(|(_, pool)| *pool)
+                };
+                // An idle shard written meanwhile is not idle: its writer closes it.
+                idle.retain_mut(|absorbed| match state(absorbed) {
+                    Some(pool) if pool.exists && pool.state.count > 0 && pool.state.seq == absorbed.state.seq => {
+                        absorbed.state = pool.state;
+                        true
+                    }
+                    _ => false,
+                });
+                written = fresh
+                    .iter()
+                    .filter(|(shard, _)| written.iter().any(|w| w.shard == *shard))
+                    .filter(|(_, pool)| pool.exists && pool.state.count > 0)
+                    .map(|(shard, pool)| Absorbed { shard: *shard, state: pool.state })
+                    .collect();
+                written.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
+            }
+            if idle.is_empty() {
+                return Ok(None);
+            }
+            let Some(group) = take_minimum(idle.iter().chain(&written), minimum) else { return Ok(None) };
+            if let Some(batch) = self.close_shards(coin, &group, now).await? {
+                return Ok(Some(batch));
+            }
+        }
+        Ok(None)
     }
 
     /// One transaction closing `group`'s pools, each exactly as read, into
@@ -353,6 +403,7 @@ mod tests {
 
     use super::*;
     use crate::adapters::dynamodb::PoolSharding;
+    use crate::adapters::dynamodb::table::{ConditionFailed, Item, Page, Query, Table, TableError};
     use crate::audit::audit;
     use crate::domain::{NewOrder, OrderId, Quantity, UserId};
     use crate::ports::{Accounts, Clock, LedgerRecords, Outbox};
@@ -488,6 +539,105 @@ mod tests {
         let order = stores[1].order_view(&alice, lone.order.order.id).await.unwrap().unwrap();
         assert_eq!(order.batch_id, Some(batch.id));
         assert_audit_clean(&stores[0]).await;
+    }
+
+    /// A table whose `get_many` lets `hook` write after it answers, the
+    /// first `times` reads: a shard in use changes between a read and the
+    /// write that follows it, as under steady load.
+    struct WritesAfterReads {
+        inner: Arc<dyn Table>,
+        times: Mutex<u32>,
+        hook: Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>,
+    }
+
+    #[async_trait::async_trait]
+    impl Table for WritesAfterReads {
+        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
+            self.inner.get(key).await
+        }
+        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+            let items = self.inner.get_many(keys).await?;
+            let fire = {
+                let mut times = self.times.lock().unwrap();
+                let fire = *times > 0;
+                *times = times.saturating_sub(1);
+                fire
+            };
+            if fire {
+                (self.hook)().await;
+            }
+            Ok(items)
+        }
+        async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
+            self.inner.put(item, condition).await
+        }
+        async fn update(
+            &self,
+            key: Item,
+            changes: Changes,
+            condition: Option<Cond>,
+        ) -> Result<Result<Item, ConditionFailed>, TableError> {
+            self.inner.update(key, changes, condition).await
+        }
+        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
+            self.inner.transact(writes, token).await
+        }
+        async fn query(&self, query: Query) -> Result<Page, TableError> {
+            self.inner.query(query).await
+        }
+        async fn scan(&self, start: Option<Item>) -> Result<Page, TableError> {
+            self.inner.scan(start).await
+        }
+    }
+
+    /// Under steady load the shard in use changes between the sweep's read
+    /// and its write, again and again: the sweep reads the shards it closes
+    /// once more and tries again, so the quiet order does not wait for the
+    /// load to end.
+    #[tokio::test]
+    async fn a_quiet_order_is_swept_while_the_shards_in_use_keep_changing() {
+        let t0 = at_ms(1_700_000_000_000);
+        let clock = Arc::new(SetClock(Mutex::new(t0)));
+        let stores = processes(2, &clock).await;
+        let coin = Coin::from_trusted("ABAN");
+        stores[0].table.update(shards_key(&coin), shards_grown(4, 4, t0), None).await.unwrap().unwrap();
+        let lone = stores[0].place(order("alice", "0.5", t0), usd("10")).await.unwrap(); // $2
+        let quiet_shard = stores[0].pools.enter(&coin).await.home;
+        {
+            let mut turn = stores[1].pools.enter(&coin).await;
+            stores[1].shard_count(&mut turn, &coin).await.unwrap();
+            turn.home = (quiet_shard + 1) % 4;
+            turn.last_placed = Some(Instant::now());
+        }
+        clock.set(t0 + time::Duration::seconds(30));
+        stores[1].place(order("alice", "2", t0), usd("10")).await.unwrap(); // $8 in use
+        let writer = Arc::new(stores.into_iter().nth(1).unwrap());
+        let busy = Arc::clone(&writer);
+        // Each of the sweep's first three reads is followed by one more
+        // $0.40 order on the shard in use.
+        let sweeper = DynamoStore::on(Arc::new(WritesAfterReads {
+            inner: Arc::clone(&writer.table),
+            times: Mutex::new(3),
+            hook: Box::new(move || {
+                let busy = Arc::clone(&busy);
+                Box::pin(async move {
+                    let placed = busy.place(order("alice", "0.1", t0), usd("10")).await.unwrap();
+                    assert_eq!(placed.formed, None);
+                })
+            }),
+        }))
+        .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
+
+        let now = t0 + time::Duration::seconds(35);
+        let formed = sweeper.sweep_pools(&coin, usd("10"), time::Duration::seconds(10), now).await.unwrap();
+
+        assert_eq!(formed.len(), 1, "the quiet $2 waits while the shard in use keeps changing");
+        let batch = writer.read_batch(formed[0]).await.unwrap().unwrap();
+        assert_eq!((batch.usd, batch.count), (usd("11.2"), 5), "the quiet $2, the $8 and three $0.40");
+        let alice = UserId::parse("alice").unwrap();
+        let order = writer.order_view(&alice, lone.order.order.id).await.unwrap().unwrap();
+        assert_eq!(order.batch_id, Some(batch.id));
+        assert_audit_clean(&writer).await;
     }
 
     /// A process called again after a while looks at the other shards: the
