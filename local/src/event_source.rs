@@ -11,6 +11,7 @@ use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use shared::adapters::memory_queue::{MemoryQueue, QueuedMessage};
 use shared::settlement::Settler;
+use shared::telemetry::ErrorChain;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -104,7 +105,7 @@ pub(crate) async fn invoke_settle(settler: &Settler, deliveries: &[Delivery<'_>]
         Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
         // A failed invocation returns the whole batch to the queue.
         Err(error) => {
-            tracing::error!(error = %error, "the settle invocation failed");
+            tracing::error!(error = %shared::telemetry::ErrorChain(&*error), "the settle invocation failed");
             deliveries.iter().map(|d| d.message_id.to_owned()).collect()
         }
     }
@@ -152,7 +153,7 @@ async fn invoke(
         tokio::spawn(async move {
             tokio::time::sleep(backoff).await;
             if let Err(error) = queue.redeliver(message) {
-                tracing::warn!(error = &error as &dyn std::error::Error, "could not redeliver a settle message");
+                tracing::warn!(error = %ErrorChain(&error), "could not redeliver a settle message");
             }
         });
     }

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_lambda_events::apigw::{
     ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest,
@@ -22,6 +21,7 @@ use place_order::problem::ApiError;
 use shared::service::OrderService;
 
 use crate::openapi;
+use crate::server::ServerLimits;
 
 /// The header `orders-local` trusts in place of a verified JWT.
 pub const USER_HEADER: &str = "x-user-id";
@@ -30,26 +30,45 @@ pub async fn serve(
     service: Arc<OrderService>,
     request: hyper::Request<Incoming>,
     remote: SocketAddr,
-    body_timeout: Duration,
+    limits: ServerLimits,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let mut response = answer(service, request, remote, limits).await;
+    // A kept-alive connection is closed after `header_timeout` idle; a
+    // client that reads this closes it first, rather than sending a
+    // request into a connection as it closes.
+    let idle = limits.header_timeout.as_secs().saturating_sub(1);
+    if idle > 0
+        && let Ok(value) = HeaderValue::from_str(&format!("timeout={idle}"))
+    {
+        response.headers_mut().insert("keep-alive", value);
+    }
+    Ok(response)
+}
+
+async fn answer(
+    service: Arc<OrderService>,
+    request: hyper::Request<Incoming>,
+    remote: SocketAddr,
+    limits: ServerLimits,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     if let Some(response) = served_here(&parts) {
-        return Ok(response);
+        return response;
     }
     if let Err(error) = check_head(&parts) {
-        return Ok(problem(error));
+        return problem(error);
     }
     // The API's limit, applied while reading: a larger body is never held.
-    let body = match tokio::time::timeout(body_timeout, Limited::new(body, BODY_LIMIT).collect()).await {
+    let body = match tokio::time::timeout(limits.body_timeout, Limited::new(body, BODY_LIMIT).collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(error)) if error.is::<LengthLimitError>() => {
-            return Ok(problem(ApiError::PayloadTooLarge { limit: BODY_LIMIT }));
+            return problem(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
         }
         Ok(Err(error)) => {
             tracing::debug!(%error, "the request body could not be read");
-            return Ok(problem(ApiError::Malformed("the request body could not be read".to_owned())));
+            return problem(ApiError::Malformed("the request body could not be read".to_owned()));
         }
-        Err(_) => return Ok(problem(ApiError::RequestTimeout)),
+        Err(_) => return problem(ApiError::RequestTimeout),
     };
     let event = api_gateway_event(&parts, body, remote);
     let lambda_request: lambda_http::Request = LambdaRequest::ApiGatewayV2(event).into();
@@ -57,9 +76,9 @@ pub async fn serve(
         Ok(response) => response,
         Err(error) => {
             // What API Gateway does with a failed invocation.
-            tracing::error!(error = %error, "the handler failed");
+            tracing::error!(error = %shared::telemetry::ErrorChain(&*error), "the handler failed");
             let error = shared::ports::InfraError::new("invoke the handler", error);
-            return Ok(problem(ApiError::Internal(error)));
+            return problem(ApiError::Internal(error));
         }
     };
     let (parts, body) = response.into_parts();
@@ -69,7 +88,7 @@ pub async fn serve(
         lambda_http::Body::Binary(bytes) => Bytes::from(bytes),
         _ => Bytes::new(),
     };
-    Ok(Response::from_parts(parts, Full::new(body)))
+    Response::from_parts(parts, Full::new(body))
 }
 
 /// What the gateway answers before reading a body: a declared body over

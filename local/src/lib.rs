@@ -27,6 +27,7 @@ use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock
 use shared::reconcile::{PoolSweep, Reconciler};
 use shared::service::OrderService;
 use shared::settlement::Settler;
+use shared::telemetry::ErrorChain;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -383,7 +384,7 @@ async fn reconcile(reconciler: Reconciler, every: Duration, mut shutdown: watch:
                 tracing::error!(batches = ?report.left_to_operator, "batches exhausted their settle attempts: an operator must look");
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "reconciling stuck batches failed"),
+            Err(error) => tracing::warn!(error = %ErrorChain(&error), "reconciling stuck batches failed"),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use orders_local::{Backend, Options, ServerLimits};
 use shared::config::ServiceConfig;
+use shared::telemetry::ErrorChain;
 
 /// The Order API and settlement on one port, running the Lambda handlers.
 #[derive(Parser)]
@@ -90,7 +91,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 report if report.is_clean() => tracing::info!("audit: {report}"),
                 report => tracing::error!("audit: {report}"),
             },
-            Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "could not audit the store"),
+            Err(error) => tracing::warn!(error = %ErrorChain(&error), "could not audit the store"),
         },
     }
     tracing::info!("stopped");

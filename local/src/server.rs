@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::gateway;
 use crate::parse_errors::ProblemAnswers;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
@@ -37,8 +37,8 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 512,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
         }
     }
@@ -58,7 +58,6 @@ pub async fn serve(
     let mut failures = AcceptFailures::default();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    let body_timeout = limits.body_timeout;
     loop {
         let slot = tokio::select! {
             slot = Arc::clone(&slots).acquire_owned() => slot,
@@ -85,7 +84,7 @@ pub async fn serve(
         let service = Arc::clone(&service);
         let connection = http.serve_connection(
             TokioIo::new(ProblemAnswers::new(stream)),
-            service_fn(move |request| gateway::serve(Arc::clone(&service), request, remote, body_timeout)),
+            service_fn(move |request| gateway::serve(Arc::clone(&service), request, remote, limits)),
         );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -57,6 +57,8 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
         .await
         .unwrap();
     assert_eq!(placed.status(), 201);
+    // Idle kept-alive connections close after 30 s; clients are told 29.
+    assert_eq!(placed.headers()["keep-alive"], "timeout=29");
 
     let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(interrupted.success());

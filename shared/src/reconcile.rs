@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::domain::{BatchId, BatchStatus, Coin, ResendPolicy, Usd};
 use crate::ports::{Clock, InfraError, Outbox, SettleQueue};
+use crate::telemetry::ErrorChain;
 
 pub struct Reconciler {
     outbox: Arc<dyn Outbox>,
@@ -77,7 +78,7 @@ impl Reconciler {
                 }
             }
             if let Err(error) = self.queue.send(batch.id).await {
-                tracing::warn!(error = &error as &dyn std::error::Error, batch_id = %batch.id, "could not re-send a batch");
+                tracing::warn!(error = %ErrorChain(&error), batch_id = %batch.id, "could not re-send a batch");
                 report.failed.push((batch.id, error));
                 continue;
             }
@@ -87,7 +88,7 @@ impl Reconciler {
                 // It moved since it was read: the message is harmless.
                 Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(error = &error as &dyn std::error::Error, batch_id = %batch.id, "could not record a re-send")
+                    tracing::warn!(error = %ErrorChain(&error), batch_id = %batch.id, "could not record a re-send")
                 }
             }
             report.resent.push(batch.id);
@@ -128,7 +129,7 @@ impl Reconciler {
             let formed = match self.outbox.sweep_pools(coin, sweep.minimum, sweep.quiet_for, now).await {
                 Ok(formed) => formed,
                 Err(error) => {
-                    tracing::warn!(error = &error as &dyn std::error::Error, %coin, "could not sweep the pool's shards");
+                    tracing::warn!(error = %ErrorChain(&error), %coin, "could not sweep the pool's shards");
                     continue;
                 }
             };

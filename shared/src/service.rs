@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::ServiceConfig;
 use crate::domain::{IdempotencyKey, InvalidAmount, NewOrder, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
 use crate::ports::{Clock, InfraError, OrderList, OrderPage, Orders, PlaceError, Placed, SettleQueue};
+use crate::telemetry::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceOrderError {
@@ -67,7 +68,7 @@ impl OrderService {
             if let Err(error) = self.queue.send(batch).await {
                 // The order is placed and paid; the READY batch is the outbox
                 // and the reconciler sends it again.
-                tracing::error!(error = &error as &dyn std::error::Error, %batch, "could not enqueue a formed batch");
+                tracing::error!(error = %ErrorChain(&error), %batch, "could not enqueue a formed batch");
             }
         }
         Ok(placed)

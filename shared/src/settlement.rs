@@ -12,6 +12,7 @@ use crate::ports::{
     Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fence, Fill, InfraError, Lookup, Refund, SettleQueue,
     Settlements,
 };
+use crate::telemetry::ErrorChain;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -203,7 +204,7 @@ impl Settler {
             match write().await {
                 Err(error) if tries < WRITE_TRIES => {
                     tracing::warn!(
-                        error = &error as &dyn std::error::Error,
+                        error = %ErrorChain(&error),
                         tries,
                         "a settle write failed; trying again"
                     );
@@ -223,12 +224,12 @@ impl Settler {
                 tracing::info!(batch_id = %batch.id, status = status.as_str(), "another attempt took the batch over");
             }
             // Harmless: the lease expires on its own.
-            Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "could not release the batch lease"),
+            Err(error) => tracing::warn!(error = %ErrorChain(&error), "could not release the batch lease"),
         }
         match source {
             ExchangeError::Misconfigured { .. } => {
                 tracing::error!(
-                    batch_id = %batch.id, error = &source as &dyn std::error::Error,
+                    batch_id = %batch.id, error = %ErrorChain(&source),
                     "the exchange rejects our requests: check EXCHANGE_URL and credentials"
                 );
                 SettleError::Misconfigured { batch: batch.id, source }

@@ -1,10 +1,110 @@
-//! Logs of the Lambda functions: JSON lines (CloudWatch adds the time),
-//! level from `RUST_LOG` (default `info`).
+//! Logs of the Lambda functions: JSON lines (CloudWatch adds the time).
+//! The level comes from `AWS_LAMBDA_LOG_LEVEL` (the function's logging
+//! configuration, as the runtime's default subscriber reads it), else from
+//! `RUST_LOG`, else `info`.
+
+use std::error::Error;
+use std::fmt;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 pub fn init_lambda() {
+    tracing::subscriber::set_global_default(lambda_subscriber(std::io::stdout)).ok();
+}
+
+/// The functions' subscriber, writing to `writer` (tests capture it).
+pub fn lambda_subscriber<W>(writer: W) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(lambda_filter(
+            std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+            std::env::var("RUST_LOG").ok().as_deref(),
+        ))
         .without_time()
-        .init();
+        .with_writer(writer)
+        .finish()
+}
+
+/// Lambda's levels are `TRACE` … `FATAL`; tracing has no `FATAL`.
+fn lambda_filter(lambda_level: Option<&str>, rust_log: Option<&str>) -> EnvFilter {
+    let from_lambda = lambda_level.map(|level| match level.to_ascii_lowercase().as_str() {
+        "fatal" => "error".to_owned(),
+        other => other.to_owned(),
+    });
+    from_lambda
+        .as_deref()
+        .or(rust_log)
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"))
+}
+
+/// An error and every cause under it, `top: cause: cause`, for a log
+/// field: the JSON formatter records only an error's own message, and the
+/// reason a DynamoDB call or an exchange request failed is in its sources.
+pub struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::ports::InfraError;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_logged_error_keeps_its_causes_in_the_json_line() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = lambda_subscriber(move || writer.clone());
+        let cause = std::io::Error::other("ResourceNotFoundException: Requested resource not found");
+        let error = InfraError::new("get item", cause);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(error = %ErrorChain(&error), "request failed");
+        });
+        let line = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(
+            json["fields"]["error"], "get item failed: ResourceNotFoundException: Requested resource not found",
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_functions_log_level_wins_over_rust_log() {
+        let shown = |filter: EnvFilter| filter.max_level_hint().map(|l| l.to_string());
+        assert_eq!(shown(lambda_filter(Some("DEBUG"), Some("error"))), Some("DEBUG".to_owned()));
+        assert_eq!(shown(lambda_filter(Some("FATAL"), None)), Some("ERROR".to_owned()));
+        assert_eq!(shown(lambda_filter(None, Some("warn"))), Some("WARN".to_owned()));
+        assert_eq!(shown(lambda_filter(None, None)), Some("INFO".to_owned()));
+    }
 }

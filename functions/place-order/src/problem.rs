@@ -6,6 +6,7 @@ use lambda_http::{Body, Response};
 use serde::Serialize;
 use shared::domain::{InvalidAmount, InvalidId, PoolOverflow, UnknownCoin, Usd};
 use shared::ports::InfraError;
+use shared::telemetry::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -98,11 +99,11 @@ impl ApiError {
         let (status, kind, title) = self.code();
         let detail = match self {
             ApiError::Internal(source) => {
-                tracing::error!(error = source as &dyn std::error::Error, "request failed");
+                tracing::error!(error = %ErrorChain(source), "request failed");
                 "The request could not be completed; it changed nothing and may be retried.".to_owned()
             }
             ApiError::OutcomeUnknown(source) => {
-                tracing::error!(error = source as &dyn std::error::Error, "could not tell whether an order was placed");
+                tracing::error!(error = %ErrorChain(source), "could not tell whether an order was placed");
                 "The service could not tell whether the order was placed. Retry with the same Idempotency-Key, \
                  which never debits twice, or look for the order with GET /orders."
                     .to_owned()

@@ -6,6 +6,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_runtime::{Error, LambdaEvent};
 use shared::domain::BatchId;
 use shared::settlement::{SettleMessage, Settlement, Settler};
+use shared::telemetry::ErrorChain;
 use tracing::Instrument;
 
 /// Settles every batch of the event concurrently; returns the ids of the
@@ -64,7 +65,7 @@ async fn settle_message(settler: &Settler, message: &SqsMessage) -> Result<(), (
         }
         Err(error) => {
             tracing::warn!(
-                error = &error as &dyn std::error::Error,
+                error = %ErrorChain(&error),
                 "batch not settled yet; it will be delivered again"
             );
             Err(())

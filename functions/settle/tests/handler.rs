@@ -43,7 +43,8 @@ impl Exchange for ScriptedExchange {
             return Err(ExchangeError::Refused { reason: "400: halted".into() });
         }
         if self.fail {
-            return Err(ExchangeError::Unknown { reason: "503".into(), source: None });
+            let cause = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+            return Err(ExchangeError::Unknown { reason: "no answer".into(), source: Some(Box::new(cause)) });
         }
         self.filled.lock().unwrap().push(order.client_order_id);
         Ok(Fill { exchange_order_id: format!("EX-{}", order.client_order_id), quantity: Some(order.quantity) })
@@ -219,4 +220,40 @@ async fn a_refund_that_fails_midway_resumes_on_the_next_delivery_and_never_buys_
         let balance = store.balance(&UserId::parse(name).unwrap()).await.unwrap();
         assert_eq!(balance, Usd::new(Decimal::from(100)).unwrap(), "{name}");
     }
+}
+
+/// What a log line written to a buffer by the functions' subscriber holds.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_settlement_logs_its_cause_in_the_json_line() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(shared::telemetry::lambda_subscriber(move || writer.clone()));
+    let store = Arc::new(DynamoStore::in_memory());
+    let exchange = ScriptedExchange::new(false, true);
+    let settler = settler(&store, &exchange);
+    let batch = formed_batch(&store, "alice").await;
+
+    assert_eq!(failures(&settler, event(&[("m1", body(batch))])).await, vec!["m1"]);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|line| line["fields"]["message"] == "batch not settled yet; it will be delivered again")
+        .unwrap_or_else(|| panic!("no such line in:\n{text}"));
+    let error = line["fields"]["error"].as_str().unwrap();
+    assert!(error.contains("no answer") && error.ends_with("connection reset by peer"), "{line}");
 }

@@ -30,6 +30,7 @@ use crate::domain::{
     decide_sharded,
 };
 use crate::ports::{InfraError, PlaceError, Placed};
+use crate::telemetry::ErrorChain;
 
 /// How long idempotency keys are kept (the contract asks for 24 hours).
 const KEY_RETENTION: time::Duration = time::Duration::days(7);
@@ -347,7 +348,7 @@ impl DynamoStore {
                 Err(error) => {
                     if lost.is_none() {
                         StoreStats::count(&self.stats.lost_replies);
-                        tracing::warn!(error = &error as &dyn std::error::Error, order_id = %new.id, "lost the reply of a placement; resending it");
+                        tracing::warn!(error = %ErrorChain(&error), order_id = %new.id, "lost the reply of a placement; resending it");
                     }
                     lost = Some(error);
                     self.backoff(resend + 1).await;
