@@ -8,3 +8,16 @@ pub mod recording;
 pub mod sim;
 pub mod store_contract;
 pub mod table_contract;
+
+/// Test logs on demand: with `TEST_LOG=1`, what the code under test logs
+/// is printed with each test's output (filtered by `RUST_LOG`, default
+/// `info`); without it, tests stay quiet. Safe to call from every test.
+pub fn test_logs() {
+    let wanted = std::env::var("TEST_LOG").is_ok_and(|v| !v.is_empty() && v != "0");
+    if wanted {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Already installed by an earlier test of this binary: keep it.
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+}

@@ -28,6 +28,7 @@ pub struct Stores {
 
 impl Stores {
     pub fn new(table: Arc<dyn Table>) -> Stores {
+        crate::test_logs();
         Stores { table }
     }
 

@@ -80,6 +80,7 @@ pub async fn spawn_cluster(
     exchange: FakeExchange,
     adjust: impl FnOnce(&mut Options),
 ) -> TestApp {
+    testkit::test_logs();
     let seed = serde_json::json!({
         "accounts": accounts.iter().map(|(user, balance)| serde_json::json!({"user_id": user, "balance_usd": balance})).collect::<Vec<_>>()
     });

@@ -171,29 +171,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_openapi_document_lists_every_problem_type() {
-        let openapi = include_str!("../../../openapi.yaml");
-        let every_error = [
+    /// One of each error, with fixed details.
+    fn every_error() -> Vec<ApiError> {
+        let usd = |n: u32| Usd::new(n.into()).unwrap();
+        vec![
             ApiError::Unauthenticated,
-            ApiError::PayloadTooLarge { limit: 1 },
-            ApiError::Malformed(String::new()),
+            ApiError::PayloadTooLarge { limit: 16 * 1024 },
+            ApiError::Malformed("the body must be a JSON object with \"coin\" and \"amount\"".to_owned()),
             ApiError::UriTooLong,
             ApiError::HeadersTooLarge,
             ApiError::RequestTimeout,
-            ApiError::BadQuery(String::new()),
-            ApiError::InvalidIdempotencyKey(InvalidId { what: "", reason: "" }),
-            ApiError::UnknownCoin(UnknownCoin { symbol: String::new(), known: String::new() }),
+            ApiError::BadQuery("limit must be a whole number from 1 to 100".to_owned()),
+            ApiError::InvalidIdempotencyKey(InvalidId {
+                what: "Idempotency-Key",
+                reason: "must be 1 to 128 visible ASCII characters",
+            }),
+            ApiError::UnknownCoin(UnknownCoin { symbol: "DOGE".to_owned(), known: "ABAN".to_owned() }),
             ApiError::InvalidAmount(InvalidAmount::NotPositive),
             ApiError::PoolOverflow(PoolOverflow),
-            ApiError::InsufficientFunds { balance: Usd::ZERO, cost: Usd::ZERO },
+            ApiError::InsufficientFunds { balance: usd(4), cost: usd(12) },
             ApiError::IdempotencyKeyReused,
             ApiError::NotFound,
-            ApiError::MethodNotAllowed { allow: "GET" },
+            ApiError::MethodNotAllowed { allow: "GET, HEAD" },
             ApiError::Busy,
-            ApiError::OutcomeUnknown(InfraError::new("x", "y")),
-            ApiError::Internal(InfraError::new("x", "y")),
-        ];
+            ApiError::OutcomeUnknown(InfraError::new("transact write items", "timeout")),
+            ApiError::Internal(InfraError::new("get item", "table orders-prod not found")),
+        ]
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_problem_type() {
+        let openapi = include_str!("../../../openapi.yaml");
+        let every_error = every_error();
         for error in every_error {
             let (_, kind, _) = error.code();
             assert!(openapi.contains(&format!("- {kind}\n")), "{kind} is missing from openapi.yaml");
@@ -221,5 +230,28 @@ mod tests {
         let (status, value) = body(ApiError::Internal(InfraError::new("put item", "table secret-table missing")));
         assert_eq!(status, 500);
         assert!(!value.to_string().contains("secret-table"));
+    }
+
+    /// Every problem body, pinned: a client may match on any of them.
+    #[test]
+    fn every_problem_body_is_as_pinned() {
+        for (index, error) in every_error().into_iter().enumerate() {
+            let (status, kind, _) = error.code();
+            let response = error.into_response();
+            let headers: Vec<String> = response
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+                .collect();
+            let body: serde_json::Value = serde_json::from_slice(response.body().as_ref()).unwrap();
+            insta::assert_json_snapshot!(
+                format!("{index:02}-{}-{kind}", status.as_u16()),
+                serde_json::json!({
+                    "status": status.as_u16(),
+                    "headers": headers,
+                    "body": body,
+                })
+            );
+        }
     }
 }
