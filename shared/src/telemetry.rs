@@ -9,6 +9,10 @@ use std::fmt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// What the functions' logging reads: the level Lambda sets from the
+/// function's logging configuration, then `RUST_LOG`.
+pub const LOG_VARIABLES: [&str; 2] = ["AWS_LAMBDA_LOG_LEVEL", "RUST_LOG"];
+
 pub fn init_lambda() {
     tracing::subscriber::set_global_default(lambda_subscriber(std::io::stdout)).ok();
 }
@@ -21,8 +25,8 @@ where
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(lambda_filter(
-            std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
-            std::env::var("RUST_LOG").ok().as_deref(),
+            std::env::var(LOG_VARIABLES[0]).ok().as_deref(),
+            std::env::var(LOG_VARIABLES[1]).ok().as_deref(),
         ))
         .without_time()
         .with_writer(writer)

@@ -4,12 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
+
 use serde_norway::Value;
 use shared::adapters::dynamodb::item::{
     MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK, OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK,
 };
 use shared::adapters::dynamodb::schema::TTL_ATTRIBUTE;
 use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
+use shared::config::{AwsResources, ServiceConfig, SettleConfig};
+use shared::telemetry::LOG_VARIABLES;
 
 fn template() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
@@ -99,19 +103,64 @@ fn the_table_is_the_one_the_adapter_uses() {
     assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
 }
 
+/// The variables a configuration reads, recorded by running its real
+/// parser on a lookup that answers only the required ones.
+fn reads<T, E>(parse: impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<T, E>) -> BTreeSet<String> {
+    let seen = std::cell::RefCell::new(BTreeSet::new());
+    let lookup = |var: &str| {
+        seen.borrow_mut().insert(var.to_owned());
+        match var {
+            "EXCHANGE_URL" => Some("https://exchange.example".to_owned()),
+            "TABLE_NAME" => Some("orders".to_owned()),
+            "SETTLE_QUEUE_URL" => Some("https://sqs.example/q".to_owned()),
+            _ => None,
+        }
+    };
+    assert!(parse(&lookup).is_ok(), "the configuration did not parse with the required variables set");
+    seen.into_inner()
+}
+
+/// What each function's `main` reads: its configurations and its logging.
+fn function_reads() -> Vec<(&'static str, BTreeSet<String>)> {
+    let service = || reads(|l| ServiceConfig::from_lookup(l));
+    let settle = || reads(|l| SettleConfig::from_lookup(l));
+    let resources = || reads(|l| AwsResources::from_lookup(l));
+    let logging: BTreeSet<String> = LOG_VARIABLES.iter().map(|v| (*v).to_owned()).collect();
+    [
+        ("PlaceOrderFunction", [service(), resources()]),
+        ("SettleFunction", [settle(), resources()]),
+        ("ReconcilerFunction", [service(), resources()]),
+    ]
+    .into_iter()
+    .map(|(function, parts)| (function, parts.into_iter().flatten().chain(logging.iter().cloned()).collect()))
+    .collect()
+}
+
 #[test]
-fn each_function_gets_the_configuration_its_main_reads() {
+fn each_function_gets_exactly_the_configuration_its_main_reads() {
     let template = template();
-    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
-    assert!(globals.get("TABLE_NAME").is_some());
-    for (function, variables) in [
-        ("PlaceOrderFunction", &["SETTLE_QUEUE_URL", "PRICES", "EXCHANGE_MINIMUM_USD"][..]),
-        ("SettleFunction", &["EXCHANGE_URL", "SETTLE_QUEUE_URL"][..]),
-        ("ReconcilerFunction", &["SETTLE_QUEUE_URL", "PRICES", "EXCHANGE_MINIMUM_USD"][..]),
-    ] {
-        let environment = &resource(&template, function)["Environment"]["Variables"];
-        for variable in variables {
-            assert!(environment.get(*variable).is_some(), "{function} lacks {variable}");
+    let names = |value: &Value| -> Vec<String> {
+        value.as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_owned()).collect()
+    };
+    let globals = names(&template["Globals"]["Function"]["Environment"]["Variables"]);
+    for (function, read) in function_reads() {
+        let own = names(&resource(&template, function)["Environment"]["Variables"]);
+        let set: BTreeSet<String> = globals.iter().chain(&own).cloned().collect();
+        // Lambda sets the log level itself, from the function's logging configuration.
+        let expected: BTreeSet<String> = read.into_iter().filter(|v| v != "AWS_LAMBDA_LOG_LEVEL").collect();
+        assert_eq!(set, expected, "{function}: template.yaml sets (left) what its main reads (right)");
+    }
+}
+
+#[test]
+fn the_readme_lists_every_variable_a_function_reads() {
+    let readme = include_str!("../../README.md");
+    for (function, read) in function_reads() {
+        for variable in read {
+            assert!(
+                readme.contains(&format!("`{variable}`")),
+                "the README's configuration table lacks {variable} ({function})"
+            );
         }
     }
 }
