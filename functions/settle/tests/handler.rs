@@ -222,23 +222,9 @@ async fn a_refund_that_fails_midway_resumes_on_the_next_delivery_and_never_buys_
     }
 }
 
-/// What a log line written to a buffer by the functions' subscriber holds.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_failed_settlement_logs_its_cause_in_the_json_line() {
-    let logs = Logs::default();
+    let logs = testkit::CapturedLogs::default();
     let writer = logs.clone();
     let _logging = tracing::subscriber::set_default(shared::telemetry::lambda_subscriber(move || writer.clone()));
     let store = Arc::new(DynamoStore::in_memory());
@@ -248,7 +234,7 @@ async fn a_failed_settlement_logs_its_cause_in_the_json_line() {
 
     assert_eq!(failures(&settler, event(&[("m1", body(batch))])).await, vec!["m1"]);
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let line = text
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap())

@@ -496,12 +496,19 @@ mod tests {
         assert!(report.is_clean(), "{report}");
     }
 
-    /// A process gone quiet (a Lambda instance nobody calls any more) left
-    /// one small order on its shard, while a busy one keeps the shard it
-    /// writes under the minimum: the sweep takes the quiet shard with the
-    /// fullest written one.
-    #[tokio::test]
-    async fn an_order_left_alone_on_a_quiet_shard_is_swept_with_a_shard_in_use() {
+    /// Two processes on a coin of 4 shards: the first placed one $2 order
+    /// on its shard and went quiet; the second is busy placing on another
+    /// (it looks at no other shard). The clock is 30 s later.
+    struct QuietAndBusy {
+        t0: OffsetDateTime,
+        coin: Coin,
+        stores: Vec<DynamoStore>,
+        lone: crate::ports::Placed,
+        quiet_shard: u32,
+        busy_shard: u32,
+    }
+
+    async fn quiet_and_busy() -> QuietAndBusy {
         let t0 = at_ms(1_700_000_000_000);
         let clock = Arc::new(SetClock(Mutex::new(t0)));
         let stores = processes(2, &clock).await;
@@ -509,17 +516,25 @@ mod tests {
         stores[0].table.update(shards_key(&coin), shards_grown(4, 4, t0), None).await.unwrap().unwrap();
         let lone = stores[0].place(order("alice", "0.5", t0), usd("10")).await.unwrap(); // $2
         let quiet_shard = stores[0].pools.enter(&coin).await.home;
-
         clock.set(t0 + time::Duration::seconds(1));
         let busy_shard = {
             let mut turn = stores[1].pools.enter(&coin).await;
             stores[1].shard_count(&mut turn, &coin).await.unwrap();
             turn.home = (quiet_shard + 1) % 4;
-            // Busy placing: it looks at no other shard.
             turn.last_placed = Some(Instant::now());
             turn.home
         };
         clock.set(t0 + time::Duration::seconds(30));
+        QuietAndBusy { t0, coin, stores, lone, quiet_shard, busy_shard }
+    }
+
+    /// A process gone quiet (a Lambda instance nobody calls any more) left
+    /// one small order on its shard, while a busy one keeps the shard it
+    /// writes under the minimum: the sweep takes the quiet shard with the
+    /// fullest written one.
+    #[tokio::test]
+    async fn an_order_left_alone_on_a_quiet_shard_is_swept_with_a_shard_in_use() {
+        let QuietAndBusy { t0, coin, stores, lone, quiet_shard, busy_shard } = quiet_and_busy().await;
         for _ in 0..2 {
             let placed = stores[1].place(order("alice", "1", t0), usd("10")).await.unwrap(); // $8
             assert_eq!(placed.formed, None);
@@ -596,20 +611,8 @@ mod tests {
     /// load to end.
     #[tokio::test]
     async fn a_quiet_order_is_swept_while_the_shards_in_use_keep_changing() {
-        let t0 = at_ms(1_700_000_000_000);
-        let clock = Arc::new(SetClock(Mutex::new(t0)));
-        let stores = processes(2, &clock).await;
-        let coin = Coin::from_trusted("ABAN");
-        stores[0].table.update(shards_key(&coin), shards_grown(4, 4, t0), None).await.unwrap().unwrap();
-        let lone = stores[0].place(order("alice", "0.5", t0), usd("10")).await.unwrap(); // $2
-        let quiet_shard = stores[0].pools.enter(&coin).await.home;
-        {
-            let mut turn = stores[1].pools.enter(&coin).await;
-            stores[1].shard_count(&mut turn, &coin).await.unwrap();
-            turn.home = (quiet_shard + 1) % 4;
-            turn.last_placed = Some(Instant::now());
-        }
-        clock.set(t0 + time::Duration::seconds(30));
+        let QuietAndBusy { t0, coin, stores, lone, .. } = quiet_and_busy().await;
+        let clock = Arc::clone(&stores[1].clock);
         stores[1].place(order("alice", "2", t0), usd("10")).await.unwrap(); // $8 in use
         let writer = Arc::new(stores.into_iter().nth(1).unwrap());
         let busy = Arc::clone(&writer);
@@ -626,7 +629,7 @@ mod tests {
                 })
             }),
         }))
-        .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
+        .with_clock(clock);
 
         let now = t0 + time::Duration::seconds(35);
         let formed = sweeper.sweep_pools(&coin, usd("10"), time::Duration::seconds(10), now).await.unwrap();
