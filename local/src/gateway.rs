@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use lambda_http::request::LambdaRequest;
 use place_order::BODY_LIMIT;
 use place_order::problem::ApiError;
+use shared::domain::UserId;
 use shared::service::OrderService;
 
 use crate::openapi;
@@ -58,6 +59,11 @@ async fn answer(
     if let Err(error) = check_head(&parts) {
         return problem(error);
     }
+    // Without a caller the answer is 401 (or the route's 404 or 405),
+    // whatever the body: as API Gateway's authorizer, never read it.
+    if !identified(&parts) {
+        return handle(&service, &parts, Bytes::new(), remote).await;
+    }
     // The API's limit, applied while reading: a larger body is never held.
     let body = match tokio::time::timeout(limits.body_timeout, Limited::new(body, BODY_LIMIT).collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
@@ -70,9 +76,19 @@ async fn answer(
         }
         Err(_) => return problem(ApiError::RequestTimeout),
     };
-    let event = api_gateway_event(&parts, body, remote);
+    handle(&service, &parts, body, remote).await
+}
+
+/// The handler's answer to the request, as API Gateway invokes it.
+async fn handle(
+    service: &OrderService,
+    parts: &http::request::Parts,
+    body: Bytes,
+    remote: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let event = api_gateway_event(parts, body, remote);
     let lambda_request: lambda_http::Request = LambdaRequest::ApiGatewayV2(event).into();
-    let response = match place_order::handle(&service, lambda_request).await {
+    let response = match place_order::handle(service, lambda_request).await {
         Ok(response) => response,
         Err(error) => {
             // What API Gateway does with a failed invocation.
@@ -91,18 +107,23 @@ async fn answer(
     Response::from_parts(parts, Full::new(body))
 }
 
-/// What the gateway answers before reading a body: a declared body over
-/// the limit, and the caller's id sent more than once (which one would be
-/// the caller?).
+/// What the gateway answers before reading a body: the caller's id sent
+/// more than once (which one would be the caller?), and an identified
+/// caller's declared body over the limit (401 comes before 413).
 fn check_head(parts: &http::request::Parts) -> Result<(), ApiError> {
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
-        return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
-    }
     if parts.headers.get_all(USER_HEADER).iter().nth(1).is_some() {
         return Err(ApiError::Malformed("X-User-Id must be sent once; the request carries several".to_owned()));
     }
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if identified(parts) && declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+    }
     Ok(())
+}
+
+/// The request names a caller the handler will accept.
+fn identified(parts: &http::request::Parts) -> bool {
+    parts.headers.get(USER_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|user| UserId::parse(user).is_ok())
 }
 
 /// Documents `orders-local` serves itself: the API description.

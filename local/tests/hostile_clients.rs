@@ -131,7 +131,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn what_the_http_layer_refuses_is_answered_as_problem_json() {
     let mut server = Server::start(&[], None);
     let before = server.balance("alice");
-    let cases: [(&str, Vec<u8>, u16, &str); 6] = [
+    let cases: [(&str, Vec<u8>, u16, &str); 7] = [
         (
             "a byte HTTP forbids in the Idempotency-Key",
             b"POST /orders HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\nIdempotency-Key: a\x7fb\r\nContent-Length: 28\r\n\r\n{\"coin\":\"ABAN\",\"amount\":\"1\"}".to_vec(),
@@ -162,6 +162,12 @@ fn what_the_http_layer_refuses_is_answered_as_problem_json() {
             b"POST /orders HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\nContent-Length: 20000\r\n\r\n".to_vec(),
             413,
             "payload-too-large",
+        ),
+        (
+            "the same without a caller: 401 comes first, and the body is never read",
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n".to_vec(),
+            401,
+            "unauthorized",
         ),
     ];
     for (case, raw, status, kind) in cases {

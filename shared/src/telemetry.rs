@@ -83,9 +83,9 @@ mod tests {
     #[test]
     fn the_functions_log_level_wins_over_rust_log() {
         let shown = |filter: EnvFilter| filter.max_level_hint().map(|l| l.to_string());
-        assert_eq!(shown(lambda_filter(Some("DEBUG"), Some("error"))), Some("DEBUG".to_owned()));
-        assert_eq!(shown(lambda_filter(Some("FATAL"), None)), Some("ERROR".to_owned()));
-        assert_eq!(shown(lambda_filter(None, Some("warn"))), Some("WARN".to_owned()));
-        assert_eq!(shown(lambda_filter(None, None)), Some("INFO".to_owned()));
+        assert_eq!(shown(lambda_filter(Some("DEBUG"), Some("error"))), Some("debug".to_owned()));
+        assert_eq!(shown(lambda_filter(Some("FATAL"), None)), Some("error".to_owned()));
+        assert_eq!(shown(lambda_filter(None, Some("warn"))), Some("warn".to_owned()));
+        assert_eq!(shown(lambda_filter(None, None)), Some("info".to_owned()));
     }
 }

@@ -227,6 +227,9 @@ async fn a_failed_settlement_logs_its_cause_in_the_json_line() {
     let logs = testkit::CapturedLogs::default();
     let writer = logs.clone();
     let _logging = tracing::subscriber::set_default(shared::telemetry::lambda_subscriber(move || writer.clone()));
+    // Other tests of this binary may have met these log lines first, with
+    // no subscriber, and cached "never": ask again now that there is one.
+    tracing::callsite::rebuild_interest_cache();
     let store = Arc::new(DynamoStore::in_memory());
     let exchange = ScriptedExchange::new(false, true);
     let settler = settler(&store, &exchange);
