@@ -317,7 +317,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Listen { addr: options.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: options.listen, source })?;
-    tasks.push(tokio::spawn(server::serve(listener, service, options.limits.clone(), shutdown_rx)));
+    tasks.push(tokio::spawn(server::serve(listener, service, options.limits, shutdown_rx)));
     Ok(Running { addr, store, minimum: options.service.minimum, dead_letters, aws, shutdown, tasks })
 }
 
