@@ -87,7 +87,13 @@ async fn handle(
     remote: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let event = api_gateway_event(parts, body, remote);
-    let lambda_request: lambda_http::Request = LambdaRequest::ApiGatewayV2(event).into();
+    // lambda_http panics on an event it cannot make a URL of; the headers
+    // that could cause it are checked above, and this keeps any other such
+    // request an answer rather than a dropped connection.
+    let converted = std::panic::catch_unwind(|| lambda_http::Request::from(LambdaRequest::ApiGatewayV2(event)));
+    let Ok(lambda_request) = converted else {
+        return problem(ApiError::Malformed("the request cannot be made into an API Gateway event".to_owned()));
+    };
     let response = match place_order::handle(service, lambda_request).await {
         Ok(response) => response,
         Err(error) => {
@@ -140,14 +146,17 @@ fn served_here(parts: &http::request::Parts) -> Option<Response<Full<Bytes>>> {
 }
 
 fn api_gateway_event(parts: &http::request::Parts, body: Bytes, remote: SocketAddr) -> ApiGatewayV2httpRequest {
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
     for (name, value) in &parts.headers {
-        // lambda_http builds the request URI from Host; keep only a valid one.
-        if name == header::HOST && value.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok()).is_none() {
+        // lambda_http builds the request URI from Host and X-Forwarded-Proto
+        // (and panics on a URL it cannot parse). API Gateway sets the
+        // latter itself; keep only a Host that makes a valid URL.
+        if name == X_FORWARDED_PROTO || (name == header::HOST && !valid_host(value)) {
             continue;
         }
         headers.append(name, value.clone());
     }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 
     let mut event = ApiGatewayV2httpRequest::default();
     event.version = Some("2.0".to_owned());
@@ -183,6 +192,14 @@ fn api_gateway_event(parts: &http::request::Parts, body: Bytes, remote: SocketAd
     }
     event.request_context = context;
     event
+}
+
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+fn valid_host(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|host| {
+        host.parse::<http::uri::Authority>().is_ok() && url::Url::parse(&format!("http://{host}/")).is_ok()
+    })
 }
 
 /// An error the gateway answers itself, in the API's problem format.

@@ -1,10 +1,10 @@
 //! `orders-local`: the Order API and settlement on one port, running the
 //! very handlers the Lambdas run (docs/api.md).
 
+mod connection;
 pub mod event_source;
 pub mod gateway;
 pub mod openapi;
-mod parse_errors;
 pub mod seed;
 pub mod server;
 pub mod sqs_poller;

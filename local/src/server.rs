@@ -17,8 +17,8 @@ use shared::service::OrderService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::connection::ClientConnection;
 use crate::gateway;
-use crate::parse_errors::ProblemAnswers;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
@@ -27,7 +27,8 @@ pub struct ServerLimits {
     /// To receive a request's head, and the idle time allowed between
     /// requests on a kept-alive connection.
     pub header_timeout: Duration,
-    /// To receive a request's body once its head is in.
+    /// To receive a request's body once its head is in; also how long a
+    /// write to a client that stopped reading may stall.
     pub body_timeout: Duration,
     /// How long stopping waits for open requests before closing them.
     pub drain_timeout: Duration,
@@ -44,6 +45,9 @@ impl Default for ServerLimits {
     }
 }
 
+/// The largest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 128 * 1024;
+
 /// Longest back-off after repeated accept errors (out of file descriptors, say).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -57,7 +61,9 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut failures = AcceptFailures::default();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    // A head over 128 KiB is 431 however it arrives (without a limit of
+    // its own, hyper decides by how full its read buffer happens to be).
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_header_size(MAX_HEAD);
     loop {
         let slot = tokio::select! {
             slot = Arc::clone(&slots).acquire_owned() => slot,
@@ -83,7 +89,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service = Arc::clone(&service);
         let connection = http.serve_connection(
-            TokioIo::new(ProblemAnswers::new(stream)),
+            TokioIo::new(ClientConnection::new(stream, limits.body_timeout)),
             service_fn(move |request| gateway::serve(Arc::clone(&service), request, remote, limits)),
         );
         let connection = graceful.watch(connection);

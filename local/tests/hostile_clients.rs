@@ -284,3 +284,60 @@ fn a_connection_flood_within_the_connection_cap_never_runs_out_of_descriptors() 
     assert!(!logs.contains('\u{1b}'), "logs to a pipe carry terminal colour codes:\n{logs}");
     assert!(logs.contains("signal=\"SIGTERM\"") || logs.contains("SIGTERM"), "{logs}");
 }
+
+#[test]
+fn routes_are_the_raw_path_whatever_the_forwarded_headers_say() {
+    let mut server = Server::start(&[], None);
+    let before = server.balance("bob");
+    let order = r#"{"coin":"ABAN","amount":"1"}"#;
+    let post = |path: &str, extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{order}",
+            order.len()
+        )
+    };
+    let cases = [
+        (post("/nope/../orders", ""), 404, "not-found"),
+        (post("/orders/%2e%2e/orders", ""), 404, "not-found"),
+        (post("/account", "X-Forwarded-Proto: http://h/orders#\r\n"), 405, "method-not-allowed"),
+        (post("/nothing-here", "X-Forwarded-Proto: http://h/orders#\r\n"), 404, "not-found"),
+        (
+            "GET /x/%2e%2e/account HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\nConnection: close\r\n\r\n".to_owned(),
+            404,
+            "not-found",
+        ),
+    ];
+    for (raw, status, kind) in cases {
+        let answer = server.exchange(raw.as_bytes(), WAIT);
+        assert_eq!((answer.status(), answer.problem().as_str()), (status, kind), "{raw}: {}", answer.text);
+    }
+    // Headers lambda_http would have panicked on: still answered.
+    for header in ["X-Forwarded-Proto: 1", "X-Forwarded-Proto: a b", "Host: x:65536", "Host: [zz]"] {
+        let raw =
+            format!("GET /account HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\n{header}\r\nConnection: close\r\n\r\n");
+        let raw = raw.replacen("Host: x\r\n", if header.starts_with("Host") { "" } else { "Host: x\r\n" }, 1);
+        let answer = server.exchange(raw.as_bytes(), WAIT);
+        assert_eq!(answer.status(), 200, "{header}: {}", answer.text);
+    }
+    assert_eq!(server.balance("bob"), before, "a request that is not POST /orders moved money");
+    server.stop();
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_its_connection_not_the_service() {
+    let mut server = Server::start(&["--max-connections", "4"], None);
+    // Four connections take every slot, ask for far more than the socket
+    // buffers hold, and never read.
+    let request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    let hogs: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = server.connect();
+            stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = stream.write_all(&request);
+            stream
+        })
+        .collect();
+    assert_eq!(server.balance("alice"), r#"{"user_id":"alice","balance_usd":"100"}"#);
+    drop(hogs);
+    server.stop();
+}

@@ -26,8 +26,14 @@ pub async fn handle(service: &OrderService, request: Request) -> Result<Response
 }
 
 async fn route(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {
-    // Paths are exact, as API Gateway routes them: `/orders/` is not `/orders`.
-    let path = request.uri().path();
+    // Paths are exact, as API Gateway routes them: `/orders/` is not
+    // `/orders`, and `/x/../orders` is neither. The raw path of the event,
+    // not the URI lambda_http builds from it: that one is normalised, and
+    // built with the client's `X-Forwarded-Proto` and `Host`.
+    let path = match request.raw_http_path() {
+        "" => request.uri().path(),
+        raw => raw,
+    };
     let method = request.method();
     match path.split('/').collect::<Vec<_>>().as_slice() {
         ["", "orders"] => match *method {

@@ -1,3 +1,10 @@
+//! The client's connection as hyper sees it, with two things hyper does
+//! not do.
+//!
+//! A write timeout: a client that stops reading (its receive window full)
+//! would hold its connection, and a slot of the cap, for ever; a write
+//! that makes no progress for the request timeout ends the connection.
+//!
 //! hyper answers a request it cannot parse (invalid header bytes,
 //! conflicting `Content-Length`s, a URI or head too large) itself, before
 //! any service sees it, with an empty `400`/`414`/`431` and a closed
@@ -6,33 +13,61 @@
 //! problem+json body in its place, diagnosed from the bytes the client
 //! sent: a client gets the same kind of error body from every layer.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use place_order::problem::ApiError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// The request bytes kept for a diagnosis; a head longer than this is
 /// still answered, with a less specific detail.
 const KEPT_FOR_DIAGNOSIS: usize = 16 * 1024;
 
-/// A connection whose canned parse-error answers become problem+json.
-pub struct ProblemAnswers<T> {
+/// A connection with a write timeout, whose canned parse-error answers
+/// become problem+json.
+pub struct ClientConnection<T> {
     inner: T,
     /// What the client sent since the last response began.
     received: Vec<u8>,
     /// The replacement answer, and how much of it is written.
     replacing: Option<(Vec<u8>, usize)>,
+    write_timeout: Duration,
+    /// Since when a write has made no progress.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl<T> ProblemAnswers<T> {
-    pub fn new(inner: T) -> ProblemAnswers<T> {
-        ProblemAnswers { inner, received: Vec::new(), replacing: None }
+impl<T> ClientConnection<T> {
+    pub fn new(inner: T, write_timeout: Duration) -> ClientConnection<T> {
+        ClientConnection { inner, received: Vec::new(), replacing: None, write_timeout, stalled: None }
+    }
+
+    /// A write is pending: fine, until it has been for the write timeout.
+    fn poll_stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let timeout = self.write_timeout;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// `result` of a write to the client, with the write timeout applied.
+    fn progress<R>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match result {
+            Poll::Pending => self.poll_stalled(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
     }
 }
 
-impl<T: AsyncWrite + Unpin> ProblemAnswers<T> {
+impl<T: AsyncWrite + Unpin> ClientConnection<T> {
     /// Writes what is left of a replacement answer.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, written)) = &mut self.replacing {
@@ -40,17 +75,20 @@ impl<T: AsyncWrite + Unpin> ProblemAnswers<T> {
                 self.replacing = None;
                 break;
             }
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            let result = Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]);
+            let n = ready!(self.progress(cx, result))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            *written += n;
+            if let Some((_, written)) = &mut self.replacing {
+                *written += n;
+            }
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ProblemAnswers<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for ClientConnection<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -62,7 +100,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ProblemAnswers<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemAnswers<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientConnection<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_replacement(cx))?;
@@ -76,13 +114,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemAnswers<T> {
             return Poll::Ready(Ok(buf.len()));
         }
         this.received.clear();
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, result)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_replacement(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
