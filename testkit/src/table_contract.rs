@@ -214,6 +214,27 @@ pub async fn queries_read_a_partition_or_an_index_page_by_page(table: Arc<dyn Ta
     }
 }
 
+/// A page resumes after where its start key sorts, whether or not an item
+/// has that key: a cursor whose order went away, or one a client made up,
+/// goes on from there rather than from the start.
+pub async fn a_query_resumes_after_a_start_key_no_item_has(table: Arc<dyn Table>) {
+    for sk in ["ORDER#01", "ORDER#03", "ORDER#05"] {
+        table.put(key("T#8".into(), sk.to_owned()), None).await.unwrap().unwrap();
+    }
+    let sks = |page: Vec<Item>| -> Vec<String> {
+        page.iter().map(|i| item::get_s(i, item::SK).unwrap().to_owned()).collect()
+    };
+    for (newest_first, expected) in [(false, vec!["ORDER#05"]), (true, vec!["ORDER#03", "ORDER#01"])] {
+        let query = Query {
+            partition: (item::PK, "T#8".to_owned()),
+            newest_first,
+            start: Some(key("T#8".into(), "ORDER#04".to_owned())),
+            ..Query::default()
+        };
+        assert_eq!(sks(table.query(query).await.unwrap().items), expected, "newest first: {newest_first}");
+    }
+}
+
 pub async fn a_batch_get_reads_the_items_that_exist(table: Arc<dyn Table>) {
     for i in 0..5 {
         table.put(with(key(format!("T#9#{i}"), "A"), &[("n", n(&i.to_string()))]), None).await.unwrap().unwrap();
@@ -254,6 +275,7 @@ macro_rules! table_contract_tests {
             a_resent_committed_transaction_is_never_applied_twice,
             two_writes_on_one_item_in_a_transaction_are_refused,
             queries_read_a_partition_or_an_index_page_by_page,
+            a_query_resumes_after_a_start_key_no_item_has,
             a_batch_get_reads_the_items_that_exist,
             a_scan_reads_every_item,
         );

@@ -267,12 +267,27 @@ impl Table for MemoryTable {
         if query.newest_first {
             keys.reverse();
         }
-        // Resume after the exclusive start key.
+        // Resume after where the exclusive start key sorts, as DynamoDB
+        // does, whether or not an item has that key (any more).
         if let Some(start) = &query.start {
-            let start_key = self.key_of(start, "query")?;
-            if let Some(at) = keys.iter().position(|(_, key)| *key == start_key) {
-                keys.drain(..=at);
-            }
+            let (pk, sk) = self.key_of(start, "query")?;
+            let text = |name: &str| match start.get(name) {
+                Some(AttributeValue::S(value)) => Some(value.clone()),
+                _ => None,
+            };
+            let after: Option<IndexKey> = match query.index {
+                None => Some((pk.clone(), sk.clone(), pk, sk)),
+                Some(name) => self
+                    .schema
+                    .indexes
+                    .iter()
+                    .find(|i| i.name == name)
+                    .and_then(|index| Some((text(index.pk)?, text(index.sk)?, pk, sk))),
+            };
+            let Some(after) = after else {
+                return Err(failed("query", "ValidationException: the start key lacks the index's keys".to_owned()));
+            };
+            keys.retain(|(position, _)| if query.newest_first { *position < after } else { *position > after });
         }
         let more = keys.len() > limit;
         keys.truncate(limit);
