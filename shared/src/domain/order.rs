@@ -296,24 +296,13 @@ mod tests {
     }
 
     fn batch(status: BatchStatus) -> Batch {
-        Batch {
-            id: BatchId::generate(),
-            coin: Coin::from_trusted("ABAN"),
-            pools: vec![PoolId { shard: 0, seq: 0 }],
-            qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
+        let totals = BatchTotals {
             usd: Usd::new(Decimal::from(12)).unwrap(),
+            qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
             count: 3,
-            status,
-            attempts: 0,
-            lease_until: None,
-            attempted_at: None,
-            resends: 0,
-            resent_at: None,
-            refunded: 0,
-            refusal: None,
-            exchange_order_id: None,
-            created_at: at(0),
-        }
+        };
+        let pools = vec![PoolId { shard: 0, seq: 0 }];
+        Batch { status, ..Batch::ready(&Coin::from_trusted("ABAN"), pools, totals, at(0)) }
     }
 
     const POLICY: ResendPolicy = ResendPolicy {

@@ -370,6 +370,7 @@ pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::BatchTotals;
 
     #[test]
     fn numbers_are_parsed_back_whatever_text_dynamodb_returns() {
@@ -397,24 +398,13 @@ mod tests {
         let formed = Some(BatchId::generate());
         assert_eq!(order_of(&order_item(&order, formed)).unwrap(), (order.clone(), formed));
 
-        let batch = Batch {
-            id: BatchId::generate(),
-            coin: Coin::from_trusted("ABAN"),
-            pools: vec![PoolId { shard: 0, seq: 7 }],
-            qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
+        let totals = BatchTotals {
             usd: Usd::new(Decimal::from(12)).unwrap(),
+            qty: BatchQuantity::from_decimal(Decimal::from(3)).unwrap(),
             count: 3,
-            status: BatchStatus::Ready,
-            attempts: 0,
-            lease_until: None,
-            attempted_at: None,
-            resends: 0,
-            resent_at: None,
-            refunded: 0,
-            refusal: None,
-            exchange_order_id: None,
-            created_at: now.replace_millisecond(0).unwrap(),
         };
+        let pools = vec![PoolId { shard: 0, seq: 7 }];
+        let batch = Batch::ready(&Coin::from_trusted("ABAN"), pools, totals, now.replace_millisecond(0).unwrap());
         let item = batch_item(&batch);
         assert!(item.contains_key(OPEN_PK), "a ready batch is in the open-batches index");
         assert_eq!(batch_of(&item).unwrap(), batch);

@@ -27,6 +27,8 @@ pub mod schema;
 mod shards;
 mod stats;
 pub mod table;
+#[cfg(test)]
+mod testing;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -419,33 +419,19 @@ impl DynamoStore {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::str::FromStr;
     use std::sync::Arc;
 
     use rust_decimal::Decimal;
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::adapters::dynamodb::testing::{order_at, usd};
     use crate::audit::audit;
-    use crate::domain::{Coin, PoolState, Quantity, UserId};
+    use crate::domain::{Coin, PoolState, UserId};
     use crate::ports::{Accounts, LedgerRecords};
 
-    fn usd(text: &str) -> Usd {
-        Usd::new(Decimal::from_str(text).unwrap()).unwrap()
-    }
-
     fn order(user: &str, amount: &str) -> NewOrder {
-        let amount = Quantity::parse(amount).unwrap();
-        NewOrder {
-            id: OrderId::generate(),
-            user: UserId::parse(user).unwrap(),
-            coin: Coin::from_trusted("ABAN"),
-            amount,
-            price: usd("4"),
-            cost: Usd::cost(usd("4"), amount).unwrap(),
-            idempotency_key: None,
-            created_at: OffsetDateTime::now_utc(),
-        }
+        order_at(user, amount, OffsetDateTime::now_utc())
     }
 
     /// The memory table, yielding before every request as a network would:

@@ -394,7 +394,6 @@ fn swept_batch(coin: &Coin, group: &[Absorbed], now: OffsetDateTime) -> Option<B
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::str::FromStr;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -404,13 +403,10 @@ mod tests {
     use super::*;
     use crate::adapters::dynamodb::PoolSharding;
     use crate::adapters::dynamodb::table::{ConditionFailed, Item, Page, Query, Table, TableError};
+    use crate::adapters::dynamodb::testing::{order_at as order, usd};
     use crate::audit::audit;
-    use crate::domain::{NewOrder, OrderId, Quantity, UserId};
+    use crate::domain::UserId;
     use crate::ports::{Accounts, Clock, LedgerRecords, Outbox};
-
-    fn usd(text: &str) -> Usd {
-        Usd::new(Decimal::from_str(text).unwrap()).unwrap()
-    }
 
     fn at_ms(ms: i64) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap()
@@ -460,20 +456,6 @@ mod tests {
     impl Clock for SetClock {
         fn now(&self) -> OffsetDateTime {
             *self.0.lock().unwrap()
-        }
-    }
-
-    fn order(user: &str, amount: &str, at: OffsetDateTime) -> NewOrder {
-        let amount = Quantity::parse(amount).unwrap();
-        NewOrder {
-            id: OrderId::generate(),
-            user: UserId::parse(user).unwrap(),
-            coin: Coin::from_trusted("ABAN"),
-            amount,
-            price: usd("4"),
-            cost: Usd::cost(usd("4"), amount).unwrap(),
-            idempotency_key: None,
-            created_at: at,
         }
     }
 
