@@ -56,13 +56,19 @@ async fn answer(
     if let Some(response) = served_here(&parts) {
         return response;
     }
-    if let Err(error) = check_head(&parts) {
-        return problem(error);
+    // The caller's id sent more than once: which one would be the caller?
+    if parts.headers.get_all(USER_HEADER).iter().nth(1).is_some() {
+        return problem(ApiError::Malformed("X-User-Id must be sent once; the request carries several".to_owned()));
     }
     // Without a caller the answer is 401 (or the route's 404 or 405),
     // whatever the body: as API Gateway's authorizer, never read it.
     if !identified(&parts) {
         return handle(&service, &parts, Bytes::new(), remote).await;
+    }
+    // A declared body over the limit is refused before it is sent.
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return problem(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
     }
     // The API's limit, applied while reading: a larger body is never held.
     let body = match tokio::time::timeout(limits.body_timeout, Limited::new(body, BODY_LIMIT).collect()).await {
@@ -111,20 +117,6 @@ async fn handle(
         _ => Bytes::new(),
     };
     Response::from_parts(parts, Full::new(body))
-}
-
-/// What the gateway answers before reading a body: the caller's id sent
-/// more than once (which one would be the caller?), and an identified
-/// caller's declared body over the limit (401 comes before 413).
-fn check_head(parts: &http::request::Parts) -> Result<(), ApiError> {
-    if parts.headers.get_all(USER_HEADER).iter().nth(1).is_some() {
-        return Err(ApiError::Malformed("X-User-Id must be sent once; the request carries several".to_owned()));
-    }
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if identified(parts) && declared.is_some_and(|length| length > BODY_LIMIT as u64) {
-        return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
-    }
-    Ok(())
 }
 
 /// The request names a caller the handler will accept.
