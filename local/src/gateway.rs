@@ -124,16 +124,18 @@ fn identified(parts: &http::request::Parts) -> bool {
     parts.headers.get(USER_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|user| UserId::parse(user).is_ok())
 }
 
-/// Documents `orders-local` serves itself: the API description.
+/// What `orders-local` serves itself: the API description and its metrics.
 fn served_here(parts: &http::request::Parts) -> Option<Response<Full<Bytes>>> {
-    if parts.uri.path() != "/openapi.json" {
-        return None;
-    }
+    let (body, content_type) = match parts.uri.path() {
+        "/openapi.json" => (openapi::json(), "application/json"),
+        "/metrics" => (Bytes::from(crate::metrics::render()?), "text/plain; version=0.0.4; charset=utf-8"),
+        _ => return None,
+    };
     if parts.method != http::Method::GET && parts.method != http::Method::HEAD {
         return Some(problem(ApiError::MethodNotAllowed { allow: "GET, HEAD" }));
     }
-    let mut response = Response::new(Full::new(openapi::json()));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut response = Response::new(Full::new(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Some(response)
 }
 

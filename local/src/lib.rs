@@ -4,6 +4,7 @@
 mod connection;
 pub mod event_source;
 pub mod gateway;
+pub mod metrics;
 pub mod openapi;
 pub mod seed;
 pub mod server;
@@ -227,6 +228,7 @@ impl Running {
 }
 
 pub async fn start(options: Options) -> Result<Running, StartError> {
+    metrics::install();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let exchange: Arc<dyn Exchange> = match &options.exchange_url {
         None => Arc::new(SimulatedExchange::new()),

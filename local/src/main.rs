@@ -82,6 +82,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let embedded = running.store.clone();
     let minimum = running.minimum;
     running.stop().await;
+    if let Some(metrics) = orders_local::metrics::render() {
+        tracing::info!("what this run counted (also served at GET /metrics):\n{metrics}");
+    }
     match aws {
         // A shared table may hold millions of items and other processes'
         // work: `orders-admin audit` checks it.

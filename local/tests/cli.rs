@@ -33,6 +33,18 @@ fn output(mut child: Child) -> (bool, String) {
     (status.success(), text)
 }
 
+/// Alice's account, once orders-local answers.
+async fn wait_until_serving(client: &reqwest::Client, base: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match client.get(format!("{base}/account")).header("x-user-id", "alice").send().await {
+            Ok(response) => return response.text().await.unwrap(),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(error) => panic!("orders-local never answered: {error}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
     let port = free_port();
@@ -40,14 +52,7 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let account = loop {
-        match client.get(format!("{base}/account")).header("x-user-id", "alice").send().await {
-            Ok(response) => break response.text().await.unwrap(),
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(error) => panic!("orders-local never answered: {error}"),
-        }
-    };
+    let account = wait_until_serving(&client, &base).await;
     assert_eq!(account, r#"{"user_id":"alice","balance_usd":"100"}"#);
     let placed = client
         .post(format!("{base}/orders"))
@@ -67,6 +72,67 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
     assert!(logs.contains("simulated exchange filled a market buy"), "{logs}");
     assert!(logs.contains("audit:") && logs.contains("no discrepancies"), "{logs}");
     assert!(logs.contains("stopped"), "{logs}");
+}
+
+#[tokio::test]
+async fn counts_orders_batches_and_settlements_at_get_metrics_and_when_stopped() {
+    let port = free_port();
+    let child = spawn(&["--listen", &format!("127.0.0.1:{port}"), "--seed", DEMO_SEED]);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&client, &base).await;
+
+    // 3 ABAN ($12): bought alone. Three × 1 ABAN ($4): two join the pool,
+    // the third crosses $10 and closes it. Then two refusals.
+    for (user, amount, status) in [
+        ("alice", "3", 201),
+        ("bob", "1", 201),
+        ("carol", "1", 201),
+        ("alice", "1", 201),
+        ("alice", "0", 422),
+        ("dave", "2", 422),
+    ] {
+        let response = client
+            .post(format!("{base}/orders"))
+            .header("x-user-id", user)
+            .body(format!(r#"{{"coin":"ABAN","amount":"{amount}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{user} {amount}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+        let text = response.text().await.unwrap();
+        if text.contains(r#"settle_outcomes{outcome="filled"} 2"#) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lines: Vec<&str> = metrics.lines().collect();
+    for expected in [
+        r#"orders_placed{placement="own_batch"} 1"#,
+        r#"orders_placed{placement="joined"} 2"#,
+        r#"orders_placed{placement="crossed"} 1"#,
+        r#"batches_formed{by="order"} 2"#,
+        "settle_attempts 2",
+        r#"settle_outcomes{outcome="filled"} 2"#,
+        "batch_formed_to_fill_seconds_count 2",
+        r#"problems_answered{type="invalid-amount"} 1"#,
+        r#"problems_answered{type="insufficient-funds"} 1"#,
+    ] {
+        assert!(lines.contains(&expected), "{expected} is not in:\n{metrics}");
+    }
+    let refused = client.post(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!((refused.status().as_u16(), &refused.headers()["allow"]), (405, &"GET, HEAD".parse().unwrap()));
+
+    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let (success, logs) = output(child);
+    assert!(success, "{logs}");
+    assert!(logs.contains(r#"orders_placed{placement="crossed"} 1"#), "the counters are printed when it stops: {logs}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod audit;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod ports;
 pub mod reconcile;
 pub mod service;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::domain::{BatchId, BatchStatus, Coin, ResendPolicy, Usd};
+use crate::metrics::{self, FormedBy};
 use crate::ports::{Clock, InfraError, Outbox, SettleQueue};
 use crate::telemetry::ErrorChain;
 
@@ -92,6 +93,7 @@ impl Reconciler {
                 }
             }
             report.resent.push(batch.id);
+            metrics::batches_resent(1);
         }
         report.resent.sort();
         Ok(report)
@@ -133,6 +135,9 @@ impl Reconciler {
                     continue;
                 }
             };
+            if !formed.is_empty() {
+                metrics::batch_formed(FormedBy::Sweep, formed.len() as u64);
+            }
             for batch in formed {
                 tracing::info!(batch_id = %batch, %coin, "a batch formed from idle pool shards");
                 // A failed send leaves a READY batch: the outbox sends it later.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::ServiceConfig;
 use crate::domain::{IdempotencyKey, InvalidAmount, NewOrder, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
+use crate::metrics;
 use crate::ports::{Clock, InfraError, OrderList, OrderPage, Orders, PlaceError, Placed, SettleQueue};
 use crate::telemetry::ErrorChain;
 
@@ -61,6 +62,7 @@ impl OrderService {
             created_at: self.clock.now(),
         };
         let placed = self.store.place_order(order, self.config.minimum).await?;
+        metrics::order_placed(&placed);
         let span = tracing::Span::current();
         span.record("order_id", tracing::field::display(placed.order.order.id));
         if let Some(batch) = placed.formed {

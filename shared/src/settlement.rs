@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{Batch, BatchId, BatchStatus};
+use crate::metrics::{self, SettleOutcome};
 use crate::ports::{
     Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fence, Fill, InfraError, Lookup, Refund, SettleQueue,
     Settlements,
@@ -99,6 +100,7 @@ impl Settler {
             Claim::NotFound => return Ok(Settlement::UnknownBatch),
         };
         tracing::Span::current().record("attempt", batch.attempts);
+        metrics::settle_attempted();
 
         // An earlier attempt may have reached the exchange: ask before
         // sending again, as the protocol requires.
@@ -148,7 +150,11 @@ impl Settler {
         let settled =
             self.persist(|| self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id)).await?;
         match settled {
-            Fence::Held => Ok(bought),
+            Fence::Held => {
+                metrics::settle_outcome(SettleOutcome::Filled);
+                metrics::filled_after(batch.created_at, self.clock.now());
+                Ok(bought)
+            }
             // Another attempt found the same fill and recorded it.
             Fence::Lost { status: BatchStatus::Settled, .. } => Ok(bought),
             Fence::Lost { status: status @ (BatchStatus::Refused | BatchStatus::Refunded), .. } => {
@@ -169,9 +175,11 @@ impl Settler {
     async fn refuse(&self, batch: &Batch, reason: &str) -> Result<Settlement, SettleError> {
         tracing::warn!(batch_id = %batch.id, %reason, "the exchange refused the batch for good; refunding its orders");
         match self.persist(|| self.settlements.refuse_batch(batch.id, batch.attempts, reason)).await? {
-            Fence::Held | Fence::Lost { status: BatchStatus::Refused | BatchStatus::Refunded, .. } => {
+            Fence::Held => {
+                metrics::settle_outcome(SettleOutcome::Refused);
                 self.refund(batch.id).await
             }
+            Fence::Lost { status: BatchStatus::Refused | BatchStatus::Refunded, .. } => self.refund(batch.id).await,
             Fence::Lost { status: BatchStatus::Settled, .. } => Ok(Settlement::AlreadyFinished(BatchStatus::Settled)),
             Fence::Lost { status, .. } => {
                 Err(SettleError::LeaseLost { batch: batch.id, attempt: batch.attempts, now: status })
@@ -183,6 +191,7 @@ impl Settler {
     /// with a message of its own.
     async fn refund(&self, batch: BatchId) -> Result<Settlement, SettleError> {
         let refund = self.settlements.refund_batch(batch, self.refund_chunk).await?;
+        metrics::orders_refunded(refund.orders);
         if refund.finished {
             return Ok(Settlement::Refunded(refund));
         }
@@ -228,13 +237,17 @@ impl Settler {
         }
         match source {
             ExchangeError::Misconfigured { .. } => {
+                metrics::settle_outcome(SettleOutcome::Misconfigured);
                 tracing::error!(
                     batch_id = %batch.id, error = %ErrorChain(&source),
                     "the exchange rejects our requests: check EXCHANGE_URL and credentials"
                 );
                 SettleError::Misconfigured { batch: batch.id, source }
             }
-            source => SettleError::OutcomeUnknown { batch: batch.id, source },
+            source => {
+                metrics::settle_outcome(SettleOutcome::Unknown);
+                SettleError::OutcomeUnknown { batch: batch.id, source }
+            }
         }
     }
 }

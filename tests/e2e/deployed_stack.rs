@@ -196,4 +196,104 @@ async fn the_deployed_stack_places_pools_settles_and_refuses_bad_input() {
         assert!(ids.insert(fill.client_order_id.clone()), "bought twice: {fill:?}");
     }
     assert!(exchange.resends_without_lookup().is_empty());
+
+    // The functions' metrics, read back from their logs (CloudWatch
+    // Embedded Metric Format lines, as CloudWatch would extract them).
+    let placed_orders = 4 + placed.len() as u64;
+    let place_order = var("DEPLOYED_PLACE_ORDER_FUNCTION");
+    let counted = wait_for_metric(&place_order, "orders_placed", placed_orders).await;
+    assert_eq!(counted.get("orders_placed{placement=own_batch}"), Some(&1), "{counted:?}");
+    assert_eq!(
+        counted.get("orders_placed{placement=crossed}").copied().unwrap_or(0) + 1,
+        batches_of(&counted),
+        "{counted:?}"
+    );
+    for kind in ["unknown-coin", "insufficient-funds"] {
+        assert_eq!(counted.get(&format!("problems_answered{{type={kind}}}")), Some(&1), "{kind}: {counted:?}");
+    }
+    assert_eq!(counted.get("problems_answered{type=busy}"), None, "{counted:?}");
+    let settle = var("DEPLOYED_SETTLE_FUNCTION");
+    let counted = wait_for_metric(&settle, "settle_outcomes", fills.len() as u64).await;
+    assert_eq!(counted.get("settle_outcomes{outcome=filled}"), Some(&(fills.len() as u64)), "{counted:?}");
+    assert_eq!(counted.get("batch_formed_to_fill_seconds"), Some(&(fills.len() as u64)), "{counted:?}");
+}
+
+/// Batches formed by orders (each order bought alone or crossing a pool).
+fn batches_of(counted: &HashMap<String, u64>) -> u64 {
+    counted.get("batches_formed{by=order}").copied().unwrap_or(0)
+}
+
+/// Waits until the function's metrics add up to `total` for `name` (the
+/// log of an invocation lands after its response), and returns them all.
+async fn wait_for_metric(function: &str, name: &str, total: u64) -> HashMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = emf_totals(&log_messages(function).await);
+        let sum: u64 = counted.iter().filter(|(key, _)| key.split('{').next() == Some(name)).map(|(_, n)| n).sum();
+        if sum >= total || Instant::now() > deadline {
+            assert_eq!(sum, total, "{name} in {function}'s metrics: {counted:?}");
+            return counted;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every message the function logged, through the emulator's CloudWatch
+/// Logs API (`FilterLogEvents` on `/aws/lambda/<function>`).
+async fn log_messages(function: &str) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut messages = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut request = json!({"logGroupName": format!("/aws/lambda/{function}")});
+        if let Some(token) = &next {
+            request["nextToken"] = json!(token);
+        }
+        let response: Value = client
+            .post(var("MINISTACK_ENDPOINT"))
+            .header("x-amz-target", "Logs_20140328.FilterLogEvents")
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/logs/aws4_request")
+            .body(request.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = response["events"].as_array().cloned().unwrap_or_default();
+        messages.extend(events.iter().filter_map(|event| event["message"].as_str().map(str::to_owned)));
+        match response["nextToken"].as_str() {
+            Some(token) if !events.is_empty() => next = Some(token.to_owned()),
+            _ => return messages,
+        }
+    }
+}
+
+/// Sums the EMF documents among `messages`: counters by their value,
+/// histograms by how many values they recorded; keyed `name{dimension=value,…}`.
+fn emf_totals(messages: &[String]) -> HashMap<String, u64> {
+    let mut totals = HashMap::new();
+    for document in messages.iter().filter_map(|m| serde_json::from_str::<Value>(m).ok()) {
+        let Some(namespace) = document["_aws"]["CloudWatchMetrics"].get(0) else { continue };
+        assert_eq!(namespace["Namespace"], shared::metrics::NAMESPACE, "{document}");
+        let dimensions: Vec<String> = namespace["Dimensions"][0]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|d| format!("{d}={}", document[d].as_str().unwrap_or_default()))
+            .collect();
+        for metric in namespace["Metrics"].as_array().into_iter().flatten() {
+            let name = metric["Name"].as_str().unwrap();
+            let value = match &document[name] {
+                Value::Array(values) => values.len() as u64,
+                other => other.as_u64().unwrap_or_else(|| panic!("{name} is not a count: {document}")),
+            };
+            let key =
+                if dimensions.is_empty() { name.to_owned() } else { format!("{name}{{{}}}", dimensions.join(",")) };
+            *totals.entry(key).or_default() += value;
+        }
+    }
+    totals
 }

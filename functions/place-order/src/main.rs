@@ -10,6 +10,7 @@ use shared::service::OrderService;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init_lambda();
+    let metrics = shared::metrics::Emf::install();
 
     let config = ServiceConfig::from_env()?;
     let resources = AwsResources::from_env()?;
@@ -22,7 +23,7 @@ async fn main() -> Result<(), Error> {
     ));
     run(service_fn(move |request| {
         let service = Arc::clone(&service);
-        async move { place_order::handle(&service, request).await }
+        metrics.around(async move { place_order::handle(&service, request).await })
     }))
     .await
 }

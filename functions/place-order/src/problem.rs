@@ -89,6 +89,11 @@ impl ApiError {
         }
     }
 
+    /// The problem type, as the body's `type` names it.
+    pub fn kind(&self) -> &'static str {
+        self.code().1
+    }
+
     pub fn status(&self) -> StatusCode {
         self.code().0
     }

@@ -10,6 +10,7 @@ use shared::reconcile::{PoolSweep, Reconciler};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init_lambda();
+    let metrics = shared::metrics::Emf::install();
 
     let resources = AwsResources::from_env()?;
     let service = ServiceConfig::from_env()?;
@@ -30,7 +31,7 @@ async fn main() -> Result<(), Error> {
     );
     run(service_fn(move |event| {
         let reconciler = Arc::clone(&reconciler);
-        async move { reconciler::handle(&reconciler, event).await }
+        metrics.around(async move { reconciler::handle(&reconciler, event).await })
     }))
     .await
 }

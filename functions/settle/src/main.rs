@@ -11,6 +11,7 @@ use shared::settlement::Settler;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init_lambda();
+    let metrics = shared::metrics::Emf::install();
 
     let config = SettleConfig::from_env()?;
     let resources = AwsResources::from_env()?;
@@ -26,7 +27,7 @@ async fn main() -> Result<(), Error> {
     ));
     run(service_fn(move |event| {
         let settler = Arc::clone(&settler);
-        async move { settle::handle(&settler, event).await }
+        metrics.around(async move { settle::handle(&settler, event).await })
     }))
     .await
 }

@@ -99,6 +99,44 @@ async fn failures(settler: &Settler, event: LambdaEvent<SqsEvent>) -> Vec<String
 }
 
 #[tokio::test]
+async fn each_settle_outcome_is_counted_once() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // This thread's recorder; the test's runtime runs every task on it.
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    let store = Arc::new(DynamoStore::in_memory());
+    for (user, exchange) in [
+        ("alice", ScriptedExchange::new(false, false)),
+        ("bob", ScriptedExchange::new(true, false)),
+        ("carol", ScriptedExchange::new(false, true)),
+    ] {
+        let batch = formed_batch(&store, user).await;
+        failures(&settler(&store, &exchange), event(&[("m1", body(batch))])).await;
+    }
+
+    let mut counted: Vec<(String, u64)> = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        let value = match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            metrics_util::debugging::DebugValue::Histogram(values) => values.len() as u64,
+            metrics_util::debugging::DebugValue::Gauge(_) => continue,
+        };
+        counted.push((format!("{}{{{}}}", key.key().name(), labels.join(",")), value));
+    }
+    counted.sort();
+    let expected = [
+        ("batch_formed_to_fill_seconds{}", 1),
+        ("orders_refunded{}", 1),
+        ("settle_attempts{}", 3),
+        ("settle_outcomes{outcome=filled}", 1),
+        ("settle_outcomes{outcome=refused}", 1),
+        ("settle_outcomes{outcome=unknown}", 1),
+    ];
+    assert_eq!(counted, expected.map(|(key, n)| (key.to_owned(), n)));
+}
+
+#[tokio::test]
 async fn the_fixture_event_parses_and_an_unknown_batch_is_reported_failed() {
     let store = Arc::new(DynamoStore::in_memory());
     let exchange = ScriptedExchange::new(false, false);

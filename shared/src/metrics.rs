@@ -1,0 +1,172 @@
+//! What the service counts, named once. The code records through the
+//! `metrics` facade; the Lambda functions export it as CloudWatch Embedded
+//! Metric Format lines in their logs (CloudWatch turns those into metrics),
+//! `orders-local` as Prometheus text. Without an exporter installed, the
+//! recording calls do nothing.
+//!
+//! Every label takes a value from a fixed, short list: a dimension per
+//! customer or per batch would make a metric per customer or per batch.
+
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use time::OffsetDateTime;
+
+use crate::domain::Membership;
+use crate::ports::Placed;
+
+/// The CloudWatch namespace the functions' metrics land in.
+pub const NAMESPACE: &str = "PurchaseOrders";
+
+pub const ORDERS_PLACED: &str = "orders_placed";
+pub const PROBLEMS: &str = "problems_answered";
+pub const BATCHES_FORMED: &str = "batches_formed";
+pub const SETTLE_ATTEMPTS: &str = "settle_attempts";
+pub const SETTLE_OUTCOMES: &str = "settle_outcomes";
+pub const FORMED_TO_FILL: &str = "batch_formed_to_fill_seconds";
+pub const ORDERS_REFUNDED: &str = "orders_refunded";
+pub const BATCHES_RESENT: &str = "batches_resent";
+
+/// Units and help texts, for exporters that show them (Prometheus' `# HELP`,
+/// EMF's `Unit`). Call once an exporter is installed.
+pub fn describe() {
+    describe_counter!(ORDERS_PLACED, Unit::Count, "Orders placed, by placement: own_batch, joined, crossed.");
+    describe_counter!(
+        PROBLEMS,
+        Unit::Count,
+        "Error answers of the Order API, by problem type (busy, outcome-unknown, …)."
+    );
+    describe_counter!(
+        BATCHES_FORMED,
+        Unit::Count,
+        "Batches formed, by what formed them: an order, or the reconciler's sweep."
+    );
+    describe_counter!(SETTLE_ATTEMPTS, Unit::Count, "Settle attempts that claimed a batch.");
+    describe_counter!(
+        SETTLE_OUTCOMES,
+        Unit::Count,
+        "Settle attempts by outcome: filled, refused, unknown, misconfigured."
+    );
+    describe_histogram!(FORMED_TO_FILL, Unit::Seconds, "Time from a batch forming to its fill being recorded.");
+    describe_counter!(ORDERS_REFUNDED, Unit::Count, "Orders credited back after the exchange refused their batch.");
+    describe_counter!(BATCHES_RESENT, Unit::Count, "Batches the reconciler sent to the settle queue again.");
+}
+
+/// An order placed now (a replay of an earlier request placed nothing).
+pub fn order_placed(placed: &Placed) {
+    if placed.replayed {
+        return;
+    }
+    let placement = match (placed.order.order.membership, placed.formed) {
+        (Membership::Own(_), _) => "own_batch",
+        (Membership::Pool { .. }, Some(_)) => "crossed",
+        (Membership::Pool { .. }, None) => "joined",
+    };
+    counter!(ORDERS_PLACED, "placement" => placement).increment(1);
+    if placed.formed.is_some() {
+        batch_formed(FormedBy::Order, 1);
+    }
+}
+
+/// The API answered with this problem type.
+pub fn problem_answered(kind: &'static str) {
+    counter!(PROBLEMS, "type" => kind).increment(1);
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum FormedBy {
+    /// The order that reached the minimum (alone, or by crossing a pool).
+    Order,
+    /// The reconciler's sweep of quiet pool shards.
+    Sweep,
+}
+
+pub fn batch_formed(by: FormedBy, batches: u64) {
+    let by = match by {
+        FormedBy::Order => "order",
+        FormedBy::Sweep => "sweep",
+    };
+    counter!(BATCHES_FORMED, "by" => by).increment(batches);
+}
+
+pub fn settle_attempted() {
+    counter!(SETTLE_ATTEMPTS).increment(1);
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum SettleOutcome {
+    Filled,
+    /// Refused for good: the batch's orders are refunded.
+    Refused,
+    /// Neither filled nor refused as far as anyone can tell: tried again.
+    Unknown,
+    /// The exchange rejects our requests (address, credentials).
+    Misconfigured,
+}
+
+pub fn settle_outcome(outcome: SettleOutcome) {
+    let outcome = match outcome {
+        SettleOutcome::Filled => "filled",
+        SettleOutcome::Refused => "refused",
+        SettleOutcome::Unknown => "unknown",
+        SettleOutcome::Misconfigured => "misconfigured",
+    };
+    counter!(SETTLE_OUTCOMES, "outcome" => outcome).increment(1);
+}
+
+/// A fill recorded now for a batch formed at `formed_at`.
+pub fn filled_after(formed_at: OffsetDateTime, now: OffsetDateTime) {
+    histogram!(FORMED_TO_FILL).record((now - formed_at).as_seconds_f64().max(0.0));
+}
+
+pub fn orders_refunded(orders: u32) {
+    counter!(ORDERS_REFUNDED).increment(u64::from(orders));
+}
+
+pub fn batches_resent(batches: usize) {
+    counter!(BATCHES_RESENT).increment(batches as u64);
+}
+
+/// The Lambda functions' exporter: CloudWatch Embedded Metric Format,
+/// written to stdout at the end of each invocation (the log line is the
+/// metric; CloudWatch extracts it).
+#[derive(Clone, Copy)]
+pub struct Emf(Option<&'static metrics_cloudwatch_embedded::Collector>);
+
+impl Emf {
+    /// Installs the exporter as the process's recorder. If one is already
+    /// installed, says so in the log and exports nothing.
+    pub fn install() -> Emf {
+        match metrics_cloudwatch_embedded::Builder::new().cloudwatch_namespace(NAMESPACE).init() {
+            Ok(collector) => {
+                describe();
+                Emf(Some(collector))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "metrics are not exported: could not install the EMF recorder");
+                Emf(None)
+            }
+        }
+    }
+
+    /// Runs one invocation, then writes what it counted before the
+    /// invocation's response is sent (after it, Lambda may freeze the
+    /// process before the line is written).
+    pub async fn around<T>(self, invocation: impl Future<Output = T>) -> T {
+        let output = invocation.await;
+        self.flush();
+        output
+    }
+
+    /// Writes what was counted since the last flush, one document per label
+    /// set, in one write: no log line of another task lands inside one.
+    pub fn flush(&self) {
+        let Some(collector) = self.0 else { return };
+        let mut documents = Vec::new();
+        if let Err(error) = collector.flush(&mut documents) {
+            tracing::warn!(%error, "could not format the metrics");
+            return;
+        }
+        if let Err(error) = std::io::Write::write_all(&mut std::io::stdout().lock(), &documents) {
+            tracing::warn!(%error, "could not write the metrics");
+        }
+    }
+}
