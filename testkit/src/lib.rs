@@ -4,6 +4,7 @@
 
 pub mod contention;
 pub mod faults;
+pub mod permissions;
 pub mod recording;
 pub mod sim;
 pub mod store_contract;

@@ -5,6 +5,7 @@
 mod bad_input;
 mod concurrency;
 mod deployed_stack;
+mod iam;
 mod settlement;
 mod store_contract;
 mod store_faults;

@@ -1,0 +1,228 @@
+//! The template's least-privilege policies against the code. The emulators
+//! enforce no IAM, so a missing grant would first show on AWS as
+//! `AccessDeniedException` on a payment path, and a needless one never.
+//! Each function's flows run here as its `main` wires them, over a table
+//! and a queue that note the permission each request needs (in the
+//! contention model, so the hot-coin paths run too); what they needed
+//! must be exactly what the function's policy grants.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_norway::Value;
+use shared::adapters::dynamodb::DynamoStore;
+use shared::adapters::dynamodb::table::Table;
+use shared::adapters::dynamodb::table::memory::MemoryTable;
+use shared::adapters::memory_queue::{QueuedMessage, memory_queue};
+use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig};
+use shared::domain::{BatchId, IdempotencyKey, OrderStatus, Quantity, UserId};
+use shared::ports::{
+    Accounts, Clock, Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, OrderPage, Outbox, SettleQueue, SystemClock,
+};
+use shared::reconcile::{PoolSweep, Reconciler};
+use shared::service::OrderService;
+use shared::settlement::Settler;
+use testkit::contention::{ContendedTable, ContentionRules};
+use testkit::permissions::{Permission, Permissions, PermissionsQueue, PermissionsTable};
+use testkit::store_contract::usd;
+use time::OffsetDateTime;
+
+/// What each function's policy grants, as `(action, resource)`.
+fn granted() -> BTreeMap<String, BTreeSet<Permission>> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+    let template: Value = serde_norway::from_str(&text).unwrap();
+    let mut functions = BTreeMap::new();
+    for function in ["PlaceOrderFunction", "SettleFunction", "ReconcilerFunction"] {
+        let mut grants = BTreeSet::new();
+        for policy in template["Resources"][function]["Properties"]["Policies"].as_sequence().unwrap() {
+            for statement in policy["Statement"].as_sequence().unwrap() {
+                assert_eq!(statement["Effect"], "Allow", "{function}");
+                let actions = match &statement["Action"] {
+                    Value::Sequence(actions) => actions.iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
+                    action => vec![action.as_str().unwrap().to_owned()],
+                };
+                let resource = resource(&statement["Resource"]);
+                grants.extend(actions.into_iter().map(|action| (action, resource.clone())));
+            }
+        }
+        functions.insert(function.to_owned(), grants);
+    }
+    functions
+}
+
+/// `!GetAtt Table.Arn` is `table`, `!Sub "${Table.Arn}/index/x"` is
+/// `table/index/x`, `!GetAtt SettleQueue.Arn` is `queue`.
+fn resource(value: &Value) -> String {
+    let Value::Tagged(tagged) = value else { panic!("a resource of its own stack: {value:?}") };
+    let text = tagged.value.as_str().unwrap();
+    match (tagged.tag.to_string().trim_start_matches('!'), text) {
+        ("GetAtt", "Table.Arn") => "table".to_owned(),
+        ("GetAtt", "SettleQueue.Arn") => "queue".to_owned(),
+        ("Sub", sub) if sub.starts_with("${Table.Arn}/index/") => sub.replace("${Table.Arn}", "table"),
+        other => panic!("a resource this test does not know: {other:?}"),
+    }
+}
+
+/// The store and queue one function instance gets, noting what it needs.
+struct Instance {
+    store: Arc<DynamoStore>,
+    queue: Arc<dyn SettleQueue>,
+    /// What it sent, kept so that sending succeeds.
+    _sent: tokio::sync::mpsc::UnboundedReceiver<QueuedMessage>,
+}
+
+fn instance(table: &Arc<dyn Table>, permissions: &Permissions, seed: u64) -> Instance {
+    let noted = Arc::new(PermissionsTable::new(Arc::clone(table), permissions.clone()));
+    let (queue, sent) = memory_queue();
+    Instance {
+        store: Arc::new(DynamoStore::on(noted).with_jitter_seed(seed)),
+        queue: Arc::new(PermissionsQueue::new(Arc::new(queue), permissions.clone())),
+        _sent: sent,
+    }
+}
+
+/// An exchange that answers every buy one way.
+struct Answers(fn(&ExchangeOrder) -> Result<Fill, ExchangeError>);
+
+#[async_trait]
+impl Exchange for Answers {
+    async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+        (self.0)(order)
+    }
+
+    async fn lookup(&self, _: BatchId) -> Result<Lookup, ExchangeError> {
+        Ok(Lookup::NotFound)
+    }
+}
+
+fn filled(order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+    Ok(Fill { exchange_order_id: format!("EX-{}", order.client_order_id), quantity: None })
+}
+
+fn refused(_: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+    Err(ExchangeError::Refused { reason: "400: halted".to_owned() })
+}
+
+fn no_answer(_: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+    Err(ExchangeError::Unknown { reason: "timed out".to_owned(), source: None })
+}
+
+/// The reconciler's clock, an hour on: every batch is due again and every
+/// pool shard is quiet.
+struct AnHourLater;
+
+impl Clock for AnHourLater {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc() + time::Duration::hours(1)
+    }
+}
+
+fn amount(text: &str) -> Quantity {
+    Quantity::parse(text).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_function_is_granted_exactly_what_its_code_calls() {
+    let model = Arc::new(ContendedTable::new(Arc::new(MemoryTable::new()), ContentionRules::default()));
+    let table: Arc<dyn Table> = model.clone();
+    let admin = DynamoStore::on(Arc::clone(&table));
+    let users: Vec<UserId> = (0..32).map(|i| UserId::parse(&format!("user-{i}")).unwrap()).collect();
+    for user in &users {
+        admin.open_account(user, usd("1000")).await.unwrap();
+    }
+    let config = ServiceConfig::default();
+    let mut used = BTreeMap::new();
+
+    // place-order: eight instances. An order bought alone, pooled ones,
+    // a replay and a reused key, refusals; a burst that contends on the
+    // coin's pool (its shards grow), then a quiet spell (the instances read
+    // the others' shards); one customer's orders read back.
+    let permissions = Permissions::new();
+    let services: Vec<Arc<OrderService>> = (0..8)
+        .map(|seed| {
+            let Instance { store, queue, _sent } = instance(&table, &permissions, seed);
+            Arc::new(OrderService::new(store, queue, Arc::new(SystemClock), config.clone()))
+        })
+        .collect();
+    let key = Some(IdempotencyKey::parse("iam-1").unwrap());
+    services[0].place(users[0].clone(), "ABAN", amount("3"), key.clone()).await.unwrap();
+    services[0].place(users[0].clone(), "ABAN", amount("3"), key.clone()).await.unwrap();
+    assert!(services[0].place(users[0].clone(), "ABAN", amount("1"), key).await.is_err());
+    assert!(services[0].place(users[1].clone(), "ABAN", amount("1000"), None).await.is_err());
+    let burst: Vec<_> = (0..256)
+        .map(|i| {
+            let service = Arc::clone(&services[i % services.len()]);
+            let user = users[i % users.len()].clone();
+            tokio::spawn(async move { service.place(user, "ABAN", amount("0.25"), None).await })
+        })
+        .collect();
+    for placed in burst {
+        placed.await.unwrap().unwrap();
+    }
+    assert!(
+        model.stats.conflicts.load(Ordering::Relaxed) > 0,
+        "the burst never contended: the shard paths did not run"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, service) in services.iter().enumerate() {
+        service.place(users[i].clone(), "ABAN", amount("0.25"), None).await.unwrap();
+    }
+    let first_page = OrderPage { limit: 2, after: None, status: None };
+    let page = services[1].orders(&users[0], first_page).await.unwrap();
+    let after = page.orders.last().map(|view| view.order.id);
+    services[1].orders(&users[0], OrderPage { limit: 2, after, status: Some(OrderStatus::Settled) }).await.unwrap();
+    services[1].order(&users[0], page.orders[0].order.id).await.unwrap();
+    services[1].balance(&users[0]).await.unwrap();
+    used.insert("PlaceOrderFunction", permissions.used());
+
+    // settle: a fill, a refusal (refunded, a chunk at a time), no answer.
+    let permissions = Permissions::new();
+    let Instance { store, queue, _sent } = instance(&table, &permissions, 0);
+    let settler = |answers| {
+        Settler::new(
+            store.clone(),
+            Arc::new(Answers(answers)),
+            queue.clone(),
+            Arc::new(SystemClock),
+            Duration::from_secs(30),
+        )
+    };
+    let batches: Vec<BatchId> = admin.open_batches().await.unwrap().into_iter().map(|batch| batch.id).take(3).collect();
+    assert_eq!(batches.len(), 3, "the orders above formed at least three batches");
+    settler(filled).settle(batches[0]).await.unwrap();
+    settler(refused).with_refund_chunk(1).settle(batches[1]).await.unwrap();
+    assert!(settler(no_answer).settle(batches[2]).await.is_err());
+    used.insert("SettleFunction", permissions.used());
+
+    // reconciler: an hour on, the batches left are due again and what the
+    // pool shards hold is swept into a batch.
+    let permissions = Permissions::new();
+    let Instance { store, queue, _sent } = instance(&table, &permissions, 0);
+    let sweep = PoolSweep {
+        coins: config.prices.coins().cloned().collect(),
+        minimum: config.minimum,
+        quiet_for: POOL_QUIET_FOR,
+        every: POOL_SWEEP_EVERY,
+    };
+    let report =
+        Reconciler::new(store, queue, Arc::new(AnHourLater), RESEND_POLICY).sweeping(sweep).run_once().await.unwrap();
+    assert!(!report.resent.is_empty() && !report.swept.is_empty(), "{report:?}");
+    used.insert("ReconcilerFunction", permissions.used());
+
+    let granted = granted();
+    for (function, needed) in used {
+        let policy = &granted[function];
+        let denied: Vec<_> = needed.difference(policy).collect();
+        let needless: Vec<_> = policy.difference(&needed).collect();
+        assert!(
+            denied.is_empty() && needless.is_empty(),
+            "{function}: its code needs {denied:?}, which its policy does not grant; \
+             its policy grants {needless:?}, which its code never needed"
+        );
+    }
+}
