@@ -4,10 +4,12 @@ start, (a) its first `GET …/invocation/next` (our own init: config, SDK
 clients, runtime) and (b) its response to the first event (init plus one
 invocation, which reaches DynamoDB/SQS on the emulator).
 
-    python3 bench/cold-start.py ENDPOINT TABLE QUEUE_URL [RUNS=20]
+    sam build --parameter-overrides Architecture=x86_64 --build-dir .aws-sam/build-x86_64
+    python3 bench/cold-start.py ENDPOINT TABLE QUEUE_URL [RUNS=20] [ARTIFACTS=.aws-sam/build-x86_64]
 
 ENDPOINT: a ministack (or LocalStack) endpoint with that table and queue.
-Binaries: target/x86_64-unknown-linux-gnu/lambda/<name> (cargo lambda build --profile lambda).
+Binaries: ARTIFACTS/<Function>/bootstrap, what `sam build` made (x86_64, to
+run on this machine; the same profile as the arm64 default).
 """
 
 import http.server
@@ -20,15 +22,19 @@ import threading
 import time
 from pathlib import Path
 
+# Fixture event and invocation deadline (s). The reconciler sweeps until a
+# few seconds before its deadline: one close to it makes the first response
+# its first run rather than a minute of sweeps.
 FUNCTIONS = {
-    "place-order": "events/apigw-get-account.json",
-    "settle": "events/sqs-settle.json",
-    "reconciler": "events/schedule-reconcile.json",
+    "PlaceOrderFunction": ("events/apigw-get-account.json", 30),
+    "SettleFunction": ("events/sqs-settle.json", 30),
+    "ReconcilerFunction": ("events/schedule-reconcile.json", 6),
 }
 
 
 class RuntimeApi(http.server.BaseHTTPRequestHandler):
     event = b"{}"
+    deadline_s = 30
     marks = {}
 
     def log_message(self, *args):
@@ -41,7 +47,7 @@ class RuntimeApi(http.server.BaseHTTPRequestHandler):
         body = RuntimeApi.event
         self.send_response(200)
         self.send_header("Lambda-Runtime-Aws-Request-Id", "cold-start-1")
-        self.send_header("Lambda-Runtime-Deadline-Ms", str(int(time.time() * 1000) + 30000))
+        self.send_header("Lambda-Runtime-Deadline-Ms", str(int((time.time() + RuntimeApi.deadline_s) * 1000)))
         self.send_header("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:000000000000:function:x")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -59,6 +65,7 @@ class RuntimeApi(http.server.BaseHTTPRequestHandler):
 def main():
     endpoint, table, queue = sys.argv[1], sys.argv[2], sys.argv[3]
     runs = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+    artifacts = Path(sys.argv[5] if len(sys.argv) > 5 else ".aws-sam/build-x86_64")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
     # The killed runtime's half-answered long poll is expected; stay quiet.
     server.handle_error = lambda request, address: None
@@ -78,8 +85,9 @@ def main():
         EXCHANGE_URL="http://127.0.0.1:9",
         RUST_LOG="warn",
     )
-    for name, fixture in FUNCTIONS.items():
-        binary = Path("target/x86_64-unknown-linux-gnu/lambda") / name
+    for name, (fixture, deadline_s) in FUNCTIONS.items():
+        RuntimeApi.deadline_s = deadline_s
+        binary = artifacts / name / "bootstrap"
         RuntimeApi.event = Path(fixture).read_bytes()
         inits, firsts = [], []
         for _ in range(runs):

@@ -11,4 +11,4 @@ if [[ " $* " == *" dynamodb-local"* || " $* " == *" ministack"* ]]; then
   source scripts/emulators.sh
   start_emulators
 fi
-cargo run --release --locked -p hot-coin-bench -- "$@"
+cargo run --profile perf --locked -p hot-coin-bench -- "$@"

@@ -28,13 +28,13 @@ case "$target" in
   *) echo "unknown target $target" >&2; exit 2 ;;
 esac
 
-cargo build --release --bin orders-local >&2
+cargo build --profile perf --bin orders-local >&2
 seed=$(mktemp --suffix=.json)
 python3 bench/seed-accounts.py "$users" > "$seed"
 
 log=$(mktemp)
 TABLE_NAME=load-$RANDOM SETTLE_QUEUE_NAME=load-settle-$RANDOM RUST_LOG=info,orders_local=info \
-  ./target/release/orders-local --backend aws --listen "127.0.0.1:$port" --seed "$seed" >"$log" 2>&1 &
+  ./target/perf/orders-local --backend aws --listen "127.0.0.1:$port" --seed "$seed" >"$log" 2>&1 &
 server=$!
 for _ in $(seq 300); do
   curl -sf -o /dev/null -H 'X-User-Id: load-1' "http://127.0.0.1:$port/account" && break

@@ -17,11 +17,11 @@ if ! command -v wrk >/dev/null; then
   else sudo apt-get install -y wrk >/dev/null; fi
 fi
 
-cargo build --release --bin orders-local >&2
+cargo build --profile perf --bin orders-local >&2
 seed=$(mktemp --suffix=.json)
 python3 bench/seed-accounts.py "$users" > "$seed"
 
-RUST_LOG=warn ./target/release/orders-local --listen "127.0.0.1:$port" --seed "$seed" &
+RUST_LOG=warn ./target/perf/orders-local --listen "127.0.0.1:$port" --seed "$seed" &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$seed"' EXIT
 for _ in $(seq 100); do

@@ -82,8 +82,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let embedded = running.store.clone();
     let minimum = running.minimum;
     running.stop().await;
+    // Printed, not logged: what the run counted shows whatever the log level.
     if let Some(metrics) = orders_local::metrics::render() {
-        tracing::info!("what this run counted (also served at GET /metrics):\n{metrics}");
+        println!("# what this run counted (also served at GET /metrics)\n{metrics}");
     }
     match aws {
         // A shared table may hold millions of items and other processes'

@@ -18,6 +18,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
             Ok(handle) => {
                 shared::metrics::describe();
+                shared::metrics::register_at_zero();
                 let upkeep = handle.clone();
                 tokio::spawn(async move {
                     let mut every = tokio::time::interval(Duration::from_secs(5));

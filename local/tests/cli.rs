@@ -82,25 +82,29 @@ async fn counts_orders_batches_and_settlements_at_get_metrics_and_when_stopped()
     let base = format!("http://127.0.0.1:{port}");
     wait_until_serving(&client, &base).await;
 
-    // 3 ABAN ($12): bought alone. Three × 1 ABAN ($4): two join the pool,
-    // the third crosses $10 and closes it. Then two refusals.
-    for (user, amount, status) in [
-        ("alice", "3", 201),
-        ("bob", "1", 201),
-        ("carol", "1", 201),
-        ("alice", "1", 201),
-        ("alice", "0", 422),
-        ("dave", "2", 422),
+    // 3 ABAN ($12): bought alone, then replayed (nothing placed). Three ×
+    // 1 ABAN ($4): two join the pool, the third crosses $10 and closes it.
+    // Then two refusals by the handler and one by the gateway.
+    for (user, amount, key, status) in [
+        ("alice", "3", Some("k1"), 201),
+        ("alice", "3", Some("k1"), 200),
+        ("bob", "1", None, 201),
+        ("carol", "1", None, 201),
+        ("alice", "1", None, 201),
+        ("alice", "0", None, 422),
+        ("dave", "2", None, 422),
     ] {
-        let response = client
+        let mut request = client
             .post(format!("{base}/orders"))
             .header("x-user-id", user)
-            .body(format!(r#"{{"coin":"ABAN","amount":"{amount}"}}"#))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), status, "{user} {amount}");
+            .body(format!(r#"{{"coin":"ABAN","amount":"{amount}"}}"#));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        assert_eq!(request.send().await.unwrap().status(), status, "{user} {amount}");
     }
+    let twice = client.get(format!("{base}/account")).header("x-user-id", "alice").header("x-user-id", "bob");
+    assert_eq!(twice.send().await.unwrap().status(), 400);
     let deadline = Instant::now() + Duration::from_secs(15);
     let metrics = loop {
         let response = client.get(format!("{base}/metrics")).send().await.unwrap();
@@ -122,6 +126,10 @@ async fn counts_orders_batches_and_settlements_at_get_metrics_and_when_stopped()
         "batch_formed_to_fill_seconds_count 2",
         r#"problems_answered{type="invalid-amount"} 1"#,
         r#"problems_answered{type="insufficient-funds"} 1"#,
+        r#"problems_answered{type="malformed-request"} 1"#,
+        // There before the first one, for an alert to watch.
+        r#"problems_answered{type="busy"} 0"#,
+        r#"settle_outcomes{outcome="refused"} 0"#,
     ] {
         assert!(lines.contains(&expected), "{expected} is not in:\n{metrics}");
     }

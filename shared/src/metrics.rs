@@ -43,11 +43,38 @@ pub fn describe() {
     describe_counter!(
         SETTLE_OUTCOMES,
         Unit::Count,
-        "Settle attempts by outcome: filled, refused, unknown, misconfigured."
+        "Settle attempts by outcome: filled, refused, unknown, misconfigured, lease_lost, filled_after_refusal."
     );
     describe_histogram!(FORMED_TO_FILL, Unit::Seconds, "Time from a batch forming to its fill being recorded.");
     describe_counter!(ORDERS_REFUNDED, Unit::Count, "Orders credited back after the exchange refused their batch.");
     describe_counter!(BATCHES_RESENT, Unit::Count, "Batches the reconciler sent to the settle queue again.");
+}
+
+const PLACEMENTS: [&str; 3] = ["own_batch", "joined", "crossed"];
+
+/// The answers an alarm watches: present (at zero) before the first one.
+const ALARMING_PROBLEMS: [&str; 3] = ["busy", "outcome-unknown", "internal"];
+
+/// Every counter and every label value it takes (the problem types an alarm
+/// watches), at zero, for an exporter that shows a series only once it
+/// exists (Prometheus): an alert on `busy` then has a series before the
+/// first busy answer.
+pub fn register_at_zero() {
+    for placement in PLACEMENTS {
+        counter!(ORDERS_PLACED, "placement" => placement).absolute(0);
+    }
+    for kind in ALARMING_PROBLEMS {
+        counter!(PROBLEMS, "type" => kind).absolute(0);
+    }
+    for by in [FormedBy::Order, FormedBy::Sweep] {
+        counter!(BATCHES_FORMED, "by" => by.label()).absolute(0);
+    }
+    counter!(SETTLE_ATTEMPTS).absolute(0);
+    for outcome in SettleOutcome::ALL {
+        counter!(SETTLE_OUTCOMES, "outcome" => outcome.label()).absolute(0);
+    }
+    counter!(ORDERS_REFUNDED).absolute(0);
+    counter!(BATCHES_RESENT).absolute(0);
 }
 
 /// An order placed now (a replay of an earlier request placed nothing).
@@ -56,9 +83,9 @@ pub fn order_placed(placed: &Placed) {
         return;
     }
     let placement = match (placed.order.order.membership, placed.formed) {
-        (Membership::Own(_), _) => "own_batch",
-        (Membership::Pool { .. }, Some(_)) => "crossed",
-        (Membership::Pool { .. }, None) => "joined",
+        (Membership::Own(_), _) => PLACEMENTS[0],
+        (Membership::Pool { .. }, None) => PLACEMENTS[1],
+        (Membership::Pool { .. }, Some(_)) => PLACEMENTS[2],
     };
     counter!(ORDERS_PLACED, "placement" => placement).increment(1);
     if placed.formed.is_some() {
@@ -79,12 +106,17 @@ pub enum FormedBy {
     Sweep,
 }
 
+impl FormedBy {
+    fn label(self) -> &'static str {
+        match self {
+            FormedBy::Order => "order",
+            FormedBy::Sweep => "sweep",
+        }
+    }
+}
+
 pub fn batch_formed(by: FormedBy, batches: u64) {
-    let by = match by {
-        FormedBy::Order => "order",
-        FormedBy::Sweep => "sweep",
-    };
-    counter!(BATCHES_FORMED, "by" => by).increment(batches);
+    counter!(BATCHES_FORMED, "by" => by.label()).increment(batches);
 }
 
 pub fn settle_attempted() {
@@ -100,16 +132,37 @@ pub enum SettleOutcome {
     Unknown,
     /// The exchange rejects our requests (address, credentials).
     Misconfigured,
+    /// A later attempt took the batch over; it finishes the work.
+    LeaseLost,
+    /// The exchange filled a batch already refused and refunded: an
+    /// operator must reconcile (logged as an error).
+    FilledAfterRefusal,
+}
+
+impl SettleOutcome {
+    pub const ALL: [SettleOutcome; 6] = [
+        SettleOutcome::Filled,
+        SettleOutcome::Refused,
+        SettleOutcome::Unknown,
+        SettleOutcome::Misconfigured,
+        SettleOutcome::LeaseLost,
+        SettleOutcome::FilledAfterRefusal,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            SettleOutcome::Filled => "filled",
+            SettleOutcome::Refused => "refused",
+            SettleOutcome::Unknown => "unknown",
+            SettleOutcome::Misconfigured => "misconfigured",
+            SettleOutcome::LeaseLost => "lease_lost",
+            SettleOutcome::FilledAfterRefusal => "filled_after_refusal",
+        }
+    }
 }
 
 pub fn settle_outcome(outcome: SettleOutcome) {
-    let outcome = match outcome {
-        SettleOutcome::Filled => "filled",
-        SettleOutcome::Refused => "refused",
-        SettleOutcome::Unknown => "unknown",
-        SettleOutcome::Misconfigured => "misconfigured",
-    };
-    counter!(SETTLE_OUTCOMES, "outcome" => outcome).increment(1);
+    counter!(SETTLE_OUTCOMES, "outcome" => outcome.label()).increment(1);
 }
 
 /// A fill recorded now for a batch formed at `formed_at`.

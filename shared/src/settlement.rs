@@ -158,6 +158,7 @@ impl Settler {
             // Another attempt found the same fill and recorded it.
             Fence::Lost { status: BatchStatus::Settled, .. } => Ok(bought),
             Fence::Lost { status: status @ (BatchStatus::Refused | BatchStatus::Refunded), .. } => {
+                metrics::settle_outcome(SettleOutcome::FilledAfterRefusal);
                 tracing::error!(
                     batch_id = %batch.id, exchange_order_id = %fill.exchange_order_id, status = status.as_str(),
                     "the exchange filled a batch that was refused and refunded: an operator must reconcile"
@@ -165,9 +166,7 @@ impl Settler {
                 Ok(Settlement::AlreadyFinished(status))
             }
             // A later attempt holds it; it asks the exchange first and records the fill.
-            Fence::Lost { status, .. } => {
-                Err(SettleError::LeaseLost { batch: batch.id, attempt: batch.attempts, now: status })
-            }
+            Fence::Lost { status, .. } => Err(self.lease_lost(batch, status)),
         }
     }
 
@@ -181,9 +180,7 @@ impl Settler {
             }
             Fence::Lost { status: BatchStatus::Refused | BatchStatus::Refunded, .. } => self.refund(batch.id).await,
             Fence::Lost { status: BatchStatus::Settled, .. } => Ok(Settlement::AlreadyFinished(BatchStatus::Settled)),
-            Fence::Lost { status, .. } => {
-                Err(SettleError::LeaseLost { batch: batch.id, attempt: batch.attempts, now: status })
-            }
+            Fence::Lost { status, .. } => Err(self.lease_lost(batch, status)),
         }
     }
 
@@ -191,7 +188,6 @@ impl Settler {
     /// with a message of its own.
     async fn refund(&self, batch: BatchId) -> Result<Settlement, SettleError> {
         let refund = self.settlements.refund_batch(batch, self.refund_chunk).await?;
-        metrics::orders_refunded(refund.orders);
         if refund.finished {
             return Ok(Settlement::Refunded(refund));
         }
@@ -222,6 +218,12 @@ impl Settler {
                 result => return result,
             }
         }
+    }
+
+    /// Another attempt took the batch over while this one ran.
+    fn lease_lost(&self, batch: &Batch, now: BatchStatus) -> SettleError {
+        metrics::settle_outcome(SettleOutcome::LeaseLost);
+        SettleError::LeaseLost { batch: batch.id, attempt: batch.attempts, now }
     }
 
     /// Releases this attempt's lease so the redelivery can claim the batch

@@ -213,7 +213,7 @@ async fn the_deployed_stack_places_pools_settles_and_refuses_bad_input() {
     }
     assert_eq!(counted.get("problems_answered{type=busy}"), None, "{counted:?}");
     let settle = var("DEPLOYED_SETTLE_FUNCTION");
-    let counted = wait_for_metric(&settle, "settle_outcomes", fills.len() as u64).await;
+    let counted = wait_for_metric(&settle, "settle_outcomes{outcome=filled}", fills.len() as u64).await;
     assert_eq!(counted.get("settle_outcomes{outcome=filled}"), Some(&(fills.len() as u64)), "{counted:?}");
     assert_eq!(counted.get("batch_formed_to_fill_seconds"), Some(&(fills.len() as u64)), "{counted:?}");
 }
@@ -229,7 +229,9 @@ async fn wait_for_metric(function: &str, name: &str, total: u64) -> HashMap<Stri
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let counted = emf_totals(&log_messages(function).await);
-        let sum: u64 = counted.iter().filter(|(key, _)| key.split('{').next() == Some(name)).map(|(_, n)| n).sum();
+        // `name` alone sums every label set; `name{label=value}` is that one.
+        let sum: u64 =
+            counted.iter().filter(|(key, _)| *key == name || key.split('{').next() == Some(name)).map(|(_, n)| n).sum();
         if sum >= total || Instant::now() > deadline {
             assert_eq!(sum, total, "{name} in {function}'s metrics: {counted:?}");
             return counted;

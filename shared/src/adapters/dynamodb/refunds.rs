@@ -78,6 +78,9 @@ impl DynamoStore {
                 let (order, _) = order_of(member).map_err(infra("read batch member"))?;
                 match self.refund_order(&batch, pool, &order).await? {
                     Credited::Now => {
+                        // Counted as it commits: a refund that fails midway
+                        // resumes past what it credited, counting it once.
+                        crate::metrics::orders_refunded(1);
                         refund.orders += 1;
                         refund.usd = refund.usd + order.cost;
                     }
