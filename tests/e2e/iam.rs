@@ -143,11 +143,10 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     // coin's pool (its shards grow), then a quiet spell (the instances read
     // the others' shards); one customer's orders read back.
     let permissions = Permissions::new();
-    let services: Vec<Arc<OrderService>> = (0..8)
-        .map(|seed| {
-            let Instance { store, queue, _sent } = instance(&table, &permissions, seed);
-            Arc::new(OrderService::new(store, queue, Arc::new(SystemClock), config.clone()))
-        })
+    let instances: Vec<Instance> = (0..8).map(|seed| instance(&table, &permissions, seed)).collect();
+    let services: Vec<Arc<OrderService>> = instances
+        .iter()
+        .map(|i| Arc::new(OrderService::new(i.store.clone(), i.queue.clone(), Arc::new(SystemClock), config.clone())))
         .collect();
     let key = Some(IdempotencyKey::parse("iam-1").unwrap());
     services[0].place(users[0].clone(), "ABAN", amount("3"), key.clone()).await.unwrap();
@@ -164,14 +163,15 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     for placed in burst {
         placed.await.unwrap().unwrap();
     }
-    assert!(
-        model.stats.conflicts.load(Ordering::Relaxed) > 0,
-        "the burst never contended: the shard paths did not run"
-    );
+    let grown: u64 = instances.iter().map(|i| i.store.stats().shards_grown).sum();
+    assert!(model.stats.conflicts.load(Ordering::Relaxed) > 0 && grown > 0, "the burst never grew the coin's shards");
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let read_before: u64 = instances.iter().map(|i| i.store.stats().shard_reads).sum();
     for (i, service) in services.iter().enumerate() {
         service.place(users[i].clone(), "ABAN", amount("0.25"), None).await.unwrap();
     }
+    let read_after: u64 = instances.iter().map(|i| i.store.stats().shard_reads).sum();
+    assert!(read_after > read_before, "after the quiet spell no instance read the others' shards");
     let first_page = OrderPage { limit: 2, after: None, status: None };
     let page = services[1].orders(&users[0], first_page).await.unwrap();
     let after = page.orders.last().map(|view| view.order.id);
