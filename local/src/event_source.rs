@@ -105,7 +105,7 @@ pub(crate) async fn invoke_settle(settler: &Settler, deliveries: &[Delivery<'_>]
         Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
         // A failed invocation returns the whole batch to the queue.
         Err(error) => {
-            tracing::error!(error = %shared::telemetry::ErrorChain(&*error), "the settle invocation failed");
+            tracing::error!(error = %ErrorChain(&*error), "the settle invocation failed");
             deliveries.iter().map(|d| d.message_id.to_owned()).collect()
         }
     }

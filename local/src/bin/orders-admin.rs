@@ -18,6 +18,7 @@ use shared::adapters::dynamodb::DynamoStore;
 use shared::audit::audit;
 use shared::domain::{DepositId, Usd, UserId};
 use shared::ports::{Accounts, Deposited, LedgerRecords};
+use shared::telemetry::ErrorChain;
 
 #[derive(Parser)]
 #[command(name = "orders-admin", version, about = "Operator commands on the orders table")]
@@ -56,13 +57,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            let mut message = format!("orders-admin: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("orders-admin: {}", ErrorChain(error.as_ref()));
             ExitCode::from(2)
         }
     }
