@@ -252,12 +252,6 @@ impl DynamoStore {
         let all: Vec<u32> = (0..record.high).collect();
         let pools = self.read_shards(coin, &all).await?;
         let quiet = |pool: &CachedPool| pool.written_at.is_none_or(|at| at <= now - quiet_for);
-        let holding = |(shard, pool): &(u32, CachedPool)| {
-            (pool.exists && pool.state.count > 0).then_some(Absorbed { shard: *shard, state: pool.state })
-        };
-        let largest_first = |shards: &mut Vec<Absorbed>| {
-            shards.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
-        };
         let mut idle: Vec<Absorbed> = pools.iter().filter(|(_, pool)| quiet(pool)).filter_map(holding).collect();
         let mut written: Vec<Absorbed> = pools.iter().filter(|(_, pool)| !quiet(pool)).filter_map(holding).collect();
         largest_first(&mut idle);
@@ -317,10 +311,9 @@ impl DynamoStore {
                 written = fresh
                     .iter()
                     .filter(|(shard, _)| written.iter().any(|w| w.shard == *shard))
-                    .filter(|(_, pool)| pool.exists && pool.state.count > 0)
-                    .map(|(shard, pool)| Absorbed { shard: *shard, state: pool.state })
+                    .filter_map(holding)
                     .collect();
-                written.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
+                largest_first(&mut written);
             }
             if idle.is_empty() {
                 return Ok(None);
@@ -363,6 +356,16 @@ impl DynamoStore {
             Transacted::Cancelled(reasons) => Err(InfraError::new("sweep pools", unexpected(&reasons))),
         }
     }
+}
+
+/// A shard's open pool as a sweep may close it, if it holds orders.
+fn holding((shard, pool): &(u32, CachedPool)) -> Option<Absorbed> {
+    (pool.exists && pool.state.count > 0).then_some(Absorbed { shard: *shard, state: pool.state })
+}
+
+/// The fullest first; ties by shard, so every sweep orders them alike.
+fn largest_first(shards: &mut [Absorbed]) {
+    shards.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
 }
 
 /// The first of `shards` that together hold `minimum`, as many as one batch
