@@ -194,7 +194,6 @@ fn diagnose(status: u16, received: &[u8]) -> ApiError {
 /// A whole HTTP/1.1 response carrying the problem, closing the connection
 /// as hyper would have.
 fn answer(error: &ApiError) -> Vec<u8> {
-    shared::metrics::problem_answered(error.kind());
     let (status, body) = error.problem();
     let reason = status.canonical_reason().unwrap_or("Error");
     format!(

@@ -198,7 +198,6 @@ fn valid_host(value: &HeaderValue) -> bool {
 
 /// An error the gateway answers itself, in the API's problem format.
 fn problem(error: ApiError) -> Response<Full<Bytes>> {
-    shared::metrics::problem_answered(error.kind());
     let (parts, body) = error.into_response().into_parts();
     Response::from_parts(parts, Full::new(Bytes::copy_from_slice(body.as_ref())))
 }

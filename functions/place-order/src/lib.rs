@@ -22,10 +22,7 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// failures are problem responses, never `Err`: an `Err` would reach the
 /// client as API Gateway's bare 500.
 pub async fn handle(service: &OrderService, request: Request) -> Result<Response<Body>, lambda_http::Error> {
-    Ok(route(service, &request).await.unwrap_or_else(|error| {
-        shared::metrics::problem_answered(error.kind());
-        error.into_response()
-    }))
+    Ok(route(service, &request).await.unwrap_or_else(ApiError::into_response))
 }
 
 async fn route(service: &OrderService, request: &Request) -> Result<Response<Body>, ApiError> {

@@ -89,19 +89,17 @@ impl ApiError {
         }
     }
 
-    /// The problem type, as the body's `type` names it.
-    pub fn kind(&self) -> &'static str {
-        self.code().1
-    }
-
     pub fn status(&self) -> StatusCode {
         self.code().0
     }
 
     /// The status and the problem+json body. A 5xx says nothing internal;
-    /// its cause chain is logged here, once.
+    /// its cause chain is logged here, once, and every answer is counted
+    /// here (whoever answers it: the handler, or `orders-local`'s gateway
+    /// and HTTP layer).
     pub fn problem(&self) -> (StatusCode, String) {
         let (status, kind, title) = self.code();
+        shared::metrics::problem_answered(kind);
         let detail = match self {
             ApiError::Internal(source) => {
                 tracing::error!(error = %ErrorChain(source), "request failed");
