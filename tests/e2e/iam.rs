@@ -34,8 +34,7 @@ use time::OffsetDateTime;
 
 /// What each function's policy grants, as `(action, resource)`.
 fn granted() -> BTreeMap<String, BTreeSet<Permission>> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
-    let template: Value = serde_norway::from_str(&text).unwrap();
+    let template = crate::template::template();
     let mut functions = BTreeMap::new();
     for function in ["PlaceOrderFunction", "SettleFunction", "ReconcilerFunction"] {
         let mut grants = BTreeSet::new();

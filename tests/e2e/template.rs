@@ -15,7 +15,8 @@ use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
 use shared::config::{AwsResources, ServiceConfig, SettleConfig};
 use shared::telemetry::LOG_VARIABLES;
 
-fn template() -> Value {
+/// `template.yaml`, parsed (CloudFormation's `!Ref`, `!GetAtt`, `!Sub` as tagged values).
+pub(crate) fn template() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
     serde_norway::from_str(&text).unwrap()
 }
