@@ -33,6 +33,33 @@ fn output(mut child: Child) -> (bool, String) {
     (status.success(), text)
 }
 
+/// `orders-local` on a free port with the demo accounts, answering.
+struct Demo {
+    child: Child,
+    client: reqwest::Client,
+    base: String,
+    /// Alice's account, its first answer.
+    account: String,
+}
+
+async fn demo() -> Demo {
+    let port = free_port();
+    let child = spawn(&["--listen", &format!("127.0.0.1:{port}"), "--seed", DEMO_SEED]);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let account = wait_until_serving(&client, &base).await;
+    Demo { child, client, base, account }
+}
+
+/// Ctrl-C, as a developer stops it: it must exit cleanly; what it printed.
+fn interrupt(child: Child) -> String {
+    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let (success, logs) = output(child);
+    assert!(success, "{logs}");
+    logs
+}
+
 /// Alice's account, once orders-local answers.
 async fn wait_until_serving(client: &reqwest::Client, base: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -47,12 +74,7 @@ async fn wait_until_serving(client: &reqwest::Client, base: &str) -> String {
 
 #[tokio::test]
 async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
-    let port = free_port();
-    let child = spawn(&["--listen", &format!("127.0.0.1:{port}"), "--seed", DEMO_SEED]);
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-
-    let account = wait_until_serving(&client, &base).await;
+    let Demo { child, client, base, account } = demo().await;
     assert_eq!(account, r#"{"user_id":"alice","balance_usd":"100"}"#);
     let placed = client
         .post(format!("{base}/orders"))
@@ -65,10 +87,7 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
     // Idle kept-alive connections close after 30 s; clients are told 29.
     assert_eq!(placed.headers()["keep-alive"], "timeout=29");
 
-    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(interrupted.success());
-    let (success, logs) = output(child);
-    assert!(success, "{logs}");
+    let logs = interrupt(child);
     assert!(logs.contains("simulated exchange filled a market buy"), "{logs}");
     assert!(logs.contains("audit:") && logs.contains("no discrepancies"), "{logs}");
     assert!(logs.contains("stopped"), "{logs}");
@@ -76,11 +95,7 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
 
 #[tokio::test]
 async fn counts_orders_batches_and_settlements_at_get_metrics_and_when_stopped() {
-    let port = free_port();
-    let child = spawn(&["--listen", &format!("127.0.0.1:{port}"), "--seed", DEMO_SEED]);
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until_serving(&client, &base).await;
+    let Demo { child, client, base, .. } = demo().await;
 
     // 3 ABAN ($12): bought alone, then replayed (nothing placed). Three ×
     // 1 ABAN ($4): two join the pool, the third crosses $10 and closes it.
@@ -136,10 +151,7 @@ async fn counts_orders_batches_and_settlements_at_get_metrics_and_when_stopped()
     let refused = client.post(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!((refused.status().as_u16(), &refused.headers()["allow"]), (405, &"GET, HEAD".parse().unwrap()));
 
-    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(interrupted.success());
-    let (success, logs) = output(child);
-    assert!(success, "{logs}");
+    let logs = interrupt(child);
     assert!(logs.contains(r#"orders_placed{placement="crossed"} 1"#), "the counters are printed when it stops: {logs}");
 }
 
