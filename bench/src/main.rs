@@ -267,7 +267,13 @@ async fn point(target: Target, design: Design, writers: usize, duration: Duratio
             use std::sync::atomic::Ordering::Relaxed;
             (c.stats.conflicts.load(Relaxed), c.stats.throttles.load(Relaxed))
         });
-        eprintln!("{design:?} {writers}: {shards} shard items, {conflicts} conflicts, {throttles} throttles");
+        // The count record as the load left it (`count` decays on read, `high` never does).
+        let record = base.get(shared::adapters::dynamodb::item::shards_key(&coin)).await.ok().flatten();
+        let field = |name: &str| record.as_ref().and_then(|r| r.get(name)).and_then(|v| v.as_n().ok()).cloned();
+        let (count, high) = (field("count").unwrap_or_default(), field("high").unwrap_or_default());
+        eprintln!(
+            "{design:?} {writers}: {shards} shard items, count grown to {count}, high {high}, {conflicts} conflicts, {throttles} throttles"
+        );
     }
     let mut point = Point {
         design,
