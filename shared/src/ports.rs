@@ -176,9 +176,17 @@ pub trait Outbox: Send + Sync {
     /// Every batch not final yet: `Ready`, `Submitting`, `Refused`.
     async fn open_batches(&self) -> Result<Vec<Batch>, InfraError>;
 
-    /// Records a re-send of `batch` (as it was read); `false` when the
-    /// batch changed since, and the record was not written.
+    /// Records a re-send of `batch` (as it was read), before it is sent:
+    /// of the reconcilers that read it alike, exactly one records it, and
+    /// only that one sends. `false` when the batch changed since, and the
+    /// record was not written.
     async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError>;
+
+    /// Takes back the re-send of `batch` (as it was read) recorded at
+    /// `noted_at`, whose message could not be sent, so that it is due again
+    /// at once; `false` when the record changed since, and nothing was
+    /// written.
+    async fn withdraw_resent(&self, batch: &Batch, noted_at: OffsetDateTime) -> Result<bool, InfraError>;
 
     /// Closes into `READY` batches what the coin's idle pool shards (not
     /// written for `quiet_for`) hold, while together they reach the

@@ -78,20 +78,32 @@ impl Reconciler {
                     continue;
                 }
             }
+            // Recorded before it is sent: of the reconcilers that read this
+            // batch alike (one per process locally, overlapping scheduled
+            // runs deployed), the one whose record is written sends it.
+            match self.outbox.note_resent(&batch, now).await {
+                Ok(true) => {}
+                // It moved since it was read (another reconciler re-sent it,
+                // or settlement went on): not this run's to send.
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), batch_id = %batch.id, "could not record a re-send");
+                    report.failed.push((batch.id, error));
+                    continue;
+                }
+            }
             if let Err(error) = self.queue.send(batch.id).await {
                 tracing::warn!(error = %ErrorChain(&error), batch_id = %batch.id, "could not re-send a batch");
+                // Taken back, so that the next run sends it rather than the
+                // next step of the back-off. If that fails too, it waits
+                // for that step: later, never lost.
+                if let Err(withdraw) = self.outbox.withdraw_resent(&batch, now).await {
+                    tracing::warn!(error = %ErrorChain(&withdraw), batch_id = %batch.id, "could not take back a re-send");
+                }
                 report.failed.push((batch.id, error));
                 continue;
             }
             tracing::warn!(batch_id = %batch.id, status = batch.status.as_str(), attempts = batch.attempts, "re-sent a batch settlement lost track of");
-            match self.outbox.note_resent(&batch, now).await {
-                Ok(true) => {}
-                // It moved since it was read: the message is harmless.
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!(error = %ErrorChain(&error), batch_id = %batch.id, "could not record a re-send")
-                }
-            }
             report.resent.push(batch.id);
             metrics::batches_resent(1);
         }
@@ -190,6 +202,22 @@ mod tests {
         }
     }
 
+    /// A queue whose sends let others run first, so that reconcilers
+    /// running at once interleave as separate processes do.
+    #[derive(Default)]
+    struct SlowQueue {
+        sent: Mutex<Vec<BatchId>>,
+    }
+
+    #[async_trait]
+    impl SettleQueue for SlowQueue {
+        async fn send(&self, batch: BatchId) -> Result<(), InfraError> {
+            tokio::task::yield_now().await;
+            self.sent.lock().unwrap().push(batch);
+            Ok(())
+        }
+    }
+
     fn policy() -> ResendPolicy {
         ResendPolicy {
             ready_after: Duration::minutes(1),
@@ -271,6 +299,32 @@ mod tests {
         let report = run_at(&store, &queue, 100_000).await;
         assert!(report.resent.is_empty());
         assert_eq!(report.left_to_operator, batches);
+    }
+
+    /// Every process runs a reconciler locally, and scheduled runs can
+    /// overlap when deployed: a batch due again is sent by one of them.
+    #[tokio::test]
+    async fn reconcilers_running_at_once_send_each_due_batch_once() {
+        let (store, batches) = ready_batches(&["alice", "bob", "carol"]).await;
+        let queue = Arc::new(SlowQueue::default());
+        let clock = Arc::new(FixedClock(start() + Duration::seconds(61)));
+        let reconciler = || Reconciler::new(store.clone(), queue.clone(), clock.clone(), policy());
+        let (a, b, c) = (reconciler(), reconciler(), reconciler());
+
+        let reports = tokio::join!(a.run_once(), b.run_once(), c.run_once());
+
+        let reports = [reports.0, reports.1, reports.2];
+        let mut resent: Vec<BatchId> = reports.into_iter().flat_map(|r| r.unwrap().resent).collect();
+        resent.sort();
+        let mut sent = queue.sent.lock().unwrap().clone();
+        sent.sort();
+        let mut expected = batches.clone();
+        expected.sort();
+        assert_eq!(sent, expected, "each batch sent once");
+        assert_eq!(resent, expected);
+        for batch in batches {
+            assert_eq!(store.batch(batch).await.unwrap().unwrap().resends, 1);
+        }
     }
 
     #[tokio::test]

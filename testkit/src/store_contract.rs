@@ -579,8 +579,23 @@ pub async fn open_batches_are_those_not_final_and_resends_are_recorded_once(stor
     let batch = open.iter().find(|b| b.id == ready).unwrap();
     assert!(store.note_resent(batch, now).await.unwrap());
     assert!(!store.note_resent(batch, now).await.unwrap(), "recorded twice from one reading");
-    let batch = store.batch(ready).await.unwrap().unwrap();
-    assert_eq!((batch.resends, batch.resent_at), (1, Some(now)));
+    let noted = store.batch(ready).await.unwrap().unwrap();
+    assert_eq!((noted.resends, noted.resent_at), (1, Some(now)));
+
+    // A re-send whose message could not be sent is taken back, once, to
+    // exactly what was read; then it can be recorded again.
+    assert!(store.withdraw_resent(batch, now).await.unwrap());
+    assert!(!store.withdraw_resent(batch, now).await.unwrap(), "taken back twice");
+    let restored = store.batch(ready).await.unwrap().unwrap();
+    assert_eq!((restored.resends, restored.resent_at), (0, None));
+    let later = now + Duration::seconds(90);
+    assert!(store.note_resent(&restored, later).await.unwrap());
+    assert!(!store.withdraw_resent(&restored, now).await.unwrap(), "took back a re-send recorded at another time");
+    let second = store.batch(ready).await.unwrap().unwrap();
+    assert!(store.note_resent(&second, later + Duration::seconds(200)).await.unwrap());
+    assert!(store.withdraw_resent(&second, later + Duration::seconds(200)).await.unwrap());
+    let back = store.batch(ready).await.unwrap().unwrap();
+    assert_eq!((back.resends, back.resent_at), (1, Some(later)), "a second re-send taken back to the first");
 }
 
 pub async fn seeding_opens_missing_accounts_only_and_deposits_credit_once(stores: Stores) {

@@ -37,7 +37,7 @@ use shared::reconcile::{PoolSweep, Reconciler};
 use shared::service::{OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
 use testkit::faults::{Fault, FaultyTable, Operation};
-use testkit::sim::exchange::{OrderState, SimExchange, StatusOf};
+use testkit::sim::exchange::{OrderState, SETTLE_CALL, SettleCall, SimExchange, StatusOf};
 use testkit::sim::queue::SimQueue;
 use testkit::sim::table::SimTable;
 use testkit::sim::{SimClock, World};
@@ -347,7 +347,8 @@ impl Run {
                 tokio::time::sleep(self.world.dice.millis(50..500)).await;
                 continue;
             };
-            match self.process().settler.settle(message.batch).await {
+            let attempt = SETTLE_CALL.scope(SettleCall::begin(), self.process().settler.settle(message.batch));
+            match attempt.await {
                 Ok(Settlement::UnknownBatch) => {
                     self.world.violated(format!("a message for batch {}, which does not exist", message.batch));
                 }

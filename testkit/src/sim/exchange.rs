@@ -2,15 +2,17 @@
 //! failure before or after filling; a timeout; a pending order that fills
 //! or ends later; a refusal; an order ended unfilled; a configuration
 //! error), idempotently on the client order id, and that checks how it is
-//! spoken to: never a buy under the minimum, never a resend without a
-//! lookup since the last send, never a resend of a batch whose refusal the
-//! table records, never two quantities for one id. (A refusal that a crash
-//! kept from being recorded is learnt again by sending again: the exchange
-//! answers it as before. Those resends are counted.)
+//! spoken to: never a buy under the minimum, never a resend by an attempt
+//! that did not ask first (see [`SettleCall`]), never a resend of a batch
+//! whose refusal the table records, never two quantities for one id. (A
+//! refusal that a crash kept from being recorded is learnt again by sending
+//! again: the exchange answers it as before. Those resends are counted.)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use shared::domain::{BatchId, BatchQuantity, BatchStatus, PriceList, Usd, exact_product};
@@ -35,8 +37,36 @@ pub enum OrderState {
 pub struct Record {
     pub state: OrderState,
     pub quantity: BatchQuantity,
-    /// Whether the last call for it was a POST (no lookup since).
-    last_was_post: bool,
+}
+
+tokio::task_local! {
+    /// The settle call a request to the exchange comes from: the
+    /// simulation runs each call of `Settler::settle` in its own.
+    pub static SETTLE_CALL: Arc<SettleCall>;
+}
+
+/// One settlement attempt as the exchange sees it: when it began, and what
+/// it asked and sent. The protocol's rule is per attempt: one that begins
+/// after a send of its batch asks before it sends again, and no attempt
+/// sends twice without asking between. (Attempts can overlap: one whose
+/// lease ran out may still send after a later one asked and found nothing;
+/// the exchange's idempotency on the client order id is what makes that
+/// harmless, and the later one did ask.)
+pub struct SettleCall {
+    began: Instant,
+    asked: Mutex<BTreeMap<BatchId, Asked>>,
+}
+
+#[derive(Default)]
+struct Asked {
+    looked_up: bool,
+    sent_since_lookup: bool,
+}
+
+impl SettleCall {
+    pub fn begin() -> Arc<SettleCall> {
+        Arc::new(SettleCall { began: Instant::now(), asked: Mutex::default() })
+    }
 }
 
 /// What the table says of a batch now (the exchange's checks compare).
@@ -51,8 +81,8 @@ pub struct SimExchange {
     prices: PriceList,
     minimum: Usd,
     orders: Mutex<BTreeMap<BatchId, Record>>,
-    /// Ids POSTed and never taken (5xx before filling, configuration errors).
-    unrecorded_posts: Mutex<BTreeMap<BatchId, bool>>,
+    /// When the first POST of each id arrived, taken or not.
+    first_sent: Mutex<BTreeMap<BatchId, Instant>>,
     fills: Mutex<u64>,
 }
 
@@ -69,7 +99,7 @@ impl SimExchange {
             prices,
             minimum,
             orders: Mutex::default(),
-            unrecorded_posts: Mutex::default(),
+            first_sent: Mutex::default(),
             fills: Mutex::new(0),
         }
     }
@@ -87,7 +117,7 @@ impl SimExchange {
     /// exchange is idempotent on the client order id).
     fn fill(&self, id: BatchId, quantity: BatchQuantity) -> Fill {
         let mut orders = self.orders.lock().unwrap();
-        let record = orders.entry(id).or_insert(Record { state: OrderState::Pending, quantity, last_was_post: true });
+        let record = orders.entry(id).or_insert(Record { state: OrderState::Pending, quantity });
         if let OrderState::Filled { exchange_order_id } = &record.state {
             return Fill { exchange_order_id: exchange_order_id.clone(), quantity: Some(record.quantity) };
         }
@@ -100,7 +130,7 @@ impl SimExchange {
 
     /// Records how the exchange took a new order (an order it has keeps its state).
     fn record(&self, id: BatchId, quantity: BatchQuantity, state: OrderState) {
-        self.orders.lock().unwrap().entry(id).or_insert(Record { state, quantity, last_was_post: true });
+        self.orders.lock().unwrap().entry(id).or_insert(Record { state, quantity });
     }
 
     /// The checks on a POST; returns what the exchange already has of it.
@@ -111,15 +141,19 @@ impl SimExchange {
             Some(usd) if usd >= self.minimum.value() => {}
             other => self.world.violated(format!("a buy under the minimum: {order:?} worth {other:?}")),
         }
-        let mut orders = self.orders.lock().unwrap();
-        let mut unrecorded = self.unrecorded_posts.lock().unwrap();
-        let posted_before = match orders.get(&id) {
-            Some(record) => record.last_was_post,
-            None => unrecorded.get(&id).copied().unwrap_or(false),
-        };
-        if posted_before {
-            self.world.violated(format!("batch {id} was sent again without a lookup since its last send"));
+        let sent_before = *self.first_sent.lock().unwrap().entry(id).or_insert_with(Instant::now);
+        match SETTLE_CALL.try_with(Arc::clone) {
+            Ok(call) => {
+                let mut asked = call.asked.lock().unwrap();
+                let this = asked.entry(id).or_default();
+                if this.sent_since_lookup || (sent_before < call.began && !this.looked_up) {
+                    self.world.violated(format!("batch {id} was sent again without a lookup since its last send"));
+                }
+                this.sent_since_lookup = true;
+            }
+            Err(_) => self.world.violated(format!("batch {id} was sent outside a settlement attempt")),
         }
+        let mut orders = self.orders.lock().unwrap();
         match orders.get_mut(&id) {
             Some(record) => {
                 if record.quantity != order.quantity {
@@ -133,13 +167,9 @@ impl SimExchange {
                         _ => *self.resent_after_unrecorded_refusal.lock().unwrap() += 1,
                     }
                 }
-                record.last_was_post = true;
                 Some(record.clone())
             }
-            None => {
-                unrecorded.insert(id, true);
-                None
-            }
+            None => None,
         }
     }
 
@@ -209,9 +239,6 @@ impl Exchange for SimExchange {
 
     async fn lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
         self.latency().await;
-        if let Some(posted) = self.unrecorded_posts.lock().unwrap().get_mut(&id) {
-            *posted = false;
-        }
         if self.world.faults_on() {
             match self.world.dice.below(100) {
                 0..8 => return Err(unknown("lookup 502")),
@@ -221,13 +248,14 @@ impl Exchange for SimExchange {
                 _ => {}
             }
         }
-        let record = {
-            let mut orders = self.orders.lock().unwrap();
-            orders.get_mut(&id).map(|record| {
-                record.last_was_post = false;
-                record.clone()
-            })
-        };
+        // Answered: the attempt asked.
+        if let Ok(call) = SETTLE_CALL.try_with(Arc::clone) {
+            let mut asked = call.asked.lock().unwrap();
+            let this = asked.entry(id).or_default();
+            this.looked_up = true;
+            this.sent_since_lookup = false;
+        }
+        let record = self.orders.lock().unwrap().get(&id).cloned();
         let answer = match record {
             None => Lookup::NotFound,
             Some(Record { state: OrderState::Refused, .. }) => Lookup::NotFound,

@@ -143,6 +143,16 @@ impl Outbox for DynamoStore {
         Ok(self.table.update(batch_key(batch.id), changes, Some(unchanged)).await?.is_ok())
     }
 
+    async fn withdraw_resent(&self, batch: &Batch, noted_at: OffsetDateTime) -> Result<bool, InfraError> {
+        let noted = Cond::eq("resends", n_int(batch.resends + 1)).and(Cond::eq("resent_at_ms", ms(noted_at)));
+        let restored = match batch.resent_at {
+            Some(at) => Changes::new().set("resent_at_ms", ms(at)),
+            None => Changes::new().remove("resent_at_ms"),
+        };
+        let changes = restored.set("resends", n_int(batch.resends));
+        Ok(self.table.update(batch_key(batch.id), changes, Some(noted)).await?.is_ok())
+    }
+
     async fn sweep_pools(
         &self,
         coin: &Coin,
