@@ -155,8 +155,19 @@ impl Settler {
                 metrics::filled_after(batch.created_at, self.clock.now());
                 Ok(bought)
             }
-            // Another attempt found the same fill and recorded it.
-            Fence::Lost { status: BatchStatus::Settled, .. } => Ok(bought),
+            // This attempt's own write, applied before its reply was lost.
+            Fence::Lost { status: BatchStatus::Settled, attempts } if attempts == batch.attempts => {
+                metrics::settle_outcome(SettleOutcome::Filled);
+                metrics::filled_after(batch.created_at, self.clock.now());
+                Ok(bought)
+            }
+            // A later attempt (this one outlived its lease) found the same
+            // fill and recorded it: counted there as filled, here as lost.
+            Fence::Lost { status: BatchStatus::Settled, .. } => {
+                metrics::settle_outcome(SettleOutcome::LeaseLost);
+                tracing::info!(batch_id = %batch.id, attempt = batch.attempts, "a later attempt recorded this fill");
+                Ok(Settlement::AlreadyFinished(BatchStatus::Settled))
+            }
             Fence::Lost { status: status @ (BatchStatus::Refused | BatchStatus::Refunded), .. } => {
                 metrics::settle_outcome(SettleOutcome::FilledAfterRefusal);
                 tracing::error!(

@@ -136,6 +136,58 @@ async fn each_settle_outcome_is_counted_once() {
     assert_eq!(counted, expected.map(|(key, n)| (key.to_owned(), n)));
 }
 
+/// An exchange that is slow enough for the attempt's lease to run out: while
+/// it fills, a later attempt claims the batch, finds the fill and records it.
+struct OvertakingExchange {
+    store: Arc<DynamoStore>,
+}
+
+#[async_trait]
+impl Exchange for OvertakingExchange {
+    async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+        let later = shared::ports::Clock::now(&SystemClock) + Duration::from_secs(60);
+        let claim = self.store.claim_batch(order.client_order_id, later, later + Duration::from_secs(30)).await;
+        let Ok(shared::ports::Claim::Claimed(batch)) = claim else { panic!("the later attempt could not claim") };
+        self.store.settle_batch(batch.id, batch.attempts, "EX-1").await.unwrap();
+        Ok(Fill { exchange_order_id: "EX-1".into(), quantity: Some(order.quantity) })
+    }
+
+    async fn lookup(&self, _: BatchId) -> Result<Lookup, ExchangeError> {
+        Ok(Lookup::NotFound)
+    }
+}
+
+/// Its fill is counted once, by the attempt that recorded it: the late
+/// one is `lease_lost`, and its message is done with.
+#[tokio::test(flavor = "current_thread")]
+async fn an_attempt_that_outlived_its_lease_is_counted_lost_not_filled() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    let store = Arc::new(DynamoStore::in_memory());
+    let batch = formed_batch(&store, "alice").await;
+    let (queue, _) = memory_queue();
+    let exchange = Arc::new(OvertakingExchange { store: store.clone() });
+    let settler =
+        Settler::new(store.clone(), exchange, Arc::new(queue), Arc::new(SystemClock), Duration::from_secs(30));
+
+    assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
+
+    let outcomes: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "settle_outcomes")
+        .map(|(key, _, _, value)| {
+            let outcome = key.key().labels().map(|l| l.value().to_owned()).collect::<String>();
+            let metrics_util::debugging::DebugValue::Counter(n) = value else { panic!("not a counter") };
+            (outcome, n)
+        })
+        .collect();
+    assert_eq!(outcomes, vec![("lease_lost".to_owned(), 1)]);
+    assert_eq!(store.batch(batch).await.unwrap().unwrap().exchange_order_id.as_deref(), Some("EX-1"));
+}
+
 #[tokio::test]
 async fn the_fixture_event_parses_and_an_unknown_batch_is_reported_failed() {
     let store = Arc::new(DynamoStore::in_memory());
