@@ -147,16 +147,13 @@ impl Settler {
             );
         }
         let bought = Settlement::Bought { exchange_order_id: fill.exchange_order_id.clone() };
-        let settled =
-            self.persist(|| self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id)).await?;
+        let settled = self
+            .persist(batch, BatchStatus::Settled, || {
+                self.settlements.settle_batch(batch.id, batch.attempts, &fill.exchange_order_id)
+            })
+            .await?;
         match settled {
             Fence::Held => {
-                metrics::settle_outcome(SettleOutcome::Filled);
-                metrics::filled_after(batch.created_at, self.clock.now());
-                Ok(bought)
-            }
-            // This attempt's own write, applied before its reply was lost.
-            Fence::Lost { status: BatchStatus::Settled, attempts } if attempts == batch.attempts => {
                 metrics::settle_outcome(SettleOutcome::Filled);
                 metrics::filled_after(batch.created_at, self.clock.now());
                 Ok(bought)
@@ -184,7 +181,10 @@ impl Settler {
     /// Records the refusal (final) before anyone is credited, then refunds.
     async fn refuse(&self, batch: &Batch, reason: &str) -> Result<Settlement, SettleError> {
         tracing::warn!(batch_id = %batch.id, %reason, "the exchange refused the batch for good; refunding its orders");
-        match self.persist(|| self.settlements.refuse_batch(batch.id, batch.attempts, reason)).await? {
+        match self
+            .persist(batch, BatchStatus::Refused, || self.settlements.refuse_batch(batch.id, batch.attempts, reason))
+            .await?
+        {
             Fence::Held => {
                 metrics::settle_outcome(SettleOutcome::Refused);
                 self.refund(batch.id).await
@@ -206,10 +206,11 @@ impl Settler {
         Ok(Settlement::Refunding(refund))
     }
 
-    /// An attempt's fenced write, tried again when the store fails: the
-    /// write is conditioned on the attempt, so repeating it (even after a
-    /// lost reply that applied it) can only find it done.
-    async fn persist<'a, F, Fut>(&'a self, write: F) -> Result<Fence, InfraError>
+    /// An attempt's fenced write of `sets`, tried again when the store
+    /// fails: the write is conditioned on the attempt, so repeating it
+    /// (even after a lost reply that applied it) can only find it done,
+    /// and done by this attempt (`sets` under its number) it is held.
+    async fn persist<'a, F, Fut>(&'a self, batch: &Batch, sets: BatchStatus, write: F) -> Result<Fence, InfraError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Fence, InfraError>> + 'a,
@@ -226,7 +227,12 @@ impl Settler {
                     );
                     tokio::time::sleep(Duration::from_millis(50 << tries)).await;
                 }
-                result => return result,
+                result => {
+                    return result.map(|fence| match fence {
+                        Fence::Lost { status, attempts } if status == sets && attempts == batch.attempts => Fence::Held,
+                        fence => fence,
+                    });
+                }
             }
         }
     }

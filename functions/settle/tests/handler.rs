@@ -18,6 +18,7 @@ use shared::adapters::memory_queue::memory_queue;
 use shared::domain::{BatchId, Usd, UserId};
 use shared::ports::{Accounts, Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, Orders, Settlements, SystemClock};
 use shared::settlement::Settler;
+use testkit::faults::{Fault, FaultyTable, Operation};
 
 const FIXTURE: &str = include_str!("../../../events/sqs-settle.json");
 
@@ -173,7 +174,40 @@ async fn an_attempt_that_outlived_its_lease_is_counted_lost_not_filled() {
 
     assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
 
-    let outcomes: Vec<(String, u64)> = snapshotter
+    assert_eq!(settle_outcomes(&snapshotter), vec![("lease_lost".to_owned(), 1)]);
+    assert_eq!(store.batch(batch).await.unwrap().unwrap().exchange_order_id.as_deref(), Some("EX-1"));
+}
+
+/// The attempt's own write of the fill, applied with its reply lost, is
+/// found done when tried again: a fill, counted once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fill_recorded_with_its_reply_lost_is_counted_filled_once() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    let memory = Arc::new(DynamoStore::in_memory());
+    let batch = formed_batch(&memory, "alice").await;
+    // The claim is the first update, the fill's record the second.
+    let updates = AtomicUsize::new(0);
+    let plan = move |operation| match operation {
+        Operation::Update if updates.fetch_add(1, Ordering::SeqCst) == 1 => Fault::LoseReply,
+        _ => Fault::None,
+    };
+    let store = Arc::new(DynamoStore::on(Arc::new(FaultyTable::new(Arc::clone(memory.table()), Arc::new(plan)))));
+    let exchange = ScriptedExchange::new(false, false);
+    let (queue, _) = memory_queue();
+    let settler =
+        Settler::new(store.clone(), exchange.clone(), Arc::new(queue), Arc::new(SystemClock), Duration::from_secs(30));
+
+    assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
+
+    assert_eq!(settle_outcomes(&snapshotter), vec![("filled".to_owned(), 1)]);
+    assert_eq!(exchange.buys.load(Ordering::SeqCst), 1);
+}
+
+/// `settle_outcomes` as counted, by outcome.
+fn settle_outcomes(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<(String, u64)> {
+    snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
@@ -183,9 +217,7 @@ async fn an_attempt_that_outlived_its_lease_is_counted_lost_not_filled() {
             let metrics_util::debugging::DebugValue::Counter(n) = value else { panic!("not a counter") };
             (outcome, n)
         })
-        .collect();
-    assert_eq!(outcomes, vec![("lease_lost".to_owned(), 1)]);
-    assert_eq!(store.batch(batch).await.unwrap().unwrap().exchange_order_id.as_deref(), Some("EX-1"));
+        .collect()
 }
 
 #[tokio::test]
