@@ -87,7 +87,7 @@ fn body(batch: BatchId) -> String {
     format!(r#"{{"batch_id":"{batch}"}}"#)
 }
 
-fn settler(store: &Arc<DynamoStore>, exchange: &Arc<ScriptedExchange>) -> Settler {
+fn settler(store: &Arc<DynamoStore>, exchange: &Arc<impl Exchange + 'static>) -> Settler {
     let (queue, _) = memory_queue();
     Settler::new(store.clone(), exchange.clone(), Arc::new(queue), Arc::new(SystemClock), Duration::from_secs(30))
 }
@@ -167,10 +167,8 @@ async fn an_attempt_that_outlived_its_lease_is_counted_lost_not_filled() {
     let _recording = metrics::set_default_local_recorder(&recorder);
     let store = Arc::new(DynamoStore::in_memory());
     let batch = formed_batch(&store, "alice").await;
-    let (queue, _) = memory_queue();
     let exchange = Arc::new(OvertakingExchange { store: store.clone() });
-    let settler =
-        Settler::new(store.clone(), exchange, Arc::new(queue), Arc::new(SystemClock), Duration::from_secs(30));
+    let settler = settler(&store, &exchange);
 
     assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
 
@@ -195,11 +193,8 @@ async fn a_fill_recorded_with_its_reply_lost_is_counted_filled_once() {
     };
     let store = Arc::new(DynamoStore::on(Arc::new(FaultyTable::new(Arc::clone(memory.table()), Arc::new(plan)))));
     let exchange = ScriptedExchange::new(false, false);
-    let (queue, _) = memory_queue();
-    let settler =
-        Settler::new(store.clone(), exchange.clone(), Arc::new(queue), Arc::new(SystemClock), Duration::from_secs(30));
 
-    assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
+    assert!(failures(&settler(&store, &exchange), event(&[("m1", body(batch))])).await.is_empty());
 
     assert_eq!(settle_outcomes(&snapshotter), vec![("filled".to_owned(), 1)]);
     assert_eq!(exchange.buys.load(Ordering::SeqCst), 1);
