@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, ProjectionType,
     ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 
@@ -16,12 +16,31 @@ use crate::ports::InfraError;
 /// Idempotency records expire through this attribute (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
-/// A global secondary index: its keys (strings), all attributes projected.
+/// What a global secondary index copies of each item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projection {
+    All,
+    /// The table's and the index's keys: an update that changes neither
+    /// writes nothing to the index.
+    KeysOnly,
+}
+
+impl Projection {
+    pub fn as_type(self) -> ProjectionType {
+        match self {
+            Projection::All => ProjectionType::All,
+            Projection::KeysOnly => ProjectionType::KeysOnly,
+        }
+    }
+}
+
+/// A global secondary index: its keys (strings) and what it projects.
 #[derive(Debug)]
 pub struct IndexSchema {
     pub name: &'static str,
     pub pk: &'static str,
     pub sk: &'static str,
+    pub projection: Projection,
 }
 
 /// The table's keys (strings) and its indexes.
@@ -37,9 +56,9 @@ pub static TABLE_SCHEMA: KeySchema = KeySchema {
     sk: SK,
     indexes: &[
         // Sparse: batches not yet settled or refunded (the reconciler).
-        IndexSchema { name: OPEN_BATCHES_INDEX, pk: OPEN_PK, sk: OPEN_SK },
+        IndexSchema { name: OPEN_BATCHES_INDEX, pk: OPEN_PK, sk: OPEN_SK, projection: Projection::All },
         // The orders of each batch (refunds).
-        IndexSchema { name: MEMBERS_INDEX, pk: MEMBERS_PK, sk: MEMBERS_SK },
+        IndexSchema { name: MEMBERS_INDEX, pk: MEMBERS_PK, sk: MEMBERS_SK, projection: Projection::All },
     ],
 };
 
@@ -59,12 +78,13 @@ fn string_attribute(name: &str) -> Result<AttributeDefinition, InfraError> {
         .map_err(|e| InfraError::new("table definition", e))
 }
 
-fn index(name: &str, pk: &str, sk: &str) -> Result<GlobalSecondaryIndex, InfraError> {
+fn index(definition: &IndexSchema) -> Result<GlobalSecondaryIndex, InfraError> {
+    let &IndexSchema { name, pk, sk, projection } = definition;
     GlobalSecondaryIndex::builder()
         .index_name(name)
         .key_schema(key(pk, KeyType::Hash)?)
         .key_schema(key(sk, KeyType::Range)?)
-        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .projection(aws_sdk_dynamodb::types::Projection::builder().projection_type(projection.as_type()).build())
         .build()
         .map_err(|e| InfraError::new("table definition", e))
 }
@@ -87,7 +107,7 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), InfraError
         .attribute_definitions(string_attribute(schema.sk)?);
     for definition in schema.indexes {
         create = create
-            .global_secondary_indexes(index(definition.name, definition.pk, definition.sk)?)
+            .global_secondary_indexes(index(definition)?)
             .attribute_definitions(string_attribute(definition.pk)?)
             .attribute_definitions(string_attribute(definition.sk)?);
     }
