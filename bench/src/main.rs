@@ -1,411 +1,377 @@
-//! `hot-coin`: many writers that share nothing (each its own store, cache
-//! and lane, one request at a time, like Lambda instances) placing small
-//! orders of one coin, against a contention model of DynamoDB in virtual
-//! time, or against DynamoDB Local or ministack in real time. Prints, per
-//! design and number of writers: orders/s, the busy rate, requests per
-//! placed order, p50/p99 placement latency, the batches formed, the longest
-//! time the coin's pooled orders stayed at or above the minimum with no
-//! batch forming, what the open pools hold once the load stops and the
-//! reconciler has run, and the audit of the money invariants; then, after
-//! each load, a trickle of one order a second over a few of the same
-//! writers, and how long the coin held the minimum without a batch in it.
-//! The reconciler's sweep runs every 5 s throughout, as deployed.
+//! `hot-coin`: orders placed by Lambda-like instances that share nothing
+//! (each its own store, cache and lane, one request at a time), against a
+//! contention model of DynamoDB in virtual time (`testkit::contention`),
+//! or DynamoDB Local or ministack in real time. The reconciler's sweep and
+//! settlement run beside them, as deployed.
+//!
+//! Orders arrive at random (Poisson, at each `--rates`), each served by an
+//! idle instance or a new one, as Lambda does; or, with `--writers`, each
+//! writer places its next order the moment the last is answered (the
+//! flattering shape of earlier figures, kept to compare). Over one coin, or
+//! `--coins 100` with Zipf popularity, and `--users` users.
+//!
+//! Per point it prints the placement path's DynamoDB requests, write and
+//! read units per order, the busy rate, latencies, each pooled order's
+//! wait at or above the minimum (see `earliest`), how soon the leftovers
+//! are batched once the load stops, which documented limit throttled
+//! anything, and the audit of the money invariants. `--kinds` adds every
+//! kind of request; `--cost` prices a million orders of each kind;
+//! `--svg FILE` draws the curve.
 //!
 //! ```text
-//! cargo run --release -p hot-coin-bench -- [--target model|dynamodb-local|ministack]
-//!     [--writers 1,8,64,256] [--seconds 2] [--design today|sharded|both] [--trickle 30]
+//! cargo run --profile perf -p hot-coin-bench -- [--target model|dynamodb-local|ministack]
+//!     [--rates 500,1000,2000,4000 | --writers 1,8,64,256] [--design both|sharded|one-pool]
+//!     [--coins 1] [--users 10000] [--big-share 0] [--key-share 0] [--seconds 5] [--after 3]
+//!     [--warm 4000] [--kinds] [--cost] [--svg FILE]
 //! ```
-//!
-//! The emulators' endpoints come from `DYNAMODB_LOCAL_ENDPOINT` and
-//! `MINISTACK_ENDPOINT` (`bench/hot-coin.sh` starts them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod timeline;
+mod cost;
+mod earliest;
+mod run;
+mod svg;
+mod traffic;
 
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rust_decimal::Decimal;
-use shared::adapters::dynamodb::table::Table;
-use shared::adapters::dynamodb::table::memory::MemoryTable;
-use shared::adapters::dynamodb::table::sdk::SdkTable;
-use shared::adapters::dynamodb::{DynamoStore, PoolSharding, schema};
-use shared::audit::audit;
-use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY};
-use shared::domain::{Coin, NewOrder, OrderId, Quantity, Usd, UserId};
-use shared::ports::{Accounts, Clock, LedgerRecords, Orders, Outbox, PlaceError, SystemClock};
-use std::sync::atomic::AtomicI64;
-use testkit::contention::{ContendedTable, ContentionRules};
-use testkit::recording::RecordingTable;
-use testkit::sim::SimClock;
-use tokio::time::Instant;
+use shared::adapters::dynamodb::PoolSharding;
+use testkit::contention::{ContentionRules, Kind, Latency, Ledger, Limit};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Target {
-    /// The contention model of DynamoDB, in virtual time.
-    Model,
-    DynamodbLocal,
-    Ministack,
-}
+use crate::run::{Arrivals, Design, Outcome, Setup, Target, point};
+use crate::traffic::Mix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Designs {
-    Today,
+    OnePool,
     Sharded,
     Both,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Design {
-    /// One pool item per coin.
-    Today,
-    /// The pool spread over shards that grow with conflicts.
-    Sharded,
-}
-
 #[derive(Parser)]
-#[command(name = "hot-coin", about = "Many writers placing small orders of one coin")]
+#[command(name = "hot-coin", about = "Orders placed by Lambda-like instances against a model of DynamoDB")]
 struct Cli {
     #[arg(long, value_enum, default_value = "model")]
     target: Target,
-    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
+    /// Offered loads, orders a second arriving at random.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,4000")]
+    rates: Vec<f64>,
+    /// Writers placing back to back instead of random arrivals.
+    #[arg(long, value_delimiter = ',')]
     writers: Vec<usize>,
-    /// How long each point runs (virtual seconds on the model).
-    #[arg(long, default_value = "2")]
-    seconds: u64,
     #[arg(long, value_enum, default_value = "both")]
     design: Designs,
-    /// The model's transaction hold time.
+    /// Coins (1: ABAN; more: Zipf popularity).
+    #[arg(long, default_value = "1")]
+    coins: usize,
+    #[arg(long, default_value = "10000")]
+    users: usize,
+    /// Share of orders of $10 or more.
+    #[arg(long, default_value = "0")]
+    big_share: f64,
+    /// Share of orders with an Idempotency-Key.
+    #[arg(long, default_value = "0")]
+    key_share: f64,
+    /// Seconds of load per point (virtual on the model).
+    #[arg(long, default_value = "5")]
+    seconds: u64,
+    /// Seconds the sweep and settlement go on after the load.
+    #[arg(long, default_value = "3")]
+    after: u64,
+    /// The table's warm throughput, write units a second (reads: three
+    /// times as many).
+    #[arg(long, default_value = "4000")]
+    warm: u64,
+    /// Transactions' median and 99th percentile, ms.
     #[arg(long, default_value = "10")]
-    hold_ms: u64,
-    /// After each point's load, this many seconds of a trickle: one order a
-    /// second, taking turns over (at most 8 of) the same writers.
+    tx_median_ms: u64,
     #[arg(long, default_value = "30")]
-    trickle: u64,
-    /// The sharded design's count halves once per this long since it grew
-    /// (the store's default unless given).
+    tx_p99_ms: u64,
+    /// Print every kind of request per point.
     #[arg(long)]
-    shrink_after_ms: Option<u64>,
+    kinds: bool,
+    /// Price a million orders of each kind (pooled, $10 or more, with a key),
+    /// at 1,000 orders a second on one coin.
+    #[arg(long)]
+    cost: bool,
+    /// Write the curve as an SVG picture here.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
 }
 
-/// One point of the curve.
-struct Point {
-    design: Design,
-    writers: usize,
-    seconds: f64,
-    placed: u64,
-    busy: u64,
-    failed: u64,
-    requests: u64,
-    latencies: Vec<Duration>,
-    waits: timeline::Waits,
-    trickle: Trickle,
-    open_after: Decimal,
-    audit_problems: usize,
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
-/// What the trickle after the load saw.
-#[derive(Default)]
-struct Trickle {
-    placed: u64,
-    busy: u64,
-    /// Batches formed, and the longest the coin held the minimum without one,
-    /// of the waits that ended in the trickle (one that began in the load
-    /// counts whole).
-    waits: timeline::Waits,
-    /// Shards holding orders when it ended.
-    shards_in_use: usize,
-}
-
-fn minimum() -> Usd {
-    Usd::new(Decimal::TEN).unwrap()
-}
-
-fn usd(text: &str) -> Usd {
-    Usd::new(Decimal::from_str(text).unwrap()).unwrap()
-}
-
-/// A small ABAN order ($1 to $8 at $4).
-fn small_order(rng: &mut StdRng, user: &UserId) -> NewOrder {
-    let amount = Quantity::from_decimal(Decimal::new(rng.random_range(1..=8) * 25, 2)).unwrap();
-    NewOrder {
-        id: OrderId::generate(),
-        user: user.clone(),
-        coin: Coin::from_trusted("ABAN"),
-        amount,
-        price: usd("4"),
-        cost: Usd::cost(usd("4"), amount).unwrap(),
-        idempotency_key: None,
-        created_at: time::OffsetDateTime::UNIX_EPOCH,
-    }
-}
-
-fn store_for(design: Design, table: Arc<dyn Table>, clock: Arc<dyn Clock>, cli: &Cli) -> DynamoStore {
-    let store = DynamoStore::on(table).with_clock(clock);
-    match design {
-        Design::Today => store.with_pool_sharding(PoolSharding::off()),
-        Design::Sharded => {
-            let mut sharding = PoolSharding::default();
-            if let Some(ms) = cli.shrink_after_ms {
-                sharding.shrink_after = Duration::from_millis(ms);
-            }
-            store.with_pool_sharding(sharding)
-        }
-    }
-}
-
-/// The base table of a point: the model's memory table, or a fresh table
-/// on an emulator.
-async fn base_table(target: Target, rules: ContentionRules) -> (Arc<dyn Table>, Option<Arc<ContendedTable>>) {
-    match target {
-        Target::Model => {
-            let contended = Arc::new(ContendedTable::new(Arc::new(MemoryTable::new()), rules));
-            (contended.clone(), Some(contended))
-        }
-        Target::DynamodbLocal | Target::Ministack => {
-            let variable = if target == Target::Ministack { "MINISTACK_ENDPOINT" } else { "DYNAMODB_LOCAL_ENDPOINT" };
-            let endpoint = std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set"));
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(endpoint)
-                .region(aws_config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "bench"))
-                .timeout_config(shared::adapters::aws::timeouts())
-                .load()
-                .await;
-            let client = aws_sdk_dynamodb::Client::new(&sdk);
-            let name = format!("hot-coin-{}", ulid::Ulid::new().to_string().to_lowercase());
-            schema::ensure_table(&client, &name).await.unwrap();
-            (Arc::new(SdkTable::new(client, name)), None)
-        }
-    }
-}
-
-async fn point(target: Target, design: Design, writers: usize, duration: Duration, cli: &Cli) -> Point {
-    let rules = ContentionRules { hold: Duration::from_millis(cli.hold_ms), ..ContentionRules::default() };
-    let (base, contended) = base_table(target, rules).await;
-    let recording = Arc::new(RecordingTable::new(Arc::clone(&base), &["COIN#", "BATCH#"]));
-    let users: Vec<UserId> = (0..writers * 4).map(|u| UserId::parse(&format!("hot-{u}")).unwrap()).collect();
-    let setup = DynamoStore::on(Arc::clone(&base));
-    for user in &users {
-        setup.open_account(user, usd("1000000000")).await.unwrap();
-    }
-    let requests_before = recording.requests();
-    let start = Instant::now();
-    // The model runs in virtual time: so must the stores' clocks.
-    let clock: Arc<dyn Clock> = match target {
-        Target::Model => Arc::new(SimClock::new(start, Arc::new(AtomicI64::new(0)), time::Duration::ZERO)),
-        _ => Arc::new(SystemClock),
-    };
-    let stop_at = start + duration;
-    let stores: Vec<DynamoStore> =
-        (0..writers).map(|_| store_for(design, recording.clone(), Arc::clone(&clock), cli)).collect();
-    let runs = stores.iter().enumerate().map(|(w, store)| {
-        let mine: Vec<UserId> = users.iter().skip(w).step_by(writers).cloned().collect();
-        async move {
-            let mut rng = StdRng::seed_from_u64(w as u64);
-            let (mut placed, mut busy, mut failed, mut latencies) = (0u64, 0u64, 0u64, Vec::new());
-            while Instant::now() < stop_at {
-                let user = &mine[rng.random_range(0..mine.len())];
-                let began = Instant::now();
-                match store.place_order(small_order(&mut rng, user), minimum()).await {
-                    Ok(_) => {
-                        placed += 1;
-                        latencies.push(began.elapsed());
-                    }
-                    Err(PlaceError::Busy) => busy += 1,
-                    Err(error) => {
-                        failed += 1;
-                        if failed == 1 {
-                            eprintln!("writer {w}: {error}");
-                        }
-                    }
-                }
-            }
-            (placed, busy, failed, latencies)
-        }
-    });
-    // The reconciler's sweeps, as deployed, throughout: their requests count.
-    let sweeper = DynamoStore::on(recording.clone()).with_clock(Arc::clone(&clock));
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let sweeping = async {
-        let coin = Coin::from_trusted("ABAN");
-        while !done.load(std::sync::atomic::Ordering::Relaxed) {
-            tokio::time::sleep(POOL_SWEEP_EVERY).await;
-            if let Err(error) = sweeper.sweep_pools(&coin, minimum(), POOL_QUIET_FOR, clock.now()).await {
-                eprintln!("sweep: {error}");
-            }
-        }
-    };
-    let work = async {
-        let results = futures::future::join_all(runs).await;
-        let elapsed = start.elapsed();
-        let requests = recording.requests() - requests_before;
-        let waits = timeline::waits(&recording.log(), minimum().value(), start, stop_at);
-        let trickle = trickle(&stores, &users, Duration::from_secs(cli.trickle), &recording).await;
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (results, elapsed, requests, waits, trickle)
-    };
-    let ((results, elapsed, requests, waits, trickle), ()) = tokio::join!(work, sweeping);
-
-    // The load stopped: the reconciler's sweep gathers what idle pools hold.
-    let coin = Coin::from_trusted("ABAN");
-    setup.sweep_pools(&coin, minimum(), time::Duration::ZERO, clock.now()).await.unwrap();
-    let ledger = setup.ledger().await.unwrap();
-    let open_after = ledger.pools.iter().filter(|p| p.coin.as_str() == "ABAN").map(|p| p.state.usd.value()).sum();
-    let report = audit(&ledger, minimum());
-    if !report.is_clean() {
-        eprintln!("{report}");
-    }
-    if std::env::var("HOT_COIN_DEBUG").is_ok() {
-        let shards = ledger.pools.iter().filter(|p| p.coin.as_str() == "ABAN").count();
-        let (conflicts, throttles) = contended.as_ref().map_or((0, 0), |c| {
-            use std::sync::atomic::Ordering::Relaxed;
-            (c.stats.conflicts.load(Relaxed), c.stats.throttles.load(Relaxed))
-        });
-        // The count record as the load left it (`count` decays on read, `high` never does).
-        let record = base.get(shared::adapters::dynamodb::item::shards_key(&coin)).await.ok().flatten();
-        let field = |name: &str| record.as_ref().and_then(|r| r.get(name)).and_then(|v| v.as_n().ok()).cloned();
-        let (count, high) = (field("count").unwrap_or_default(), field("high").unwrap_or_default());
-        eprintln!(
-            "{design:?} {writers}: {shards} shard items, count grown to {count}, high {high}, {conflicts} conflicts, {throttles} throttles"
-        );
-    }
-    let mut point = Point {
-        design,
-        writers,
-        seconds: elapsed.as_secs_f64(),
-        placed: 0,
-        busy: 0,
-        failed: 0,
-        requests,
-        latencies: Vec::new(),
-        waits,
-        trickle,
-        open_after,
-        audit_problems: report.problems.len(),
-    };
-    for (placed, busy, failed, latencies) in results {
-        point.placed += placed;
-        point.busy += busy;
-        point.failed += failed;
-        point.latencies.extend(latencies);
-    }
-    point.latencies.sort();
-    point
-}
-
-/// One order a second for `length`, taking turns over (at most 8 of) the
-/// writers that made the load: what a coin sees once its rally is over.
-async fn trickle(stores: &[DynamoStore], users: &[UserId], length: Duration, recording: &RecordingTable) -> Trickle {
-    let mut result = Trickle::default();
-    let begin = Instant::now();
-    let turns = stores.len().min(8);
-    let mut rng = StdRng::seed_from_u64(u64::MAX);
-    for k in 0..length.as_secs() {
-        tokio::time::sleep_until(begin + Duration::from_secs(k)).await;
-        let user = &users[rng.random_range(0..users.len())];
-        match stores[(k as usize) % turns].place_order(small_order(&mut rng, user), minimum()).await {
-            Ok(_) => result.placed += 1,
-            Err(PlaceError::Busy) => result.busy += 1,
-            Err(error) => eprintln!("trickle: {error}"),
-        }
-    }
-    let end = Instant::now();
-    result.waits = timeline::waits(&recording.log(), minimum().value(), begin, end);
-    let ledger = stores[0].ledger().await.unwrap();
-    result.shards_in_use = ledger.pools.iter().filter(|p| p.coin.as_str() == "ABAN" && p.state.count > 0).count();
-    result
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> f64 {
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
-        return 0.0;
+        return Duration::ZERO;
     }
-    let index = ((sorted.len() - 1) * p) / 100;
-    sorted[index].as_secs_f64() * 1000.0
+    sorted[(((sorted.len() - 1) as f64) * p / 100.0).round() as usize]
 }
 
-fn print(point: &Point) {
-    let attempts = point.placed + point.busy + point.failed;
+fn per_order(n: f64, outcome: &Outcome) -> f64 {
+    n / outcome.placed.max(1) as f64
+}
+
+fn limits(ledgers: &[&Ledger]) -> String {
+    let mut all: Vec<(Limit, u64)> = Vec::new();
+    for ledger in ledgers {
+        for (limit, n) in ledger.limits_hit() {
+            match all.iter_mut().find(|(l, _)| *l == limit) {
+                Some(entry) => entry.1 += n,
+                None => all.push((limit, n)),
+            }
+        }
+    }
+    if all.is_empty() {
+        return "none".to_owned();
+    }
+    all.iter().map(|(limit, n)| format!("{n} × {}", limit.describe())).collect::<Vec<_>>().join("; ")
+}
+
+fn requests_per_order(outcome: &Outcome, target: Target) -> f64 {
+    let requests = match target {
+        Target::Model => outcome.placement.total().requests,
+        _ => outcome.placement_requests,
+    };
+    per_order(requests as f64, outcome)
+}
+
+fn print_header() {
     println!(
-        "| {:?} | {} | {:.0} | {:.2}% | {:.3} | {:.1} | {:.1} | {} | {:.0} | {} | {} |",
-        point.design,
-        point.writers,
-        point.placed as f64 / point.seconds,
-        100.0 * point.busy as f64 / attempts.max(1) as f64,
-        point.requests as f64 / point.placed.max(1) as f64,
-        percentile(&point.latencies, 50),
-        percentile(&point.latencies, 99),
-        point.waits.batches,
-        point.waits.longest_wait.as_secs_f64() * 1000.0,
-        point.open_after,
-        if point.audit_problems == 0 { "clean".to_owned() } else { format!("{} problems", point.audit_problems) },
+        "| design | arrivals | orders/s | busy | instances | requests/order | write units/order | read units/order | conflicts | p50 / p99 ms | wait at ≥ $10 p50 / p90 / p99 / max ms | over 50 ms | leftovers batched within, s | stranded | limits hit | audit |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+}
+
+fn print_point(design: Design, arrivals: Arrivals, seconds: u64, outcome: &Outcome, target: Target) {
+    let placement = outcome.placement.total();
+    let attempts = outcome.placed + outcome.busy + outcome.failed;
+    let waits = &outcome.waits;
+    println!(
+        "| {} | {} | {:.0} | {:.2}% | {} | {:.3} | {:.2} | {:.2} | {:.1}% | {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0}% | {:.2} | {} | {} | {} |",
+        design.name(),
+        arrivals.describe(),
+        outcome.placed as f64 / seconds as f64,
+        100.0 * outcome.busy as f64 / attempts.max(1) as f64,
+        outcome.instances,
+        requests_per_order(outcome, target),
+        per_order((placement.write_units + placement.index_write_units) as f64, outcome),
+        per_order(placement.read_half_units as f64 / 2.0, outcome),
+        100.0 * placement.conflicts as f64 / placement.requests.max(1) as f64,
+        ms(percentile(&outcome.latencies, 50.0)),
+        ms(percentile(&outcome.latencies, 99.0)),
+        ms(waits.percentile(50.0)),
+        ms(waits.percentile(90.0)),
+        ms(waits.percentile(99.0)),
+        ms(waits.percentile(100.0)),
+        100.0 * waits.share_over(Duration::from_millis(50)),
+        waits.after_load_longest.as_secs_f64(),
+        waits.stranded,
+        limits(&[&outcome.placement, &outcome.sweep, &outcome.settle]),
+        if outcome.audit_problems == 0 { "clean".to_owned() } else { format!("{} problems", outcome.audit_problems) },
     );
 }
 
-fn print_trickle(point: &Point) {
-    let trickle = &point.trickle;
+fn print_kinds(outcome: &Outcome) {
+    println!();
     println!(
-        "| {:?} | {} | {} | {} | {} | {:.0} | {} |",
-        point.design,
-        point.writers,
-        trickle.placed,
-        trickle.busy,
-        trickle.waits.batches,
-        trickle.waits.longest_wait.as_secs_f64() * 1000.0,
-        trickle.shards_in_use,
+        "| path | request | per order | write units/order | index write units/order | read units/order | conflicts | throttled |"
     );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (path, ledger) in
+        [("placement", &outcome.placement), ("sweep", &outcome.sweep), ("settlement", &outcome.settle)]
+    {
+        for (kind, counts) in &ledger.0 {
+            if counts.requests == 0 && counts.throttled_total() == 0 {
+                continue;
+            }
+            println!(
+                "| {path} | {} | {:.4} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                kind.name(),
+                per_order(counts.requests as f64, outcome),
+                per_order(counts.write_units as f64, outcome),
+                per_order(counts.index_write_units as f64, outcome),
+                per_order(counts.read_half_units as f64 / 2.0, outcome),
+                counts.conflicts,
+                counts.throttled_total(),
+            );
+        }
+    }
+    println!();
+    let _ = Kind::Other;
+}
+
+fn rules(cli: &Cli) -> ContentionRules {
+    ContentionRules {
+        transaction: Latency::ms(cli.tx_median_ms, cli.tx_p99_ms),
+        ..ContentionRules::default().warmed_to(cli.warm)
+    }
+}
+
+fn setup(cli: &Cli, design: Design, arrivals: Arrivals, mix: Mix) -> Setup {
+    Setup {
+        target: cli.target,
+        design,
+        arrivals,
+        mix,
+        load: Duration::from_secs(cli.seconds),
+        after: Duration::from_secs(cli.after),
+        rules: rules(cli),
+        sharding: PoolSharding::default(),
+    }
+}
+
+fn runtime(target: Target) -> tokio::runtime::Runtime {
+    match target {
+        Target::Model => tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+    .unwrap()
+}
+
+fn costs(cli: &Cli) {
+    let runtime = runtime(cli.target);
+    println!(
+        "Cost per million orders, 1,000 orders/s on one coin, {} s, prices of {}:",
+        cli.seconds,
+        cost::PRICES.date
+    );
+    println!();
+    println!("| order | DynamoDB writes | DynamoDB reads | HTTP API | place-order λ | settle λ | SQS | total |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (name, big, key) in
+        [("pooled ($1–$8)", 0.0, 0.0), ("$10 or more", 1.0, 0.0), ("pooled, with an Idempotency-Key", 0.0, 1.0)]
+    {
+        let mix = Mix::new(1, cli.users, big, key);
+        let setup = setup(cli, Design::Sharded, Arrivals::Poisson { rate: 1000.0 }, mix);
+        let outcome = runtime.block_on(point(&setup));
+        let c = cost::per_million(&outcome);
+        println!(
+            "| {name} | ${:.2} | ${:.2} | ${:.2} | ${:.2} | ${:.2} | ${:.2} | **${:.2}** |",
+            c.dynamodb_writes,
+            c.dynamodb_reads,
+            c.http_api,
+            c.place_lambda,
+            c.settle_lambda,
+            c.sqs,
+            c.total()
+        );
+        if cli.kinds {
+            print_kinds(&outcome);
+        }
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
-    let designs = match cli.design {
-        Designs::Today => vec![Design::Today],
-        Designs::Sharded => vec![Design::Sharded],
-        Designs::Both => vec![Design::Today, Design::Sharded],
-    };
-    let runtime = match cli.target {
-        Target::Model => tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build(),
-        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    if cli.cost {
+        costs(&cli);
+        return;
     }
-    .unwrap();
+    let designs = match cli.design {
+        Designs::OnePool => vec![Design::OnePool],
+        Designs::Sharded => vec![Design::Sharded],
+        Designs::Both => vec![Design::OnePool, Design::Sharded],
+    };
+    let arrivals: Vec<Arrivals> = if cli.writers.is_empty() {
+        cli.rates.iter().map(|rate| Arrivals::Poisson { rate: *rate }).collect()
+    } else {
+        cli.writers.iter().map(|writers| Arrivals::BackToBack { writers: *writers }).collect()
+    };
+    let mix = Mix::new(cli.coins, cli.users, cli.big_share, cli.key_share);
+    let runtime = runtime(cli.target);
+    let rules = rules(&cli);
     println!(
-        "{:?}, {} s per point, small ABAN orders ($1 to $8), minimum $10{}",
+        "{:?}: {} coin(s){}, {} users, {:.0}% of orders $10 or more, {:.0}% with a key; {} s of load, then {} s; {}",
         cli.target,
+        mix.coins.len(),
+        if mix.coins.len() > 1 {
+            format!(" (Zipf: the first takes {:.0}%)", 100.0 * mix.top_share())
+        } else {
+            String::new()
+        },
+        cli.users,
+        100.0 * cli.big_share,
+        100.0 * cli.key_share,
         cli.seconds,
+        cli.after,
         if cli.target == Target::Model {
-            format!(", transactions hold their items {} ms", cli.hold_ms)
+            format!(
+                "transactions {} ms median / {} ms p99, single writes {:?} / {:?}, reads {:?} / {:?}; table warmed to {} write units/s",
+                cli.tx_median_ms,
+                cli.tx_p99_ms,
+                rules.single_write.median,
+                rules.single_write.p99,
+                rules.read.median,
+                rules.read.p99,
+                cli.warm
+            )
         } else {
             String::new()
         }
     );
-    println!(
-        "| design | writers | orders/s | busy | requests/order | p50 ms | p99 ms | batches | longest wait at ≥ $10, ms | open pools after, USD | audit |"
+    print_header();
+    let mut results: Vec<(Design, Arrivals, Outcome)> = Vec::new();
+    for design in &designs {
+        for arrival in &arrivals {
+            let outcome = runtime.block_on(point(&setup(&cli, *design, *arrival, mix.clone())));
+            print_point(*design, *arrival, cli.seconds, &outcome, cli.target);
+            if cli.kinds {
+                print_kinds(&outcome);
+                print_header();
+            }
+            results.push((*design, *arrival, outcome));
+        }
+    }
+    if let Some(path) = &cli.svg {
+        write_svg(path, &cli, &designs, &results);
+    }
+}
+
+fn write_svg(path: &std::path::Path, cli: &Cli, designs: &[Design], results: &[(Design, Arrivals, Outcome)]) {
+    let x_of = |arrivals: &Arrivals| match arrivals {
+        Arrivals::Poisson { rate } => *rate,
+        Arrivals::BackToBack { writers } => *writers as f64,
+    };
+    let colour = |design: Design| if design == Design::Sharded { "#1f5fbf" } else { "#c0392b" };
+    let line = |design: Design, y: &dyn Fn(&Outcome) -> f64| svg::Line {
+        name: design.name().to_owned(),
+        colour: colour(design),
+        points: results.iter().filter(|(d, _, _)| *d == design).map(|(_, a, o)| (x_of(a), y(o))).collect(),
+    };
+    let target = cli.target;
+    let panels = vec![
+        svg::Panel {
+            title: "DynamoDB requests per order".into(),
+            y_label: "requests / placed order".into(),
+            goal: Some(1.3),
+            lines: designs.iter().map(|d| line(*d, &|o| requests_per_order(o, target))).collect(),
+        },
+        svg::Panel {
+            title: "Wait at ≥ $10, p99 (ms)".into(),
+            y_label: "ms".into(),
+            goal: Some(100.0),
+            lines: designs.iter().map(|d| line(*d, &|o| ms(o.waits.percentile(99.0)))).collect(),
+        },
+        svg::Panel {
+            title: "Placement p99 (ms)".into(),
+            y_label: "ms".into(),
+            goal: Some(100.0),
+            lines: designs.iter().map(|d| line(*d, &|o| ms(percentile(&o.latencies, 99.0)))).collect(),
+        },
+    ];
+    let x_label = if cli.writers.is_empty() { "orders/s offered (Poisson)" } else { "writers (back to back)" };
+    let caption = format!(
+        "bench/hot-coin.sh --rates {} --coins {} --seconds {} (model: transactions {}/{} ms median/p99)",
+        cli.rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(","),
+        cli.coins,
+        cli.seconds,
+        cli.tx_median_ms,
+        cli.tx_p99_ms
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut points = Vec::new();
-    for design in designs {
-        for writers in &cli.writers {
-            let point = runtime.block_on(point(cli.target, design, *writers, Duration::from_secs(cli.seconds), &cli));
-            print(&point);
-            points.push(point);
-        }
-    }
-    if cli.trickle > 0 {
-        println!();
-        println!("Then {} s of a trickle, one order a second taking turns over at most 8 of the writers:", cli.trickle);
-        println!();
-        println!(
-            "| design | writers in the load | orders | busy | batches | longest wait at ≥ $10, ms | shards holding orders at the end |"
-        );
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
-        for point in &points {
-            print_trickle(point);
-        }
-    }
+    std::fs::write(path, svg::chart(&panels, x_label, &caption)).unwrap();
+    eprintln!("wrote {}", path.display());
 }

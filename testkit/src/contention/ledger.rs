@@ -144,7 +144,7 @@ impl Kind {
 /// One kind's counts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
-    /// Requests answered (not throttled), conflicts included.
+    /// Requests sent: answered, cancelled by a conflict, or throttled.
     pub requests: u64,
     pub conflicts: u64,
     pub condition_failures: u64,
@@ -160,7 +160,9 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// A request refused for throughput: it was sent, so it counts.
     pub(super) fn throttled(&mut self, limit: Limit) {
+        self.requests += 1;
         *self.throttles.entry(limit).or_default() += 1;
     }
 

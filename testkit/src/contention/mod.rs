@@ -113,11 +113,15 @@ struct State {
     rng: StdRng,
 }
 
+/// A handle on the model: handles made by [`ContendedTable::observer`]
+/// share the table, its holds and its budgets, and keep ledgers of their
+/// own (so a load tool can tell the placement path's requests from the
+/// sweep's). `stats` counts every handle's requests.
 pub struct ContendedTable {
     inner: Arc<MemoryTable>,
     rules: ContentionRules,
-    state: Mutex<State>,
-    pub stats: ContentionStats,
+    state: Arc<Mutex<State>>,
+    pub stats: Arc<ContentionStats>,
     ledger: Mutex<Ledger>,
 }
 
@@ -157,10 +161,27 @@ impl ContendedTable {
         ContendedTable {
             inner,
             rules,
-            state: Mutex::new(state),
-            stats: ContentionStats::default(),
+            state: Arc::new(Mutex::new(state)),
+            stats: Arc::default(),
             ledger: Mutex::default(),
         }
+    }
+
+    /// Another handle on the same model, with a ledger of its own.
+    pub fn observer(&self) -> ContendedTable {
+        ContendedTable {
+            inner: Arc::clone(&self.inner),
+            rules: self.rules,
+            state: Arc::clone(&self.state),
+            stats: Arc::clone(&self.stats),
+            ledger: Mutex::default(),
+        }
+    }
+
+    /// The table underneath, for what a run sets up before it starts (it
+    /// costs nothing and takes no time).
+    pub fn underlying(&self) -> &Arc<MemoryTable> {
+        &self.inner
     }
 
     pub fn rules(&self) -> &ContentionRules {

@@ -1,0 +1,404 @@
+//! One point of a curve: a table (the model, or an emulator), Lambda-like
+//! instances placing the orders that arrive, the reconciler's sweep and
+//! settlement running beside them as deployed; then what it came to.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use shared::adapters::dynamodb::table::Table;
+use shared::adapters::dynamodb::table::memory::MemoryTable;
+use shared::adapters::dynamodb::table::sdk::SdkTable;
+use shared::adapters::dynamodb::{DynamoStore, PoolSharding, schema};
+use shared::audit::audit;
+use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY};
+use shared::domain::{BatchId, Usd};
+use shared::ports::{
+    Accounts, Claim, Clock, InfraError, LedgerRecords, Orders, PlaceError, SettleQueue, Settlements, SystemClock,
+};
+use shared::reconcile::{PoolSweep, Reconciler};
+use testkit::contention::{ContendedTable, ContentionRules, Ledger};
+use testkit::recording::RecordingTable;
+use testkit::sim::SimClock;
+use tokio::time::Instant;
+
+use crate::earliest::{self, Waits};
+use crate::traffic::{Mix, next_arrival, usd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The contention model of DynamoDB, in virtual time.
+    Model,
+    DynamodbLocal,
+    Ministack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Design {
+    /// One pool item per coin.
+    OnePool,
+    /// The pool over shards.
+    Sharded,
+}
+
+impl Design {
+    pub fn name(self) -> &'static str {
+        match self {
+            Design::OnePool => "one pool item",
+            Design::Sharded => "sharded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrivals {
+    /// Orders arrive at random (a Poisson process) at this many a second;
+    /// each is served by an idle instance, or a new one if none is idle,
+    /// as Lambda does.
+    Poisson { rate: f64 },
+    /// Each writer places its next order as soon as the last is answered.
+    BackToBack { writers: usize },
+}
+
+impl Arrivals {
+    pub fn describe(&self) -> String {
+        match self {
+            Arrivals::Poisson { rate } => format!("{rate:.0}/s Poisson"),
+            Arrivals::BackToBack { writers } => format!("{writers} writers back to back"),
+        }
+    }
+}
+
+pub struct Setup {
+    pub target: Target,
+    pub design: Design,
+    pub arrivals: Arrivals,
+    pub mix: Mix,
+    pub load: Duration,
+    /// How long the sweep and settlement go on after the load.
+    pub after: Duration,
+    pub rules: ContentionRules,
+    pub sharding: PoolSharding,
+}
+
+/// What a point came to.
+pub struct Outcome {
+    pub placed: u64,
+    pub busy: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub latencies: Vec<Duration>,
+    /// The instances that served the load (Lambda's concurrency).
+    pub instances: usize,
+    /// What the model counted: the placement path, the reconciler's sweep,
+    /// settlement (on an emulator, requests only).
+    pub placement: Ledger,
+    pub sweep: Ledger,
+    pub settle: Ledger,
+    /// Requests on the placement path, counted outside the model.
+    pub placement_requests: u64,
+    pub batches: u64,
+    pub waits: Waits,
+    pub open_after: Decimal,
+    pub most_shards: usize,
+    pub audit_problems: usize,
+}
+
+fn minimum() -> Usd {
+    usd("10")
+}
+
+/// Settlement as deployed, reduced to its writes: the message takes a
+/// while to arrive (SQS, then Lambda), the claim, the exchange's answer a
+/// while later, the fill recorded.
+struct Settling {
+    store: Arc<DynamoStore>,
+    clock: Arc<dyn Clock>,
+    formed: std::sync::atomic::AtomicU64,
+}
+
+const DELIVERY: Duration = Duration::from_millis(25);
+const EXCHANGE: Duration = Duration::from_millis(40);
+
+#[async_trait]
+impl SettleQueue for Settling {
+    async fn send(&self, batch: BatchId) -> Result<(), InfraError> {
+        self.formed.fetch_add(1, Ordering::Relaxed);
+        let (store, clock) = (Arc::clone(&self.store), Arc::clone(&self.clock));
+        tokio::spawn(async move {
+            tokio::time::sleep(DELIVERY).await;
+            let now = clock.now();
+            let Ok(Claim::Claimed(claimed)) = store.claim_batch(batch, now, now + time::Duration::seconds(30)).await
+            else {
+                return;
+            };
+            tokio::time::sleep(EXCHANGE).await;
+            if let Err(error) = store.settle_batch(batch, claimed.attempts, &format!("x-{batch}")).await {
+                eprintln!("settle {batch}: {error}");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Lambda's instances: a request takes an idle one (any), or starts one.
+struct Instances {
+    stores: Mutex<Vec<Arc<DynamoStore>>>,
+    idle: Mutex<Vec<usize>>,
+    make: Box<dyn Fn(u64) -> DynamoStore + Send + Sync>,
+    rng: Mutex<StdRng>,
+}
+
+impl Instances {
+    fn take(&self) -> (usize, Arc<DynamoStore>) {
+        let mut idle = self.idle.lock().unwrap();
+        let mut stores = self.stores.lock().unwrap();
+        if idle.is_empty() {
+            let index = stores.len();
+            stores.push(Arc::new((self.make)(index as u64)));
+            return (index, Arc::clone(&stores[index]));
+        }
+        let pick = self.rng.lock().unwrap().random_range(0..idle.len());
+        let index = idle.swap_remove(pick);
+        (index, Arc::clone(&stores[index]))
+    }
+
+    fn give_back(&self, index: usize) {
+        self.idle.lock().unwrap().push(index);
+    }
+
+    fn count(&self) -> usize {
+        self.stores.lock().unwrap().len()
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    placed: u64,
+    busy: u64,
+    failed: u64,
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    fn note(&mut self, result: &Result<shared::ports::Placed, PlaceError>, took: Duration) {
+        match result {
+            Ok(_) => {
+                self.placed += 1;
+                self.latencies.push(took);
+            }
+            Err(PlaceError::Busy) => self.busy += 1,
+            Err(error) => {
+                self.failed += 1;
+                if self.failed == 1 {
+                    eprintln!("placement failed: {error}");
+                }
+            }
+        }
+    }
+}
+
+async fn emulator_table(target: Target) -> Arc<dyn Table> {
+    let variable = if target == Target::Ministack { "MINISTACK_ENDPOINT" } else { "DYNAMODB_LOCAL_ENDPOINT" };
+    let endpoint = std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set"));
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "bench"))
+        .timeout_config(shared::adapters::aws::timeouts())
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let name = format!("hot-coin-{}", ulid::Ulid::new().to_string().to_lowercase());
+    schema::ensure_table(&client, &name).await.unwrap();
+    Arc::new(SdkTable::new(client, name))
+}
+
+pub async fn point(setup: &Setup) -> Outcome {
+    // The tables: the model's three handles share its state; each keeps
+    // its own ledger.
+    let (base, placing, sweeping, settling): (Arc<dyn Table>, Arc<dyn Table>, Arc<dyn Table>, Arc<dyn Table>);
+    let mut model: Option<[Arc<ContendedTable>; 3]> = None;
+    match setup.target {
+        Target::Model => {
+            let memory = Arc::new(MemoryTable::new());
+            let placement = Arc::new(ContendedTable::new(Arc::clone(&memory), setup.rules));
+            let sweep = Arc::new(placement.observer());
+            let settle = Arc::new(placement.observer());
+            base = memory;
+            (placing, sweeping, settling) = (placement.clone(), sweep.clone(), settle.clone());
+            model = Some([placement, sweep, settle]);
+        }
+        target => {
+            base = emulator_table(target).await;
+            (placing, sweeping, settling) = (Arc::clone(&base), Arc::clone(&base), Arc::clone(&base));
+        }
+    }
+    let setup_store = DynamoStore::on(Arc::clone(&base));
+    for user in 0..setup.mix.users {
+        setup_store.open_account(&Mix::user(user), usd("1000000000")).await.unwrap();
+    }
+    let watched = ["COIN#", "ACCOUNT#", "BATCH#"];
+    let recording = Arc::new(RecordingTable::new(placing, &watched));
+    let sweep_recording = Arc::new(RecordingTable::new(sweeping, &watched));
+
+    let start = Instant::now();
+    let clock: Arc<dyn Clock> = match setup.target {
+        Target::Model => Arc::new(SimClock::new(start, Arc::new(AtomicI64::new(0)), time::Duration::ZERO)),
+        _ => Arc::new(SystemClock),
+    };
+    let sharding = match setup.design {
+        Design::OnePool => PoolSharding::off(),
+        Design::Sharded => setup.sharding,
+    };
+    let queue = Arc::new(Settling {
+        store: Arc::new(DynamoStore::on(settling).with_clock(Arc::clone(&clock))),
+        clock: Arc::clone(&clock),
+        formed: Default::default(),
+    });
+    let instances = {
+        let (table, clock) = (recording.clone() as Arc<dyn Table>, Arc::clone(&clock));
+        Arc::new(Instances {
+            stores: Mutex::default(),
+            idle: Mutex::default(),
+            make: Box::new(move |seed| {
+                DynamoStore::on(Arc::clone(&table))
+                    .with_clock(Arc::clone(&clock))
+                    .with_jitter_seed(seed)
+                    .with_pool_sharding(sharding)
+            }),
+            rng: Mutex::new(StdRng::seed_from_u64(1)),
+        })
+    };
+
+    // The reconciler's sweep, as deployed, throughout.
+    let reconciler = Reconciler::new(
+        Arc::new(DynamoStore::on(sweep_recording.clone()).with_clock(Arc::clone(&clock))),
+        queue.clone(),
+        Arc::clone(&clock),
+        RESEND_POLICY,
+    )
+    .sweeping(PoolSweep {
+        coins: setup.mix.coins.clone(),
+        minimum: minimum(),
+        quiet_for: POOL_QUIET_FOR,
+        every: POOL_SWEEP_EVERY,
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let sweeper = {
+        let done = Arc::clone(&done);
+        async move {
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(POOL_SWEEP_EVERY).await;
+                reconciler.sweep().await;
+            }
+        }
+    };
+
+    let load_end = start + setup.load;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let load = {
+        let (tally, instances, queue, mix) =
+            (Arc::clone(&tally), Arc::clone(&instances), queue.clone(), setup.mix.clone());
+        let arrivals = setup.arrivals;
+        let done = Arc::clone(&done);
+        let after = setup.after;
+        async move {
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut serial = 0u64;
+            let mut running = Vec::new();
+            match arrivals {
+                Arrivals::Poisson { rate } => {
+                    let mut at = start;
+                    loop {
+                        at += next_arrival(&mut rng, rate);
+                        if at >= load_end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at).await;
+                        serial += 1;
+                        let order = mix.order(&mut rng, serial);
+                        let (tally, instances, queue) = (Arc::clone(&tally), Arc::clone(&instances), queue.clone());
+                        running.push(tokio::spawn(async move {
+                            let (index, store) = instances.take();
+                            let began = Instant::now();
+                            let result = store.place_order(order, minimum()).await;
+                            let took = began.elapsed();
+                            instances.give_back(index);
+                            if let Ok(Some(batch)) = result.as_ref().map(|p| p.formed) {
+                                let _ = queue.send(batch).await;
+                            }
+                            tally.lock().unwrap().note(&result, took);
+                        }));
+                    }
+                }
+                Arrivals::BackToBack { writers } => {
+                    for writer in 0..writers {
+                        let (tally, instances, queue, mix) =
+                            (Arc::clone(&tally), Arc::clone(&instances), queue.clone(), mix.clone());
+                        running.push(tokio::spawn(async move {
+                            let mut rng = StdRng::seed_from_u64(writer as u64);
+                            let (_, store) = instances.take();
+                            let mut serial = (writer as u64) << 32;
+                            while Instant::now() < load_end {
+                                serial += 1;
+                                let began = Instant::now();
+                                let result = store.place_order(mix.order(&mut rng, serial), minimum()).await;
+                                let took = began.elapsed();
+                                if let Ok(Some(batch)) = result.as_ref().map(|p| p.formed) {
+                                    let _ = queue.send(batch).await;
+                                }
+                                tally.lock().unwrap().note(&result, took);
+                            }
+                        }));
+                    }
+                }
+            }
+            futures::future::join_all(running).await;
+            let answered = Instant::now();
+            tokio::time::sleep(after).await;
+            done.store(true, Ordering::Relaxed);
+            answered
+        }
+    };
+    let (answered, ()) = tokio::join!(load, sweeper);
+    let end = Instant::now();
+
+    let mut log = recording.log();
+    log.extend(sweep_recording.log());
+    let waits = earliest::replay(&log, minimum().value(), load_end, end);
+    let ledger = setup_store.ledger().await.unwrap();
+    let open_after = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
+    let most_shards =
+        setup.mix.coins.iter().map(|coin| ledger.pools.iter().filter(|p| &p.coin == coin).count()).max().unwrap_or(0);
+    let report = audit(&ledger, minimum());
+    if !report.is_clean() {
+        eprintln!("{report}");
+    }
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    let mut latencies = tally.latencies;
+    latencies.sort();
+    let ledgers = model.as_ref().map(|m| [m[0].ledger(), m[1].ledger(), m[2].ledger()]).unwrap_or_default();
+    let [placement, sweep, settle] = ledgers;
+    Outcome {
+        placed: tally.placed,
+        busy: tally.busy,
+        failed: tally.failed,
+        seconds: answered.duration_since(start).as_secs_f64(),
+        latencies,
+        instances: instances.count(),
+        placement,
+        sweep,
+        settle,
+        placement_requests: recording.requests(),
+        batches: queue.formed.load(Ordering::Relaxed),
+        waits,
+        open_after,
+        most_shards,
+        audit_problems: report.problems.len(),
+    }
+}
