@@ -141,9 +141,11 @@ fn requests_per_order(outcome: &Outcome, target: Target) -> f64 {
 
 fn print_header() {
     println!(
-        "| design | arrivals | orders/s | busy | instances | requests/order | write units/order | read units/order | conflicts | p50 / p99 ms | wait at ≥ $10 p50 / p90 / p99 / max ms | over 50 ms | leftovers batched within, s | stranded | limits hit | audit |"
+        "| design | arrivals | orders/s | busy | instances | requests/order | write units/order | read units/order | conflicts | p50 / p99 ms | wait at ≥ $10 p50 / p90 / p99 / max ms | over 50 ms | leftovers batched within, s | stranded | shards (most) | open after, USD | limits hit | audit |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
 }
 
 fn print_point(design: Design, arrivals: Arrivals, seconds: u64, outcome: &Outcome, target: Target) {
@@ -151,7 +153,7 @@ fn print_point(design: Design, arrivals: Arrivals, seconds: u64, outcome: &Outco
     let attempts = outcome.placed + outcome.busy + outcome.failed;
     let waits = &outcome.waits;
     println!(
-        "| {} | {} | {:.0} | {:.2}% | {} | {:.3} | {:.2} | {:.2} | {:.1}% | {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0}% | {:.2} | {} | {} | {} |",
+        "| {} | {} | {:.0} | {:.2}% | {} | {:.3} | {:.2} | {:.2} | {:.1}% | {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0}% | {:.2} | {} | {} | {} | {} | {} |",
         design.name(),
         arrivals.describe(),
         outcome.placed as f64 / seconds as f64,
@@ -170,6 +172,8 @@ fn print_point(design: Design, arrivals: Arrivals, seconds: u64, outcome: &Outco
         100.0 * waits.share_over(Duration::from_millis(50)),
         waits.after_load_longest.as_secs_f64(),
         waits.stranded,
+        outcome.most_shards,
+        outcome.open_after,
         limits(&[&outcome.placement, &outcome.sweep, &outcome.settle]),
         if outcome.audit_problems == 0 { "clean".to_owned() } else { format!("{} problems", outcome.audit_problems) },
     );

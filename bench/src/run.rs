@@ -90,7 +90,6 @@ pub struct Outcome {
     pub placed: u64,
     pub busy: u64,
     pub failed: u64,
-    pub seconds: f64,
     pub latencies: Vec<Duration>,
     /// The instances that served the load (Lambda's concurrency).
     pub instances: usize,
@@ -359,13 +358,11 @@ pub async fn point(setup: &Setup) -> Outcome {
                 }
             }
             futures::future::join_all(running).await;
-            let answered = Instant::now();
             tokio::time::sleep(after).await;
             done.store(true, Ordering::Relaxed);
-            answered
         }
     };
-    let (answered, ()) = tokio::join!(load, sweeper);
+    let ((), ()) = tokio::join!(load, sweeper);
     let end = Instant::now();
 
     let mut log = recording.log();
@@ -388,7 +385,6 @@ pub async fn point(setup: &Setup) -> Outcome {
         placed: tally.placed,
         busy: tally.busy,
         failed: tally.failed,
-        seconds: answered.duration_since(start).as_secs_f64(),
         latencies,
         instances: instances.count(),
         placement,

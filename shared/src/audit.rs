@@ -224,11 +224,12 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
                 batch.id, batch.count, batch.usd, batch.qty, batch.coin, sums.count, sums.usd, sums.qty, batch.coin
             ));
         }
-        if batch.usd < minimum {
+        // A batch still gathering is pending money, like an open pool.
+        if batch.usd < minimum && batch.status != BatchStatus::Forming {
             problems.push(format!("batch {} is worth {} USD, under the minimum {minimum}", batch.id, batch.usd));
         }
         let refunds_agree = match batch.status {
-            BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Settled => {
+            BatchStatus::Forming | BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Settled => {
                 sums.refunded == 0 && batch.refunded == 0
             }
             BatchStatus::Refused => sums.refunded == batch.refunded,

@@ -11,13 +11,18 @@ use crate::adapters::sqs::MAX_RECEIVE_COUNT;
 use crate::domain::{PriceList, ResendPolicy, Usd};
 
 /// A pool shard nobody wrote for this long is swept by the reconciler. (One
-/// still written loses a race to the sweep at worst, and places again.)
-pub const POOL_QUIET_FOR: time::Duration = time::Duration::seconds(2);
+/// still written loses a race to the sweep at worst, and places again.) A
+/// process placing on its shard writes it every few tens of milliseconds
+/// under load; half a second without a write means its writer is gone or
+/// idle.
+pub const POOL_QUIET_FOR: time::Duration = time::Duration::milliseconds(500);
 
 /// How often the reconciler sweeps pool shards: what a process left on its
-/// shard when it went quiet (a Lambda instance nobody calls any more) waits
-/// about this long plus `POOL_QUIET_FOR` once the coin holds the minimum.
-pub const POOL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// shard when it went quiet (a Lambda instance nobody calls any more) is
+/// batched about this long plus `POOL_QUIET_FOR` after the coin holds the
+/// minimum. A coin that never grew past one shard costs a read of its shard
+/// count a second; one that did, a read of its shards per sweep.
+pub const POOL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// When the reconciler function re-sends a batch: a `READY` batch after a
 /// minute; a failed attempt's batch after five minutes (longer than the

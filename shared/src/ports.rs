@@ -110,6 +110,9 @@ pub enum Claim {
     Refusing(Batch),
     /// Settled or refunded: a duplicate delivery.
     Finished(BatchStatus),
+    /// Still gathering pools (`FORMING`): the sweep sends it when it is
+    /// ready; nothing to do before.
+    Forming,
     /// Another attempt holds the lease until then.
     Leased {
         until: OffsetDateTime,

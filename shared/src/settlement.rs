@@ -28,6 +28,8 @@ pub enum Settlement {
     Refunding(Refund),
     /// No such batch. Nothing can ever settle it.
     UnknownBatch,
+    /// Still gathering pools: the sweep sends it again once it is ready.
+    StillForming,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,7 @@ impl Settler {
             Claim::Finished(status) => return Ok(Settlement::AlreadyFinished(status)),
             Claim::Leased { .. } => return Err(SettleError::Busy { batch: batch_id }),
             Claim::NotFound => return Ok(Settlement::UnknownBatch),
+            Claim::Forming => return Ok(Settlement::StillForming),
         };
         tracing::Span::current().record("attempt", batch.attempts);
         metrics::settle_attempted();

@@ -10,7 +10,7 @@ use serde_norway::Value;
 use shared::adapters::dynamodb::item::{
     MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK, OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK,
 };
-use shared::adapters::dynamodb::schema::TTL_ATTRIBUTE;
+use shared::adapters::dynamodb::schema::{TABLE_SCHEMA, TTL_ATTRIBUTE};
 use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
 use shared::config::{AwsResources, ServiceConfig, SettleConfig};
 use shared::telemetry::LOG_VARIABLES;
@@ -60,6 +60,18 @@ fn the_settle_function_reports_partial_batch_failures() {
     assert!(number(&event["Properties"]["BatchSize"]) <= 10);
 }
 
+/// The reconciler's runs overlap: each sweeps for longer than the minute
+/// between two, and its timeout leaves room for its margin after that, so
+/// the pool shards are swept around the clock.
+#[test]
+fn the_reconcilers_runs_overlap_and_end_within_their_timeout() {
+    let template = template();
+    let timeout = number(&resource(&template, "ReconcilerFunction")["Timeout"]) as f64;
+    let (sweeps, margin) = (reconciler::LONGEST.as_secs_f64(), reconciler::MARGIN.as_secs_f64());
+    assert!(sweeps > 60.0, "a run sweeps {sweeps} s of the minute: a gap between runs");
+    assert!(timeout >= sweeps + margin, "timeout {timeout} s < {sweeps} s of sweeping + {margin} s");
+}
+
 #[test]
 fn the_queue_outlasts_six_settle_timeouts_and_matches_what_orders_local_creates() {
     let template = template();
@@ -86,14 +98,23 @@ fn the_table_is_the_one_the_adapter_uses() {
     let pair =
         |hash: &str, range: &str| vec![(hash.to_owned(), "HASH".to_owned()), (range.to_owned(), "RANGE".to_owned())];
     assert_eq!(keys(&table["KeySchema"]), pair(PK, SK));
-    let indexes: Vec<(String, Vec<(String, String)>)> = table["GlobalSecondaryIndexes"]
+    let indexes: Vec<(String, Vec<(String, String)>, String)> = table["GlobalSecondaryIndexes"]
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|i| (i["IndexName"].as_str().unwrap().to_owned(), keys(&i["KeySchema"])))
+        .map(|i| {
+            let projection = i["Projection"]["ProjectionType"].as_str().unwrap().to_owned();
+            (i["IndexName"].as_str().unwrap().to_owned(), keys(&i["KeySchema"]), projection)
+        })
         .collect();
+    let expected: Vec<(String, Vec<(String, String)>, String)> = TABLE_SCHEMA
+        .indexes
+        .iter()
+        .map(|i| (i.name.to_owned(), pair(i.pk, i.sk), i.projection.as_type().as_str().to_owned()))
+        .collect();
+    assert_eq!(indexes, expected);
     assert_eq!(
-        indexes,
+        expected.iter().map(|(name, keys, _)| (name.clone(), keys.clone())).collect::<Vec<_>>(),
         vec![
             (OPEN_BATCHES_INDEX.to_owned(), pair(OPEN_PK, OPEN_SK)),
             (MEMBERS_INDEX.to_owned(), pair(MEMBERS_PK, MEMBERS_SK)),

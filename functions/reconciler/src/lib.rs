@@ -20,10 +20,12 @@ pub struct Report {
 }
 
 /// Time left at the end of an invocation for the report and the runtime.
-const MARGIN: Duration = Duration::from_secs(3);
-/// An invocation sweeps for at most this long: the next one comes a minute
-/// after it began.
-const LONGEST: Duration = Duration::from_secs(55);
+pub const MARGIN: Duration = Duration::from_secs(3);
+/// An invocation sweeps for at most this long. The next one comes a minute
+/// after it began: the two overlap by a few seconds, so the pool shards are
+/// swept every `POOL_SWEEP_EVERY` around the clock (a sweep is exact however
+/// many run at once), and a schedule that fires a little late leaves no gap.
+pub const LONGEST: Duration = Duration::from_secs(65);
 
 /// The scheduled event's content does not matter: every run looks at all
 /// open batches, then sweeps the pool shards every few seconds while the

@@ -86,6 +86,11 @@ pub struct Order {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchStatus {
+    /// Still gathering: the sweep closes more quiet shards into it, one
+    /// transaction at a time, when more of them hold the minimum together
+    /// than one transaction can close. Under the minimum until it is
+    /// `Ready`; never sent to the exchange before.
+    Forming,
     /// Formed, waiting for the settle function (the outbox).
     Ready,
     /// Claimed by a settle attempt holding a lease.
@@ -112,6 +117,7 @@ impl BatchStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            BatchStatus::Forming => "FORMING",
             BatchStatus::Ready => "READY",
             BatchStatus::Submitting => "SUBMITTING",
             BatchStatus::Settled => "SETTLED",
@@ -121,9 +127,16 @@ impl BatchStatus {
     }
 
     pub fn parse(text: &str) -> Option<BatchStatus> {
-        [BatchStatus::Ready, BatchStatus::Submitting, BatchStatus::Settled, BatchStatus::Refused, BatchStatus::Refunded]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            BatchStatus::Forming,
+            BatchStatus::Ready,
+            BatchStatus::Submitting,
+            BatchStatus::Settled,
+            BatchStatus::Refused,
+            BatchStatus::Refunded,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 
@@ -198,6 +211,12 @@ impl Batch {
         }
     }
 
+    /// A batch that starts to gather more pools than one transaction closes
+    /// (`FORMING`, a fresh id).
+    pub fn forming(coin: &Coin, pools: Vec<PoolId>, totals: BatchTotals, created_at: OffsetDateTime) -> Batch {
+        Batch { status: BatchStatus::Forming, ..Batch::ready(coin, pools, totals, created_at) }
+    }
+
     /// When the reconciler should send it again, if ever: `READY` whose
     /// message seems lost, `SUBMITTING` whose attempt died or failed and was
     /// not retried, `REFUSED` whose refunds stopped. Each re-send doubles
@@ -216,7 +235,8 @@ impl Batch {
                 let due = last + doubled(policy.backoff, retries);
                 Some(self.lease_until.map_or(due, |lease| lease.max(due)))
             }
-            BatchStatus::Settled | BatchStatus::Refunded => None,
+            // The sweep that gathers it sends it once it is ready.
+            BatchStatus::Forming | BatchStatus::Settled | BatchStatus::Refunded => None,
         }
     }
 }
@@ -248,7 +268,7 @@ impl OrderStatus {
             return OrderStatus::Refunded;
         }
         match batch.map(|b| b.status) {
-            None => OrderStatus::Pending,
+            None | Some(BatchStatus::Forming) => OrderStatus::Pending,
             Some(BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Refused) => OrderStatus::Settling,
             Some(BatchStatus::Settled) => OrderStatus::Settled,
             Some(BatchStatus::Refunded) => OrderStatus::Refunded,

@@ -70,6 +70,7 @@ impl Settlements for DynamoStore {
                 let batch = batch_of(&item).map_err(infra("read batch"))?;
                 match (batch.status, batch.lease_until) {
                     (BatchStatus::Refused, _) => Ok(Claim::Refusing(batch)),
+                    (BatchStatus::Forming, _) => Ok(Claim::Forming),
                     (status, _) if status.is_final() => Ok(Claim::Finished(status)),
                     (BatchStatus::Submitting, Some(until)) => Ok(Claim::Leased { until }),
                     (status, _) => Err(InfraError::new(
@@ -111,25 +112,45 @@ impl Settlements for DynamoStore {
 
 #[async_trait]
 impl Outbox for DynamoStore {
+    /// Every batch the open-batches index lists, read from the table: the
+    /// index holds only keys (an entry written once when a batch forms and
+    /// once when it ends, never as settlement moves it), and lags the table,
+    /// so a batch read final here is left out.
     async fn open_batches(&self) -> Result<Vec<Batch>, InfraError> {
-        let mut batches = Vec::new();
-        let mut start = None;
-        loop {
-            let query = Query {
-                index: Some(item::OPEN_BATCHES_INDEX),
-                partition: (item::OPEN_PK, item::OPEN_PARTITION.to_owned()),
-                start,
-                ..Query::default()
-            };
-            let page = self.table.query(query).await?;
-            for found in &page.items {
-                batches.push(batch_of(found).map_err(infra("read batch"))?);
-            }
-            start = page.next;
-            if start.is_none() {
-                return Ok(batches);
+        let mut keys = Vec::new();
+        for partition in item::open_partitions() {
+            let mut start = None;
+            loop {
+                let query = Query {
+                    index: Some(item::OPEN_BATCHES_INDEX),
+                    partition: (item::OPEN_PK, partition.clone()),
+                    start,
+                    ..Query::default()
+                };
+                let page = self.table.query(query).await?;
+                for found in &page.items {
+                    let pk = item::get_s(found, item::PK).map_err(infra("read open batch"))?;
+                    let mut key = item::key(pk.to_owned(), "BATCH");
+                    key.retain(|name, _| name == item::PK || name == item::SK);
+                    keys.push(key);
+                }
+                start = page.next;
+                if start.is_none() {
+                    break;
+                }
             }
         }
+        let mut batches = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            for found in self.table.get_many(chunk.to_vec()).await? {
+                let batch = batch_of(&found).map_err(infra("read batch"))?;
+                if !batch.status.is_final() {
+                    batches.push(batch);
+                }
+            }
+        }
+        batches.sort_by_key(|b| (b.created_at, b.id));
+        Ok(batches)
     }
 
     async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError> {

@@ -24,7 +24,17 @@ pub const SK: &str = "SK";
 pub const OPEN_BATCHES_INDEX: &str = "open-batches";
 pub const OPEN_PK: &str = "GSI1PK";
 pub const OPEN_SK: &str = "GSI1SK";
-pub const OPEN_PARTITION: &str = "OPEN";
+/// The open-batches index's partition keys: each batch goes under one of
+/// these, by a hash of its id. One key of an index takes at most 1,000
+/// write units a second, and each batch writes its entry twice (formed,
+/// finished); so one key would cap the whole service near 500 batches a
+/// second, and a sort key that only grows is never split for heat. Spread
+/// over 64, the index takes some 32,000 batches a second, past a table's
+/// default quota; the reconciler reads them all.
+pub const OPEN_PARTITIONS: u32 = 64;
+/// Where every open batch was before the index was spread: still read, for
+/// batches a table holds from then.
+pub const LEGACY_OPEN_PARTITION: &str = "OPEN";
 /// Index of the orders of each batch (for refunds).
 pub const MEMBERS_INDEX: &str = "batch-members";
 pub const MEMBERS_PK: &str = "GSI2PK";
@@ -98,6 +108,12 @@ pub fn pool_batch_key(coin: &Coin, pool: PoolId) -> Item {
     key(shard_partition(coin, pool.shard), format!("BATCH#{:020}", pool.seq))
 }
 
+/// The batch a sweep is gathering for a coin over several transactions,
+/// while it does (`batch_id`; none once it is ready).
+pub fn forming_key(coin: &Coin) -> Item {
+    key(format!("COIN#{coin}"), "FORMING")
+}
+
 /// How many shards a coin's pool has now.
 pub fn shards_key(coin: &Coin) -> Item {
     key(format!("COIN#{coin}"), "SHARDS")
@@ -107,6 +123,21 @@ pub fn shards_key(coin: &Coin) -> Item {
 /// `high`, the most it has had.
 pub fn shards_grown(count: u32, high: u32, at: OffsetDateTime) -> Changes {
     Changes::new().set("count", n_int(count)).set("grown_ms", ms(at)).set("high", n_int(high.max(count)))
+}
+
+/// The open-batches partition of a batch (FNV-1a of its id: stable across
+/// processes and versions).
+pub fn open_partition(batch: BatchId) -> String {
+    let hash = batch
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("OPEN#{:02}", hash % u64::from(OPEN_PARTITIONS))
+}
+
+/// Every partition of the open-batches index, the legacy one last.
+pub fn open_partitions() -> impl Iterator<Item = String> {
+    (0..OPEN_PARTITIONS).map(|k| format!("OPEN#{k:02}")).chain(std::iter::once(LEGACY_OPEN_PARTITION.to_owned()))
 }
 
 pub fn batch_key(id: BatchId) -> Item {
@@ -293,8 +324,7 @@ pub fn batch_item(batch: &Batch) -> Item {
             item.insert("seq".into(), n_int(*seq));
         }
         pools => {
-            let text: Vec<String> = pools.iter().map(|p| format!("{}:{}", p.shard, p.seq)).collect();
-            item.insert("pools".into(), s(text.join(",")));
+            item.insert("pools".into(), s(pools_text(pools)));
         }
     }
     item.insert("qty".into(), n(batch.qty.value()));
@@ -321,13 +351,19 @@ pub fn batch_item(batch: &Batch) -> Item {
     }
     item.insert("created_at".into(), timestamp(batch.created_at));
     if !batch.status.is_final() {
-        item.insert(OPEN_PK.into(), s(OPEN_PARTITION));
+        item.insert(OPEN_PK.into(), s(open_partition(batch.id)));
         item.insert(
             OPEN_SK.into(),
             s(format!("{}#{}", batch.created_at.format(&Rfc3339).unwrap_or_default(), batch.id)),
         );
     }
     item
+}
+
+/// A batch's pools as its `pools` attribute holds them: `shard:seq,…`.
+pub fn pools_text(pools: &[PoolId]) -> String {
+    let text: Vec<String> = pools.iter().map(|p| format!("{}:{}", p.shard, p.seq)).collect();
+    text.join(",")
 }
 
 fn pools_of(item: &Item) -> Result<Vec<PoolId>, ItemError> {

@@ -7,8 +7,8 @@
 //! - `placement`: the one transaction per order, and resolving lost replies;
 //! - `pool_cache`: what this process believes each coin's pool is, behind
 //!   a per-coin lane;
-//! - `shards`: how many shards a coin's pool has, and the sweep that
-//!   batches what idle shards hold;
+//! - `shards`: how many shards a coin's pool has, growing and folding back;
+//! - `sweep`: the reconciler's sweep, which batches what quiet shards hold;
 //! - `batches`: claims, fenced leases, settling and refusing;
 //! - `refunds`: crediting a refused batch's orders, chunk by chunk;
 //! - `accounts`: balances, opening accounts, deposits;
@@ -26,6 +26,7 @@ mod refunds;
 pub mod schema;
 mod shards;
 mod stats;
+mod sweep;
 pub mod table;
 #[cfg(test)]
 mod testing;
@@ -88,6 +89,8 @@ impl PoolSharding {
 pub struct DynamoStore {
     table: Arc<dyn Table>,
     pools: pool_cache::PoolCache,
+    /// Each coin's shard count as the sweep last read it, and when.
+    swept_counts: Mutex<std::collections::HashMap<crate::domain::Coin, (shards::ShardCount, tokio::time::Instant)>>,
     stats: StoreStats,
     sharding: PoolSharding,
     /// When pools are written and judged idle.
@@ -114,6 +117,7 @@ impl DynamoStore {
         DynamoStore {
             table,
             pools: pool_cache::PoolCache::default(),
+            swept_counts: Mutex::default(),
             stats: StoreStats::default(),
             sharding: PoolSharding::default(),
             clock: Arc::new(SystemClock),

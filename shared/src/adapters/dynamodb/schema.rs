@@ -55,8 +55,10 @@ pub static TABLE_SCHEMA: KeySchema = KeySchema {
     pk: PK,
     sk: SK,
     indexes: &[
-        // Sparse: batches not yet settled or refunded (the reconciler).
-        IndexSchema { name: OPEN_BATCHES_INDEX, pk: OPEN_PK, sk: OPEN_SK, projection: Projection::All },
+        // Sparse: batches not yet settled or refunded (the reconciler), under
+        // 64 keys. Keys only: settlement's writes change no key, so they
+        // write nothing to the index.
+        IndexSchema { name: OPEN_BATCHES_INDEX, pk: OPEN_PK, sk: OPEN_SK, projection: Projection::KeysOnly },
         // The orders of each batch (refunds).
         IndexSchema { name: MEMBERS_INDEX, pk: MEMBERS_PK, sk: MEMBERS_SK, projection: Projection::All },
     ],

@@ -6,15 +6,12 @@
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::item::{
-    self, Item, batch_item, get_u64, ms, n, n_int, parse_shard_partition, pool_batch_key, pool_key, s, shards_grown,
-    shards_key,
-};
+use super::item::{self, Item, get_u64, ms, n, n_int, parse_shard_partition, pool_key, shards_grown, shards_key};
 use super::pool_cache::{CachedPool, Turn};
 use super::stats::StoreStats;
-use super::table::{Changes, Cond, Transacted, Write};
-use super::{DynamoStore, infra, unexpected};
-use crate::domain::{Absorbed, Batch, BatchId, BatchQuantity, BatchTotals, Coin, PoolId, PoolState, Usd};
+use super::table::{Changes, Cond};
+use super::{DynamoStore, infra};
+use crate::domain::{Coin, PoolState};
 use crate::ports::InfraError;
 
 /// Keys one `BatchGetItem` reads at most.
@@ -26,13 +23,6 @@ const VIEW_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(25
 pub(super) const VIEW_QUIET_FOR: time::Duration = time::Duration::milliseconds(500);
 /// The shards a view reads: one `BatchGetItem`.
 const VIEW_SHARDS: u32 = BATCH_GET_KEYS as u32;
-/// Shards one sweep batch closes at most: two writes each (the pool and its
-/// batch pointer) and the batch, within a transaction's 100.
-const SHARDS_PER_BATCH: usize = 48;
-/// Shards in use a sweep considers for topping up idle money, the fullest.
-const TOP_UP_CANDIDATES: usize = 16;
-/// Reads and tries a top-up gets, each on a fresh read of its shards.
-const TOP_UP_ATTEMPTS: u32 = 5;
 
 /// A shard's pool item as read, with when it was last written.
 pub(super) fn cached_of(found: &Item) -> Result<CachedPool, InfraError> {
@@ -69,7 +59,7 @@ pub(super) struct ShardCount {
     grown_to: u32,
     /// When it grew, in ms since the epoch as written (`grown_ms`).
     grown_ms: Option<i64>,
-    high: u32,
+    pub(super) high: u32,
     exists: bool,
 }
 
@@ -103,8 +93,27 @@ impl ShardCount {
         (self.grown_to >> halvings).clamp(1, max.max(1))
     }
 
+    /// When the count in force fell to `count` or below, in ms since the
+    /// epoch: `None` if it has not (it never grew, or grew to no more).
+    pub(super) fn fell_to_ms(&self, count: u32, shrink_after: std::time::Duration) -> Option<i64> {
+        let grown = self.grown_ms?;
+        let halvings = (0..32).find(|h| (self.grown_to >> h).max(1) <= count.max(1))?;
+        let every_ms = i64::try_from(shrink_after.as_millis()).unwrap_or(i64::MAX);
+        Some(grown.saturating_add(every_ms.saturating_mul(i64::from(halvings))))
+    }
+
+    /// The changes that record the count as grown to `count` at `fell_ms`,
+    /// when it fell there: the count in force is the same from then on, and
+    /// `high` (no less than it) comes down to it.
+    pub(super) fn settled_at(&self, count: u32, fell_ms: i64) -> Changes {
+        Changes::new()
+            .set("count", n_int(count))
+            .set("grown_ms", n_int(u64::try_from(fell_ms).unwrap_or(0)))
+            .set("high", n_int(count))
+    }
+
     /// The condition that the record is still as read.
-    fn unchanged(&self) -> Cond {
+    pub(super) fn unchanged(&self) -> Cond {
         if !self.exists {
             return Cond::NotExists("PK");
         }
@@ -117,7 +126,7 @@ impl ShardCount {
 }
 
 impl DynamoStore {
-    async fn read_shard_count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
+    pub(super) async fn read_shard_count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
         StoreStats::count(&self.stats.shard_reads);
         ShardCount::of(self.table.get(shards_key(coin)).await?.as_ref())
     }
@@ -215,7 +224,7 @@ impl DynamoStore {
     }
 
     /// Reads the pools of `shards` (all of them, in as few requests as may).
-    async fn read_shards(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<(u32, CachedPool)>, InfraError> {
+    pub(super) async fn read_shards(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<(u32, CachedPool)>, InfraError> {
         let mut found = Vec::with_capacity(shards.len());
         for chunk in shards.chunks(BATCH_GET_KEYS) {
             let items = self.table.get_many(chunk.iter().map(|shard| pool_key(coin, *shard)).collect()).await?;
@@ -233,164 +242,6 @@ impl DynamoStore {
         }
         Ok(found)
     }
-
-    /// Batches what the coin's idle shards hold (no write for `quiet_for`),
-    /// the largest first, while they hold the minimum together; what idle
-    /// shards are left under it is topped up with the fullest shards still
-    /// written, when together they reach it. Reads every shard the coin has
-    /// had (`high`): a process that went away may have left orders above
-    /// today's count. Returns the batches formed (`READY`: they go to the
-    /// settle queue).
-    pub(super) async fn sweep(
-        &self,
-        coin: &Coin,
-        minimum: Usd,
-        quiet_for: time::Duration,
-        now: OffsetDateTime,
-    ) -> Result<Vec<BatchId>, InfraError> {
-        let record = self.read_shard_count(coin).await?;
-        let all: Vec<u32> = (0..record.high).collect();
-        let pools = self.read_shards(coin, &all).await?;
-        let quiet = |pool: &CachedPool| pool.written_at.is_none_or(|at| at <= now - quiet_for);
-        let mut idle: Vec<Absorbed> = pools.iter().filter(|(_, pool)| quiet(pool)).filter_map(holding).collect();
-        let mut written: Vec<Absorbed> = pools.iter().filter(|(_, pool)| !quiet(pool)).filter_map(holding).collect();
-        largest_first(&mut idle);
-        largest_first(&mut written);
-
-        let mut formed = Vec::new();
-        while let Some(group) = take_minimum(idle.iter(), minimum) {
-            idle.drain(..group.len());
-            match self.close_shards(coin, &group, now).await? {
-                Some(batch) => formed.push(batch),
-                // One of them moved: it is not idle after all; the rest may still be.
-                None => return Ok(formed),
-            }
-        }
-        // Idle money under the minimum while shards in use hold more: both
-        // together (the writers of those lose one race, and decide again).
-        // Half a batch's room for the idle ones, the largest; what does not
-        // fit waits for the next sweep.
-        if !idle.is_empty() {
-            idle.truncate(SHARDS_PER_BATCH / 2);
-            written.truncate(TOP_UP_CANDIDATES);
-            if let Some(batch) = self.top_up(coin, idle, written, minimum, now).await? {
-                formed.push(batch);
-            }
-        }
-        Ok(formed)
-    }
-
-    /// Closes `idle` shards with enough of the `written` ones to reach the
-    /// minimum. Under steady load a shard in use changes every few
-    /// milliseconds, and the read of every shard above is long done: so each
-    /// attempt reads just these shards again and closes them on what it
-    /// read, a window of two requests, and a lost race is tried again.
-    async fn top_up(
-        &self,
-        coin: &Coin,
-        mut idle: Vec<Absorbed>,
-        mut written: Vec<Absorbed>,
-        minimum: Usd,
-        now: OffsetDateTime,
-    ) -> Result<Option<BatchId>, InfraError> {
-        for attempt in 1..=TOP_UP_ATTEMPTS {
-            if attempt > 1 {
-                let shards: Vec<u32> = idle.iter().chain(&written).map(|a| a.shard).collect();
-                let fresh = self.read_shards(coin, &shards).await?;
-                let state = |absorbed: &Absorbed| {
-                    fresh.iter().find(|(shard, _)| *shard == absorbed.shard).map(|(_, pool)| *pool)
-                };
-                // An idle shard written meanwhile is not idle: its writer closes it.
-                idle.retain_mut(|absorbed| match state(absorbed) {
-                    Some(pool) if pool.exists && pool.state.count > 0 && pool.state.seq == absorbed.state.seq => {
-                        absorbed.state = pool.state;
-                        true
-                    }
-                    _ => false,
-                });
-                written = fresh
-                    .iter()
-                    .filter(|(shard, _)| written.iter().any(|w| w.shard == *shard))
-                    .filter_map(holding)
-                    .collect();
-                largest_first(&mut written);
-            }
-            if idle.is_empty() {
-                return Ok(None);
-            }
-            let Some(group) = take_minimum(idle.iter().chain(&written), minimum) else { return Ok(None) };
-            if let Some(batch) = self.close_shards(coin, &group, now).await? {
-                return Ok(Some(batch));
-            }
-        }
-        Ok(None)
-    }
-
-    /// One transaction closing `group`'s pools, each exactly as read, into
-    /// a new `READY` batch. `None` when one of them changed meanwhile.
-    async fn close_shards(
-        &self,
-        coin: &Coin,
-        group: &[Absorbed],
-        now: OffsetDateTime,
-    ) -> Result<Option<BatchId>, InfraError> {
-        let Some(batch) = swept_batch(coin, group, now) else { return Ok(None) };
-        let mut writes = Vec::with_capacity(group.len() * 2 + 1);
-        for shard in group {
-            let (changes, condition) = close_pool(&shard.state, now);
-            writes.push(Write::Update { key: pool_key(coin, shard.shard), changes, condition: Some(condition) });
-        }
-        writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::NotExists("PK")) });
-        for pool in &batch.pools {
-            let mut pointer = pool_batch_key(coin, *pool);
-            pointer.insert("batch_id".into(), s(batch.id.to_string()));
-            writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
-        }
-        match self.transact_idempotent("sweep pools", &writes).await? {
-            Transacted::Committed => Ok(Some(batch.id)),
-            Transacted::Cancelled(reasons)
-                if reasons.iter().any(|r| matches!(r, super::table::Reason::ConditionFailed(_))) =>
-            {
-                Ok(None)
-            }
-            Transacted::Cancelled(reasons) => Err(InfraError::new("sweep pools", unexpected(&reasons))),
-        }
-    }
-}
-
-/// A shard's open pool as a sweep may close it, if it holds orders.
-fn holding((shard, pool): &(u32, CachedPool)) -> Option<Absorbed> {
-    (pool.exists && pool.state.count > 0).then_some(Absorbed { shard: *shard, state: pool.state })
-}
-
-/// The fullest first; ties by shard, so every sweep orders them alike.
-fn largest_first(shards: &mut [Absorbed]) {
-    shards.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
-}
-
-/// The first of `shards` that together hold `minimum`, as many as one batch
-/// may close at most; `None` when they do not reach it.
-fn take_minimum<'a>(shards: impl Iterator<Item = &'a Absorbed>, minimum: Usd) -> Option<Vec<Absorbed>> {
-    let mut usd = Usd::ZERO;
-    let mut group = Vec::new();
-    for shard in shards.take(SHARDS_PER_BATCH) {
-        usd = usd + shard.state.usd;
-        group.push(*shard);
-        if usd >= minimum {
-            return Some(group);
-        }
-    }
-    None
-}
-
-/// The batch that closing these pools forms.
-fn swept_batch(coin: &Coin, group: &[Absorbed], now: OffsetDateTime) -> Option<Batch> {
-    let usd = group.iter().try_fold(Usd::ZERO, |sum, s| sum.checked_add(s.state.usd))?;
-    let qty = group.iter().try_fold(rust_decimal::Decimal::ZERO, |sum, s| sum.checked_add(s.state.qty))?;
-    let count = group.iter().try_fold(0u32, |sum, s| sum.checked_add(s.state.count))?;
-    let pools = group.iter().map(|s| PoolId { shard: s.shard, seq: s.state.seq }).collect();
-    let totals = BatchTotals { usd, qty: BatchQuantity::from_decimal(qty)?, count };
-    Some(Batch::ready(coin, pools, totals, now))
 }
 
 #[cfg(test)]
@@ -405,9 +256,12 @@ mod tests {
 
     use super::*;
     use crate::adapters::dynamodb::PoolSharding;
+    use crate::adapters::dynamodb::sweep::{SHARDS_PER_BATCH, take_minimum};
     use crate::adapters::dynamodb::table::{ConditionFailed, Item, Page, Query, Table, TableError};
+    use crate::adapters::dynamodb::table::{Transacted, Write};
     use crate::adapters::dynamodb::testing::{order_at as order, usd};
     use crate::audit::audit;
+    use crate::domain::Absorbed;
     use crate::domain::UserId;
     use crate::ports::{Accounts, Clock, LedgerRecords, Outbox};
 
@@ -443,8 +297,10 @@ mod tests {
         let group = take_minimum(shards.iter(), usd("10")).unwrap();
         assert_eq!(group.iter().map(|s| s.shard).collect::<Vec<_>>(), vec![3, 1]);
         assert!(take_minimum(shards.iter(), usd("12")).is_none());
+        // Fifty shards of $0.20 do not fit one transaction: the sweep gathers
+        // them over several (`sweep::tests`), never leaves them.
         let crumbs: Vec<Absorbed> = (0..60).map(|i| shard(i, "0.2")).collect();
-        assert!(take_minimum(crumbs.iter(), usd("10")).is_none(), "50 shards do not fit one batch");
+        assert!(take_minimum(crumbs.iter(), usd("10")).is_none());
         assert_eq!(take_minimum(crumbs.iter(), usd("9.6")).map(|g| g.len()), Some(SHARDS_PER_BATCH));
     }
 

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::expr::{apply, holds, normalized};
 use super::{Changes, Cond, ConditionFailed, Item, Page, Query, Reason, Table, TableError, Transacted, Write};
-use crate::adapters::dynamodb::schema::{KeySchema, TABLE_SCHEMA};
+use crate::adapters::dynamodb::schema::{KeySchema, Projection, TABLE_SCHEMA};
 
 /// How long DynamoDB remembers a transaction's client request token.
 const TOKEN_WINDOW: Duration = Duration::from_secs(600);
@@ -306,11 +306,20 @@ impl Table for MemoryTable {
             }
             _ => None,
         };
+        let projection = query.index.and_then(|name| self.schema.indexes.iter().find(|i| i.name == name));
         let items = keys
             .iter()
             .filter_map(|(_, key)| state.items.get(key))
             .filter(|item| query.filter.as_ref().is_none_or(|f| holds(f, Some(item))))
-            .cloned()
+            .map(|item| match projection {
+                // An index that projects keys returns the table's and its own.
+                Some(index) if index.projection == Projection::KeysOnly => item
+                    .iter()
+                    .filter(|(name, _)| [self.schema.pk, self.schema.sk, index.pk, index.sk].contains(&name.as_str()))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
+                _ => item.clone(),
+            })
             .collect();
         Ok(Page { items, next })
     }

@@ -1,0 +1,598 @@
+//! The reconciler's sweep: what quiet shards hold (shards nobody wrote for
+//! a while: their writers are gone, or idle) goes into batches as soon as
+//! it reaches the minimum together, however many shards that takes.
+//!
+//! - Quiet shards that one transaction can close (48 at most: two writes
+//!   each, the shard and its pointer, within a transaction's 100) and that
+//!   reach the minimum: one batch, the fullest first.
+//! - More than that: a batch that gathers over several transactions. The
+//!   first closes 48 shards into a `FORMING` batch and records it on the
+//!   coin (`COIN#{coin}` / `FORMING`); each next one closes more into it,
+//!   conditioned on the batch's exact totals; the one that brings it to the
+//!   minimum makes it `READY`. A sweep that stops half way leaves the
+//!   record: the next one goes on.
+//! - Quiet money left under the minimum while shards in use hold more: the
+//!   top-up closes both together.
+//!
+//! Every shard is closed on its exact state, so a shard someone wrote since
+//! it was read fails the transaction and is left to its writer.
+
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use super::item::{self, batch_item, forming_key, get_s, n, n_int, pool_batch_key, pools_text, s, shards_key};
+use super::pool_cache::CachedPool;
+use super::shards::{ShardCount, close_pool};
+use super::stats::StoreStats;
+use super::table::{Changes, Cond, Reason, Transacted, Write};
+use super::{DynamoStore, infra, unexpected};
+use crate::domain::{Absorbed, Batch, BatchId, BatchQuantity, BatchStatus, BatchTotals, Coin, PoolId, Usd};
+use crate::ports::InfraError;
+
+/// Shards one sweep transaction closes at most: two writes each (the pool
+/// and its batch pointer), and the batch, the coin's forming record and a
+/// check of its shard count, within a transaction's 100.
+pub(super) const SHARDS_PER_BATCH: usize = 48;
+/// Shards in use a sweep considers for topping up idle money, the fullest.
+const TOP_UP_CANDIDATES: usize = 16;
+/// Reads and tries a top-up gets, each on a fresh read of its shards.
+const TOP_UP_ATTEMPTS: u32 = 5;
+/// How long after the count fell below a shard nobody can write it any
+/// more: processes read the count every second and move off a shard above
+/// it, an order retries for seconds, and a request signed longer ago than
+/// five minutes is refused by DynamoDB (Signature Version 4). After that,
+/// shards above the count that the sweep finds empty stay empty, and the
+/// sweep stops reading them (`high` comes down): a coin that was hot once
+/// is not read at every sweep for ever.
+const HIGH_SETTLES_AFTER: time::Duration = time::Duration::minutes(6);
+
+/// The writes that close `shards`, each on its exact state, into `batch`:
+/// the pool reset and its pointer to the batch.
+pub(super) fn close_into(coin: &Coin, shards: &[Absorbed], batch: BatchId, now: OffsetDateTime) -> Vec<Write> {
+    let mut writes = Vec::with_capacity(shards.len() * 2);
+    for shard in shards {
+        let (changes, condition) = close_pool(&shard.state, now);
+        writes.push(Write::Update { key: item::pool_key(coin, shard.shard), changes, condition: Some(condition) });
+        let mut pointer = pool_batch_key(coin, PoolId { shard: shard.shard, seq: shard.state.seq });
+        pointer.insert("batch_id".into(), s(batch.to_string()));
+        writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
+    }
+    writes
+}
+
+impl DynamoStore {
+    /// Batches what the coin's quiet shards hold (see the module), reading
+    /// every shard the coin has had (`high`): a process that went away may
+    /// have left orders above today's count. Returns the batches made
+    /// `READY` (they go to the settle queue).
+    pub(super) async fn sweep(
+        &self,
+        coin: &Coin,
+        minimum: Usd,
+        quiet_for: time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<BatchId>, InfraError> {
+        let record = self.swept_count(coin).await?;
+        // One shard is one pool: the order that reaches the minimum closes it.
+        if record.high <= 1 {
+            return Ok(Vec::new());
+        }
+        let all: Vec<u32> = (0..record.high).collect();
+        let pools = self.read_shards(coin, &all).await?;
+        let forming = self.forming_batch(coin).await?;
+        if forming.is_none() {
+            self.lower_high(coin, record, &pools, now).await?;
+        }
+        let quiet = |pool: &CachedPool| pool.written_at.is_none_or(|at| at <= now - quiet_for);
+        let mut idle: Vec<Absorbed> = pools.iter().filter(|(_, pool)| quiet(pool)).filter_map(holding).collect();
+        let mut written: Vec<Absorbed> = pools.iter().filter(|(_, pool)| !quiet(pool)).filter_map(holding).collect();
+        largest_first(&mut idle);
+        largest_first(&mut written);
+
+        let mut formed = Vec::new();
+        if let Some(batch) = forming {
+            match self.gather(coin, batch, &mut idle, minimum, now).await? {
+                Some(id) => formed.push(id),
+                // Still under the minimum, or a shard moved: the next sweep goes on.
+                None => return Ok(formed),
+            }
+        }
+        loop {
+            if let Some(group) = take_minimum(idle.iter(), minimum) {
+                idle.drain(..group.len());
+                match self.close_shards(coin, &group, now).await? {
+                    Some(batch) => formed.push(batch),
+                    // One of them moved: it is not idle after all; the rest may still be.
+                    None => return Ok(formed),
+                }
+            } else if sum(&idle) >= minimum {
+                // More quiet shards reach the minimum together than one
+                // transaction closes: a batch gathered over several.
+                let first: Vec<Absorbed> = idle.drain(..SHARDS_PER_BATCH.min(idle.len())).collect();
+                let Some(batch) = self.start_forming(coin, &first, record, now).await? else { return Ok(formed) };
+                match self.gather(coin, batch, &mut idle, minimum, now).await? {
+                    Some(id) => formed.push(id),
+                    None => return Ok(formed),
+                }
+            } else {
+                break;
+            }
+        }
+        // Idle money under the minimum while shards in use hold more: both
+        // together (the writers of those lose one race, and decide again).
+        // Half a batch's room for the idle ones, the largest; what does not
+        // fit waits for the next sweep.
+        if !idle.is_empty() {
+            idle.truncate(SHARDS_PER_BATCH / 2);
+            written.truncate(TOP_UP_CANDIDATES);
+            if let Some(batch) = self.top_up(coin, idle, written, minimum, now).await? {
+                formed.push(batch);
+            }
+        }
+        Ok(formed)
+    }
+
+    /// The coin's shard count for a sweep: read at most once per
+    /// `count_every` (a coin that never grew costs that one read).
+    async fn swept_count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
+        let cached = self.swept_counts.lock().ok().and_then(|counts| counts.get(coin).copied());
+        if let Some((record, at)) = cached
+            && at.elapsed() < self.sharding.count_every
+        {
+            return Ok(record);
+        }
+        let record = self.read_shard_count(coin).await?;
+        if let Ok(mut counts) = self.swept_counts.lock() {
+            counts.insert(coin.clone(), (record, Instant::now()));
+        }
+        Ok(record)
+    }
+
+    /// Brings `high` down to the count in force, once the count has been
+    /// there for `HIGH_SETTLES_AFTER` and every shard above it is empty (as
+    /// just read): nobody writes them any more. Conditioned on the record
+    /// as read (a growth meanwhile wins) and on no batch forming (whose
+    /// shards the sweep must go on reading).
+    async fn lower_high(
+        &self,
+        coin: &Coin,
+        record: ShardCount,
+        pools: &[(u32, CachedPool)],
+        now: OffsetDateTime,
+    ) -> Result<(), InfraError> {
+        let count = record.at(now, self.sharding.shrink_after, self.sharding.max_shards);
+        if record.high <= count {
+            return Ok(());
+        }
+        let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let Some(fell_ms) = record.fell_to_ms(count, self.sharding.shrink_after) else { return Ok(()) };
+        let settled = now_ms - fell_ms >= HIGH_SETTLES_AFTER.whole_milliseconds() as i64;
+        let empty_above = pools.iter().filter(|(shard, _)| *shard >= count).all(|(_, pool)| pool.state.count == 0);
+        if !settled || !empty_above {
+            return Ok(());
+        }
+        let writes = vec![
+            Write::Update {
+                key: shards_key(coin),
+                changes: record.settled_at(count, fell_ms),
+                condition: Some(record.unchanged().and(Cond::eq("high", n_int(record.high)))),
+            },
+            Write::Check { key: forming_key(coin), condition: Cond::NotExists("batch_id") },
+        ];
+        StoreStats::count(&self.stats.shard_reads);
+        if matches!(self.transact_idempotent("lower shard high", &writes).await?, Transacted::Committed)
+            && let Ok(mut counts) = self.swept_counts.lock()
+        {
+            counts.remove(coin);
+        }
+        Ok(())
+    }
+
+    /// The batch the coin is gathering, if one is.
+    async fn forming_batch(&self, coin: &Coin) -> Result<Option<Batch>, InfraError> {
+        let Some(record) = self.table.get(forming_key(coin)).await? else { return Ok(None) };
+        let Ok(id) = get_s(&record, "batch_id") else { return Ok(None) };
+        let id = BatchId::parse(id).map_err(infra("read forming batch"))?;
+        Ok(self.read_batch(id).await?.filter(|batch| batch.status == BatchStatus::Forming))
+    }
+
+    /// Closes `first` (more shards than one batch transaction takes, the
+    /// fullest) into a new `FORMING` batch, recorded on the coin. `None` if
+    /// one of them moved, another batch is forming, or `high` changed.
+    async fn start_forming(
+        &self,
+        coin: &Coin,
+        first: &[Absorbed],
+        record: ShardCount,
+        now: OffsetDateTime,
+    ) -> Result<Option<Batch>, InfraError> {
+        let Some(totals) = totals_of(first) else { return Ok(None) };
+        let batch = Batch::forming(coin, pools_of(first), totals, now);
+        let mut writes = close_into(coin, first, batch.id, now);
+        writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::NotExists("PK")) });
+        writes.push(Write::Update {
+            key: forming_key(coin),
+            changes: Changes::new().set("batch_id", s(batch.id.to_string())),
+            condition: Some(Cond::NotExists("batch_id")),
+        });
+        // The sweep that brings `high` down checks there is no batch forming;
+        // this checks `high` is still what it read.
+        writes.push(Write::Check { key: shards_key(coin), condition: Cond::eq("high", n_int(record.high)) });
+        Ok(self.sweep_transaction(&writes).await?.then_some(batch))
+    }
+
+    /// Closes more quiet shards into the forming `batch`, the fullest first,
+    /// a transaction's worth at a time, until it reaches the minimum (it is
+    /// `READY`: its id) or they run out (`None`, it waits for more).
+    async fn gather(
+        &self,
+        coin: &Coin,
+        mut batch: Batch,
+        idle: &mut Vec<Absorbed>,
+        minimum: Usd,
+        now: OffsetDateTime,
+    ) -> Result<Option<BatchId>, InfraError> {
+        loop {
+            let mut group = Vec::new();
+            let mut usd = batch.usd;
+            for shard in idle.iter().take(SHARDS_PER_BATCH) {
+                if usd >= minimum {
+                    break;
+                }
+                usd = usd.checked_add(shard.state.usd).ok_or_else(|| InfraError::new("sweep pools", "overflow"))?;
+                group.push(*shard);
+            }
+            if group.is_empty() {
+                return Ok(None);
+            }
+            idle.drain(..group.len());
+            let Some(added) = totals_of(&group) else { return Ok(None) };
+            let ready = usd >= minimum;
+            let mut writes = close_into(coin, &group, batch.id, now);
+            let mut pools = batch.pools.clone();
+            pools.extend(pools_of(&group));
+            let mut changes = Changes::new()
+                .add("usd", n(added.usd.value()))
+                .add("qty", n(added.qty.value()))
+                .add("count", n_int(added.count))
+                .set("pools", s(pools_text(&pools)))
+                .remove("seq");
+            if ready {
+                changes = changes.set("status", s(BatchStatus::Ready.as_str()));
+            }
+            // On its exact totals: each gathering transaction follows the last.
+            let exact = Cond::eq("status", s(BatchStatus::Forming.as_str()))
+                .and(Cond::eq("usd", n(batch.usd.value())))
+                .and(Cond::eq("count", n_int(batch.count)));
+            writes.push(Write::Update { key: item::batch_key(batch.id), changes, condition: Some(exact) });
+            if ready {
+                writes.push(Write::Update {
+                    key: forming_key(coin),
+                    changes: Changes::new().remove("batch_id"),
+                    condition: Some(Cond::eq("batch_id", s(batch.id.to_string()))),
+                });
+            }
+            if !self.sweep_transaction(&writes).await? {
+                return Ok(None);
+            }
+            if ready {
+                return Ok(Some(batch.id));
+            }
+            let (Some(usd), Some(qty), Some(count)) = (
+                batch.usd.checked_add(added.usd),
+                BatchQuantity::from_decimal(batch.qty.value() + added.qty.value()),
+                batch.count.checked_add(added.count),
+            ) else {
+                return Ok(None);
+            };
+            (batch.usd, batch.qty, batch.count, batch.pools) = (usd, qty, count, pools);
+        }
+    }
+
+    /// Closes `idle` shards with enough of the `written` ones to reach the
+    /// minimum. Under steady load a shard in use changes every few
+    /// milliseconds, and the read of every shard above is long done: so each
+    /// attempt reads just these shards again and closes them on what it
+    /// read, a window of two requests, and a lost race is tried again.
+    async fn top_up(
+        &self,
+        coin: &Coin,
+        mut idle: Vec<Absorbed>,
+        mut written: Vec<Absorbed>,
+        minimum: Usd,
+        now: OffsetDateTime,
+    ) -> Result<Option<BatchId>, InfraError> {
+        for attempt in 1..=TOP_UP_ATTEMPTS {
+            if attempt > 1 {
+                let shards: Vec<u32> = idle.iter().chain(&written).map(|a| a.shard).collect();
+                let fresh = self.read_shards(coin, &shards).await?;
+                let state = |absorbed: &Absorbed| {
+                    fresh.iter().find(|(shard, _)| *shard == absorbed.shard).map(|(_, pool)| *pool)
+                };
+                // An idle shard written meanwhile is not idle: its writer closes it.
+                idle.retain_mut(|absorbed| match state(absorbed) {
+                    Some(pool) if pool.exists && pool.state.count > 0 && pool.state.seq == absorbed.state.seq => {
+                        absorbed.state = pool.state;
+                        true
+                    }
+                    _ => false,
+                });
+                written = fresh
+                    .iter()
+                    .filter(|(shard, _)| written.iter().any(|w| w.shard == *shard))
+                    .filter_map(holding)
+                    .collect();
+                largest_first(&mut written);
+            }
+            if idle.is_empty() {
+                return Ok(None);
+            }
+            let Some(group) = take_minimum(idle.iter().chain(&written), minimum) else { return Ok(None) };
+            if let Some(batch) = self.close_shards(coin, &group, now).await? {
+                return Ok(Some(batch));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One transaction closing `group`'s pools, each exactly as read, into
+    /// a new `READY` batch. `None` when one of them changed meanwhile.
+    async fn close_shards(
+        &self,
+        coin: &Coin,
+        group: &[Absorbed],
+        now: OffsetDateTime,
+    ) -> Result<Option<BatchId>, InfraError> {
+        let Some(totals) = totals_of(group) else { return Ok(None) };
+        let batch = Batch::ready(coin, pools_of(group), totals, now);
+        let mut writes = close_into(coin, group, batch.id, now);
+        writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::NotExists("PK")) });
+        Ok(self.sweep_transaction(&writes).await?.then_some(batch.id))
+    }
+
+    /// Sends one of the sweep's transactions: `false` when a condition
+    /// failed (a shard moved, the coin's records changed).
+    async fn sweep_transaction(&self, writes: &[Write]) -> Result<bool, InfraError> {
+        match self.transact_idempotent("sweep pools", writes).await? {
+            Transacted::Committed => Ok(true),
+            Transacted::Cancelled(reasons) if reasons.iter().any(|r| matches!(r, Reason::ConditionFailed(_))) => {
+                Ok(false)
+            }
+            Transacted::Cancelled(reasons) => Err(InfraError::new("sweep pools", unexpected(&reasons))),
+        }
+    }
+}
+
+/// A shard's open pool as a sweep may close it, if it holds orders.
+fn holding((shard, pool): &(u32, CachedPool)) -> Option<Absorbed> {
+    (pool.exists && pool.state.count > 0).then_some(Absorbed { shard: *shard, state: pool.state })
+}
+
+/// The fullest first; ties by shard, so every sweep orders them alike.
+fn largest_first(shards: &mut [Absorbed]) {
+    shards.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
+}
+
+fn sum(shards: &[Absorbed]) -> Usd {
+    shards.iter().fold(Usd::ZERO, |total, shard| total.checked_add(shard.state.usd).unwrap_or(total))
+}
+
+/// The first of `shards` that together hold `minimum`, as many as one batch
+/// may close at most; `None` when they do not reach it.
+pub(super) fn take_minimum<'a>(shards: impl Iterator<Item = &'a Absorbed>, minimum: Usd) -> Option<Vec<Absorbed>> {
+    let mut usd = Usd::ZERO;
+    let mut group = Vec::new();
+    for shard in shards.take(SHARDS_PER_BATCH) {
+        usd = usd.checked_add(shard.state.usd)?;
+        group.push(*shard);
+        if usd >= minimum {
+            return Some(group);
+        }
+    }
+    None
+}
+
+fn pools_of(group: &[Absorbed]) -> Vec<PoolId> {
+    group.iter().map(|s| PoolId { shard: s.shard, seq: s.state.seq }).collect()
+}
+
+/// What closing these pools gathers.
+fn totals_of(group: &[Absorbed]) -> Option<BatchTotals> {
+    let usd = group.iter().try_fold(Usd::ZERO, |sum, s| sum.checked_add(s.state.usd))?;
+    let qty = group.iter().try_fold(rust_decimal::Decimal::ZERO, |sum, s| sum.checked_add(s.state.qty))?;
+    let count = group.iter().try_fold(0u32, |sum, s| sum.checked_add(s.state.count))?;
+    Some(BatchTotals { usd, qty: BatchQuantity::from_decimal(qty)?, count })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::adapters::dynamodb::item::shards_grown;
+    use crate::adapters::dynamodb::table::memory::MemoryTable;
+    use crate::adapters::dynamodb::table::{ConditionFailed, Item, Page, Query, Table, TableError};
+    use crate::adapters::dynamodb::testing::{order_at, usd};
+    use crate::audit::audit;
+    use crate::domain::{OrderStatus, UserId};
+    use crate::ports::{Accounts, Clock, LedgerRecords, Orders, Outbox, Placed};
+
+    struct SetClock(Mutex<OffsetDateTime>);
+
+    impl Clock for SetClock {
+        fn now(&self) -> OffsetDateTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+    }
+
+    /// `shards` processes, each of which placed one $0.20 order on a shard
+    /// of its own and went quiet (Lambda instances nobody calls again).
+    async fn crumbs(shards: u32) -> (Arc<dyn Table>, Vec<Placed>) {
+        let table: Arc<dyn Table> = Arc::new(MemoryTable::new());
+        let clock: Arc<dyn Clock> = Arc::new(SetClock(Mutex::new(t0())));
+        let coin = Coin::from_trusted("ABAN");
+        table.update(shards_key(&coin), shards_grown(128, 128, t0()), None).await.unwrap().unwrap();
+        let admin = DynamoStore::on(Arc::clone(&table));
+        admin.open_account(&UserId::parse("alice").unwrap(), usd("1000")).await.unwrap();
+        let mut placed = Vec::new();
+        for shard in 0..shards {
+            let process = DynamoStore::on(Arc::clone(&table)).with_clock(Arc::clone(&clock));
+            {
+                let mut turn = process.pools.enter(&coin).await;
+                process.shard_count(&mut turn, &coin).await.unwrap();
+                turn.home = shard;
+            }
+            placed.push(process.place(order_at("alice", "0.05", t0()), usd("10")).await.unwrap());
+        }
+        (table, placed)
+    }
+
+    async fn assert_audit_clean(store: &DynamoStore) {
+        let report = audit(&store.ledger().await.unwrap(), usd("10"));
+        assert!(report.is_clean(), "{report}");
+    }
+
+    fn a_second_later() -> OffsetDateTime {
+        t0() + time::Duration::seconds(1)
+    }
+
+    /// A hundred quiet shards of $0.20: $20 the coin holds, more shards than
+    /// one transaction closes for the minimum. They end in two batches of
+    /// $10, fifty shards each, each gathered over two transactions.
+    #[tokio::test]
+    async fn a_hundred_quiet_shards_of_twenty_cents_end_in_batches() {
+        let (table, placed) = crumbs(100).await;
+        assert!(placed.iter().all(|p| p.formed.is_none()));
+        let sweeper = DynamoStore::on(table);
+        let coin = Coin::from_trusted("ABAN");
+
+        let formed =
+            sweeper.sweep_pools(&coin, usd("10"), time::Duration::milliseconds(500), a_second_later()).await.unwrap();
+
+        assert_eq!(formed.len(), 2, "$20 in $0.20 crumbs is two batches");
+        for id in &formed {
+            let batch = sweeper.read_batch(*id).await.unwrap().unwrap();
+            assert_eq!(
+                (batch.status, batch.usd, batch.count, batch.pools.len()),
+                (BatchStatus::Ready, usd("10"), 50, 50)
+            );
+        }
+        let ledger = sweeper.ledger().await.unwrap();
+        assert!(ledger.pools.iter().all(|p| p.state.count == 0), "nothing left pending");
+        assert_audit_clean(&sweeper).await;
+    }
+
+    /// A table whose transactions fail once `allowed` of them went through:
+    /// a sweep that stops half way (its Lambda timed out, say).
+    struct StopsAfter {
+        inner: Arc<dyn Table>,
+        allowed: Mutex<u32>,
+    }
+
+    #[async_trait::async_trait]
+    impl Table for StopsAfter {
+        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
+            self.inner.get(key).await
+        }
+        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+            self.inner.get_many(keys).await
+        }
+        async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
+            self.inner.put(item, condition).await
+        }
+        async fn update(
+            &self,
+            key: Item,
+            changes: Changes,
+            condition: Option<Cond>,
+        ) -> Result<Result<Item, ConditionFailed>, TableError> {
+            self.inner.update(key, changes, condition).await
+        }
+        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
+            {
+                let mut allowed = self.allowed.lock().unwrap();
+                if *allowed == 0 {
+                    return Err(TableError::Failed { operation: "transact", source: "the sweep stopped here".into() });
+                }
+                *allowed -= 1;
+            }
+            self.inner.transact(writes, token).await
+        }
+        async fn query(&self, query: Query) -> Result<Page, TableError> {
+            self.inner.query(query).await
+        }
+        async fn scan(&self, start: Option<Item>) -> Result<Page, TableError> {
+            self.inner.scan(start).await
+        }
+    }
+
+    /// A sweep that stops after the first of a batch's transactions leaves
+    /// it `FORMING`, recorded on the coin: its orders are pending, the
+    /// ledger is exact, and the next sweep finishes it.
+    #[tokio::test]
+    async fn a_batch_left_forming_is_finished_by_the_next_sweep() {
+        let (table, placed) = crumbs(60).await;
+        let coin = Coin::from_trusted("ABAN");
+        let stopping = DynamoStore::on(Arc::new(StopsAfter { inner: Arc::clone(&table), allowed: Mutex::new(1) }));
+        let quiet = time::Duration::milliseconds(500);
+        assert!(stopping.sweep_pools(&coin, usd("10"), quiet, a_second_later()).await.is_err());
+
+        let store = DynamoStore::on(table);
+        let forming = store.forming_batch(&coin).await.unwrap().expect("a batch forming");
+        assert_eq!((forming.usd, forming.count), (usd("9.6"), 48));
+        let alice = UserId::parse("alice").unwrap();
+        let first = store.order(&alice, placed[0].order.order.id).await.unwrap().unwrap();
+        assert_eq!(first.status, OrderStatus::Pending, "in a batch still forming: not bought yet");
+        assert_audit_clean(&store).await;
+
+        let formed = store.sweep_pools(&coin, usd("10"), quiet, a_second_later()).await.unwrap();
+
+        assert_eq!(formed, vec![forming.id]);
+        let batch = store.read_batch(forming.id).await.unwrap().unwrap();
+        assert_eq!((batch.status, batch.usd, batch.count), (BatchStatus::Ready, usd("10"), 50));
+        assert!(store.forming_batch(&coin).await.unwrap().is_none());
+        let first = store.order(&alice, placed[0].order.order.id).await.unwrap().unwrap();
+        assert_eq!((first.status, first.batch_id), (OrderStatus::Settling, Some(forming.id)));
+        assert_audit_clean(&store).await;
+    }
+
+    /// Once a coin's count has folded back and stayed there long enough
+    /// that nobody can write the shards above it, and they are empty, the
+    /// sweep stops reading them; not before, and not while one holds money.
+    #[tokio::test]
+    async fn the_sweep_stops_reading_shards_nobody_can_write_any_more() {
+        let coin = Coin::from_trusted("ABAN");
+        let quiet = time::Duration::milliseconds(500);
+        // The count folded back to one shard 14 s after it grew.
+        let soon = t0() + time::Duration::minutes(1);
+        let later = t0() + time::Duration::minutes(10);
+        let high = |store: DynamoStore, at: OffsetDateTime| async move {
+            store.sweep_pools(&Coin::from_trusted("ABAN"), usd("10"), quiet, at).await.unwrap();
+            store.read_shard_count(&Coin::from_trusted("ABAN")).await.unwrap().high
+        };
+
+        // Only shard 0 holds money.
+        let (table, _) = crumbs(1).await;
+        assert_eq!(high(DynamoStore::on(Arc::clone(&table)), soon).await, 128, "a request sent before may still land");
+        assert_eq!(high(DynamoStore::on(Arc::clone(&table)), later).await, 1, "empty above the count, and settled");
+
+        // Shards 1 and 2 hold $0.20 each.
+        let (table, _) = crumbs(3).await;
+        assert_eq!(high(DynamoStore::on(Arc::clone(&table)), later).await, 128, "shards above the count hold money");
+        // A process called after a while takes them along with $9.40 more.
+        let placed =
+            DynamoStore::on(Arc::clone(&table)).place(order_at("alice", "2.35", later), usd("10")).await.unwrap();
+        assert!(placed.formed.is_some());
+        assert_eq!(high(DynamoStore::on(Arc::clone(&table)), later).await, 1);
+        assert_audit_clean(&DynamoStore::on(table)).await;
+        let _ = coin;
+    }
+}
