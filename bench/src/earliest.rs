@@ -92,6 +92,8 @@ pub struct Waits {
     /// Orders still pending at the end of the run while their coin held the
     /// minimum: money that should have been bought.
     pub stranded: usize,
+    /// The waits during the load by coin (`HOT_COIN_DEBUG`).
+    pub by_coin: HashMap<String, Vec<Duration>>,
 }
 
 impl Waits {
@@ -110,11 +112,14 @@ impl Waits {
 }
 
 /// Replays `log` (committed transactions with the time they committed).
-pub fn replay(log: &[Committed], minimum: Decimal, load_end: Instant, end: Instant) -> Waits {
+/// Orders that joined from `from` to `load_end` count; the leftovers are
+/// those pending at `load_end`.
+pub fn replay(log: &[Committed], minimum: Decimal, from: Instant, load_end: Instant, end: Instant) -> Waits {
     let mut entries: Vec<&Committed> = log.iter().filter(|c| c.at <= end).collect();
     entries.sort_by_key(|c| c.at);
     let mut coins: HashMap<String, CoinClock> = HashMap::new();
     let mut pools: HashMap<PoolKey, Pool> = HashMap::new();
+    let mut forming: HashMap<String, Vec<(String, Pool)>> = HashMap::new();
     let mut waits = Waits::default();
     let mut load_over = false;
     for committed in entries {
@@ -126,12 +131,29 @@ pub fn replay(log: &[Committed], minimum: Decimal, load_end: Instant, end: Insta
             }
             waits.leftovers = pools.values().map(|p| p.joins.len()).sum();
         }
-        let during = committed.at <= load_end;
+        let during = committed.at >= from && committed.at <= load_end;
         let mut joined: Vec<PoolKey> = Vec::new();
         let mut closed: Vec<PoolKey> = Vec::new();
         let mut crossing: Option<PoolKey> = None;
+        // A batch still forming (the sweep gathering it over several
+        // transactions): its pools wait in it until it is ready.
+        let mut gathering: Option<(String, bool)> = None;
         for write in &committed.writes {
             match write {
+                Write::Put { item, .. } if text(item, "PK").starts_with("BATCH#") => {
+                    if text(item, "status") == "FORMING" {
+                        gathering = Some((text(item, "PK"), false));
+                    }
+                }
+                Write::Update { key, changes, .. }
+                    if text(key, "PK").starts_with("BATCH#") && changes.add.iter().any(|(n, _)| *n == "usd") =>
+                {
+                    let ready = changes
+                        .set
+                        .iter()
+                        .any(|(n, v)| *n == "status" && matches!(v, AttributeValue::S(s) if s == "READY"));
+                    gathering = Some((text(key, "PK"), ready));
+                }
                 Write::Update { key, changes, condition } if text(key, "SK") == "POOL" => {
                     let pk = text(key, "PK");
                     let Some((coin, _)) = parse_shard_partition(&pk) else { continue };
@@ -168,9 +190,21 @@ pub fn replay(log: &[Committed], minimum: Decimal, load_end: Instant, end: Insta
         if crossing.is_some_and(|pool| !joined.contains(&pool)) && during {
             waits.during_load.push(Duration::ZERO);
         }
+        let mut batched: Vec<(String, Pool)> = Vec::new();
         for key in closed {
-            let Some(pool) = pools.remove(&key) else { continue };
-            let Some((coin, _)) = parse_shard_partition(&key.0) else { continue };
+            if let Some(pool) = pools.remove(&key) {
+                batched.push((key.0, pool));
+            }
+        }
+        if let Some((batch, ready)) = gathering {
+            let parked = forming.entry(batch.clone()).or_default();
+            parked.append(&mut batched);
+            if ready {
+                batched = forming.remove(&batch).unwrap_or_default();
+            }
+        }
+        for (pk, pool) in batched {
+            let Some((coin, _)) = parse_shard_partition(&pk) else { continue };
             let clock = coins.entry(coin.as_str().to_owned()).or_default();
             clock.advance(committed.at, minimum);
             clock.total -= pool.usd;
@@ -178,10 +212,11 @@ pub fn replay(log: &[Committed], minimum: Decimal, load_end: Instant, end: Insta
                 let wait = clock.eligible.saturating_sub(joined_at);
                 if during {
                     waits.during_load.push(wait);
+                    waits.by_coin.entry(coin.as_str().to_owned()).or_default().push(wait);
                 }
                 if let Some(at_end) = clock.at_load_end {
-                    waits.after_load_longest =
-                        waits.after_load_longest.max(clock.eligible.saturating_sub(at_end.max(joined_at)));
+                    let after = clock.eligible.saturating_sub(at_end.max(joined_at));
+                    waits.after_load_longest = waits.after_load_longest.max(after);
                 }
             }
         }
@@ -189,7 +224,8 @@ pub fn replay(log: &[Committed], minimum: Decimal, load_end: Instant, end: Insta
     if !load_over {
         waits.leftovers = pools.values().map(|p| p.joins.len()).sum();
     }
-    for ((pk, _), pool) in &pools {
+    let parked = forming.values().flatten().map(|(pk, pool)| (pk, pool));
+    for (pk, pool) in pools.iter().map(|((pk, _), pool)| (pk, pool)).chain(parked) {
         let Some((coin, _)) = parse_shard_partition(pk) else { continue };
         if coins.get(coin.as_str()).is_some_and(|c| c.total >= minimum) {
             waits.stranded += pool.joins.len();

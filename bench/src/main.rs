@@ -37,9 +37,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use shared::adapters::dynamodb::PoolSharding;
+use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY};
 use testkit::contention::{ContentionRules, Kind, Latency, Ledger, Limit};
 
-use crate::run::{Arrivals, Design, Outcome, Setup, Target, point};
+use crate::run::{Arrivals, Design, Dispatch, Outcome, Setup, Target, point};
 use crate::traffic::Mix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +63,9 @@ struct Cli {
     writers: Vec<usize>,
     #[arg(long, value_enum, default_value = "both")]
     design: Designs,
+    /// Which idle instance takes a request (Lambda does not document it).
+    #[arg(long, value_enum, default_value = "random")]
+    dispatch: Dispatch,
     /// Coins (1: ABAN; more: Zipf popularity).
     #[arg(long, default_value = "1")]
     coins: usize,
@@ -76,6 +80,9 @@ struct Cli {
     /// Seconds of load per point (virtual on the model).
     #[arg(long, default_value = "5")]
     seconds: u64,
+    /// Seconds of load before the measured part (not counted).
+    #[arg(long, default_value = "0")]
+    warmup: u64,
     /// Seconds the sweep and settlement go on after the load.
     #[arg(long, default_value = "3")]
     after: u64,
@@ -88,6 +95,23 @@ struct Cli {
     tx_median_ms: u64,
     #[arg(long, default_value = "30")]
     tx_p99_ms: u64,
+    /// The sweep: shards quiet this long (ms) are swept, every so often (ms);
+    /// the service's own settings unless given.
+    #[arg(long)]
+    quiet_ms: Option<i64>,
+    #[arg(long)]
+    sweep_ms: Option<u64>,
+    /// The sweep batches money it saw waiting on a shard in use this long
+    /// (ms); the store's setting unless given.
+    #[arg(long)]
+    aged_ms: Option<u64>,
+    /// The shard count halves once per this long (ms) since it grew; the
+    /// store's setting unless given.
+    #[arg(long)]
+    shrink_ms: Option<u64>,
+    /// Conflicts in a row that grow a coin's shards; the store's unless given.
+    #[arg(long)]
+    grow_after: Option<u32>,
     /// Print every kind of request per point.
     #[arg(long)]
     kinds: bool,
@@ -179,6 +203,28 @@ fn print_point(design: Design, arrivals: Arrivals, seconds: u64, outcome: &Outco
     );
 }
 
+fn print_coins(outcome: &Outcome) {
+    let mut coins: Vec<(&String, Vec<Duration>)> = outcome
+        .waits
+        .by_coin
+        .iter()
+        .map(|(coin, waits)| {
+            let mut waits = waits.clone();
+            waits.sort();
+            (coin, waits)
+        })
+        .collect();
+    coins.sort_by_key(|(coin, _)| (*coin).clone());
+    for (coin, waits) in coins.iter().take(30) {
+        eprintln!(
+            "{coin}: {} pooled orders, wait p50 {:.0} p99 {:.0} ms",
+            waits.len(),
+            ms(percentile(waits, 50.0)),
+            ms(percentile(waits, 99.0))
+        );
+    }
+}
+
 fn print_kinds(outcome: &Outcome) {
     println!();
     println!(
@@ -193,13 +239,14 @@ fn print_kinds(outcome: &Outcome) {
                 continue;
             }
             println!(
-                "| {path} | {} | {:.4} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                "| {path} | {} | {:.4} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
                 kind.name(),
                 per_order(counts.requests as f64, outcome),
                 per_order(counts.write_units as f64, outcome),
                 per_order(counts.index_write_units as f64, outcome),
                 per_order(counts.read_half_units as f64 / 2.0, outcome),
                 counts.conflicts,
+                counts.condition_failures,
                 counts.throttled_total(),
             );
         }
@@ -218,13 +265,29 @@ fn rules(cli: &Cli) -> ContentionRules {
 fn setup(cli: &Cli, design: Design, arrivals: Arrivals, mix: Mix) -> Setup {
     Setup {
         target: cli.target,
+        dispatch: cli.dispatch,
         design,
         arrivals,
         mix,
         load: Duration::from_secs(cli.seconds),
+        warmup: Duration::from_secs(cli.warmup),
         after: Duration::from_secs(cli.after),
         rules: rules(cli),
-        sharding: PoolSharding::default(),
+        sharding: {
+            let mut sharding = PoolSharding::default();
+            if let Some(n) = cli.grow_after {
+                sharding.grow_after = n;
+            }
+            if let Some(ms) = cli.shrink_ms {
+                sharding.shrink_after = Duration::from_millis(ms);
+            }
+            if let Some(ms) = cli.aged_ms {
+                sharding.sweep_aged_after = Duration::from_millis(ms);
+            }
+            sharding
+        },
+        quiet_for: cli.quiet_ms.map_or(POOL_QUIET_FOR, time::Duration::milliseconds),
+        sweep_every: cli.sweep_ms.map_or(POOL_SWEEP_EVERY, Duration::from_millis),
     }
 }
 
@@ -289,8 +352,9 @@ fn main() {
     let runtime = runtime(cli.target);
     let rules = rules(&cli);
     println!(
-        "{:?}: {} coin(s){}, {} users, {:.0}% of orders $10 or more, {:.0}% with a key; {} s of load, then {} s; {}",
+        "{:?}, {:?} dispatch: {} coin(s){}, {} users, {:.0}% of orders $10 or more, {:.0}% with a key; {} s of load measured after {} s, then {} s; {}",
         cli.target,
+        cli.dispatch,
         mix.coins.len(),
         if mix.coins.len() > 1 {
             format!(" (Zipf: the first takes {:.0}%)", 100.0 * mix.top_share())
@@ -301,6 +365,7 @@ fn main() {
         100.0 * cli.big_share,
         100.0 * cli.key_share,
         cli.seconds,
+        cli.warmup,
         cli.after,
         if cli.target == Target::Model {
             format!(
@@ -326,6 +391,9 @@ fn main() {
             if cli.kinds {
                 print_kinds(&outcome);
                 print_header();
+            }
+            if std::env::var("HOT_COIN_DEBUG").is_ok() {
+                print_coins(&outcome);
             }
             results.push((*design, *arrival, outcome));
         }

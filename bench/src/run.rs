@@ -15,7 +15,7 @@ use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::adapters::dynamodb::table::sdk::SdkTable;
 use shared::adapters::dynamodb::{DynamoStore, PoolSharding, schema};
 use shared::audit::audit;
-use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY};
+use shared::config::RESEND_POLICY;
 use shared::domain::{BatchId, Usd};
 use shared::ports::{
     Accounts, Claim, Clock, InfraError, LedgerRecords, Orders, PlaceError, SettleQueue, Settlements, SystemClock,
@@ -73,16 +73,33 @@ impl Arrivals {
     }
 }
 
+/// Which idle instance Lambda hands a request to: AWS does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dispatch {
+    /// Any idle instance, at random: the fewest requests per instance, so
+    /// each instance's shard fills slowest (the case the figures quote).
+    Random,
+    /// The one that finished last: a few instances take most requests.
+    Recent,
+}
+
 pub struct Setup {
     pub target: Target,
+    pub dispatch: Dispatch,
     pub design: Design,
     pub arrivals: Arrivals,
     pub mix: Mix,
     pub load: Duration,
+    /// Load before the measured part, not counted: a rally's start (every
+    /// coin on one shard, instances starting) is its own regime.
+    pub warmup: Duration,
     /// How long the sweep and settlement go on after the load.
     pub after: Duration,
     pub rules: ContentionRules,
     pub sharding: PoolSharding,
+    /// The reconciler's sweep: a shard quiet this long is swept, this often.
+    pub quiet_for: time::Duration,
+    pub sweep_every: Duration,
 }
 
 /// What a point came to.
@@ -150,6 +167,7 @@ struct Instances {
     idle: Mutex<Vec<usize>>,
     make: Box<dyn Fn(u64) -> DynamoStore + Send + Sync>,
     rng: Mutex<StdRng>,
+    dispatch: Dispatch,
 }
 
 impl Instances {
@@ -161,8 +179,13 @@ impl Instances {
             stores.push(Arc::new((self.make)(index as u64)));
             return (index, Arc::clone(&stores[index]));
         }
-        let pick = self.rng.lock().unwrap().random_range(0..idle.len());
-        let index = idle.swap_remove(pick);
+        let index = match self.dispatch {
+            Dispatch::Random => {
+                let pick = self.rng.lock().unwrap().random_range(0..idle.len());
+                idle.swap_remove(pick)
+            }
+            Dispatch::Recent => idle.pop().unwrap_or_default(),
+        };
         (index, Arc::clone(&stores[index]))
     }
 
@@ -271,12 +294,13 @@ pub async fn point(setup: &Setup) -> Outcome {
                     .with_pool_sharding(sharding)
             }),
             rng: Mutex::new(StdRng::seed_from_u64(1)),
+            dispatch: setup.dispatch,
         })
     };
 
     // The reconciler's sweep, as deployed, throughout.
     let reconciler = Reconciler::new(
-        Arc::new(DynamoStore::on(sweep_recording.clone()).with_clock(Arc::clone(&clock))),
+        Arc::new(DynamoStore::on(sweep_recording.clone()).with_clock(Arc::clone(&clock)).with_pool_sharding(sharding)),
         queue.clone(),
         Arc::clone(&clock),
         RESEND_POLICY,
@@ -284,21 +308,33 @@ pub async fn point(setup: &Setup) -> Outcome {
     .sweeping(PoolSweep {
         coins: setup.mix.coins.clone(),
         minimum: minimum(),
-        quiet_for: POOL_QUIET_FOR,
-        every: POOL_SWEEP_EVERY,
+        quiet_for: setup.quiet_for,
+        every: setup.sweep_every,
     });
     let done = Arc::new(AtomicBool::new(false));
     let sweeper = {
         let done = Arc::clone(&done);
+        let every = setup.sweep_every;
         async move {
             while !done.load(Ordering::Relaxed) {
-                tokio::time::sleep(POOL_SWEEP_EVERY).await;
+                tokio::time::sleep(every).await;
                 reconciler.sweep().await;
             }
         }
     };
 
-    let load_end = start + setup.load;
+    let measured_from = start + setup.warmup;
+    let load_end = measured_from + setup.load;
+    // What the model counted before the measured part, taken off at the end.
+    let before = {
+        let model = model.clone();
+        let (recording, queue) = (recording.clone(), queue.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measured_from).await;
+            let ledgers = model.as_ref().map(|m| [m[0].ledger(), m[1].ledger(), m[2].ledger()]).unwrap_or_default();
+            (ledgers, recording.requests(), queue.formed.load(Ordering::Relaxed))
+        })
+    };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let load = {
         let (tally, instances, queue, mix) =
@@ -331,7 +367,9 @@ pub async fn point(setup: &Setup) -> Outcome {
                             if let Ok(Some(batch)) = result.as_ref().map(|p| p.formed) {
                                 let _ = queue.send(batch).await;
                             }
-                            tally.lock().unwrap().note(&result, took);
+                            if began >= measured_from {
+                                tally.lock().unwrap().note(&result, took);
+                            }
                         }));
                     }
                 }
@@ -351,7 +389,9 @@ pub async fn point(setup: &Setup) -> Outcome {
                                 if let Ok(Some(batch)) = result.as_ref().map(|p| p.formed) {
                                     let _ = queue.send(batch).await;
                                 }
-                                tally.lock().unwrap().note(&result, took);
+                                if began >= measured_from {
+                                    tally.lock().unwrap().note(&result, took);
+                                }
                             }
                         }));
                     }
@@ -367,7 +407,8 @@ pub async fn point(setup: &Setup) -> Outcome {
 
     let mut log = recording.log();
     log.extend(sweep_recording.log());
-    let waits = earliest::replay(&log, minimum().value(), load_end, end);
+    let waits = earliest::replay(&log, minimum().value(), measured_from, load_end, end);
+    let (earlier, requests_before, batches_before) = before.await.unwrap();
     let ledger = setup_store.ledger().await.unwrap();
     let open_after = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
     let most_shards =
@@ -380,7 +421,7 @@ pub async fn point(setup: &Setup) -> Outcome {
     let mut latencies = tally.latencies;
     latencies.sort();
     let ledgers = model.as_ref().map(|m| [m[0].ledger(), m[1].ledger(), m[2].ledger()]).unwrap_or_default();
-    let [placement, sweep, settle] = ledgers;
+    let [placement, sweep, settle] = [0, 1, 2].map(|i| ledgers[i].since(&earlier[i]));
     Outcome {
         placed: tally.placed,
         busy: tally.busy,
@@ -390,8 +431,8 @@ pub async fn point(setup: &Setup) -> Outcome {
         placement,
         sweep,
         settle,
-        placement_requests: recording.requests(),
-        batches: queue.formed.load(Ordering::Relaxed),
+        placement_requests: recording.requests() - requests_before,
+        batches: queue.formed.load(Ordering::Relaxed) - batches_before,
         waits,
         open_after,
         most_shards,

@@ -136,11 +136,28 @@ impl Reconciler {
         report
     }
 
+    /// Coins swept at once: each is a few reads and transactions, and a
+    /// deployment may have hundreds of coins to sweep every quarter second.
+    const COINS_AT_ONCE: usize = 16;
+
     async fn sweep_into(&self, report: &mut ReconcileReport) {
+        use futures::StreamExt;
         let Some(sweep) = &self.pools else { return };
         let now = self.clock.now();
-        for coin in &sweep.coins {
-            let formed = match self.outbox.sweep_pools(coin, sweep.minimum, sweep.quiet_for, now).await {
+        let (minimum, quiet_for) = (sweep.minimum, sweep.quiet_for);
+        let swept: Vec<(Coin, Result<Vec<BatchId>, InfraError>)> = futures::stream::iter(sweep.coins.clone())
+            .map(|coin| {
+                let outbox = Arc::clone(&self.outbox);
+                async move {
+                    let formed = outbox.sweep_pools(&coin, minimum, quiet_for, now).await;
+                    (coin, formed)
+                }
+            })
+            .buffer_unordered(Self::COINS_AT_ONCE)
+            .collect()
+            .await;
+        for (coin, result) in swept {
+            let formed = match result {
                 Ok(formed) => formed,
                 Err(error) => {
                     tracing::warn!(error = %ErrorChain(&error), %coin, "could not sweep the pool's shards");

@@ -402,17 +402,16 @@ impl Table for ContendedTable {
     async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
         let kind = keys.first().map_or(Kind::Other, |k| Kind::of_batch_read(&key_of(k)));
         let partitions: Vec<String> = keys.iter().map(partition_of).collect();
-        let missing = |found: &Vec<Item>| keys.len().saturating_sub(found.len()) as u64;
         self.read(kind, &partitions, self.inner.get_many(keys.clone()), |found| {
-            let mut priced: Vec<(String, u64)> = found
-                .iter()
-                .map(|item| (partition_of(item), read_half_units(item_size(item), ReadKind::Strong)))
-                .collect();
-            // A key that is not there is still read: one unit.
-            if let Some(first) = partitions.first() {
-                priced.push((first.clone(), 2 * missing(found)));
-            }
-            priced
+            // Each key is read in its own partition; one that is not there
+            // still costs a unit.
+            keys.iter()
+                .map(|key| {
+                    let at = key_of(key);
+                    let size = found.iter().find(|item| key_of(item) == at).map_or(0, item_size);
+                    (at.0, read_half_units(size, ReadKind::Strong))
+                })
+                .collect()
         })
         .await
     }

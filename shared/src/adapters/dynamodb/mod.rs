@@ -66,6 +66,15 @@ pub struct PoolSharding {
     /// The count halves once per this long since it last grew: shards
     /// nobody collides for any more fold back.
     pub shrink_after: Duration,
+    /// Conflicts one order meets, moving each time, before it grows the
+    /// count. The count halves every `shrink_after` and grows by one such
+    /// order: so it settles where orders meet this many conflicts in a row
+    /// about once per `shrink_after`, that is, where a few per cent of
+    /// transactions collide.
+    pub grow_after: u32,
+    /// Money the sweep has seen waiting on a shard in use this long it
+    /// batches with the fullest shards (see `sweep`).
+    pub sweep_aged_after: Duration,
 }
 
 impl Default for PoolSharding {
@@ -75,6 +84,8 @@ impl Default for PoolSharding {
             count_every: Duration::from_secs(1),
             carry_at_most: 8,
             shrink_after: Duration::from_secs(2),
+            sweep_aged_after: Duration::from_millis(100),
+            grow_after: 2,
         }
     }
 }
@@ -89,6 +100,8 @@ impl PoolSharding {
 pub struct DynamoStore {
     table: Arc<dyn Table>,
     pools: pool_cache::PoolCache,
+    /// When the sweep first saw each shard's pool hold money (its `seq`).
+    swept_seen: Mutex<std::collections::HashMap<(crate::domain::Coin, u32), (u64, tokio::time::Instant)>>,
     /// Each coin's shard count as the sweep last read it, and when.
     swept_counts: Mutex<std::collections::HashMap<crate::domain::Coin, (shards::ShardCount, tokio::time::Instant)>>,
     stats: StoreStats,
@@ -118,6 +131,7 @@ impl DynamoStore {
             table,
             pools: pool_cache::PoolCache::default(),
             swept_counts: Mutex::default(),
+            swept_seen: Mutex::default(),
             stats: StoreStats::default(),
             sharding: PoolSharding::default(),
             clock: Arc::new(SystemClock),

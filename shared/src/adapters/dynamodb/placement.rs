@@ -21,7 +21,7 @@ use super::item::{
 };
 use super::pool_cache::{CachedPool, Turn};
 use super::schema::TTL_ATTRIBUTE;
-use super::shards::{VIEW_QUIET_FOR, cached_of, close_pool};
+use super::shards::{cached_of, close_pool};
 use super::stats::StoreStats;
 use super::table::{Changes, Cond, Reason, TableError, Transacted, Write};
 use super::{BUSY_AFTER, DynamoStore, MAX_ATTEMPTS, contended, infra, unexpected};
@@ -82,8 +82,10 @@ impl DynamoStore {
         minimum: Usd,
         mut turn: Option<&mut Turn>,
     ) -> Result<Placed, PlaceError> {
-        // Conflicts this order met on its home shard.
+        // Conflicts this order met on its home shard, and times it found the
+        // home moved since it was seen.
         let mut collisions = 0;
+        let mut stale_homes = 0;
         let started = tokio::time::Instant::now();
         for attempt in 1.. {
             if attempt > MAX_ATTEMPTS && started.elapsed() >= BUSY_AFTER {
@@ -103,10 +105,8 @@ impl DynamoStore {
                         let home = self.random_below(count);
                         turn.move_home(home);
                     }
-                    self.refresh_view(turn, &new.coin).await?;
                     let own = self.pool_for(turn, &new.coin).await?;
-                    let quiet_since = self.clock.now() - VIEW_QUIET_FOR;
-                    let carry = turn.carry(self.sharding.carry_at_most, quiet_since);
+                    let carry = turn.carry(self.sharding.carry_at_most);
                     let placement = decide_sharded(&own.state, &carry, new.cost, new.amount, minimum)?;
                     let plan = self.plan(new, turn.home, Some(&own), &placement, minimum);
                     (placement, plan)
@@ -181,28 +181,38 @@ impl DynamoStore {
             }
             let conflicted = |index: usize| matches!(reasons.get(index), Some(Reason::Conflict));
             let home_held = plan.pools.first().is_some_and(|&(index, _)| conflicted(index));
-            if home_held || home_moved {
-                // Another process writes this process's home shard (it holds
-                // it now, or moved it since): a collision. Once may be
-                // chance; again, move to another shard, and if there is
-                // none, or moving keeps colliding, the coin needs more.
+            if home_held {
+                // Another process holds this process's home shard right now:
+                // a collision. Move to another shard; if there is none, or
+                // moving keeps colliding, the coin needs more.
                 collisions += 1;
-                if home_held {
-                    StoreStats::count(&self.stats.conflicts);
-                } else {
-                    StoreStats::count(&self.stats.stale_pool_retries);
+                StoreStats::count(&self.stats.conflicts);
+                // Others may have grown the count meanwhile.
+                let mut count = self.fresh_shard_count(turn, &new.coin).await?;
+                if count == 1 || collisions >= self.sharding.grow_after {
+                    count = self.grow_shards(turn, &new.coin, count).await?;
                 }
-                if home_held || collisions >= 2 {
-                    // Others may have grown the count meanwhile.
-                    let mut count = self.fresh_shard_count(turn, &new.coin).await?;
-                    if count == 1 || collisions >= 2 {
-                        count = self.grow_shards(turn, &new.coin, count).await?;
-                    }
-                    let next = self.pick_shard(count, turn.home);
-                    turn.move_home(next);
-                }
+                let next = self.pick_shard(count, turn.home);
+                turn.move_home(next);
                 if collisions >= 2 {
                     self.backoff(attempt).await;
+                }
+                continue;
+            }
+            if home_moved {
+                // Another process wrote the home shard since this one saw
+                // it: the cancellation returned it as it is, so the next
+                // attempt decides on that. Not a reason for more shards:
+                // when a coin's orders come through more processes than it
+                // has shards (many coins, requests spread over every
+                // instance), shards are shared, and more of them would only
+                // fill each one slower. Twice in one order: try another.
+                stale_homes += 1;
+                StoreStats::count(&self.stats.stale_pool_retries);
+                if stale_homes >= 2 {
+                    let count = self.shard_count(turn, &new.coin).await?;
+                    let next = self.pick_shard(count, turn.home);
+                    turn.move_home(next);
                 }
                 continue;
             }

@@ -47,9 +47,6 @@ pub(super) struct CoinPools {
     pub shards: BTreeMap<u32, CachedPool>,
     /// How many shards the coin has, and when that was read.
     pub shard_count: Option<(ShardCount, Instant)>,
-    /// Other shards holding orders, as last read, and when.
-    pub view: BTreeMap<u32, CachedPool>,
-    pub view_read: Option<Instant>,
     /// When this process last placed a pooled order of the coin.
     pub last_placed: Option<Instant>,
 }
@@ -110,29 +107,19 @@ impl CoinPools {
         self.home = shard;
     }
 
-    /// The shards a batch of this process's may take along, each only if
-    /// it is still exactly as known: first those it left holding orders, as
-    /// it left them; then those of its view nobody has written since
-    /// `quiet_since`.
-    pub fn carry(&self, at_most: usize, quiet_since: OffsetDateTime) -> Vec<Absorbed> {
-        let holding = |(shard, pool): (&u32, &CachedPool)| {
-            (*shard != self.home && pool.exists && pool.state.count > 0)
-                .then_some(Absorbed { shard: *shard, state: pool.state })
-        };
-        let left = self.shards.iter().filter_map(holding);
-        let quiet = self
-            .view
+    /// The shards a batch of this process's may take along: those it left
+    /// holding orders, each only if it is still exactly as it left it.
+    pub fn carry(&self, at_most: usize) -> Vec<Absorbed> {
+        self.shards
             .iter()
-            .filter(|(shard, pool)| {
-                !self.shards.contains_key(shard) && pool.written_at.is_some_and(|at| at <= quiet_since)
-            })
-            .filter_map(holding);
-        left.chain(quiet).take(at_most).collect()
+            .filter(|(shard, pool)| **shard != self.home && pool.exists && pool.state.count > 0)
+            .map(|(shard, pool)| Absorbed { shard: *shard, state: pool.state })
+            .take(at_most)
+            .collect()
     }
 
     /// A shard to take along that someone else now writes: theirs to batch.
     pub fn let_go(&mut self, shard: u32) {
-        self.view.remove(&shard);
         if shard != self.home {
             self.shards.remove(&shard);
         }
@@ -157,7 +144,6 @@ impl CoinPools {
                 // Taken along: nothing left there to carry.
                 for shard in absorbed {
                     self.shards.remove(&shard.shard);
-                    self.view.remove(&shard.shard);
                 }
             }
             // Decided from another state than the cache's: it cannot be trusted.

@@ -16,13 +16,6 @@ use crate::ports::InfraError;
 
 /// Keys one `BatchGetItem` reads at most.
 const BATCH_GET_KEYS: usize = 100;
-/// A process idle this long looks at the coin's other shards before it
-/// places (`refresh_view`).
-const VIEW_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
-/// Shards of its view not written for this long a batch takes along.
-pub(super) const VIEW_QUIET_FOR: time::Duration = time::Duration::milliseconds(500);
-/// The shards a view reads: one `BatchGetItem`.
-const VIEW_SHARDS: u32 = BATCH_GET_KEYS as u32;
 
 /// A shard's pool item as read, with when it was last written.
 pub(super) fn cached_of(found: &Item) -> Result<CachedPool, InfraError> {
@@ -190,28 +183,6 @@ impl DynamoStore {
         };
         turn.shard_count = Some((record, Instant::now()));
         Ok(record.at(now, self.sharding.shrink_after, self.sharding.max_shards))
-    }
-
-    /// Reads the coin's other shards into the view, when this process has
-    /// been idle a while (`VIEW_AFTER_IDLE`) and has not read them lately:
-    /// a process busy placing never does (its shard is one of many being
-    /// written), one called now and then sees what the others left. The
-    /// first `VIEW_SHARDS` of them: a coin folds back toward shard 0, and the
-    /// sweep finds the rest.
-    pub(super) async fn refresh_view(&self, turn: &mut Turn, coin: &Coin) -> Result<(), InfraError> {
-        let Some((record, _)) = turn.shard_count else { return Ok(()) };
-        let idle = turn.last_placed.is_none_or(|at| at.elapsed() >= VIEW_AFTER_IDLE);
-        let stale = turn.view_read.is_none_or(|at| at.elapsed() >= self.sharding.count_every);
-        if record.high <= 1 || !idle || !stale {
-            return Ok(());
-        }
-        let home = turn.home;
-        let others: Vec<u32> = (0..record.high.min(VIEW_SHARDS)).filter(|shard| *shard != home).collect();
-        StoreStats::count(&self.stats.shard_reads);
-        let pools = self.read_shards(coin, &others).await?;
-        turn.view = pools.into_iter().filter(|(_, pool)| pool.exists && pool.state.count > 0).collect();
-        turn.view_read = Some(Instant::now());
-        Ok(())
     }
 
     /// Another shard to place on: the coin's shards are `0..count`.
@@ -482,34 +453,6 @@ mod tests {
         let order = writer.order_view(&alice, lone.order.order.id).await.unwrap().unwrap();
         assert_eq!(order.batch_id, Some(batch.id));
         assert_audit_clean(&writer).await;
-    }
-
-    /// A process called again after a while looks at the other shards: the
-    /// order that brings what the coin holds to the minimum forms the batch,
-    /// with the quiet shard another process left, as one pool would.
-    #[tokio::test]
-    async fn a_process_called_after_a_while_batches_with_the_quiet_shards_of_others() {
-        let t0 = at_ms(1_700_000_000_000);
-        let clock = Arc::new(SetClock(Mutex::new(t0)));
-        let stores = processes(2, &clock).await;
-        let coin = Coin::from_trusted("ABAN");
-        stores[0].table.update(shards_key(&coin), shards_grown(4, 4, t0), None).await.unwrap().unwrap();
-        stores[0].place(order("alice", "0.5", t0), usd("10")).await.unwrap(); // $2
-        let other = stores[0].pools.enter(&coin).await.home;
-        let home = {
-            let mut turn = stores[1].pools.enter(&coin).await;
-            stores[1].shard_count(&mut turn, &coin).await.unwrap();
-            turn.home = (other + 1) % 4;
-            turn.home
-        };
-
-        clock.set(t0 + time::Duration::seconds(1));
-        let placed = stores[1].place(order("alice", "2", t0), usd("10")).await.unwrap(); // $8
-
-        let batch = stores[1].read_batch(placed.formed.expect("$8 and the $2 left quiet")).await.unwrap().unwrap();
-        let pools: Vec<u32> = batch.pools.iter().map(|p| p.shard).collect();
-        assert_eq!((pools, batch.usd, batch.count), (vec![home, other], usd("10"), 2));
-        assert_audit_clean(&stores[0]).await;
     }
 
     /// Eight processes that grew the coin to 64 shards in a burst, then a

@@ -118,18 +118,111 @@ impl DynamoStore {
                 break;
             }
         }
-        // Idle money under the minimum while shards in use hold more: both
+        // Quiet money under the minimum while shards in use hold more: both
         // together (the writers of those lose one race, and decide again).
         // Half a batch's room for the idle ones, the largest; what does not
         // fit waits for the next sweep.
+        let aged = self.aged(coin, &idle, &written);
         if !idle.is_empty() {
+            let fullest: Vec<Absorbed> = written.iter().take(TOP_UP_CANDIDATES).copied().collect();
             idle.truncate(SHARDS_PER_BATCH / 2);
-            written.truncate(TOP_UP_CANDIDATES);
-            if let Some(batch) = self.top_up(coin, idle, written, minimum, now).await? {
+            if let Some(batch) = self.top_up(coin, idle, fullest, minimum, now).await? {
                 formed.push(batch);
             }
         }
+        // Under load no shard is quiet, yet an order waits on its shard until
+        // that shard's own writers bring it to the minimum, while the coin
+        // holds far more. Money this sweep has seen waiting on a shard in use
+        // for `sweep_aged_after` is late: it is batched with other shards.
+        let (late, partners): (Vec<Absorbed>, Vec<Absorbed>) =
+            written.into_iter().partition(|shard| aged.contains(&shard.shard));
+        formed.extend(self.batch_late(coin, late, partners, minimum, now).await?);
         Ok(formed)
+    }
+
+    /// Late money (see `aged`), the fullest first, in disjoint groups that
+    /// reach the minimum with other late shards or the fullest in use; each
+    /// group read again and closed on what was read, all groups at once (a
+    /// window of two requests: its writers change a shard in use every few
+    /// tens of milliseconds).
+    async fn batch_late(
+        &self,
+        coin: &Coin,
+        mut late: Vec<Absorbed>,
+        mut partners: Vec<Absorbed>,
+        minimum: Usd,
+        now: OffsetDateTime,
+    ) -> Result<Vec<BatchId>, InfraError> {
+        let mut groups: Vec<Vec<Absorbed>> = Vec::new();
+        while !late.is_empty() {
+            let mut group = vec![late.remove(0)];
+            let mut usd = group[0].state.usd;
+            while usd < minimum && group.len() < SHARDS_PER_BATCH {
+                let next = if late.is_empty() {
+                    if partners.is_empty() {
+                        break;
+                    }
+                    partners.remove(0)
+                } else {
+                    late.remove(0)
+                };
+                usd = usd.checked_add(next.state.usd).unwrap_or(usd);
+                group.push(next);
+            }
+            if usd < minimum {
+                break;
+            }
+            groups.push(group);
+        }
+        let closed = futures::future::join_all(groups.iter().map(|group| self.close_fresh(coin, group, minimum, now)));
+        let mut formed = Vec::new();
+        for result in closed.await {
+            formed.extend(result?);
+        }
+        Ok(formed)
+    }
+
+    /// Reads `group` again and closes what it holds, if that still reaches
+    /// the minimum; a lost race is tried once more.
+    async fn close_fresh(
+        &self,
+        coin: &Coin,
+        group: &[Absorbed],
+        minimum: Usd,
+        now: OffsetDateTime,
+    ) -> Result<Option<BatchId>, InfraError> {
+        let shards: Vec<u32> = group.iter().map(|a| a.shard).collect();
+        for _ in 0..2 {
+            let fresh: Vec<Absorbed> = self.read_shards(coin, &shards).await?.iter().filter_map(holding).collect();
+            if sum(&fresh) < minimum {
+                return Ok(None);
+            }
+            if let Some(batch) = self.close_shards(coin, &fresh, now).await? {
+                return Ok(Some(batch));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The shards in use whose pool this sweeper has seen holding money for
+    /// `sweep_aged_after` or more (the same pool: its `seq` unchanged). The
+    /// sweeper remembers when it first saw each pool hold money.
+    fn aged(&self, coin: &Coin, idle: &[Absorbed], written: &[Absorbed]) -> Vec<u32> {
+        let Ok(mut seen) = self.swept_seen.lock() else { return Vec::new() };
+        let now = Instant::now();
+        let holding: Vec<&Absorbed> = idle.iter().chain(written).collect();
+        seen.retain(|(c, shard), _| c != coin || holding.iter().any(|h| h.shard == *shard));
+        let mut aged = Vec::new();
+        for shard in written {
+            let first = seen.entry((coin.clone(), shard.shard)).or_insert((shard.state.seq, now));
+            if first.0 != shard.state.seq {
+                *first = (shard.state.seq, now);
+            }
+            if now.duration_since(first.1) >= self.sharding.sweep_aged_after {
+                aged.push(shard.shard);
+            }
+        }
+        aged
     }
 
     /// The coin's shard count for a sweep: read at most once per
@@ -587,12 +680,15 @@ mod tests {
         // Shards 1 and 2 hold $0.20 each.
         let (table, _) = crumbs(3).await;
         assert_eq!(high(DynamoStore::on(Arc::clone(&table)), later).await, 128, "shards above the count hold money");
-        // A process called after a while takes them along with $9.40 more.
+        // $9.40 more on shard 0: the quiet shards hold the minimum together,
+        // the sweep batches them, and the one after stops reading above.
         let placed =
             DynamoStore::on(Arc::clone(&table)).place(order_at("alice", "2.35", later), usd("10")).await.unwrap();
-        assert!(placed.formed.is_some());
-        assert_eq!(high(DynamoStore::on(Arc::clone(&table)), later).await, 1);
+        assert!(placed.formed.is_none());
+        let sweeper = DynamoStore::on(Arc::clone(&table));
+        let formed = sweeper.sweep_pools(&coin, usd("10"), quiet, later + time::Duration::seconds(1)).await.unwrap();
+        assert_eq!(formed.len(), 1);
+        assert_eq!(high(DynamoStore::on(Arc::clone(&table)), later + time::Duration::seconds(2)).await, 1);
         assert_audit_clean(&DynamoStore::on(table)).await;
-        let _ = coin;
     }
 }
