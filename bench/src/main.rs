@@ -109,6 +109,9 @@ struct Cli {
     /// store's setting unless given.
     #[arg(long)]
     shrink_ms: Option<u64>,
+    /// Most shards a coin may have; the store's unless given.
+    #[arg(long)]
+    max_shards: Option<u32>,
     /// Conflicts in a row that grow a coin's shards; the store's unless given.
     #[arg(long)]
     grow_after: Option<u32>,
@@ -228,9 +231,9 @@ fn print_coins(outcome: &Outcome) {
 fn print_kinds(outcome: &Outcome) {
     println!();
     println!(
-        "| path | request | per order | write units/order | index write units/order | read units/order | conflicts | throttled |"
+        "| path | request | per order | write units/order | index write units/order | read units/order | conflicts | conditions failed | throttled |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (path, ledger) in
         [("placement", &outcome.placement), ("sweep", &outcome.sweep), ("settlement", &outcome.settle)]
     {
@@ -275,6 +278,9 @@ fn setup(cli: &Cli, design: Design, arrivals: Arrivals, mix: Mix) -> Setup {
         rules: rules(cli),
         sharding: {
             let mut sharding = PoolSharding::default();
+            if let Some(n) = cli.max_shards {
+                sharding.max_shards = n;
+            }
             if let Some(n) = cli.grow_after {
                 sharding.grow_after = n;
             }

@@ -138,7 +138,7 @@ impl Reconciler {
 
     /// Coins swept at once: each is a few reads and transactions, and a
     /// deployment may have hundreds of coins to sweep every quarter second.
-    const COINS_AT_ONCE: usize = 16;
+    const COINS_AT_ONCE: usize = 64;
 
     async fn sweep_into(&self, report: &mut ReconcileReport) {
         use futures::StreamExt;

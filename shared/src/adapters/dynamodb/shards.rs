@@ -196,22 +196,23 @@ impl DynamoStore {
 
     /// Reads the pools of `shards` (all of them, in as few requests as may).
     pub(super) async fn read_shards(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<(u32, CachedPool)>, InfraError> {
-        let mut found = Vec::with_capacity(shards.len());
-        for chunk in shards.chunks(BATCH_GET_KEYS) {
-            let items = self.table.get_many(chunk.iter().map(|shard| pool_key(coin, *shard)).collect()).await?;
-            let mut seen: Vec<(u32, CachedPool)> = Vec::with_capacity(chunk.len());
-            for item in &items {
+        // One `BatchGetItem` per hundred shards, all at once.
+        let reads = shards
+            .chunks(BATCH_GET_KEYS)
+            .map(|chunk| self.table.get_many(chunk.iter().map(|shard| pool_key(coin, *shard)).collect()));
+        let mut seen: Vec<(u32, CachedPool)> = Vec::with_capacity(shards.len());
+        for items in futures::future::join_all(reads).await {
+            for item in &items? {
                 let pk = item::get_s(item, item::PK).map_err(infra("read pool"))?;
                 if let Some((_, shard)) = parse_shard_partition(pk) {
                     seen.push((shard, cached_of(item)?));
                 }
             }
-            for shard in chunk {
-                let pool = seen.iter().find(|(s, _)| s == shard).map(|(_, p)| *p).unwrap_or_default();
-                found.push((*shard, pool));
-            }
         }
-        Ok(found)
+        Ok(shards
+            .iter()
+            .map(|shard| (*shard, seen.iter().find(|(s, _)| s == shard).map(|(_, p)| *p).unwrap_or_default()))
+            .collect())
     }
 }
 
