@@ -41,7 +41,10 @@ fn panel(out: &mut String, at_x: f64, panel: &Panel, x_label: &str) {
     let xs = panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
     let ys = panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).chain(panel.goal);
     let x_max = nice_max(xs.fold(0.0, f64::max));
-    let y_max = nice_max(ys.fold(0.0, f64::max) * 1.05);
+    // With a goal, the axis stops at five times it: a point past that is
+    // drawn on the edge with its value.
+    let cap = panel.goal.map_or(f64::INFINITY, |goal| goal * 5.0);
+    let y_max = nice_max(ys.fold(0.0, f64::max).min(cap) * 1.05);
     let plot_w = W - LEFT - 15.0;
     let plot_h = H - TOP - BOTTOM;
     let x = |v: f64| at_x + LEFT + v / x_max * plot_w;
@@ -103,7 +106,8 @@ fn panel(out: &mut String, at_x: f64, panel: &Panel, x_label: &str) {
         );
     }
     for (i, line) in panel.lines.iter().enumerate() {
-        let points: Vec<String> = line.points.iter().map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py))).collect();
+        let points: Vec<String> =
+            line.points.iter().map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(py.min(y_max)))).collect();
         let _ = writeln!(
             out,
             r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
@@ -111,7 +115,23 @@ fn panel(out: &mut String, at_x: f64, panel: &Panel, x_label: &str) {
             line.colour
         );
         for (px, py) in &line.points {
-            let _ = writeln!(out, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#, x(*px), y(*py), line.colour);
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                x(*px),
+                y(py.min(y_max)),
+                line.colour
+            );
+            if *py > y_max {
+                let _ = writeln!(
+                    out,
+                    r#"<text x="{:.1}" y="{:.1}" font-size="9" fill="{}" text-anchor="middle">↑{}</text>"#,
+                    x(*px),
+                    y(y_max) + 12.0,
+                    line.colour,
+                    trim(*py)
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -417,6 +417,23 @@ mod tests {
         }
     }
 
+    /// Open batches spread over every key of the index, evenly, and the
+    /// reconciler's list of keys is exactly those (and the legacy one): no
+    /// key takes more than its share of the index's writes.
+    #[test]
+    fn open_batches_spread_over_every_key_of_the_index() {
+        let mut per_key: HashMap<String, u32> = HashMap::new();
+        for _ in 0..6400 {
+            *per_key.entry(open_partition(BatchId::generate())).or_default() += 1;
+        }
+        let read: Vec<String> = open_partitions().collect();
+        assert_eq!(per_key.len(), OPEN_PARTITIONS as usize);
+        assert!(per_key.keys().all(|key| read.contains(key)), "a key the reconciler never reads");
+        assert_eq!(read.last().map(String::as_str), Some(LEGACY_OPEN_PARTITION));
+        let most = per_key.values().max().copied().unwrap_or(0);
+        assert!(most < 200, "one key takes {most} of 6,400 batches (100 each on average)");
+    }
+
     #[test]
     fn orders_and_batches_round_trip_through_items() {
         let now = OffsetDateTime::now_utc();
