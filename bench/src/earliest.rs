@@ -140,10 +140,10 @@ pub fn replay(log: &[Committed], minimum: Decimal, from: Instant, load_end: Inst
         let mut gathering: Option<(String, bool)> = None;
         for write in &committed.writes {
             match write {
-                Write::Put { item, .. } if text(item, "PK").starts_with("BATCH#") => {
-                    if text(item, "status") == "FORMING" {
-                        gathering = Some((text(item, "PK"), false));
-                    }
+                Write::Put { item, .. }
+                    if text(item, "PK").starts_with("BATCH#") && text(item, "status") == "FORMING" =>
+                {
+                    gathering = Some((text(item, "PK"), false));
                 }
                 Write::Update { key, changes, .. }
                     if text(key, "PK").starts_with("BATCH#") && changes.add.iter().any(|(n, _)| *n == "usd") =>

@@ -243,7 +243,8 @@ async fn emulator_table(target: Target) -> Arc<dyn Table> {
 pub async fn point(setup: &Setup) -> Outcome {
     // The tables: the model's three handles share its state; each keeps
     // its own ledger.
-    let (base, placing, sweeping, settling): (Arc<dyn Table>, Arc<dyn Table>, Arc<dyn Table>, Arc<dyn Table>);
+    let base: Arc<dyn Table>;
+    let (placing, sweeping, settling): (Arc<dyn Table>, Arc<dyn Table>, Arc<dyn Table>);
     let mut model: Option<[Arc<ContendedTable>; 3]> = None;
     match setup.target {
         Target::Model => {

@@ -98,7 +98,9 @@ fn the_table_is_the_one_the_adapter_uses() {
     let pair =
         |hash: &str, range: &str| vec![(hash.to_owned(), "HASH".to_owned()), (range.to_owned(), "RANGE".to_owned())];
     assert_eq!(keys(&table["KeySchema"]), pair(PK, SK));
-    let indexes: Vec<(String, Vec<(String, String)>, String)> = table["GlobalSecondaryIndexes"]
+    // Each index: its name, its keys, what it projects.
+    type Index = (String, Vec<(String, String)>, String);
+    let indexes: Vec<Index> = table["GlobalSecondaryIndexes"]
         .as_sequence()
         .unwrap()
         .iter()
@@ -107,7 +109,7 @@ fn the_table_is_the_one_the_adapter_uses() {
             (i["IndexName"].as_str().unwrap().to_owned(), keys(&i["KeySchema"]), projection)
         })
         .collect();
-    let expected: Vec<(String, Vec<(String, String)>, String)> = TABLE_SCHEMA
+    let expected: Vec<Index> = TABLE_SCHEMA
         .indexes
         .iter()
         .map(|i| (i.name.to_owned(), pair(i.pk, i.sk), i.projection.as_type().as_str().to_owned()))

@@ -237,7 +237,7 @@ impl Ledger {
     pub fn limits_hit(&self) -> Vec<(Limit, u64)> {
         let total = self.total();
         let mut hit: Vec<(Limit, u64)> = total.throttles.into_iter().collect();
-        hit.sort_by(|a, b| b.1.cmp(&a.1));
+        hit.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         hit
     }
 }
