@@ -225,6 +225,10 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
             ));
         }
         // A batch still gathering is pending money, like an open pool.
+        if batch.status == BatchStatus::Forming {
+            report.pending_orders += sums.count as usize;
+            report.pending_usd += sums.usd;
+        }
         if batch.usd < minimum && batch.status != BatchStatus::Forming {
             problems.push(format!("batch {} is worth {} USD, under the minimum {minimum}", batch.id, batch.usd));
         }

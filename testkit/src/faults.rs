@@ -121,10 +121,10 @@ impl FaultyTable {
                 Err(TableError::Failed { operation: "injected", source: injected("failed before sending (injected)") })
             }
             // Reads have nothing to conflict on; a conflicting single write is
-            // refused before anything is applied.
+            // refused before anything is applied, as the SDK table reports it.
             Fault::Conflict if operation != Operation::Transact => {
                 self.injected.conflicts.fetch_add(1, Ordering::Relaxed);
-                Err(TableError::Failed {
+                Err(TableError::Throttled {
                     operation: "injected",
                     source: injected("TransactionConflictException (injected)"),
                 })

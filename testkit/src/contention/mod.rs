@@ -352,7 +352,7 @@ impl ContendedTable {
                     c.requests += 1;
                     c.conflicts += 1;
                 });
-                return Err(TableError::Failed {
+                return Err(TableError::Throttled {
                     operation: "single write",
                     source: "TransactionConflictException: a transaction holds the item (model)".into(),
                 });

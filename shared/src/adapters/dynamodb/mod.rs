@@ -100,6 +100,11 @@ impl PoolSharding {
 pub struct DynamoStore {
     table: Arc<dyn Table>,
     pools: pool_cache::PoolCache,
+    /// Shards above a settled count that held money at the sweep's last full
+    /// read of the coin: the record read, the shards, when.
+    #[allow(clippy::type_complexity)]
+    swept_above:
+        Mutex<std::collections::HashMap<crate::domain::Coin, (shards::ShardCount, Vec<u32>, tokio::time::Instant)>>,
     /// When the sweep first saw each shard's pool hold money (its `seq`).
     swept_seen: Mutex<std::collections::HashMap<(crate::domain::Coin, u32), (u64, tokio::time::Instant)>>,
     /// Each coin's shard count as the sweep last read it, and when.
@@ -132,6 +137,7 @@ impl DynamoStore {
             pools: pool_cache::PoolCache::default(),
             swept_counts: Mutex::default(),
             swept_seen: Mutex::default(),
+            swept_above: Mutex::default(),
             stats: StoreStats::default(),
             sharding: PoolSharding::default(),
             clock: Arc::new(SystemClock),

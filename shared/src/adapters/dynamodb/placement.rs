@@ -86,6 +86,7 @@ impl DynamoStore {
         // home moved since it was seen.
         let mut collisions = 0;
         let mut stale_homes = 0;
+        let mut throttled = 0u32;
         let started = tokio::time::Instant::now();
         for attempt in 1.. {
             if attempt > MAX_ATTEMPTS && started.elapsed() >= BUSY_AFTER {
@@ -131,6 +132,7 @@ impl DynamoStore {
                     return self.already_placed(new).await;
                 }
                 Sent::Throttled => {
+                    throttled += 1;
                     StoreStats::count(&self.stats.throttled);
                     self.backoff(attempt).await;
                     continue;
@@ -207,10 +209,16 @@ impl DynamoStore {
                 // has shards (many coins, requests spread over every
                 // instance), shards are shared, and more of them would only
                 // fill each one slower. Twice in one order: try another.
+                // Three times: the shard is written faster than this process
+                // can follow (where the table reports no conflicts, as the
+                // emulators do, that is the only sign), and the coin grows.
                 stale_homes += 1;
                 StoreStats::count(&self.stats.stale_pool_retries);
                 if stale_homes >= 2 {
-                    let count = self.shard_count(turn, &new.coin).await?;
+                    let mut count = self.shard_count(turn, &new.coin).await?;
+                    if stale_homes >= 3 {
+                        count = self.grow_shards(turn, &new.coin, count).await?;
+                    }
                     let next = self.pick_shard(count, turn.home);
                     turn.move_home(next);
                 }
@@ -241,6 +249,11 @@ impl DynamoStore {
             return Err(InfraError::new("place order", unexpected(&reasons)).into());
         }
         StoreStats::count(&self.stats.busy);
+        tracing::warn!(
+            order_id = %new.id, coin = %new.coin, elapsed_ms = started.elapsed().as_millis() as u64,
+            conflicts_on_its_shard = collisions, stale_shard = stale_homes, throttled,
+            "order answered busy: its transaction kept being cancelled by others (conflicts), finding its shard moved, or throttled"
+        );
         Err(PlaceError::Busy)
     }
 

@@ -172,7 +172,15 @@ impl DynamoStore {
         };
         let changes = shards_grown(grown.grown_to, grown.high, now);
         StoreStats::count(&self.stats.shard_reads);
-        let record = match self.table.update(shards_key(coin), changes, Some(record.unchanged())).await? {
+        let written = match self.table.update(shards_key(coin), changes, Some(record.unchanged())).await {
+            // Held by a sweep's transaction, or throttled: no growth this
+            // time; the next collision asks again.
+            Err(error) if error.is_throttled() => {
+                return Ok(record.at(now, self.sharding.shrink_after, self.sharding.max_shards));
+            }
+            written => written?,
+        };
+        let record = match written {
             Ok(_) => {
                 StoreStats::count(&self.stats.shards_grown);
                 grown

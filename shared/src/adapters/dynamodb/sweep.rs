@@ -20,7 +20,7 @@
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::item::{self, batch_item, forming_key, get_s, n, n_int, pool_batch_key, pools_text, s, shards_key};
+use super::item::{self, Item, batch_item, forming_key, get_s, n, n_int, pool_batch_key, pools_text, s, shards_key};
 use super::pool_cache::CachedPool;
 use super::shards::{ShardCount, close_pool};
 use super::stats::StoreStats;
@@ -45,6 +45,9 @@ const TOP_UP_ATTEMPTS: u32 = 5;
 /// sweep stops reading them (`high` comes down): a coin that was hot once
 /// is not read at every sweep for ever.
 const HIGH_SETTLES_AFTER: time::Duration = time::Duration::minutes(6);
+/// How often a sweep reads every shard of a coin whose shards above the
+/// count nobody can write any more (see `read_swept_shards`).
+const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The writes that close `shards`, each on its exact state, into `batch`:
 /// the pool reset and its pointer to the batch.
@@ -77,8 +80,7 @@ impl DynamoStore {
         if record.high <= 1 {
             return Ok(Vec::new());
         }
-        let all: Vec<u32> = (0..record.high).collect();
-        let pools = self.read_shards(coin, &all).await?;
+        let pools = self.read_swept_shards(coin, record, now).await?;
         let forming = self.forming_batch(coin).await?;
         if forming.is_none() {
             self.lower_high(coin, record, &pools, now).await?;
@@ -225,6 +227,41 @@ impl DynamoStore {
         aged
     }
 
+    /// The shards a sweep reads: every one up to `high`; but once nobody can
+    /// write those above the count any more (`HIGH_SETTLES_AFTER`), only the
+    /// count's and those above it that held money at the last full read
+    /// (they can only be emptied since), with a full read every
+    /// `FULL_READ_EVERY`. So money left above the count (under the minimum,
+    /// it may wait long) does not make every sweep read every shard.
+    async fn read_swept_shards(
+        &self,
+        coin: &Coin,
+        record: ShardCount,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(u32, CachedPool)>, InfraError> {
+        let count = record.at(now, self.sharding.shrink_after, self.sharding.max_shards);
+        let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let settled = record
+            .fell_to_ms(count, self.sharding.shrink_after)
+            .is_some_and(|fell| now_ms - fell >= HIGH_SETTLES_AFTER.whole_milliseconds() as i64);
+        let known = self.swept_above.lock().ok().and_then(|above| above.get(coin).cloned());
+        if settled
+            && let Some((read_for, holding, at)) = known
+            && read_for == record
+            && at.elapsed() < FULL_READ_EVERY
+        {
+            let shards: Vec<u32> = (0..count.min(record.high)).chain(holding).collect();
+            return self.read_shards(coin, &shards).await;
+        }
+        let all: Vec<u32> = (0..record.high).collect();
+        let pools = self.read_shards(coin, &all).await?;
+        if settled && let Ok(mut above) = self.swept_above.lock() {
+            let holding = pools.iter().filter(|(shard, pool)| *shard >= count && pool.state.count > 0).map(|(s, _)| *s);
+            above.insert(coin.clone(), (record, holding.collect(), Instant::now()));
+        }
+        Ok(pools)
+    }
+
     /// The coin's shard count for a sweep: read at most once per
     /// `count_every` (a coin that never grew costs that one read).
     async fn swept_count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
@@ -311,7 +348,8 @@ impl DynamoStore {
         // The sweep that brings `high` down checks there is no batch forming;
         // this checks `high` is still what it read.
         writes.push(Write::Check { key: shards_key(coin), condition: Cond::eq("high", n_int(record.high)) });
-        Ok(self.sweep_transaction(&writes).await?.then_some(batch))
+        let put = writes.len() - 3;
+        Ok(self.sweep_transaction(&writes, put, &|found| is_batch(found, batch.id)).await?.then_some(batch))
     }
 
     /// Closes more quiet shards into the forming `batch`, the fullest first,
@@ -358,6 +396,13 @@ impl DynamoStore {
                 .and(Cond::eq("usd", n(batch.usd.value())))
                 .and(Cond::eq("count", n_int(batch.count)));
             writes.push(Write::Update { key: item::batch_key(batch.id), changes, condition: Some(exact) });
+            let appended = writes.len() - 1;
+            let (usd_after, count_after) = (usd, batch.count.saturating_add(added.count));
+            let ours = |found: &Item| {
+                item::batch_of(found).is_ok_and(|b| {
+                    b.usd == usd_after && b.count == count_after && pools.iter().all(|p| b.pools.contains(p))
+                })
+            };
             if ready {
                 writes.push(Write::Update {
                     key: forming_key(coin),
@@ -365,7 +410,7 @@ impl DynamoStore {
                     condition: Some(Cond::eq("batch_id", s(batch.id.to_string()))),
                 });
             }
-            if !self.sweep_transaction(&writes).await? {
+            if !self.sweep_transaction(&writes, appended, &ours).await? {
                 return Ok(None);
             }
             if ready {
@@ -440,18 +485,29 @@ impl DynamoStore {
         let batch = Batch::ready(coin, pools_of(group), totals, now);
         let mut writes = close_into(coin, group, batch.id, now);
         writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::NotExists("PK")) });
-        Ok(self.sweep_transaction(&writes).await?.then_some(batch.id))
+        let put = writes.len() - 1;
+        Ok(self.sweep_transaction(&writes, put, &|found| is_batch(found, batch.id)).await?.then_some(batch.id))
     }
 
     /// Sends one of the sweep's transactions: `false` when a condition
-    /// failed (a shard moved, the coin's records changed).
-    async fn sweep_transaction(&self, writes: &[Write]) -> Result<bool, InfraError> {
+    /// failed (a shard moved, the coin's records changed). The write at
+    /// `batch` is the batch's: if its condition failed on an item that
+    /// `ours` recognizes, an earlier send of this very transaction committed
+    /// (its reply was lost, and the resend went with a new token), and it
+    /// is done: the batch must be queued, not taken for a lost race.
+    async fn sweep_transaction(
+        &self,
+        writes: &[Write],
+        batch: usize,
+        ours: &(dyn Fn(&Item) -> bool + Sync),
+    ) -> Result<bool, InfraError> {
         match self.transact_idempotent("sweep pools", writes).await? {
             Transacted::Committed => Ok(true),
-            Transacted::Cancelled(reasons) if reasons.iter().any(|r| matches!(r, Reason::ConditionFailed(_))) => {
-                Ok(false)
-            }
-            Transacted::Cancelled(reasons) => Err(InfraError::new("sweep pools", unexpected(&reasons))),
+            Transacted::Cancelled(reasons) => match reasons.get(batch) {
+                Some(Reason::ConditionFailed(Some(found))) if ours(found) => Ok(true),
+                _ if reasons.iter().any(|r| matches!(r, Reason::ConditionFailed(_))) => Ok(false),
+                _ => Err(InfraError::new("sweep pools", unexpected(&reasons))),
+            },
         }
     }
 }
@@ -483,6 +539,12 @@ pub(super) fn take_minimum<'a>(shards: impl Iterator<Item = &'a Absorbed>, minim
         }
     }
     None
+}
+
+/// Whether `found` is the batch `id` (a batch id is fresh: if it exists,
+/// this sweep wrote it).
+fn is_batch(found: &Item, id: BatchId) -> bool {
+    item::get_s(found, "batch_id").is_ok_and(|found| found == id.to_string())
 }
 
 fn pools_of(group: &[Absorbed]) -> Vec<PoolId> {
@@ -529,6 +591,11 @@ mod tests {
     /// `shards` processes, each of which placed one $0.20 order on a shard
     /// of its own and went quiet (Lambda instances nobody calls again).
     async fn crumbs(shards: u32) -> (Arc<dyn Table>, Vec<Placed>) {
+        crumbs_of(shards, "0.05").await
+    }
+
+    /// The same, each order of `amount` ABAN at $4.
+    async fn crumbs_of(shards: u32, amount: &str) -> (Arc<dyn Table>, Vec<Placed>) {
         let table: Arc<dyn Table> = Arc::new(MemoryTable::new());
         let clock: Arc<dyn Clock> = Arc::new(SetClock(Mutex::new(t0())));
         let coin = Coin::from_trusted("ABAN");
@@ -543,7 +610,7 @@ mod tests {
                 process.shard_count(&mut turn, &coin).await.unwrap();
                 turn.home = shard;
             }
-            placed.push(process.place(order_at("alice", "0.05", t0()), usd("10")).await.unwrap());
+            placed.push(process.place(order_at("alice", amount, t0()), usd("10")).await.unwrap());
         }
         (table, placed)
     }
@@ -627,6 +694,70 @@ mod tests {
         }
     }
 
+    /// A table that applies the first `lose` transactions and loses their
+    /// replies: the sender cannot tell they committed.
+    struct LosesReplies {
+        inner: Arc<dyn Table>,
+        lose: Mutex<u32>,
+    }
+
+    #[async_trait::async_trait]
+    impl Table for LosesReplies {
+        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
+            self.inner.get(key).await
+        }
+        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+            self.inner.get_many(keys).await
+        }
+        async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
+            self.inner.put(item, condition).await
+        }
+        async fn update(
+            &self,
+            key: Item,
+            changes: Changes,
+            condition: Option<Cond>,
+        ) -> Result<Result<Item, ConditionFailed>, TableError> {
+            self.inner.update(key, changes, condition).await
+        }
+        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
+            let result = self.inner.transact(writes, token).await;
+            let mut lose = self.lose.lock().unwrap();
+            if *lose == 0 {
+                return result;
+            }
+            *lose -= 1;
+            Err(TableError::Ambiguous { operation: "transact", source: "the reply was lost".into() })
+        }
+        async fn query(&self, query: Query) -> Result<Page, TableError> {
+            self.inner.query(query).await
+        }
+        async fn scan(&self, start: Option<Item>) -> Result<Page, TableError> {
+            self.inner.scan(start).await
+        }
+    }
+
+    /// A sweep whose batch committed but every send of it lost its reply
+    /// (the next attempt goes with a new token and finds its own batch):
+    /// the batch is reported formed, so it is queued at once, not left for
+    /// the reconciler's minute.
+    #[tokio::test]
+    async fn a_swept_batch_whose_replies_were_lost_is_still_reported_formed() {
+        for (shards, amount) in [(3, "1"), (60, "0.05")] {
+            let (table, _) = crumbs_of(shards, amount).await;
+            let lossy = DynamoStore::on(Arc::new(LosesReplies { inner: Arc::clone(&table), lose: Mutex::new(4) }));
+            let coin = Coin::from_trusted("ABAN");
+
+            let formed =
+                lossy.sweep_pools(&coin, usd("10"), time::Duration::milliseconds(500), a_second_later()).await.unwrap();
+
+            assert_eq!(formed.len(), 1, "{shards} shards: the batch committed, yet was not reported");
+            let batch = lossy.read_batch(formed[0]).await.unwrap().unwrap();
+            assert_eq!(batch.status, BatchStatus::Ready);
+            assert_audit_clean(&DynamoStore::on(table)).await;
+        }
+    }
+
     /// A sweep that stops after the first of a batch's transactions leaves
     /// it `FORMING`, recorded on the coin: its orders are pending, the
     /// ledger is exact, and the next sweep finishes it.
@@ -643,8 +774,14 @@ mod tests {
         assert_eq!((forming.usd, forming.count), (usd("9.6"), 48));
         let alice = UserId::parse("alice").unwrap();
         let first = store.order(&alice, placed[0].order.order.id).await.unwrap().unwrap();
-        assert_eq!(first.status, OrderStatus::Pending, "in a batch still forming: not bought yet");
-        assert_audit_clean(&store).await;
+        assert_eq!((first.status, first.batch_id), (OrderStatus::Pending, None), "in a batch still forming");
+        let report = audit(&store.ledger().await.unwrap(), usd("10"));
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(
+            (report.pending_orders, report.pending_usd),
+            (60, usd("12").value()),
+            "the forming batch is pending"
+        );
 
         let formed = store.sweep_pools(&coin, usd("10"), quiet, a_second_later()).await.unwrap();
 
@@ -690,5 +827,63 @@ mod tests {
         assert_eq!(formed.len(), 1);
         assert_eq!(high(DynamoStore::on(Arc::clone(&table)), later + time::Duration::seconds(2)).await, 1);
         assert_audit_clean(&DynamoStore::on(table)).await;
+    }
+
+    /// A table that counts the keys read by `BatchGetItem`.
+    struct CountsKeys {
+        inner: Arc<dyn Table>,
+        keys: Mutex<usize>,
+    }
+
+    #[async_trait::async_trait]
+    impl Table for CountsKeys {
+        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
+            self.inner.get(key).await
+        }
+        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+            *self.keys.lock().unwrap() += keys.len();
+            self.inner.get_many(keys).await
+        }
+        async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
+            self.inner.put(item, condition).await
+        }
+        async fn update(
+            &self,
+            key: Item,
+            changes: Changes,
+            condition: Option<Cond>,
+        ) -> Result<Result<Item, ConditionFailed>, TableError> {
+            self.inner.update(key, changes, condition).await
+        }
+        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
+            self.inner.transact(writes, token).await
+        }
+        async fn query(&self, query: Query) -> Result<Page, TableError> {
+            self.inner.query(query).await
+        }
+        async fn scan(&self, start: Option<Item>) -> Result<Page, TableError> {
+            self.inner.scan(start).await
+        }
+    }
+
+    /// Money left above a settled count (under the minimum: it may wait
+    /// long) keeps `high` up, but a sweep then reads the count's shards and
+    /// those few, not every shard the coin ever had; every minute, all.
+    #[tokio::test]
+    async fn money_left_above_the_count_does_not_make_every_sweep_read_every_shard() {
+        let (table, _) = crumbs(3).await;
+        let counting = Arc::new(CountsKeys { inner: table, keys: Mutex::new(0) });
+        let sweeper = DynamoStore::on(counting.clone());
+        let coin = Coin::from_trusted("ABAN");
+        let later = t0() + time::Duration::minutes(10);
+        let mut read = Vec::new();
+        for tick in 0..3 {
+            let before = *counting.keys.lock().unwrap();
+            let at = later + time::Duration::milliseconds(250 * tick);
+            sweeper.sweep_pools(&coin, usd("10"), time::Duration::milliseconds(500), at).await.unwrap();
+            read.push(*counting.keys.lock().unwrap() - before);
+        }
+        assert_eq!(read, vec![128, 3, 3], "every shard once, then the count's (one) and the two holding money");
+        assert_eq!(sweeper.read_shard_count(&coin).await.unwrap().high, 128);
     }
 }

@@ -179,7 +179,8 @@ pub enum TableError {
         #[source]
         source: BoxError,
     },
-    /// Over the table's or partition's throughput: nothing changed; back off.
+    /// Over the table's or partition's throughput, or (a single write) the
+    /// item is held by a transaction: nothing changed; back off.
     #[error("{operation} was throttled")]
     Throttled {
         operation: &'static str,

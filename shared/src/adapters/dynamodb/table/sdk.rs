@@ -43,9 +43,16 @@ fn classify<E>(operation: &'static str, error: SdkError<E, HttpResponse>) -> Tab
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    // A single write on an item a transaction holds is refused as a whole,
+    // like a throttled one: nothing applied, worth trying again later.
     let throttled = matches!(
         error.code(),
-        Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded")
+        Some(
+            "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TransactionConflictException"
+        )
     );
     let ambiguous = match &error {
         SdkError::ConstructionFailure(_) => false,
