@@ -6,6 +6,7 @@
 AWS_SAM_CLI_VERSION=1.170.0
 CARGO_LAMBDA_VERSION=1.9.2
 SCHEMATHESIS_VERSION=4.32.5
+OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
 
 install_tools() {
   local venv
@@ -20,14 +21,16 @@ install_tools() {
   export SAM_CLI_TELEMETRY=0
 }
 
-# schemathesis (PyPI), the API fuzzer, in a venv of its own: its pins and
-# the SAM CLI's need not agree.
+# schemathesis (PyPI), the API fuzzer, and openapi-spec-validator, which
+# holds openapi.yaml to the OpenAPI 3.1 schema, in a venv of their own: their
+# pins and the SAM CLI's need not agree.
 install_schemathesis() {
   local venv
   venv="$(pwd)/.emulators/schemathesis-venv"
-  if [ ! -x "$venv/bin/schemathesis" ]; then
-    echo "installing schemathesis==$SCHEMATHESIS_VERSION (PyPI)" >&2
+  if [ ! -x "$venv/bin/schemathesis" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+    echo "installing schemathesis==$SCHEMATHESIS_VERSION and openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION (PyPI)" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+      "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION" >&2
   fi
 }

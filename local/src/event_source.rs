@@ -31,7 +31,8 @@ pub struct EventSourceConfig {
 impl Default for EventSourceConfig {
     fn default() -> Self {
         EventSourceConfig {
-            max_receives: 10,
+            // As the deployed queue's redrive policy: one number everywhere.
+            max_receives: shared::adapters::sqs::MAX_RECEIVE_COUNT,
             concurrency: 4,
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),

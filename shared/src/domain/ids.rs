@@ -65,9 +65,13 @@ macro_rules! ulid_id {
             }
 
             pub fn parse(text: &str) -> Result<$name, InvalidId> {
+                // The decoder drops the bits above 128 that a first letter past
+                // `7` would carry: such a text names some other id, so refuse it.
                 Ulid::from_str(text)
+                    .ok()
+                    .filter(|ulid| ulid.to_string().eq_ignore_ascii_case(text))
                     .map($name)
-                    .map_err(|_| InvalidId { what: $what, reason: "not a ULID" })
+                    .ok_or(InvalidId { what: $what, reason: "not a ULID" })
             }
         }
 
@@ -168,6 +172,9 @@ mod tests {
         let id = OrderId::generate();
         assert_eq!(OrderId::parse(&id.to_string()), Ok(id));
         assert!(OrderId::parse("not-an-id").is_err());
+        assert_eq!(OrderId::parse(&id.to_string().to_lowercase()), Ok(id), "Crockford is case-blind");
+        let past_128_bits = format!("8{}", &id.to_string()[1..]);
+        assert!(OrderId::parse(&past_128_bits).is_err(), "would alias another id");
     }
 
     #[test]
