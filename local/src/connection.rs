@@ -1,5 +1,8 @@
-//! The client's connection as hyper sees it, with two things hyper does
+//! The client's connection as hyper sees it, with three things hyper does
 //! not do.
+//!
+//! It tells its slot (`crate::slots`) whether it is idle, and ends
+//! itself, as if the client had closed it, when its idle slot is wanted.
 //!
 //! A write timeout: a client that stops reading (its receive window full)
 //! would hold its connection, and a slot of the cap, for ever; a write
@@ -16,12 +19,15 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use place_order::problem::ApiError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use crate::slots::Activity;
 
 /// The request bytes kept for a diagnosis; a head longer than this is
 /// still answered, with a less specific detail.
@@ -38,11 +44,12 @@ pub struct ClientConnection<T> {
     write_timeout: Duration,
     /// Since when a write has made no progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    activity: Arc<Activity>,
 }
 
 impl<T> ClientConnection<T> {
-    pub fn new(inner: T, write_timeout: Duration) -> ClientConnection<T> {
-        ClientConnection { inner, received: Vec::new(), replacing: None, write_timeout, stalled: None }
+    pub fn new(inner: T, write_timeout: Duration, activity: Arc<Activity>) -> ClientConnection<T> {
+        ClientConnection { inner, received: Vec::new(), replacing: None, write_timeout, stalled: None, activity }
     }
 
     /// A write is pending: fine, until it has been for the write timeout.
@@ -92,7 +99,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientConnection<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            // Nothing from the client: if idle and asked for its slot, the
+            // connection ends as if the client had closed it (between
+            // requests, hyper closes quietly on that). Only once the read
+            // found nothing, so that a request already sent is served.
+            Poll::Pending if this.activity.gives_way(cx) => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(result) => result?,
+        }
+        if buf.filled().len() > before {
+            this.activity.request_began();
+        }
         let room = KEPT_FOR_DIAGNOSIS.saturating_sub(this.received.len());
         let new = &buf.filled()[before..];
         this.received.extend_from_slice(&new[..new.len().min(room)]);
@@ -122,7 +140,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientConnection<T> {
         let this = self.get_mut();
         ready!(this.poll_replacement(cx))?;
         let result = Pin::new(&mut this.inner).poll_flush(cx);
-        this.progress(cx, result)
+        let flushed = this.progress(cx, result);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.activity.flushed();
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod seed;
 pub mod server;
+mod slots;
 pub mod sqs_poller;
 
 use std::net::SocketAddr;

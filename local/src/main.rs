@@ -24,7 +24,8 @@ struct Cli {
     exchange_url: Option<String>,
     #[arg(long, value_enum, default_value = "memory")]
     backend: Backend,
-    /// Connections served at once; more wait to be accepted.
+    /// Connections served at once; more wait to be accepted, or take the
+    /// place of the longest-idle one.
     #[arg(long, default_value_t = ServerLimits::default().max_connections)]
     max_connections: usize,
     /// Seconds a client has to send a request's head (or, on a kept-alive

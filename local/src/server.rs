@@ -4,7 +4,8 @@
 //! the head within `header_timeout` (on a kept-alive connection, the wait
 //! for the next request counts), the gateway reads the body within
 //! `body_timeout`, at most `max_connections` are open (more wait in the
-//! listen backlog), and accept errors back off instead of spinning.
+//! listen backlog, or take the slot of an idle one: `crate::slots`), and
+//! accept errors back off instead of spinning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +16,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use shared::service::OrderService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::connection::ClientConnection;
 use crate::gateway;
+use crate::slots::Slots;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
-    /// Connections served at once; more wait to be accepted.
+    /// Connections served at once; more wait to be accepted, or take the
+    /// place of the longest-idle one.
     pub max_connections: usize,
     /// To receive a request's head, and the idle time allowed between
     /// requests on a kept-alive connection.
@@ -58,18 +61,16 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Slots::new(limits.max_connections);
     let mut failures = AcceptFailures::default();
     let mut http = http1::Builder::new();
     // A head over 128 KiB is 431 however it arrives (without a limit of
     // its own, hyper decides by how full its read buffer happens to be).
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_header_size(MAX_HEAD);
     loop {
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot,
-            _ = shutdown.changed() => break,
-        };
-        let Ok(slot) = slot else { break };
+        // Accepted before it has a slot, so that an idle connection gives
+        // way only to one that is waiting; the ones after it still wait in
+        // the listen backlog, not on a file descriptor each.
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
@@ -86,11 +87,27 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let slot = tokio::select! {
+            slot = slots.claim() => slot,
+            _ = shutdown.changed() => break,
+        };
         let _ = stream.set_nodelay(true);
         let service = Arc::clone(&service);
+        let activity = Arc::clone(&slot.activity);
         let connection = http.serve_connection(
-            TokioIo::new(ClientConnection::new(stream, limits.body_timeout)),
-            service_fn(move |request| gateway::serve(Arc::clone(&service), request, remote, limits)),
+            TokioIo::new(ClientConnection::new(stream, limits.body_timeout, Arc::clone(&slot.activity))),
+            service_fn(move |request| {
+                // From the service's call to its answer, the connection is
+                // busy (its bytes may have been read with the last request's).
+                activity.request_began();
+                let activity = Arc::clone(&activity);
+                let answer = gateway::serve(Arc::clone(&service), request, remote, limits);
+                async move {
+                    let response = answer.await;
+                    activity.answered();
+                    response
+                }
+            }),
         );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

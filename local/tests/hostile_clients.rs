@@ -8,6 +8,8 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_orders-local");
@@ -19,12 +21,15 @@ struct Server {
 }
 
 impl Server {
-    /// `orders-local` with 1-second request timeouts, optionally under a
-    /// file-descriptor limit.
+    /// `orders-local` with 1-second request timeouts (unless `extra` sets
+    /// its own), optionally under a file-descriptor limit.
     fn start(extra: &[&str], open_files: Option<u32>) -> Server {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["--listen", &listen, "--seed", DEMO_SEED, "--request-timeout", "1"];
+        let mut args = vec!["--listen", &listen, "--seed", DEMO_SEED];
+        if !extra.contains(&"--request-timeout") {
+            args.extend_from_slice(&["--request-timeout", "1"]);
+        }
         args.extend_from_slice(extra);
         let mut command = match open_files {
             Some(limit) => {
@@ -283,6 +288,83 @@ fn a_connection_flood_within_the_connection_cap_never_runs_out_of_descriptors() 
     assert!(!logs.contains("accept failed"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "logs to a pipe carry terminal colour codes:\n{logs}");
     assert!(logs.contains("signal=\"SIGTERM\"") || logs.contains("SIGTERM"), "{logs}");
+}
+
+/// A client holding `count` idle connections, more than the cap: half
+/// never send a byte, half send one kept-alive request and go quiet. Each
+/// one the server closes is opened again, until `stop`.
+fn hold_idle_connections(port: u16, count: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let open = move |index: usize| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        if index % 2 == 1 {
+            stream.write_all(b"GET /account HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\n\r\n").ok()?;
+        }
+        stream.set_nonblocking(true).ok()?;
+        Some(stream)
+    };
+    std::thread::spawn(move || {
+        let mut held: Vec<Option<TcpStream>> = (0..count).map(open).collect();
+        let mut reopened = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (index, slot) in held.iter_mut().enumerate() {
+                let mut scratch = [0; 4096];
+                let closed = match slot.as_mut().map(|stream| stream.read(&mut scratch)) {
+                    Some(Err(error)) => error.kind() != std::io::ErrorKind::WouldBlock,
+                    Some(Ok(0)) | None => true,
+                    // An answer to the one request: read, and the connection kept idle.
+                    Some(Ok(_)) => false,
+                };
+                if closed {
+                    *slot = open(index);
+                    reopened += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reopened
+    })
+}
+
+/// Stops the idle client when the test ends, passed or not.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn idle_connections_past_the_cap_give_way_to_new_clients() {
+    // Idle connections would be closed after 30 s: a request answered
+    // within seconds did not wait for that.
+    let mut server = Server::start(&["--max-connections", "16", "--request-timeout", "30"], None);
+    // A request under way when the idle ones arrive: never cut to make room.
+    let mut slow = server.connect();
+    slow.write_all(b"GET /account HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(Arc::clone(&stop));
+    let hostile = hold_idle_connections(server.port, 48, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(500));
+    let patience = Duration::from_secs(5);
+    for attempt in 1..=5 {
+        let request = b"GET /account HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\nConnection: close\r\n\r\n";
+        let answer = server.exchange(request, patience);
+        assert!(
+            answer.status() == 200 && answer.after < patience,
+            "request {attempt} behind the idle connections: {:?} after {:?}",
+            answer.text,
+            answer.after
+        );
+    }
+    slow.write_all(b"X-User-Id: bob\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "the request under way: {answer:?}");
+    stop.store(true, Ordering::Relaxed);
+    let reopened = hostile.join().unwrap();
+    assert!(reopened > 0, "the server closed none of the idle connections");
+    server.stop();
 }
 
 #[test]

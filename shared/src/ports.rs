@@ -250,6 +250,11 @@ impl<T: Orders + Settlements + Outbox + Accounts + LedgerRecords> Store for T {}
 #[async_trait]
 pub trait SettleQueue: Send + Sync {
     async fn send(&self, batch: BatchId) -> Result<(), InfraError>;
+    /// Sends it so that it is delivered after `delay` (at most 15 minutes,
+    /// SQS's limit): a batch that another attempt holds is looked at again
+    /// once that attempt's lease is over, without using up the receives of
+    /// the message that found it held.
+    async fn send_after(&self, batch: BatchId, delay: std::time::Duration) -> Result<(), InfraError>;
 }
 
 /// A buy sent to the exchange.
@@ -261,12 +266,38 @@ pub struct ExchangeOrder {
     pub quantity: BatchQuantity,
 }
 
-/// A filled exchange order.
+/// A filled exchange order, as the exchange describes it. (An answer that
+/// names another client order id, or a side other than buy, is no fill of
+/// ours: the adapter reads it as an unknown outcome.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fill {
     pub exchange_order_id: String,
-    /// The quantity the exchange reports, when it reports one.
-    pub quantity: Option<BatchQuantity>,
+    /// The coin the exchange says it bought, when it says.
+    pub symbol: Option<String>,
+    pub quantity: FillQuantity,
+}
+
+/// The quantity a fill reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillQuantity {
+    Stated(BatchQuantity),
+    /// The answer has no quantity.
+    Unstated,
+    /// A quantity that is not an exact positive decimal: as wrong as a
+    /// different one (an operator must look).
+    Unreadable(String),
+}
+
+impl Fill {
+    /// A fill of `quantity` that names no coin.
+    pub fn of(exchange_order_id: impl Into<String>, quantity: BatchQuantity) -> Fill {
+        Fill { exchange_order_id: exchange_order_id.into(), symbol: None, quantity: FillQuantity::Stated(quantity) }
+    }
+
+    /// A fill that states neither coin nor quantity.
+    pub fn unstated(exchange_order_id: impl Into<String>) -> Fill {
+        Fill { exchange_order_id: exchange_order_id.into(), symbol: None, quantity: FillQuantity::Unstated }
+    }
 }
 
 /// What the exchange says about a client order id.
@@ -311,6 +342,10 @@ pub enum ExchangeError {
 pub trait Exchange: Send + Sync {
     async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError>;
     async fn lookup(&self, client_order_id: BatchId) -> Result<Lookup, ExchangeError>;
+    /// The longest a request is on its way: this long after it was sent it
+    /// has reached the exchange or never will (the client gives up then).
+    /// Settlement waits this long before a refusal becomes final.
+    fn request_timeout(&self) -> std::time::Duration;
 }
 
 pub trait Clock: Send + Sync {

@@ -217,6 +217,10 @@ mod tests {
             self.sent.lock().unwrap().push(batch);
             Ok(())
         }
+
+        async fn send_after(&self, batch: BatchId, _: std::time::Duration) -> Result<(), InfraError> {
+            self.send(batch).await
+        }
     }
 
     /// A queue whose sends let others run first, so that reconcilers
@@ -232,6 +236,10 @@ mod tests {
             tokio::task::yield_now().await;
             self.sent.lock().unwrap().push(batch);
             Ok(())
+        }
+
+        async fn send_after(&self, batch: BatchId, _: std::time::Duration) -> Result<(), InfraError> {
+            self.send(batch).await
         }
     }
 

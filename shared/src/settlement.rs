@@ -2,7 +2,8 @@
 //! duplicate, late and concurrent deliveries: the claim is a conditional
 //! write, every later write of an attempt is fenced on that attempt holding
 //! the batch, the exchange is idempotent on the batch id and asked before
-//! any resend, and a refusal is recorded (final) before anyone is credited.
+//! any resend, and a refusal is recorded (final) before anyone is credited,
+//! once no earlier attempt's request can still reach the exchange.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use crate::domain::{Batch, BatchId, BatchStatus};
 use crate::metrics::{self, SettleOutcome};
 use crate::ports::{
-    Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fence, Fill, InfraError, Lookup, Refund, SettleQueue,
-    Settlements,
+    Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fence, Fill, FillQuantity, InfraError, Lookup, Refund,
+    SettleQueue, Settlements,
 };
 use crate::telemetry::ErrorChain;
 
@@ -30,6 +31,9 @@ pub enum Settlement {
     UnknownBatch,
     /// Still gathering pools: the sweep sends it again once it is ready.
     StillForming,
+    /// Another attempt holds it until `until`: a message delivered then
+    /// looks again (this one is done with, its receives kept).
+    Deferred { until: time::OffsetDateTime },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,10 @@ pub enum SettleError {
     /// Another attempt took the batch over while this one ran.
     #[error("attempt {attempt} of batch {batch} lost its lease (the batch is now {now:?})")]
     LeaseLost { batch: BatchId, attempt: u32, now: BatchStatus },
+    /// Too little of the lease was left for a request to reach the exchange
+    /// within it: not sent, the lease given back.
+    #[error("attempt {attempt} of batch {batch} had too little lease left to send")]
+    LeaseRunningOut { batch: BatchId, attempt: u32 },
     #[error(transparent)]
     Infra(#[from] InfraError),
 }
@@ -98,10 +106,14 @@ impl Settler {
             Claim::Claimed(batch) => batch,
             Claim::Refusing(_) => return self.refund(batch_id).await,
             Claim::Finished(status) => return Ok(Settlement::AlreadyFinished(status)),
-            Claim::Leased { .. } => return Err(SettleError::Busy { batch: batch_id }),
+            Claim::Leased { until } => return self.defer(batch_id, until, now).await,
             Claim::NotFound => return Ok(Settlement::UnknownBatch),
             Claim::Forming => return Ok(Settlement::StillForming),
         };
+        // Every earlier attempt sent its last request before this moment (see
+        // `lease_left_to_send`), so each has reached the exchange, or never
+        // will, one request timeout after it.
+        let claimed = tokio::time::Instant::now();
         tracing::Span::current().record("attempt", batch.attempts);
         metrics::settle_attempted();
 
@@ -123,10 +135,13 @@ impl Settler {
             }
         }
 
+        if !self.lease_left_to_send(&batch) {
+            return Err(self.running_out(&batch).await);
+        }
         let order = ExchangeOrder { client_order_id: batch_id, coin: batch.coin.clone(), quantity: batch.qty };
         match self.exchange.buy(&order).await {
             Ok(fill) => self.record_fill(&batch, fill).await,
-            Err(ExchangeError::Refused { reason }) => self.refuse(&batch, &reason).await,
+            Err(ExchangeError::Refused { reason }) => self.refuse_once_final(&batch, &reason, claimed).await,
             Err(unknown @ ExchangeError::Unknown { .. }) => {
                 // Resolve at once if the exchange can tell; otherwise the
                 // message is delivered again and the next attempt asks first.
@@ -142,12 +157,102 @@ impl Settler {
         }
     }
 
+    /// Another attempt holds the batch: a delayed message looks again once
+    /// its lease is over. Failing this message instead would use up one of
+    /// its receives against the lease, and a slow attempt would send it to
+    /// the dead-letter queue for nothing.
+    async fn defer(
+        &self,
+        batch: BatchId,
+        until: time::OffsetDateTime,
+        now: time::OffsetDateTime,
+    ) -> Result<Settlement, SettleError> {
+        let left = Duration::try_from(until - now).unwrap_or_default();
+        match self.queue.send_after(batch, left + Duration::from_secs(1)).await {
+            Ok(()) => Ok(Settlement::Deferred { until }),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "could not send the batch for later; failing the message");
+                Err(SettleError::Busy { batch })
+            }
+        }
+    }
+
+    /// Whether a request sent now reaches the exchange, or never will,
+    /// before this attempt's lease ends: an attempt sends only then, so a
+    /// later attempt (which claims the batch only once the lease is over or
+    /// given back) knows every earlier request was sent before its claim.
+    /// Clocks must agree to within the request timeout.
+    fn lease_left_to_send(&self, batch: &Batch) -> bool {
+        let Some(until) = batch.lease_until else { return false };
+        until - self.clock.now() >= self.exchange.request_timeout()
+    }
+
+    async fn running_out(&self, batch: &Batch) -> SettleError {
+        tracing::warn!(batch_id = %batch.id, attempt = batch.attempts, "too little lease left to send; giving it back");
+        if let Err(error) = self.settlements.release_batch(batch.id, batch.attempts, self.clock.now()).await {
+            tracing::warn!(error = %ErrorChain(&error), "could not release the batch lease");
+        }
+        metrics::settle_outcome(SettleOutcome::LeaseLost);
+        SettleError::LeaseRunningOut { batch: batch.id, attempt: batch.attempts }
+    }
+
+    /// A refused POST leaves the id free: a request of an earlier attempt
+    /// still on its way could be filled after the refusal. So the refusal
+    /// becomes final only once every such request has reached the exchange
+    /// or never will (one request timeout after this attempt's claim), and
+    /// a lookup made after that finds no fill; a fill found is recorded.
+    async fn refuse_once_final(
+        &self,
+        batch: &Batch,
+        reason: &str,
+        claimed: tokio::time::Instant,
+    ) -> Result<Settlement, SettleError> {
+        if batch.attempts > 1 {
+            tokio::time::sleep_until(claimed + self.exchange.request_timeout()).await;
+            match self.exchange.lookup(batch.id).await {
+                Ok(Lookup::NotFound | Lookup::Ended { .. }) => {}
+                Ok(Lookup::Filled(fill)) => {
+                    tracing::warn!(
+                        batch_id = %batch.id, %reason,
+                        "an earlier attempt's request was filled after this attempt was refused: recording the fill"
+                    );
+                    return self.record_fill(batch, fill).await;
+                }
+                Ok(Lookup::Pending { status }) => {
+                    let source = ExchangeError::Unknown {
+                        reason: format!("refused, and an earlier send is {status} at the exchange"),
+                        source: None,
+                    };
+                    return Err(self.give_back(batch, source).await);
+                }
+                Err(source) => return Err(self.give_back(batch, source).await),
+            }
+        }
+        self.refuse(batch, reason).await
+    }
+
     async fn record_fill(&self, batch: &Batch, fill: Fill) -> Result<Settlement, SettleError> {
-        if let Some(filled) = fill.quantity.filter(|q| *q != batch.qty) {
+        if let Some(symbol) = fill.symbol.as_deref().filter(|s| !s.eq_ignore_ascii_case(batch.coin.as_str())) {
+            // Not a fill of this batch, whatever its id says: never recorded.
             tracing::error!(
+                batch_id = %batch.id, coin = %batch.coin, %symbol,
+                "the exchange reports a fill of this batch in another coin: an operator must look"
+            );
+            let source =
+                ExchangeError::Unknown { reason: format!("a fill of {symbol}, not {}", batch.coin), source: None };
+            return Err(self.give_back(batch, source).await);
+        }
+        match &fill.quantity {
+            FillQuantity::Stated(filled) if *filled == batch.qty => {}
+            FillQuantity::Unstated => {}
+            FillQuantity::Stated(filled) => tracing::error!(
                 batch_id = %batch.id, requested = %batch.qty, filled = %filled,
                 "the exchange filled a different quantity than requested: an operator must reconcile"
-            );
+            ),
+            FillQuantity::Unreadable(text) => tracing::error!(
+                batch_id = %batch.id, requested = %batch.qty, filled = %text,
+                "the exchange filled a quantity that cannot be read: an operator must reconcile"
+            ),
         }
         let bought = Settlement::Bought { exchange_order_id: fill.exchange_order_id.clone() };
         let settled = self

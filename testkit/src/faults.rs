@@ -27,6 +27,9 @@ pub enum Fault {
     FailBefore,
     /// Applied, and the reply lost: the caller sees no answer.
     LoseReply,
+    /// Sent, and no answer: not applied yet (it may still arrive later, so
+    /// the caller cannot know it never will).
+    NoAnswer,
 }
 
 /// The kinds of request a plan may treat differently.
@@ -99,7 +102,8 @@ pub struct FaultyTable {
     plan: Arc<dyn FaultPlan>,
     pub injected: Injected,
     /// Tokens of transactions that committed: DynamoDB answers their
-    /// resends from the token, so no fault is injected in front of them.
+    /// resends from the token, so no conflict is injected in front of them
+    /// (their replies can still be lost, or throttled).
     committed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -119,6 +123,10 @@ impl FaultyTable {
             Fault::FailBefore => {
                 self.injected.failures.fetch_add(1, Ordering::Relaxed);
                 Err(TableError::Failed { operation: "injected", source: injected("failed before sending (injected)") })
+            }
+            Fault::NoAnswer => {
+                self.injected.lost_replies.fetch_add(1, Ordering::Relaxed);
+                Err(TableError::Ambiguous { operation: "injected", source: injected("no answer (injected)") })
             }
             // Reads have nothing to conflict on; a conflicting single write is
             // refused before anything is applied, as the SDK table reports it.
@@ -176,11 +184,9 @@ impl Table for FaultyTable {
     }
 
     async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
-        if self.committed.lock().unwrap().contains(token) {
-            return self.inner.transact(writes, token).await;
-        }
+        let committed = self.committed.lock().unwrap().contains(token);
         let fault = self.before(Operation::Transact)?;
-        if fault == Fault::Conflict {
+        if fault == Fault::Conflict && !committed {
             self.injected.conflicts.fetch_add(1, Ordering::Relaxed);
             return Ok(Transacted::Cancelled(vec![Reason::Conflict; writes.len()]));
         }

@@ -125,4 +125,9 @@ impl SettleQueue for PermissionsQueue {
         self.permissions.note("sqs:SendMessage", "queue");
         self.inner.send(batch).await
     }
+
+    async fn send_after(&self, batch: BatchId, delay: std::time::Duration) -> Result<(), InfraError> {
+        self.permissions.note("sqs:SendMessage", "queue");
+        self.inner.send_after(batch, delay).await
+    }
 }

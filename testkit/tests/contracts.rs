@@ -55,3 +55,62 @@ async fn a_replay_that_cannot_be_read_is_an_unknown_outcome() {
 
     assert!(matches!(result, Err(PlaceError::OutcomeUnknown(_))), "{result:?}");
 }
+
+/// A placement whose first send went unanswered (it may still reach the
+/// table) and whose later sends are all cancelled or throttled: the client
+/// is told the outcome is unknown, never busy ("nothing changed").
+#[tokio::test]
+async fn a_placement_with_an_unanswered_send_is_never_answered_nothing_changed() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use shared::ports::{Accounts, Orders, PlaceError};
+    use testkit::faults::{Fault, FaultyTable, Operation};
+    use testkit::store_contract::{order, usd, user};
+
+    for after in [Fault::Conflict, Fault::Throttle] {
+        let transactions = Arc::new(AtomicU64::new(0));
+        let plan = {
+            let transactions = Arc::clone(&transactions);
+            move |operation: Operation| match operation {
+                Operation::Transact if transactions.fetch_add(1, Ordering::SeqCst) == 0 => Fault::NoAnswer,
+                Operation::Transact => after,
+                _ => Fault::None,
+            }
+        };
+        let memory = Arc::new(MemoryTable::new());
+        let setup = DynamoStore::on(Arc::clone(&memory) as Arc<dyn Table>);
+        setup.open_account(&user("alice"), usd("100")).await.unwrap();
+        let store = DynamoStore::on(Arc::new(FaultyTable::new(memory, Arc::new(plan))));
+        for amount in ["1", "3"] {
+            transactions.store(0, Ordering::SeqCst);
+            let result = store.place_order(order("alice", amount), usd("10")).await;
+            assert!(matches!(result, Err(PlaceError::OutcomeUnknown(_))), "{after:?}, ${amount}: {result:?}");
+        }
+    }
+}
+
+/// A deposit whose first send committed and whose replies, resends' too,
+/// were all lost: the retry is the same logical write (one token), so it is
+/// answered as credited by this call, not as a deposit credited before.
+#[tokio::test]
+async fn a_write_whose_every_reply_was_lost_is_not_taken_for_someone_elses() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use shared::domain::DepositId;
+    use shared::ports::{Accounts, Deposited, Orders};
+    use testkit::faults::{Fault, FaultyTable, Operation};
+    use testkit::store_contract::{usd, user};
+
+    let transactions = Arc::new(AtomicU64::new(0));
+    let plan = {
+        let transactions = Arc::clone(&transactions);
+        move |operation: Operation| match operation {
+            Operation::Transact if transactions.fetch_add(1, Ordering::SeqCst) < 3 => Fault::LoseReply,
+            _ => Fault::None,
+        }
+    };
+    let store = DynamoStore::on(Arc::new(FaultyTable::new(Arc::new(MemoryTable::new()), Arc::new(plan))));
+    let deposited = store.deposit(&user("alice"), &DepositId::parse("wire-1").unwrap(), usd("25")).await.unwrap();
+    assert_eq!(deposited, Deposited::Credited { balance: usd("25") });
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("25"));
+}

@@ -461,7 +461,7 @@ impl Run {
             refunded: count(BatchStatus::Refunded),
             unknown: replies.unknown,
             busy: replies.busy,
-            resent_after_unrecorded_refusal: *self.exchange.resent_after_unrecorded_refusal.lock().unwrap(),
+            resent_after_unrecorded_refusal: self.exchange.resent_after_unrecorded_refusal(),
             shards: ledger.pools.len(),
             merged_batches: ledger.batches.iter().filter(|b| b.pools.len() > 1).count(),
             fingerprint: format!("{ledger:?}\n{records:?}"),

@@ -100,10 +100,15 @@ impl Exchange for Answers {
     async fn lookup(&self, _: BatchId) -> Result<Lookup, ExchangeError> {
         Ok(Lookup::NotFound)
     }
+
+    /// It answers in the call: nothing is left on its way.
+    fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 fn filled(order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
-    Ok(Fill { exchange_order_id: format!("EX-{}", order.client_order_id), quantity: None })
+    Ok(Fill::unstated(format!("EX-{}", order.client_order_id)))
 }
 
 fn refused(_: &ExchangeOrder) -> Result<Fill, ExchangeError> {

@@ -48,16 +48,17 @@ impl Exchange for ScriptedExchange {
             return Err(ExchangeError::Unknown { reason: "no answer".into(), source: Some(Box::new(cause)) });
         }
         self.filled.lock().unwrap().push(order.client_order_id);
-        Ok(Fill { exchange_order_id: format!("EX-{}", order.client_order_id), quantity: Some(order.quantity) })
+        Ok(Fill::of(format!("EX-{}", order.client_order_id), order.quantity))
     }
 
     async fn lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
         let filled = self.filled.lock().unwrap().contains(&id);
-        Ok(if filled {
-            Lookup::Filled(Fill { exchange_order_id: format!("EX-{id}"), quantity: None })
-        } else {
-            Lookup::NotFound
-        })
+        Ok(if filled { Lookup::Filled(Fill::unstated(format!("EX-{id}"))) } else { Lookup::NotFound })
+    }
+
+    /// It answers in the call: nothing is left on its way.
+    fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 
@@ -150,11 +151,16 @@ impl Exchange for OvertakingExchange {
         let claim = self.store.claim_batch(order.client_order_id, later, later + Duration::from_secs(30)).await;
         let Ok(shared::ports::Claim::Claimed(batch)) = claim else { panic!("the later attempt could not claim") };
         self.store.settle_batch(batch.id, batch.attempts, "EX-1").await.unwrap();
-        Ok(Fill { exchange_order_id: "EX-1".into(), quantity: Some(order.quantity) })
+        Ok(Fill::of("EX-1", order.quantity))
     }
 
     async fn lookup(&self, _: BatchId) -> Result<Lookup, ExchangeError> {
         Ok(Lookup::NotFound)
+    }
+
+    /// It answers in the call: nothing is left on its way.
+    fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 
@@ -362,4 +368,108 @@ async fn a_failed_settlement_logs_its_cause_in_the_json_line() {
         .unwrap_or_else(|| panic!("no such line in:\n{text}"));
     let error = line["fields"]["error"].as_str().unwrap();
     assert!(error.contains("no answer") && error.ends_with("connection reset by peer"), "{line}");
+}
+
+/// A delivery that finds a live attempt holding the batch is done with (its
+/// receives are not used up against the lease): a delayed message looks
+/// again once the lease is over.
+#[tokio::test(start_paused = true)]
+async fn a_delivery_while_another_attempt_holds_the_batch_comes_back_after_the_lease() {
+    let store = Arc::new(DynamoStore::in_memory());
+    let exchange = ScriptedExchange::new(false, false);
+    let (queue, mut delivered) = memory_queue();
+    let settler =
+        Settler::new(store.clone(), exchange.clone(), Arc::new(queue), Arc::new(SystemClock), Duration::from_secs(30));
+    let batch = formed_batch(&store, "alice").await;
+    let now = shared::ports::Clock::now(&SystemClock);
+    let held = store.claim_batch(batch, now, now + Duration::from_secs(20)).await.unwrap();
+    assert!(matches!(held, shared::ports::Claim::Claimed(_)), "{held:?}");
+
+    assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
+    assert!(delivered.try_recv().is_err(), "not before the lease is over");
+    let again = tokio::time::timeout(Duration::from_secs(60), delivered.recv()).await.unwrap().unwrap();
+    assert_eq!(again.body, body(batch));
+    assert_eq!(exchange.buys.load(Ordering::SeqCst), 0, "the held batch was not sent meanwhile");
+}
+
+/// An exchange that reports every buy filled in another coin.
+struct OtherCoinExchange;
+
+#[async_trait]
+impl Exchange for OtherCoinExchange {
+    async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+        Ok(Fill { symbol: Some("BTC".into()), ..Fill::of("EX-OTHER", order.quantity) })
+    }
+
+    async fn lookup(&self, _: BatchId) -> Result<Lookup, ExchangeError> {
+        Ok(Lookup::NotFound)
+    }
+
+    fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+/// A fill that names another coin is no fill of this batch: never recorded,
+/// retried (and an error for an operator).
+#[tokio::test]
+async fn a_fill_of_another_coin_is_never_recorded() {
+    let store = Arc::new(DynamoStore::in_memory());
+    let settler = settler(&store, &Arc::new(OtherCoinExchange));
+    let batch = formed_batch(&store, "alice").await;
+    assert_eq!(failures(&settler, event(&[("m1", body(batch))])).await, vec!["m1"]);
+    let stored = store.batch(batch).await.unwrap().unwrap();
+    assert_eq!(stored.status, shared::domain::BatchStatus::Submitting);
+    assert_eq!(stored.exchange_order_id, None);
+}
+
+/// The first POST's connection drops right after sending, and the request
+/// reaches the exchange three seconds later, when the halt has lifted: it
+/// is filled. The second POST, sent meanwhile, is refused with a 400.
+struct LateArrival {
+    posts: AtomicUsize,
+    filled: Arc<Mutex<Option<String>>>,
+}
+
+#[async_trait]
+impl Exchange for LateArrival {
+    async fn buy(&self, _: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+        if self.posts.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Err(ExchangeError::Refused { reason: "400: symbol halted".into() });
+        }
+        let filled = Arc::clone(&self.filled);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            *filled.lock().unwrap() = Some("EX-LATE".into());
+        });
+        Err(ExchangeError::Unknown { reason: "the connection was lost after sending".into(), source: None })
+    }
+
+    async fn lookup(&self, _: BatchId) -> Result<Lookup, ExchangeError> {
+        Ok(self.filled.lock().unwrap().clone().map_or(Lookup::NotFound, |id| Lookup::Filled(Fill::unstated(id))))
+    }
+
+    fn request_timeout(&self) -> std::time::Duration {
+        Duration::from_secs(5)
+    }
+}
+
+/// A refusal does not reserve the id: an earlier attempt's request still on
+/// its way can be filled after it. The refusal becomes final only once that
+/// request has reached the exchange or never will, and a lookup then finds
+/// no fill; here it finds the fill, and the batch is settled, not refunded.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_waits_for_an_earlier_attempts_request_still_on_its_way() {
+    let store = Arc::new(DynamoStore::in_memory());
+    let exchange = Arc::new(LateArrival { posts: AtomicUsize::new(0), filled: Arc::default() });
+    let settler = settler(&store, &exchange);
+    let batch = formed_batch(&store, "alice").await;
+
+    let first = settler.settle(batch).await;
+    assert!(first.is_err(), "{first:?}");
+    let second = settler.settle(batch).await.unwrap();
+    assert_eq!(second, shared::settlement::Settlement::Bought { exchange_order_id: "EX-LATE".into() });
+    let stored = store.batch(batch).await.unwrap().unwrap();
+    assert_eq!(stored.status, shared::domain::BatchStatus::Settled);
+    assert_eq!(store.balance(&UserId::parse("alice").unwrap()).await.unwrap(), Usd::new(Decimal::from(88)).unwrap());
 }

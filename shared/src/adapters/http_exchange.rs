@@ -12,6 +12,13 @@
 //! | 408, 429, 5xx, a timeout, a broken connection | unknown: look it up |
 //!
 //! Redirects are never followed: a redirected POST would become a GET.
+//!
+//! An answer is about our order only if it names our `client_order_id` (and,
+//! when it says, the side buy); one that names another is an unknown
+//! outcome and an error log. What is taken from an answer is bounded before
+//! anything is written from it: the reply's size, the id's length and
+//! characters, the status; a quantity that is not an exact decimal is
+//! reported as unreadable (a mismatch), never as no quantity.
 
 use std::time::Duration;
 
@@ -19,8 +26,18 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use rust_decimal::Decimal;
+
 use crate::domain::{BatchId, BatchQuantity, Coin};
-use crate::ports::{Exchange, ExchangeError, ExchangeOrder, Fill, Lookup};
+use crate::ports::{Exchange, ExchangeError, ExchangeOrder, Fill, FillQuantity, Lookup};
+
+/// Largest reply read: an order is a few hundred bytes.
+const REPLY_LIMIT: usize = 64 * 1024;
+/// Longest exchange order id taken (it is written to the batch item): no
+/// exchange issues longer ones.
+const ID_LIMIT: usize = 128;
+/// Longest status or symbol taken.
+const WORD_LIMIT: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct HttpExchangeConfig {
@@ -33,6 +50,7 @@ pub struct HttpExchangeConfig {
 pub struct HttpExchange {
     client: reqwest::Client,
     base_url: String,
+    request_timeout: Duration,
 }
 
 #[derive(Serialize)]
@@ -48,7 +66,10 @@ struct OrderRequest<'a> {
 /// The fields of the exchange's order we use; others are ignored.
 #[derive(Deserialize)]
 struct OrderReply {
+    client_order_id: Option<String>,
     exchange_order_id: Option<String>,
+    symbol: Option<String>,
+    side: Option<String>,
     status: Option<String>,
     /// A string or a number; kept as its text so it is parsed exactly.
     quantity: Option<Box<serde_json::value::RawValue>>,
@@ -65,7 +86,10 @@ impl HttpExchange {
             .pool_idle_timeout(Duration::from_secs(50))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(HttpExchange { client, base_url: config.base_url.trim_end_matches('/').to_owned() })
+        let base_url = config.base_url.trim_end_matches('/').to_owned();
+        // The timeout bounds the whole request, its connection included.
+        let request_timeout = config.request_timeout.max(config.connect_timeout);
+        Ok(HttpExchange { client, base_url, request_timeout })
     }
 
     /// The call the challenge names: buy `quantity` of `coin`, once per batch.
@@ -91,7 +115,7 @@ impl HttpExchange {
             .map_err(|e| unknown("the order request failed", e))?;
         let status = response.status();
         if status.is_success() {
-            return match reply_to_lookup(read_reply(response).await?)? {
+            return match reply_to_lookup(read_reply(response).await?, client_order_id)? {
                 Lookup::Filled(fill) => Ok(fill),
                 Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
                 Lookup::Pending { status } => Err(ExchangeError::Unknown {
@@ -147,32 +171,120 @@ async fn detail(response: reqwest::Response) -> String {
     }
 }
 
-async fn read_reply(response: reqwest::Response) -> Result<OrderReply, ExchangeError> {
-    let bytes = response.bytes().await.map_err(|e| unknown("reading the exchange's reply failed", e))?;
+async fn read_reply(mut response: reqwest::Response) -> Result<OrderReply, ExchangeError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unknown("reading the exchange's reply failed", e))? {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > REPLY_LIMIT {
+            return Err(unreadable(format!("the exchange's reply is over {REPLY_LIMIT} bytes")));
+        }
+    }
     serde_json::from_slice(&bytes).map_err(|e| ExchangeError::Unknown {
         reason: "the exchange's reply is not the order JSON".to_owned(),
         source: Some(Box::new(e)),
     })
 }
 
-fn reply_to_lookup(reply: OrderReply) -> Result<Lookup, ExchangeError> {
+/// An answer that cannot be taken as it is: logged for an operator, and
+/// an unknown outcome (looked up and retried; the dead-letter queue if it
+/// never changes).
+fn unreadable(reason: String) -> ExchangeError {
+    tracing::error!(%reason, "the exchange's answer cannot be taken: an operator must look");
+    ExchangeError::Unknown { reason, source: None }
+}
+
+/// Text from the answer, cut short and made printable, for logs and reasons.
+fn shown(text: &str) -> String {
+    text.chars().take(WORD_LIMIT).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
+}
+
+/// A short word of visible ASCII (a status, a symbol, a side).
+fn word(text: &str) -> bool {
+    !text.is_empty() && text.len() <= WORD_LIMIT && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn reply_to_lookup(reply: OrderReply, ours: BatchId) -> Result<Lookup, ExchangeError> {
+    let ours = ours.to_string();
+    match reply.client_order_id.as_deref() {
+        Some(named) if named == ours => {}
+        named => {
+            let named = named.map_or("no order".to_owned(), |n| format!("order {:?}", shown(n)));
+            return Err(unreadable(format!("asked about order {ours}, the exchange answered about {named}")));
+        }
+    }
+    if let Some(side) = reply.side.as_deref().filter(|side| !side.eq_ignore_ascii_case("buy")) {
+        return Err(unreadable(format!("the exchange reports order {ours} as side {:?}, not buy", shown(side))));
+    }
     let status = reply.status.unwrap_or_default();
+    if !status.is_empty() && !word(&status) {
+        return Err(unreadable(format!("order {ours} has an unreadable status {:?}", shown(&status))));
+    }
     if ENDED_UNFILLED.contains(&status.as_str()) {
         return Ok(Lookup::Ended { status });
     }
     if status != "filled" {
         return Ok(Lookup::Pending { status });
     }
-    let exchange_order_id = reply.exchange_order_id.filter(|id| !id.is_empty()).ok_or_else(|| {
-        ExchangeError::Unknown { reason: "a fill without exchange_order_id".to_owned(), source: None }
-    })?;
-    let quantity = reply.quantity.and_then(|raw| {
-        let text = raw.get();
-        let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
-        let plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        plain.then(|| text.parse().ok()).flatten().and_then(BatchQuantity::from_decimal)
-    });
-    Ok(Lookup::Filled(Fill { exchange_order_id, quantity }))
+    let exchange_order_id = match reply.exchange_order_id {
+        Some(id) if !id.is_empty() && id.len() <= ID_LIMIT && id.bytes().all(|b| b.is_ascii_graphic()) => id,
+        Some(id) => {
+            return Err(unreadable(format!(
+                "the fill of order {ours} has an exchange_order_id of {} bytes that is not up to {ID_LIMIT} visible characters",
+                id.len()
+            )));
+        }
+        None => return Err(unreadable(format!("the fill of order {ours} has no exchange_order_id"))),
+    };
+    let symbol = match reply.symbol {
+        Some(symbol) if !word(&symbol) => {
+            return Err(unreadable(format!(
+                "the fill of order {ours} names an unreadable symbol {:?}",
+                shown(&symbol)
+            )));
+        }
+        symbol => symbol,
+    };
+    let quantity = reply.quantity.map_or(FillQuantity::Unstated, |raw| fill_quantity(raw.get()));
+    Ok(Lookup::Filled(Fill { exchange_order_id, symbol, quantity }))
+}
+
+/// A JSON number or string, read exactly: `3`, `"3.50"`, `1e9`, `2.5E-3`.
+/// Anything else, or a value that does not fit a quantity exactly, is
+/// unreadable.
+fn fill_quantity(raw: &str) -> FillQuantity {
+    let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
+    exact_decimal(text)
+        .and_then(BatchQuantity::from_decimal)
+        .map_or_else(|| FillQuantity::Unreadable(shown(text)), FillQuantity::Stated)
+}
+
+fn exact_decimal(text: &str) -> Option<Decimal> {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.strip_prefix('+').unwrap_or(exponent).parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let plain = match mantissa.split_once('.') {
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => digits(mantissa),
+    };
+    // Past 28 either way no quantity fits (and `0e2000000000` must not loop).
+    if !plain || exponent.unsigned_abs() > 28 {
+        return None;
+    }
+    let mut value = Decimal::from_str_exact(mantissa).ok()?;
+    if exponent >= 0 {
+        for _ in 0..exponent {
+            value = value.checked_mul(Decimal::TEN)?;
+        }
+    } else {
+        let scale = value.scale().checked_add(exponent.unsigned_abs())?;
+        if scale > 28 {
+            return None;
+        }
+        value.set_scale(scale).ok()?;
+    }
+    Some(value)
 }
 
 #[async_trait]
@@ -190,12 +302,16 @@ impl Exchange for HttpExchange {
             .map_err(|e| unknown("the lookup request failed", e))?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(Lookup::NotFound),
-            status if status.is_success() => reply_to_lookup(read_reply(response).await?),
+            status if status.is_success() => reply_to_lookup(read_reply(response).await?, client_order_id),
             status if is_transient(status) => {
                 Err(ExchangeError::Unknown { reason: format!("the lookup answered {status}"), source: None })
             }
             status => Err(ExchangeError::Misconfigured { status: status.as_u16(), detail: detail(response).await }),
         }
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 }
 
@@ -220,16 +336,26 @@ mod tests {
         BatchQuantity::from_decimal(text.parse().unwrap()).unwrap()
     }
 
+    /// The batch every test buys (answers must name it).
+    const OURS: &str = "01JDQ3Z8K2M4N6P8R0S2T4V6W8";
+
     fn order() -> ExchangeOrder {
         ExchangeOrder {
-            client_order_id: BatchId::generate(),
+            client_order_id: BatchId::parse(OURS).unwrap(),
             coin: Coin::from_trusted("ABAN"),
             quantity: quantity("3"),
         }
     }
 
     fn order_with_status(status: &str) -> serde_json::Value {
-        json!({"exchange_order_id": "X-1", "status": status, "quantity": "3"})
+        json!({"exchange_order_id": "X-1", "client_order_id": OURS, "symbol": "ABAN", "side": "buy",
+               "status": status, "quantity": "3"})
+    }
+
+    fn filled_with(field: &str, value: serde_json::Value) -> ResponseTemplate {
+        let mut body = order_with_status("filled");
+        body[field] = value;
+        ResponseTemplate::new(200).set_body_json(body)
     }
 
     /// What one answer to the POST comes to (nothing answers the lookup of a 409).
@@ -258,7 +384,7 @@ mod tests {
             .await;
         let fill = exchange(&server, 2000).buy(&order).await.unwrap();
         assert_eq!(fill.exchange_order_id, "X-1");
-        assert_eq!(fill.quantity, Some(quantity("3")));
+        assert_eq!(fill.quantity, FillQuantity::Stated(quantity("3")));
     }
 
     #[tokio::test]
@@ -272,13 +398,13 @@ mod tests {
                 "symbol": "ABAN", "side": "buy", "type": "market", "quantity": "1000000000.5"
             })))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "exchange_order_id": "X-2", "status": "filled", "quantity": "1000000000.5"
+                "exchange_order_id": "X-2", "client_order_id": OURS, "status": "filled", "quantity": "1000000000.5"
             })))
             .expect(1)
             .mount(&server)
             .await;
         let fill = exchange(&server, 2000).buy(&order).await.unwrap();
-        assert_eq!(fill.quantity, Some(quantity("1000000000.5")));
+        assert_eq!(fill.quantity, FillQuantity::Stated(quantity("1000000000.5")));
     }
 
     #[tokio::test]
@@ -385,10 +511,11 @@ mod tests {
         let server = MockServer::start().await;
         let ids: Vec<BatchId> = (0..6).map(|_| BatchId::generate()).collect();
         let answers = [
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"exchange_order_id": "X-9", "status": "filled", "quantity": "2.5"})),
-            ResponseTemplate::new(200).set_body_json(order_with_status("new")),
-            ResponseTemplate::new(200).set_body_json(order_with_status("expired")),
+            ResponseTemplate::new(200).set_body_json(
+                json!({"exchange_order_id": "X-9", "client_order_id": ids[0].to_string(), "status": "filled", "quantity": "2.5"}),
+            ),
+            ResponseTemplate::new(200).set_body_json(json!({"client_order_id": ids[1].to_string(), "status": "new"})),
+            ResponseTemplate::new(200).set_body_json(json!({"client_order_id": ids[2].to_string(), "status": "expired"})),
             ResponseTemplate::new(404),
             ResponseTemplate::new(401),
             ResponseTemplate::new(502),
@@ -397,14 +524,80 @@ mod tests {
             Mock::given(method("GET")).and(path(format!("/orders/{id}"))).respond_with(answer).mount(&server).await;
         }
         let exchange = exchange(&server, 2000);
-        assert_eq!(
-            exchange.lookup(ids[0]).await.unwrap(),
-            Lookup::Filled(Fill { exchange_order_id: "X-9".into(), quantity: Some(quantity("2.5")) })
-        );
+        assert_eq!(exchange.lookup(ids[0]).await.unwrap(), Lookup::Filled(Fill::of("X-9", quantity("2.5"))));
         assert_eq!(exchange.lookup(ids[1]).await.unwrap(), Lookup::Pending { status: "new".into() });
         assert_eq!(exchange.lookup(ids[2]).await.unwrap(), Lookup::Ended { status: "expired".into() });
         assert_eq!(exchange.lookup(ids[3]).await.unwrap(), Lookup::NotFound);
         assert!(matches!(exchange.lookup(ids[4]).await, Err(ExchangeError::Misconfigured { status: 401, .. })));
         assert!(matches!(exchange.lookup(ids[5]).await, Err(ExchangeError::Unknown { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_answer_about_another_order_or_side_is_no_answer_about_ours() {
+        for (field, value) in [
+            ("client_order_id", json!("someone-else")),
+            ("client_order_id", json!(null)),
+            ("client_order_id", json!(OURS.to_lowercase())),
+            ("side", json!("sell")),
+        ] {
+            for status in ["filled", "rejected"] {
+                let mut body = order_with_status(status);
+                body[field] = value.clone();
+                let result = buy_answered(ResponseTemplate::new(200).set_body_json(body)).await;
+                assert!(matches!(result, Err(ExchangeError::Unknown { .. })), "{field}={value} {status}: {result:?}");
+            }
+        }
+        let result = buy_answered(filled_with("side", json!("BUY"))).await;
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn quantities_are_read_exactly_or_reported_unreadable() {
+        for (value, expected) in [
+            (json!("3"), FillQuantity::Stated(quantity("3"))),
+            (json!(3), FillQuantity::Stated(quantity("3"))),
+            (json!("3.000"), FillQuantity::Stated(quantity("3"))),
+            (json!("3e0"), FillQuantity::Stated(quantity("3"))),
+            (json!("1e9"), FillQuantity::Stated(quantity("1000000000"))),
+            (json!("2.5E-3"), FillQuantity::Stated(quantity("0.0025"))),
+            (json!("0.3e+1"), FillQuantity::Stated(quantity("3"))),
+            (json!("abc"), FillQuantity::Unreadable("abc".into())),
+            (json!("-3"), FillQuantity::Unreadable("-3".into())),
+            (json!("0"), FillQuantity::Unreadable("0".into())),
+            (json!("1e29"), FillQuantity::Unreadable("1e29".into())),
+            (json!("0e2000000000"), FillQuantity::Unreadable("0e2000000000".into())),
+            (
+                json!("1.0000000000000000000000000000001"),
+                FillQuantity::Unreadable("1.000000000000000000000000000000".into()),
+            ),
+            (json!(null), FillQuantity::Unstated),
+        ] {
+            let fill = buy_answered(filled_with("quantity", value.clone())).await.unwrap();
+            assert_eq!(fill.quantity, expected, "{value}");
+        }
+        let mut body = order_with_status("filled");
+        body.as_object_mut().unwrap().remove("quantity");
+        let fill = buy_answered(ResponseTemplate::new(200).set_body_json(body)).await.unwrap();
+        assert_eq!(fill.quantity, FillQuantity::Unstated);
+    }
+
+    #[tokio::test]
+    async fn what_is_taken_from_an_answer_is_bounded() {
+        for response in [
+            filled_with("exchange_order_id", json!("x".repeat(500 * 1024))),
+            filled_with("exchange_order_id", json!("x".repeat(129))),
+            filled_with("exchange_order_id", json!("has space")),
+            filled_with("exchange_order_id", json!("")),
+            filled_with("status", json!("filled".repeat(10))),
+            filled_with("symbol", json!("A".repeat(33))),
+            filled_with("padding", json!("x".repeat(REPLY_LIMIT))),
+        ] {
+            let result = buy_answered(response).await;
+            assert!(matches!(result, Err(ExchangeError::Unknown { .. })), "{result:?}");
+        }
+        let fill = buy_answered(filled_with("exchange_order_id", json!("x".repeat(128)))).await.unwrap();
+        assert_eq!(fill.exchange_order_id.len(), 128);
+        let fill = buy_answered(filled_with("symbol", json!("ABAN"))).await.unwrap();
+        assert_eq!(fill.symbol.as_deref(), Some("ABAN"));
     }
 }

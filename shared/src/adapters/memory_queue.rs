@@ -44,4 +44,17 @@ impl SettleQueue for MemoryQueue {
             .map_err(|e| InfraError::new("memory queue", e))?;
         self.redeliver(QueuedMessage { message_id: Ulid::new().to_string(), body, receive_count: 0 })
     }
+
+    /// Held by this process until it is due (lost if the process stops, as
+    /// everything of the embedded queue is; the reconciler sends it again).
+    async fn send_after(&self, batch: BatchId, delay: std::time::Duration) -> Result<(), InfraError> {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(error) = queue.send(batch).await {
+                tracing::warn!(%batch, error = %crate::telemetry::ErrorChain(&error), "a delayed settle message was lost");
+            }
+        });
+        Ok(())
+    }
 }

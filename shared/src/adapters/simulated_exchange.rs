@@ -36,7 +36,7 @@ impl Exchange for SimulatedExchange {
                 quantity = %order.quantity,
                 "simulated exchange filled a market buy"
             );
-            Fill { exchange_order_id: format!("SIM-{sequence}"), quantity: Some(order.quantity) }
+            Fill::of(format!("SIM-{sequence}"), order.quantity)
         });
         Ok(fill.clone())
     }
@@ -44,5 +44,10 @@ impl Exchange for SimulatedExchange {
     async fn lookup(&self, client_order_id: BatchId) -> Result<Lookup, ExchangeError> {
         let fills = self.fills.lock().map_err(|_| poisoned())?;
         Ok(fills.get(&client_order_id).cloned().map_or(Lookup::NotFound, Lookup::Filled))
+    }
+
+    /// It answers in the same call: nothing is ever on its way.
+    fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }

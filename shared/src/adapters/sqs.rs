@@ -53,6 +53,22 @@ impl SettleQueue for SqsQueue {
             .map_err(|e| sqs_error("send settle message", e))?;
         Ok(())
     }
+
+    async fn send_after(&self, batch: BatchId, delay: std::time::Duration) -> Result<(), InfraError> {
+        let body = serde_json::to_string(&SettleMessage { batch_id: batch.to_string() })
+            .map_err(|e| InfraError::new("send delayed settle message", e))?;
+        // Whole seconds, rounded up, within SQS's limit of 900.
+        let seconds = delay.as_secs().saturating_add(u64::from(delay.subsec_nanos() > 0)).min(900);
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(seconds as i32)
+            .send()
+            .await
+            .map_err(|e| sqs_error("send delayed settle message", e))?;
+        Ok(())
+    }
 }
 
 /// Creates the settle queue and its dead-letter queue if missing; returns

@@ -7,6 +7,12 @@
 //! whose refusal the table records, never two quantities for one id. (A
 //! refusal that a crash kept from being recorded is learnt again by sending
 //! again: the exchange answers it as before. Those resends are counted.)
+//!
+//! Requests travel: each reaches the exchange some time after it is sent
+//! (now and then almost the client's whole timeout), the client gives up
+//! after [`REQUEST_TIMEOUT`] or loses the connection right after sending,
+//! and a request on its way arrives all the same. A refusal with 400 leaves
+//! the id free: a later POST of it may find the halt lifted and be filled.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -72,7 +78,17 @@ impl SettleCall {
 /// What the table says of a batch now (the exchange's checks compare).
 pub type StatusOf = Box<dyn Fn(BatchId) -> Option<BatchStatus> + Send + Sync>;
 
+/// The client's request timeout: a request reaches the exchange within
+/// it, or never.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The exchange, reached over a network: requests are served by a task of
+/// their own, which goes on when the client gives up or dies.
 pub struct SimExchange {
+    core: Arc<Core>,
+}
+
+struct Core {
     world: Arc<World>,
     status_of: StatusOf,
     /// Sends of orders the exchange had refused, whose refusal the table
@@ -92,7 +108,7 @@ fn unknown(reason: &str) -> ExchangeError {
 
 impl SimExchange {
     pub fn new(world: Arc<World>, prices: PriceList, minimum: Usd, status_of: StatusOf) -> SimExchange {
-        SimExchange {
+        let core = Core {
             world,
             status_of,
             resent_after_unrecorded_refusal: Mutex::new(0),
@@ -101,14 +117,23 @@ impl SimExchange {
             orders: Mutex::default(),
             first_sent: Mutex::default(),
             fills: Mutex::new(0),
-        }
+        };
+        SimExchange { core: Arc::new(core) }
     }
 
     /// Every order the exchange took or refused.
     pub fn records(&self) -> BTreeMap<BatchId, Record> {
-        self.orders.lock().unwrap().clone()
+        self.core.orders.lock().unwrap().clone()
     }
 
+    /// Sends of orders the exchange had refused, whose refusal the table
+    /// did not record.
+    pub fn resent_after_unrecorded_refusal(&self) -> u64 {
+        *self.core.resent_after_unrecorded_refusal.lock().unwrap()
+    }
+}
+
+impl Core {
     async fn latency(&self) {
         tokio::time::sleep(self.world.dice.millis(0..300)).await;
     }
@@ -119,13 +144,13 @@ impl SimExchange {
         let mut orders = self.orders.lock().unwrap();
         let record = orders.entry(id).or_insert(Record { state: OrderState::Pending, quantity });
         if let OrderState::Filled { exchange_order_id } = &record.state {
-            return Fill { exchange_order_id: exchange_order_id.clone(), quantity: Some(record.quantity) };
+            return Fill::of(exchange_order_id.clone(), record.quantity);
         }
         let mut fills = self.fills.lock().unwrap();
         *fills += 1;
         let exchange_order_id = format!("SIMX-{}", *fills);
         record.state = OrderState::Filled { exchange_order_id: exchange_order_id.clone() };
-        Fill { exchange_order_id, quantity: Some(record.quantity) }
+        Fill::of(exchange_order_id, record.quantity)
     }
 
     /// Records how the exchange took a new order (an order it has keeps its state).
@@ -162,7 +187,9 @@ impl SimExchange {
                 if matches!(record.state, OrderState::Refused | OrderState::Ended(_)) {
                     match (self.status_of)(id) {
                         Some(BatchStatus::Refused | BatchStatus::Refunded) => {
-                            self.world.violated(format!("batch {id} was sent again after its refusal was recorded"));
+                            self.world.violated(format!(
+                                "a POST of batch {id} reached the exchange after the batch's refusal was recorded"
+                            ));
                         }
                         _ => *self.resent_after_unrecorded_refusal.lock().unwrap() += 1,
                     }
@@ -175,9 +202,7 @@ impl SimExchange {
 
     fn answer(&self, id: BatchId, record: &Record) -> Result<Fill, ExchangeError> {
         match &record.state {
-            OrderState::Filled { exchange_order_id } => {
-                Ok(Fill { exchange_order_id: exchange_order_id.clone(), quantity: Some(record.quantity) })
-            }
+            OrderState::Filled { exchange_order_id } => Ok(Fill::of(exchange_order_id.clone(), record.quantity)),
             OrderState::Pending => {
                 // It may have filled meanwhile.
                 if self.world.dice.chance(0.5) {
@@ -185,16 +210,15 @@ impl SimExchange {
                 }
                 Err(unknown("the order is still open"))
             }
+            // A 400 kept nothing: the halt may have lifted since.
+            OrderState::Refused if self.world.dice.chance(0.5) => Ok(self.fill(id, record.quantity)),
             OrderState::Refused => Err(ExchangeError::Refused { reason: "400: symbol halted (simulated)".into() }),
             OrderState::Ended(status) => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
         }
     }
-}
 
-#[async_trait]
-impl Exchange for SimExchange {
-    async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
-        self.latency().await;
+    /// A POST as the exchange serves it, from the moment it arrives.
+    async fn serve_post(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
         let id = order.client_order_id;
         if let Some(record) = self.check_post(order) {
             let answer = self.answer(id, &record);
@@ -210,11 +234,15 @@ impl Exchange for SimExchange {
                 self.fill(id, order.quantity);
                 Err(unknown("503 after filling"))
             }
-            // Slower than the lease: another attempt may take over meanwhile.
+            // Taken, and filled long after the client gave up: another
+            // attempt may take over meanwhile, and finds it open.
             18..23 => {
+                self.record(id, order.quantity, OrderState::Pending);
                 tokio::time::sleep(Duration::from_secs(45)).await;
-                self.fill(id, order.quantity);
-                Err(unknown("timed out while it filled"))
+                if self.orders.lock().unwrap().get(&id).is_some_and(|r| r.state == OrderState::Pending) {
+                    self.fill(id, order.quantity);
+                }
+                Err(unknown("filled long after"))
             }
             23..28 => {
                 self.record(id, order.quantity, OrderState::Pending);
@@ -237,7 +265,25 @@ impl Exchange for SimExchange {
         answer
     }
 
-    async fn lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
+    /// How long a POST is on its way, and whether the client loses the
+    /// connection (after how long) while it still travels.
+    fn network(&self) -> (Duration, Option<Duration>) {
+        let dice = &self.world.dice;
+        if !self.world.faults_on() {
+            return (dice.millis(0..300), None);
+        }
+        let slow = REQUEST_TIMEOUT.as_millis() as u64;
+        match dice.below(100) {
+            0..4 => (dice.millis(slow - 1000..slow), None),
+            4..10 => {
+                let on_the_way = dice.millis(0..slow);
+                (on_the_way, Some(dice.millis(0..on_the_way.as_millis() as u64 + 1)))
+            }
+            _ => (dice.millis(0..300), None),
+        }
+    }
+
+    async fn serve_lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
         self.latency().await;
         if self.world.faults_on() {
             match self.world.dice.below(100) {
@@ -261,7 +307,7 @@ impl Exchange for SimExchange {
             Some(Record { state: OrderState::Refused, .. }) => Lookup::NotFound,
             Some(Record { state: OrderState::Ended(status), .. }) => Lookup::Ended { status: status.to_owned() },
             Some(Record { state: OrderState::Filled { exchange_order_id }, quantity, .. }) => {
-                Lookup::Filled(Fill { exchange_order_id, quantity: Some(quantity) })
+                Lookup::Filled(Fill::of(exchange_order_id, quantity))
             }
             Some(Record { state: OrderState::Pending, quantity, .. }) => match self.world.dice.below(10) {
                 0..6 => Lookup::Filled(self.fill(id, quantity)),
@@ -276,5 +322,41 @@ impl Exchange for SimExchange {
         };
         self.latency().await;
         Ok(answer)
+    }
+}
+
+#[async_trait]
+impl Exchange for SimExchange {
+    async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+        let (on_the_way, hang_up) = self.core.network();
+        let core = Arc::clone(&self.core);
+        let order = order.clone();
+        let call = SETTLE_CALL.try_with(Arc::clone).ok();
+        let request = tokio::spawn(async move {
+            tokio::time::sleep(on_the_way).await;
+            match call {
+                Some(call) => SETTLE_CALL.scope(call, core.serve_post(&order)).await,
+                None => core.serve_post(&order).await,
+            }
+        });
+        if let Some(after) = hang_up {
+            tokio::time::sleep(after).await;
+            return Err(unknown("the connection was lost after sending"));
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(unknown("the request task ended")),
+            Err(_) => Err(unknown("timed out")),
+        }
+    }
+
+    async fn lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.core.serve_lookup(id))
+            .await
+            .unwrap_or_else(|_| Err(unknown("the lookup timed out")))
+    }
+
+    fn request_timeout(&self) -> Duration {
+        REQUEST_TIMEOUT
     }
 }

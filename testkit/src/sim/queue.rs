@@ -46,10 +46,14 @@ impl SimQueue {
     }
 
     fn push(&self, batch: BatchId) {
+        self.push_visible_at(batch, Instant::now());
+    }
+
+    fn push_visible_at(&self, batch: BatchId, visible_at: Instant) {
         let mut state = self.state.lock().unwrap();
         state.next_id += 1;
         let id = state.next_id;
-        state.messages.push(Message { id, batch, receives: 0, visible_at: Instant::now() });
+        state.messages.push(Message { id, batch, receives: 0, visible_at });
     }
 
     /// A visible message, any of them; it turns invisible for the
@@ -116,6 +120,15 @@ impl SettleQueue for SimQueue {
         if self.world.dice.chance(0.05) {
             self.push(batch);
         }
+        Ok(())
+    }
+
+    async fn send_after(&self, batch: BatchId, delay: Duration) -> Result<(), InfraError> {
+        tokio::time::sleep(self.world.dice.millis(0..5)).await;
+        if self.world.faults_on() && self.world.dice.chance(0.05) {
+            return Err(InfraError::new("send settle message", "SQS unavailable (simulated)"));
+        }
+        self.push_visible_at(batch, Instant::now() + delay);
         Ok(())
     }
 }

@@ -5,18 +5,29 @@
 
 use async_trait::async_trait;
 
-use super::item::{Item, account_key, deposit_key, get_decimal, n, opening_deposit, s};
+use super::item::{Item, account_key, deposit_key, get_decimal, get_s, n, opening_deposit, s};
 use super::table::{Changes, Cond, Reason, Transacted, Write};
 use super::{DynamoStore, unexpected};
 use crate::domain::{DepositId, Usd, UserId};
 use crate::ports::{Accounts, DepositError, Deposited, InfraError, Orders};
 
-fn deposit_record(user: &UserId, id: &DepositId, usd: Usd) -> Item {
+/// The token of the transaction that wrote a deposit record, on the record.
+const DEPOSIT_TOKEN: &str = "token";
+
+/// A deposit's record, marked with the token of the transaction writing it:
+/// a cancellation that returns the record with this token is this very
+/// deposit, committed by an earlier send whose reply was lost.
+fn deposit_record(user: &UserId, id: &DepositId, usd: Usd, token: &str) -> Item {
     let mut record = deposit_key(user, id);
     record.insert("user_id".into(), s(user.as_str()));
     record.insert("deposit_id".into(), s(id.as_str()));
     record.insert("usd".into(), n(usd.value()));
+    record.insert(DEPOSIT_TOKEN.into(), s(token));
     record
+}
+
+fn written_by(record: &Item, token: &str) -> bool {
+    get_s(record, DEPOSIT_TOKEN).is_ok_and(|mark| mark == token)
 }
 
 #[async_trait]
@@ -25,32 +36,43 @@ impl Accounts for DynamoStore {
         let mut account = account_key(user);
         account.insert("user_id".into(), s(user.as_str()));
         account.insert("balance_usd".into(), n(balance.value()));
+        let token = ulid::Ulid::new().to_string();
+        const ACCOUNT: usize = 0;
+        const OPENING: usize = 1;
         let writes = [
             Write::Put { item: account, condition: Some(Cond::NotExists("PK")) },
             Write::Put {
-                item: deposit_record(user, &opening_deposit(), balance),
+                item: deposit_record(user, &opening_deposit(), balance, &token),
                 condition: Some(Cond::NotExists("PK")),
             },
         ];
-        match self.transact_idempotent("open account", &writes).await? {
+        match self.transact_idempotent("open account", &token, &writes).await? {
             Transacted::Committed => Ok(true),
-            Transacted::Cancelled(reasons) if matches!(reasons.first(), Some(Reason::ConditionFailed(_))) => Ok(false),
-            Transacted::Cancelled(reasons) => Err(InfraError::new("open account", unexpected(&reasons))),
+            Transacted::Cancelled(reasons) => match (reasons.get(ACCOUNT), reasons.get(OPENING)) {
+                (_, Some(Reason::ConditionFailed(Some(record)))) if written_by(record, &token) => Ok(true),
+                (Some(Reason::ConditionFailed(_)), _) => Ok(false),
+                _ => Err(InfraError::new("open account", unexpected(&reasons))),
+            },
         }
     }
 
     async fn deposit(&self, user: &UserId, id: &DepositId, usd: Usd) -> Result<Deposited, DepositError> {
+        let token = ulid::Ulid::new().to_string();
+        const RECORD: usize = 0;
         let writes = [
-            Write::Put { item: deposit_record(user, id, usd), condition: Some(Cond::NotExists("PK")) },
+            Write::Put { item: deposit_record(user, id, usd, &token), condition: Some(Cond::NotExists("PK")) },
             Write::Update {
                 key: account_key(user),
                 changes: Changes::new().add("balance_usd", n(usd.value())).set("user_id", s(user.as_str())),
                 condition: None,
             },
         ];
-        match self.transact_idempotent("deposit", &writes).await? {
+        match self.transact_idempotent("deposit", &token, &writes).await? {
             Transacted::Committed => Ok(Deposited::Credited { balance: self.balance(user).await? }),
-            Transacted::Cancelled(reasons) => match reasons.first() {
+            Transacted::Cancelled(reasons) => match reasons.get(RECORD) {
+                Some(Reason::ConditionFailed(Some(record))) if written_by(record, &token) => {
+                    Ok(Deposited::Credited { balance: self.balance(user).await? })
+                }
                 Some(Reason::ConditionFailed(Some(record))) => {
                     let credited = get_decimal(record, "usd")
                         .ok()

@@ -176,15 +176,23 @@ impl DynamoStore {
     /// it twice is impossible (the second is cancelled), until it gets an
     /// answer: a lost reply is resent with the same token, contention and
     /// throttling are retried. `Cancelled` only for a failed condition.
-    async fn transact_idempotent(&self, operation: &'static str, writes: &[Write]) -> Result<Transacted, InfraError> {
+    async fn transact_idempotent(
+        &self,
+        operation: &'static str,
+        token: &str,
+        writes: &[Write],
+    ) -> Result<Transacted, InfraError> {
         let mut last: Option<InfraError> = None;
+        // One token for every attempt and resend of this logical write (its
+        // callers make it, and may write it as a mark): DynamoDB answers a
+        // token it committed within ten minutes with "done" and applies
+        // nothing again, so a commit whose reply was lost is never mistaken
+        // for someone else's write. (Where the token is forgotten, the mark
+        // tells the callers the write was theirs.)
         for attempt in 1..=MAX_ATTEMPTS {
-            // A token of its own per attempt, kept for its resends: a token
-            // seen before makes DynamoDB answer "done" without doing anything.
-            let token = ulid::Ulid::new().to_string();
             for resend in 0..3 {
                 StoreStats::count(&self.stats.transactions);
-                match self.table.transact(writes.to_vec(), &token).await {
+                match self.table.transact(writes.to_vec(), token).await {
                     Ok(Transacted::Cancelled(reasons)) if contended(&reasons) => {
                         StoreStats::count(&self.stats.conflicts);
                         last = Some(InfraError::new(operation, unexpected(&reasons)));

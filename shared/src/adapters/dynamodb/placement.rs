@@ -76,11 +76,41 @@ impl DynamoStore {
         self.place_with(&new, minimum, Some(&mut turn)).await
     }
 
+    /// Places the order. Once a send of it went unanswered, that send may
+    /// still commit (it can reach DynamoDB after a later one was cancelled):
+    /// from then on the answer is the order, read back, or an unknown
+    /// outcome, never one of the errors that say nothing changed.
     async fn place_with(
         &self,
         new: &NewOrder,
         minimum: Usd,
         mut turn: Option<&mut Turn>,
+    ) -> Result<Placed, PlaceError> {
+        let mut unanswered = false;
+        let result = self.try_placing(new, minimum, turn.as_deref_mut(), &mut unanswered).await;
+        match result {
+            Err(error) if unanswered && !matches!(error, PlaceError::OutcomeUnknown(_)) => {
+                match self.table.get(order_key(&new.user, new.id)).await {
+                    Ok(Some(_)) => {
+                        if let Some(turn) = turn {
+                            turn.shards.clear();
+                        }
+                        self.already_placed(new).await
+                    }
+                    Ok(None) => Err(PlaceError::OutcomeUnknown(InfraError::new("place order", error))),
+                    Err(read) => Err(PlaceError::OutcomeUnknown(read.into())),
+                }
+            }
+            result => result,
+        }
+    }
+
+    async fn try_placing(
+        &self,
+        new: &NewOrder,
+        minimum: Usd,
+        mut turn: Option<&mut Turn>,
+        unanswered: &mut bool,
     ) -> Result<Placed, PlaceError> {
         // Conflicts this order met on its home shard, and times it found the
         // home moved since it was seen.
@@ -115,7 +145,7 @@ impl DynamoStore {
             };
             // A token per attempt: each attempt is a different request.
             let token = format!("{}-{attempt}", new.id);
-            let reasons = match self.send(&plan.writes, &token, new).await? {
+            let reasons = match self.send(&plan.writes, &token, new, unanswered).await? {
                 Sent::Committed => {
                     if let Some(turn) = turn.as_deref_mut() {
                         turn.note_committed(new, &placement, self.clock.now());
@@ -355,7 +385,13 @@ impl DynamoStore {
     /// the order's own condition would say it exists). If no answer comes,
     /// the order is read back: it is this request's alone, so finding it
     /// means the transaction committed.
-    async fn send(&self, writes: &[Write], token: &str, new: &NewOrder) -> Result<Sent, PlaceError> {
+    async fn send(
+        &self,
+        writes: &[Write],
+        token: &str,
+        new: &NewOrder,
+        unanswered: &mut bool,
+    ) -> Result<Sent, PlaceError> {
         let mut lost: Option<TableError> = None;
         for resend in 0..=RESENDS {
             StoreStats::count(&self.stats.transactions);
@@ -369,6 +405,7 @@ impl DynamoStore {
                 }
                 // No answer, or no answer to a resend: the first may have committed.
                 Err(error) => {
+                    *unanswered = true;
                     if lost.is_none() {
                         StoreStats::count(&self.stats.lost_replies);
                         tracing::warn!(error = %ErrorChain(&error), order_id = %new.id, "lost the reply of a placement; resending it");

@@ -21,6 +21,8 @@ use crate::ports::{InfraError, Refund};
 const CURSOR_POOL: &str = "refund_cursor_pool";
 const CURSOR_PK: &str = "refund_cursor_pk";
 const CURSOR_SK: &str = "refund_cursor_sk";
+/// The token of the refund that credited an order, on the order.
+const REFUND_TOKEN: &str = "refund_token";
 
 enum Credited {
     Now,
@@ -138,10 +140,15 @@ impl DynamoStore {
     async fn refund_order(&self, batch: &Batch, pool: usize, order: &Order) -> Result<Credited, InfraError> {
         let order_key = order_key(&order.user, order.id);
         let (cursor_pk, cursor_sk) = (order_key[item::PK].clone(), order_key[item::SK].clone());
+        // The token marks the order: a cancellation that returns it marked
+        // with this token is this very refund, committed by an earlier send.
+        let token = ulid::Ulid::new().to_string();
+        const ORDER: usize = 0;
+        const BATCH: usize = 2;
         let writes = vec![
             Write::Update {
                 key: order_key,
-                changes: Changes::new().set("refunded", AttributeValue::Bool(true)),
+                changes: Changes::new().set("refunded", AttributeValue::Bool(true)).set(REFUND_TOKEN, s(&token)),
                 condition: Some(Cond::Exists("PK").and(Cond::NotExists("refunded"))),
             },
             Write::Update {
@@ -159,12 +166,17 @@ impl DynamoStore {
                 condition: Some(Cond::eq("status", s(BatchStatus::Refused.as_str()))),
             },
         ];
-        match self.transact_idempotent("refund order", &writes).await? {
+        match self.transact_idempotent("refund order", &token, &writes).await? {
             Transacted::Committed => Ok(Credited::Now),
-            Transacted::Cancelled(reasons) => match reasons.as_slice() {
-                [Reason::ConditionFailed(_), ..] => Ok(Credited::Before),
-                [_, _, Reason::ConditionFailed(_)] => Ok(Credited::BatchMoved),
-                reasons => Err(InfraError::new("refund order", unexpected(reasons))),
+            Transacted::Cancelled(reasons) => match (reasons.get(ORDER), reasons.get(BATCH)) {
+                (Some(Reason::ConditionFailed(Some(found))), _)
+                    if get_s(found, REFUND_TOKEN).is_ok_and(|mark| mark == token) =>
+                {
+                    Ok(Credited::Now)
+                }
+                (Some(Reason::ConditionFailed(_)), _) => Ok(Credited::Before),
+                (_, Some(Reason::ConditionFailed(_))) => Ok(Credited::BatchMoved),
+                _ => Err(InfraError::new("refund order", unexpected(&reasons))),
             },
         }
     }

@@ -310,7 +310,8 @@ impl DynamoStore {
             Write::Check { key: forming_key(coin), condition: Cond::NotExists("batch_id") },
         ];
         StoreStats::count(&self.stats.shard_reads);
-        if matches!(self.transact_idempotent("lower shard high", &writes).await?, Transacted::Committed)
+        let token = ulid::Ulid::new().to_string();
+        if matches!(self.transact_idempotent("lower shard high", &token, &writes).await?, Transacted::Committed)
             && let Ok(mut counts) = self.swept_counts.lock()
         {
             counts.remove(coin);
@@ -493,15 +494,16 @@ impl DynamoStore {
     /// failed (a shard moved, the coin's records changed). The write at
     /// `batch` is the batch's: if its condition failed on an item that
     /// `ours` recognizes, an earlier send of this very transaction committed
-    /// (its reply was lost, and the resend went with a new token), and it
-    /// is done: the batch must be queued, not taken for a lost race.
+    /// (its reply was lost, and DynamoDB forgot the token), and it is done:
+    /// the batch must be queued, not taken for a lost race.
     async fn sweep_transaction(
         &self,
         writes: &[Write],
         batch: usize,
         ours: &(dyn Fn(&Item) -> bool + Sync),
     ) -> Result<bool, InfraError> {
-        match self.transact_idempotent("sweep pools", writes).await? {
+        let token = ulid::Ulid::new().to_string();
+        match self.transact_idempotent("sweep pools", &token, writes).await? {
             Transacted::Committed => Ok(true),
             Transacted::Cancelled(reasons) => match reasons.get(batch) {
                 Some(Reason::ConditionFailed(Some(found))) if ours(found) => Ok(true),

@@ -1,0 +1,224 @@
+//! The cap on connections served at once, and who gives way at it.
+//!
+//! Each connection holds a slot from its accept to its close. When none is
+//! free, a connection just accepted does not wait behind idle ones: the
+//! connection idle the longest (kept alive after its answer, or not yet
+//! sent a byte) is asked to close, as nginx and others do. Without this, a
+//! client holding the cap in idle connections, and reopening each as it
+//! closed, made everyone else wait out the idle timeout. A connection with
+//! a request under way is never asked: its slot frees when it ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a connection waiting for a slot gives the asked one to close
+/// before asking the next (the asked one may have just begun a request,
+/// and another may have turned idle meanwhile).
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
+pub struct Slots {
+    free: Arc<Semaphore>,
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+}
+
+/// A connection's slot: freed, and the connection forgotten, when dropped.
+pub struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+    pub activity: Arc<Activity>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.open().remove(&self.id);
+    }
+}
+
+impl Slots {
+    pub fn new(max_connections: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            free: Arc::new(Semaphore::new(max_connections.max(1))),
+            open: Mutex::default(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot for a connection just accepted: a free one, or the one the
+    /// longest-idle connection gives up.
+    pub async fn claim(self: &Arc<Self>) -> Slot {
+        loop {
+            if let Ok(permit) = Arc::clone(&self.free).try_acquire_owned() {
+                return self.register(permit);
+            }
+            self.ask_longest_idle_to_close();
+            // The semaphore is never closed: `Ok(Err(_))` cannot happen.
+            if let Ok(Ok(permit)) = tokio::time::timeout(LOOK_AGAIN, Arc::clone(&self.free).acquire_owned()).await {
+                return self.register(permit);
+            }
+        }
+    }
+
+    fn register(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::new());
+        self.open().insert(id, Arc::clone(&activity));
+        Slot { slots: Arc::clone(self), id, activity, _permit: permit }
+    }
+
+    fn ask_longest_idle_to_close(&self) {
+        let open = self.open();
+        let longest = open
+            .values()
+            .filter_map(|activity| Some((activity.idle_since()?, activity)))
+            .min_by_key(|(since, _)| *since);
+        if let Some((since, activity)) = longest {
+            tracing::debug!(idle_for = ?since.elapsed(), "at the connection cap: closing the longest-idle connection");
+            activity.ask_to_close();
+        }
+    }
+
+    fn open(&self) -> MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
+        // Nothing panics while holding it; and the map stays whole if so.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Where a connection is between requests, as its reads, its writes and
+/// the service see it.
+pub struct Activity(Mutex<State>);
+
+struct State {
+    phase: Phase,
+    /// Asked to close to make room.
+    asked: bool,
+    /// The connection's task, to wake when asked.
+    waker: Option<Waker>,
+}
+
+enum Phase {
+    /// No byte of a request since then: a fresh connection, or a kept-alive
+    /// one whose last answer is sent.
+    Idle(Instant),
+    /// A request is being received or served.
+    Request,
+    /// The service answered; its response is being written.
+    Answering,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity(Mutex::new(State { phase: Phase::Idle(Instant::now()), asked: false, waker: None }))
+    }
+
+    /// A request's bytes arrived, or the service began on one: whatever it
+    /// was asked, this connection stays.
+    pub fn request_began(&self) {
+        let mut state = self.state();
+        state.phase = Phase::Request;
+        state.asked = false;
+    }
+
+    pub fn answered(&self) {
+        self.state().phase = Phase::Answering;
+    }
+
+    /// Everything written so far has been sent. After the service's answer,
+    /// that is the whole response: responses are whole bodies, smaller than
+    /// hyper's write buffer, written then flushed once. Bytes of a pipelined
+    /// request read meanwhile made this `Request` again.
+    pub fn flushed(&self) {
+        let mut state = self.state();
+        if matches!(state.phase, Phase::Answering) {
+            state.phase = Phase::Idle(Instant::now());
+        }
+    }
+
+    /// The client has nothing to read: whether the connection should end
+    /// now, as if the client had closed it. Otherwise remembers whom to
+    /// wake when asked.
+    pub fn gives_way(&self, cx: &Context<'_>) -> bool {
+        let mut state = self.state();
+        if state.asked && matches!(state.phase, Phase::Idle(_)) {
+            return true;
+        }
+        if !state.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+            state.waker = Some(cx.waker().clone());
+        }
+        false
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        let state = self.state();
+        match state.phase {
+            Phase::Idle(since) if !state.asked => Some(since),
+            _ => None,
+        }
+    }
+
+    fn ask_to_close(&self) {
+        let waker = {
+            let mut state = self.state();
+            state.asked = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_longest_idle_connection_gives_way_and_a_busy_one_does_not() {
+        let slots = Slots::new(3);
+        let oldest = slots.claim().await;
+        let busy = slots.claim().await;
+        let newest = slots.claim().await;
+        busy.activity.request_began();
+        let cx = Context::from_waker(Waker::noop());
+
+        // At the cap, a claim asks the longest-idle connection, then waits.
+        let claim = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.claim().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(oldest.activity.gives_way(&cx));
+        assert!(!busy.activity.gives_way(&cx));
+        assert!(!newest.activity.gives_way(&cx));
+        drop(oldest);
+        let _claimed = claim.await.unwrap();
+    }
+
+    #[test]
+    fn a_connection_is_idle_once_its_answer_is_sent_and_stays_if_a_request_comes() {
+        let slots = Slots::new(1);
+        let slot = slots.register(Arc::clone(&slots.free).try_acquire_owned().unwrap());
+        let cx = Context::from_waker(Waker::noop());
+        slot.activity.request_began();
+        slot.activity.answered();
+        assert_eq!(slot.activity.idle_since(), None, "idle before its answer is sent");
+        slot.activity.flushed();
+        assert!(slot.activity.idle_since().is_some());
+        slots.ask_longest_idle_to_close();
+        // A request that arrives after the ask keeps its connection.
+        slot.activity.request_began();
+        assert!(!slot.activity.gives_way(&cx));
+    }
+}
