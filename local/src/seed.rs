@@ -52,7 +52,7 @@ pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
             let raw = account.balance_usd.get();
             let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
             let balance = Usd::parse(text)
-                .ok_or_else(|| invalid(format!("balance_usd {raw} is not a non-negative plain decimal")))?;
+                .ok_or_else(|| invalid(format!("balance_usd {raw} is not a non-negative plain decimal of at most 16 decimal places and 12 digits before the point")))?;
             Ok((user, balance))
         })
         .collect()

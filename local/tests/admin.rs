@@ -50,14 +50,19 @@ async fn deposits_credit_once_per_id_and_the_audit_finds_money_that_came_from_no
     let (output, text) = admin(&table, &["deposit", "--user", "alice", "--usd", "7", "--id", "wire-1"]);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("deposit wire-1 was credited before with 100.5 USD, not 7 USD"), "{text}");
-    for bad in [["--usd", "-5"], ["--usd", "1e3"], ["--usd", "0"]] {
+    // More precision than money has is refused, never rounded away: 1e-27,
+    // then 1e11, used to leave a balance of 1e11 and a clean audit.
+    for bad in [["--usd", "-5"], ["--usd", "1e3"], ["--usd", "0"], ["--usd", "0.000000000000000000000000001"]] {
         let (output, text) = admin(&table, &["deposit", "--user", "bob", bad[0], bad[1], "--id", "x"]);
         assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(text.contains("--usd must be a positive plain decimal of at most 16 decimal places"), "{text}");
     }
+    let (output, text) = admin(&table, &["deposit", "--user", "bob", "--usd", "100000000000", "--id", "w2"]);
+    assert!(output.status.success() && text.contains("balance 100000000000 USD"), "{text}");
 
     let (output, text) = admin(&table, &["audit"]);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("no discrepancies") && text.contains("deposited 100.5"), "{text}");
+    assert!(text.contains("no discrepancies") && text.contains("deposited 100000000100.5"), "{text}");
 
     // A balance written by hand, as the old seeding did: money from nowhere.
     let account = HashMap::from([

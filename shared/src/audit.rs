@@ -21,7 +21,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolId, PoolState, Usd, UserId,
+    Batch, BatchId, BatchStatus, Coin, DepositId, ExactSum, Membership, Order, OrderId, PoolId, PoolState, Usd, UserId,
     exact_product,
 };
 
@@ -67,13 +67,13 @@ pub struct Ledger {
 pub struct AuditReport {
     pub problems: Vec<String>,
     pub accounts: usize,
-    pub deposited: Decimal,
-    pub balances: Decimal,
+    pub deposited: ExactSum,
+    pub balances: ExactSum,
     /// Costs of orders not refunded: what customers paid for coins.
-    pub paid: Decimal,
+    pub paid: ExactSum,
     pub orders: usize,
     pub pending_orders: usize,
-    pub pending_usd: Decimal,
+    pub pending_usd: ExactSum,
     pub batches: BTreeMap<&'static str, usize>,
 }
 
@@ -112,12 +112,13 @@ enum Place<'a> {
     Nowhere(String),
 }
 
-/// Running sums of a group of orders.
+/// Running sums of a group of orders, exact (a sum that cannot be held
+/// exactly matches nothing, and so is reported).
 #[derive(Default, Clone, Copy)]
 struct Sums {
     count: u32,
-    usd: Decimal,
-    qty: Decimal,
+    usd: ExactSum,
+    qty: ExactSum,
     refunded: u32,
 }
 
@@ -169,7 +170,7 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     let mut members: HashMap<BatchId, Sums> = HashMap::new();
     let mut open: HashMap<(&Coin, u32), Sums> = HashMap::new();
     let mut seen: HashMap<OrderId, ()> = HashMap::new();
-    let mut account_flow: BTreeMap<&UserId, Decimal> = BTreeMap::new();
+    let mut account_flow: BTreeMap<&UserId, ExactSum> = BTreeMap::new();
     for order in &ledger.orders {
         if seen.insert(order.id, ()).is_some() {
             problems.push(format!("order {} is stored twice", order.id));
@@ -218,7 +219,7 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     for batch in &ledger.batches {
         *report.batches.entry(batch.status.as_str()).or_default() += 1;
         let sums = members.get(&batch.id).copied().unwrap_or_default();
-        if (sums.count, sums.usd, sums.qty) != (batch.count, batch.usd.value(), batch.qty.value()) {
+        if !(sums.count == batch.count && sums.usd.is(batch.usd.value()) && sums.qty.is(batch.qty.value())) {
             problems.push(format!(
                 "batch {} records {} orders, {} USD, {} {}; its members are {} orders, {} USD, {} {}",
                 batch.id, batch.count, batch.usd, batch.qty, batch.coin, sums.count, sums.usd, sums.qty, batch.coin
@@ -265,7 +266,7 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     // Open pools: their counters are their pending orders, under the minimum.
     for OpenPool { coin, shard, state: pool } in &ledger.pools {
         let sums = open.get(&(coin, *shard)).copied().unwrap_or_default();
-        if (sums.count, sums.usd, sums.qty) != (pool.count, pool.usd.value(), pool.qty) {
+        if !(sums.count == pool.count && sums.usd.is(pool.usd.value()) && sums.qty.is(pool.qty)) {
             problems.push(format!(
                 "the open pool {} of shard {shard} of {coin} records {} orders, {} USD, {} {coin}; \
                  its pending orders are {} orders, {} USD, {} {coin}",
@@ -290,7 +291,7 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     report.balances = ledger.accounts.iter().map(|(_, b)| b.value()).sum();
     for (user, flow) in &account_flow {
         let balance = balances.get(user).map_or(Decimal::ZERO, |b| b.value());
-        if balance != *flow {
+        if !flow.is(balance) {
             problems.push(format!("account {user} holds {balance} USD; its deposits, orders and refunds make {flow}"));
         }
     }

@@ -1,7 +1,6 @@
 //! Configuration, read once at start and failing fast with the variable's
 //! name.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -72,14 +71,10 @@ impl ServiceConfig {
         };
         let minimum = match lookup("EXCHANGE_MINIMUM_USD") {
             None => defaults.minimum,
-            Some(text) => {
-                Decimal::from_str(text.trim()).ok().filter(|d| *d > Decimal::ZERO).and_then(Usd::new).ok_or_else(
-                    || ConfigError {
-                        var: "EXCHANGE_MINIMUM_USD",
-                        reason: format!("{text:?} is not a positive decimal"),
-                    },
-                )?
-            }
+            Some(text) => Usd::parse(text.trim()).filter(|usd| *usd > Usd::ZERO).ok_or_else(|| ConfigError {
+                var: "EXCHANGE_MINIMUM_USD",
+                reason: format!("{text:?} is not a positive decimal of at most {} places", Usd::MAX_SCALE),
+            })?,
         };
         Ok(ServiceConfig { prices, minimum })
     }

@@ -70,7 +70,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Deposit { user, usd, id } => {
             let user = UserId::parse(&user)?;
-            let usd = Usd::parse(&usd).filter(|u| *u > Usd::ZERO).ok_or("--usd must be a positive plain decimal")?;
+            let usd = Usd::parse(&usd).filter(|u| *u > Usd::ZERO).ok_or(
+                "--usd must be a positive plain decimal of at most 16 decimal places and 12 digits before the point",
+            )?;
             let id = DepositId::parse(&id)?;
             match store.deposit(&user, &id, usd).await? {
                 Deposited::Credited { balance } => println!("credited {usd} USD to {user}; balance {balance} USD"),

@@ -26,8 +26,6 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use rust_decimal::Decimal;
-
 use crate::domain::{BatchId, BatchQuantity, Coin};
 use crate::ports::{Exchange, ExchangeError, ExchangeOrder, Fill, FillQuantity, Lookup};
 
@@ -253,38 +251,9 @@ fn reply_to_lookup(reply: OrderReply, ours: BatchId) -> Result<Lookup, ExchangeE
 /// unreadable.
 fn fill_quantity(raw: &str) -> FillQuantity {
     let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
-    exact_decimal(text)
+    crate::domain::exact_decimal(text)
         .and_then(BatchQuantity::from_decimal)
         .map_or_else(|| FillQuantity::Unreadable(shown(text)), FillQuantity::Stated)
-}
-
-fn exact_decimal(text: &str) -> Option<Decimal> {
-    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
-        Some((mantissa, exponent)) => (mantissa, exponent.strip_prefix('+').unwrap_or(exponent).parse::<i32>().ok()?),
-        None => (text, 0),
-    };
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    let plain = match mantissa.split_once('.') {
-        Some((whole, fraction)) => digits(whole) && digits(fraction),
-        None => digits(mantissa),
-    };
-    // Past 28 either way no quantity fits (and `0e2000000000` must not loop).
-    if !plain || exponent.unsigned_abs() > 28 {
-        return None;
-    }
-    let mut value = Decimal::from_str_exact(mantissa).ok()?;
-    if exponent >= 0 {
-        for _ in 0..exponent {
-            value = value.checked_mul(Decimal::TEN)?;
-        }
-    } else {
-        let scale = value.scale().checked_add(exponent.unsigned_abs())?;
-        if scale > 28 {
-            return None;
-        }
-        value.set_scale(scale).ok()?;
-    }
-    Some(value)
 }
 
 #[async_trait]

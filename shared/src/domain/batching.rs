@@ -8,7 +8,7 @@
 
 use rust_decimal::Decimal;
 
-use super::money::Usd;
+use super::money::{Usd, exact_sum};
 use super::quantity::{BatchQuantity, Quantity};
 
 /// The open pool of one coin: its batch number and running totals.
@@ -119,7 +119,7 @@ pub fn decide_sharded(
     };
     for shard in &absorbed {
         batch.usd = batch.usd.checked_add(shard.state.usd).ok_or(PoolOverflow)?;
-        batch.qty = BatchQuantity::from_decimal(batch.qty.value().checked_add(shard.state.qty).ok_or(PoolOverflow)?)
+        batch.qty = BatchQuantity::from_decimal(exact_sum(batch.qty.value(), shard.state.qty).ok_or(PoolOverflow)?)
             .ok_or(PoolOverflow)?;
         batch.count = batch.count.checked_add(shard.state.count).ok_or(PoolOverflow)?;
     }
@@ -132,14 +132,18 @@ impl PoolState {
         PoolState { seq: self.seq + 1, ..PoolState::default() }
     }
 
-    /// The pool after `placement` of an order of `amount` costing `cost`.
-    pub fn after(&self, placement: &Placement, cost: Usd, amount: Quantity) -> PoolState {
+    /// The pool after `placement` of an order of `amount` costing `cost`;
+    /// `None` when its sums cannot be held exactly.
+    pub fn after(&self, placement: &Placement, cost: Usd, amount: Quantity) -> Option<PoolState> {
         match placement {
-            Placement::OwnBatch => *self,
-            Placement::Join { .. } => {
-                PoolState { seq: self.seq, usd: self.usd + cost, qty: self.qty + amount.value(), count: self.count + 1 }
-            }
-            Placement::Cross { .. } => self.closed(),
+            Placement::OwnBatch => Some(*self),
+            Placement::Join { .. } => Some(PoolState {
+                seq: self.seq,
+                usd: self.usd.checked_add(cost)?,
+                qty: exact_sum(self.qty, amount.value())?,
+                count: self.count.checked_add(1)?,
+            }),
+            Placement::Cross { .. } => Some(self.closed()),
         }
     }
 }
@@ -188,7 +192,7 @@ mod tests {
         for expected_join in [true, true] {
             let p = decide(&pool, usd("4"), qty("1"), minimum).unwrap();
             assert_eq!(matches!(p, Placement::Join { seq: 0 }), expected_join);
-            pool = pool.after(&p, usd("4"), qty("1"));
+            pool = pool.after(&p, usd("4"), qty("1")).unwrap();
         }
         let p = decide(&pool, usd("4"), qty("1"), minimum).unwrap();
         assert_eq!(
@@ -199,7 +203,7 @@ mod tests {
                 absorbed: vec![]
             }
         );
-        assert_eq!(pool.after(&p, usd("4"), qty("1")), PoolState { seq: 1, ..PoolState::default() });
+        assert_eq!(pool.after(&p, usd("4"), qty("1")), Some(PoolState { seq: 1, ..PoolState::default() }));
     }
 
     #[test]
@@ -285,7 +289,7 @@ mod tests {
                 return;
             }
             self.open.push(index);
-            let open_usd = self.open.iter().fold(Usd::ZERO, |sum, i| sum + costs[*i]);
+            let open_usd = self.open.iter().fold(Usd::ZERO, |sum, i| sum.checked_add(costs[*i]).unwrap());
             if open_usd >= minimum {
                 self.batches.push(std::mem::take(&mut self.open));
             }
@@ -331,12 +335,12 @@ mod tests {
                         batches.push((batch, std::mem::take(&mut open)));
                     }
                 }
-                pool = pool.after(&placement, cost, *amount);
+                pool = pool.after(&placement, cost, *amount).unwrap();
 
                 // The open pool stays below the minimum and its counters match its members.
                 prop_assert!(pool.usd < minimum);
                 prop_assert_eq!(pool.count as usize, open.len());
-                prop_assert_eq!(pool.usd, open.iter().fold(Usd::ZERO, |s, i| s + costs[*i]));
+                prop_assert_eq!(pool.usd, open.iter().fold(Usd::ZERO, |s, i| s.checked_add(costs[*i]).unwrap()));
                 prop_assert_eq!(pool.qty, open.iter().map(|i| amounts[*i].value()).sum::<Decimal>());
             }
 
@@ -348,7 +352,7 @@ mod tests {
             for (totals, members) in &batches {
                 // Every formed batch reaches the minimum, and its totals are its members' sums.
                 prop_assert!(totals.usd >= minimum);
-                prop_assert_eq!(totals.usd, members.iter().fold(Usd::ZERO, |s, i| s + costs[*i]));
+                prop_assert_eq!(totals.usd, members.iter().fold(Usd::ZERO, |s, i| s.checked_add(costs[*i]).unwrap()));
                 prop_assert_eq!(totals.qty.value(), members.iter().map(|i| amounts[*i].value()).sum::<Decimal>());
                 prop_assert_eq!(totals.count as usize, members.len());
                 // It formed at the first order that reached the minimum: without its last

@@ -47,7 +47,7 @@ pub enum InvalidPriceList {
     #[error("price of {0} must be a positive decimal")]
     Price(String),
     #[error(
-        "price of {0} has too many digits for price × amount to be exact for every amount: at most 20 decimal places, and at most 792281625142 with the point removed"
+        "price of {0} has too many digits for every cost and sum of costs to be exact: at most 8 decimal places, and at most 792281625142 with the point removed"
     )]
     Inexact(String),
 }
@@ -70,9 +70,7 @@ impl PriceList {
             if !valid_symbol {
                 return Err(InvalidPriceList::Symbol(symbol.to_owned()));
             }
-            let price = price
-                .trim()
-                .parse::<Decimal>()
+            let price = Decimal::from_str_exact(price.trim())
                 .ok()
                 .filter(|p| *p > Decimal::ZERO)
                 .and_then(Usd::new)

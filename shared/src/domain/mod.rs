@@ -11,6 +11,6 @@ pub mod quantity;
 pub use batching::{Absorbed, BatchTotals, Placement, PoolId, PoolOverflow, PoolState, decide, decide_sharded};
 pub use coin::{Coin, PriceList, UnknownCoin};
 pub use ids::{BatchId, DepositId, IdempotencyKey, InvalidId, OrderId, UserId, reproducible_ids};
-pub use money::{Usd, exact_product, format_decimal};
+pub use money::{ExactSum, PRICE_SCALE, Usd, exact_decimal, exact_product, exact_sum, format_decimal};
 pub use order::{Batch, BatchStatus, Membership, NewOrder, Order, OrderStatus, OrderView, ResendPolicy};
 pub use quantity::{BatchQuantity, InvalidAmount, Quantity};

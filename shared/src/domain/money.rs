@@ -1,5 +1,5 @@
 use std::fmt;
-use std::ops::Add;
+use std::ops::AddAssign;
 
 use rust_decimal::Decimal;
 
@@ -8,11 +8,23 @@ use super::quantity::Quantity;
 /// An exact, non-negative amount of US dollars.
 ///
 /// Costs are `price × amount` computed exactly; nothing is ever rounded.
+/// Money has at most [`Usd::MAX_SCALE`] decimal places: a price has at most
+/// [`PRICE_SCALE`], an amount at most [`Quantity::MAX_SCALE`], so every cost
+/// has at most their sum, and deposits are held to the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Usd(Decimal);
 
+/// The most decimal places a price has.
+pub const PRICE_SCALE: u32 = 8;
+
 impl Usd {
     pub const ZERO: Usd = Usd(Decimal::ZERO);
+    /// The most decimal places money has: a price's and an amount's.
+    pub const MAX_SCALE: u32 = PRICE_SCALE + Quantity::MAX_SCALE;
+    /// The most digits before the point a deposit or a balance given as text
+    /// has (under a trillion dollars): with [`Usd::MAX_SCALE`] places, 28
+    /// digits, what a `Decimal` holds exactly.
+    pub const MAX_WHOLE_DIGITS: usize = 12;
 
     /// `None` for a negative value: a balance or a cost is never below zero.
     pub fn new(value: Decimal) -> Option<Usd> {
@@ -28,24 +40,28 @@ impl Usd {
         self.0.checked_sub(other.0).and_then(Usd::new)
     }
 
+    /// The exact sum, or `None` when a `Decimal` cannot hold it exactly
+    /// (its own addition would round it).
     pub fn checked_add(self, other: Usd) -> Option<Usd> {
-        self.0.checked_add(other.0).map(|v| Usd(v.normalize()))
+        exact_sum(self.0, other.0).map(Usd)
     }
 
     /// A plain decimal's exact text (`"100"`, `"12.50"`: digits and at most
-    /// one point; no sign, no exponent), or `None`. Never rounded: text with
-    /// more digits than a `Decimal` holds is refused.
+    /// one point; no sign, no exponent) with at most [`Usd::MAX_SCALE`]
+    /// places and [`Usd::MAX_WHOLE_DIGITS`] digits before the point, or
+    /// `None`. Never rounded.
     pub fn parse(text: &str) -> Option<Usd> {
         let (int_part, frac_part) = text.split_once('.').unwrap_or((text, "0"));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(int_part) || !digits(frac_part) {
             return None;
         }
-        let significant = int_part.trim_start_matches('0').len() + frac_part.trim_end_matches('0').len();
-        if significant > MAX_SCALE as usize {
+        let whole = int_part.trim_start_matches('0').len();
+        let places = frac_part.trim_end_matches('0').len();
+        if whole > Self::MAX_WHOLE_DIGITS || places > Self::MAX_SCALE as usize {
             return None;
         }
-        text.parse::<Decimal>().ok().and_then(Usd::new)
+        Decimal::from_str_exact(text).ok().and_then(Usd::new)
     }
 
     /// `price × amount`, exactly, or `None` when a `Decimal` cannot hold the
@@ -78,23 +94,132 @@ pub fn exact_product(a: Decimal, b: Decimal) -> Option<Decimal> {
     Decimal::try_from_i128_with_scale(mantissa, scale).ok()
 }
 
+/// `a + b` without rounding: `Decimal`'s own addition drops the last digits
+/// of a sum that does not fit, silently. Here the mantissas are added at
+/// the larger scale in 128 bits, and only trailing zeros may be dropped to
+/// make the sum fit; otherwise `None`.
+pub fn exact_sum(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let (a, b) = (a.normalize(), b.normalize());
+    let scale = a.scale().max(b.scale());
+    let lift = |d: Decimal| d.mantissa().checked_mul(10i128.checked_pow(scale - d.scale())?);
+    let mut mantissa = lift(a)?.checked_add(lift(b)?)?;
+    let mut scale = scale;
+    while mantissa.abs() > MAX_MANTISSA && scale > 0 && mantissa % 10 == 0 {
+        mantissa /= 10;
+        scale -= 1;
+    }
+    if mantissa.abs() > MAX_MANTISSA {
+        return None;
+    }
+    Decimal::try_from_i128_with_scale(mantissa, scale).ok().map(|d| d.normalize())
+}
+
+/// A decimal's text, plain or with an exponent (`-3`, `3.50`, `1e9`,
+/// `2.5E-3`), read exactly: `None` for anything else, or for a value a
+/// `Decimal` could only hold rounded (`Decimal::from_str` rounds digits
+/// past 28 silently).
+pub fn exact_decimal(text: &str) -> Option<Decimal> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.strip_prefix('+').unwrap_or(exponent).parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let plain = match mantissa.split_once('.') {
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => digits(mantissa),
+    };
+    // Past 28 either way no quantity fits (and `0e2000000000` must not loop).
+    if !plain || exponent.unsigned_abs() > 28 {
+        return None;
+    }
+    let mut value = Decimal::from_str_exact(mantissa).ok()?;
+    if exponent >= 0 {
+        for _ in 0..exponent {
+            value = exact_product(value, Decimal::TEN)?;
+        }
+    } else {
+        let scale = value.scale().checked_add(exponent.unsigned_abs())?;
+        if scale > 28 {
+            return None;
+        }
+        value.set_scale(scale).ok()?;
+    }
+    value.set_sign_negative(negative);
+    Some(value)
+}
+
+/// A running sum that is exact, or knows it is not (the audit's totals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactSum(Option<Decimal>);
+
+impl ExactSum {
+    /// The sum, if every addition was exact.
+    pub fn value(self) -> Option<Decimal> {
+        self.0
+    }
+
+    /// Whether the sum is exactly `value`.
+    pub fn is(self, value: Decimal) -> bool {
+        self.0 == Some(value.normalize())
+    }
+}
+
+impl Default for ExactSum {
+    fn default() -> Self {
+        ExactSum(Some(Decimal::ZERO))
+    }
+}
+
+impl AddAssign<Decimal> for ExactSum {
+    fn add_assign(&mut self, value: Decimal) {
+        self.0 = self.0.and_then(|sum| exact_sum(sum, value));
+    }
+}
+
+impl AddAssign<ExactSum> for ExactSum {
+    fn add_assign(&mut self, other: ExactSum) {
+        self.0 = self.0.zip(other.0).and_then(|(a, b)| exact_sum(a, b));
+    }
+}
+
+impl std::ops::SubAssign<Decimal> for ExactSum {
+    fn sub_assign(&mut self, value: Decimal) {
+        *self += -value;
+    }
+}
+
+impl std::iter::Sum<Decimal> for ExactSum {
+    fn sum<I: Iterator<Item = Decimal>>(values: I) -> ExactSum {
+        let mut sum = ExactSum::default();
+        for value in values {
+            sum += value;
+        }
+        sum
+    }
+}
+
+impl fmt::Display for ExactSum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(value) => f.write_str(&format_decimal(value)),
+            None => f.write_str("(more digits than can be summed exactly)"),
+        }
+    }
+}
+
 /// Whether every cost `price × amount` of a valid amount (at most
-/// [`Quantity::MAX`] with [`Quantity::MAX_SCALE`] decimals) is exact.
+/// [`Quantity::MAX`] with [`Quantity::MAX_SCALE`] decimals) is exact, and
+/// the price has at most [`PRICE_SCALE`] places (so every cost has at most
+/// [`Usd::MAX_SCALE`], and sums of costs stay exact).
 pub fn prices_every_amount_exactly(price: Usd) -> bool {
     let price = price.0.normalize();
     let largest_amount_mantissa = Quantity::MAX.value().mantissa() * 10i128.pow(Quantity::MAX_SCALE);
-    price.scale() + Quantity::MAX_SCALE <= MAX_SCALE
+    price.scale() <= PRICE_SCALE
         && price.mantissa().checked_mul(largest_amount_mantissa).is_some_and(|m| m <= MAX_MANTISSA)
-}
-
-impl Add for Usd {
-    type Output = Usd;
-
-    /// Sums of costs stay far below `Decimal::MAX` (amounts are capped at
-    /// 1e9 and prices are configuration), so this saturates only in theory.
-    fn add(self, other: Usd) -> Usd {
-        Usd(self.0.saturating_add(other.0).normalize())
-    }
 }
 
 impl fmt::Display for Usd {
@@ -144,6 +269,12 @@ mod tests {
         for bad in ["", "-1", "+1", "1e3", "1.", ".5", "1.2.3", "NaN", " 1", "1,5", "99999999999999999999999999999"] {
             assert_eq!(Usd::parse(bad), None, "{bad:?}");
         }
+        // At most the precision money has: 16 places, under a trillion.
+        assert!(Usd::parse("0.0000000000000001").is_some());
+        assert!(Usd::parse("999999999999.9999999999999999").is_some());
+        for too_precise in ["0.000000000000000000000000001", "0.00000000000000001", "1000000000000"] {
+            assert_eq!(Usd::parse(too_precise), None, "{too_precise:?}");
+        }
     }
 
     #[test]
@@ -164,15 +295,37 @@ mod tests {
     fn a_price_list_entry_is_exact_for_every_amount_or_refused() {
         assert!(prices_every_amount_exactly(Usd::new(dec("4")).unwrap()));
         assert!(prices_every_amount_exactly(Usd::new(dec("95000.5")).unwrap()));
-        assert!(prices_every_amount_exactly(Usd::new(dec("0.00000000000000000001")).unwrap()));
-        assert!(!prices_every_amount_exactly(Usd::new(dec("0.000000000000000000001")).unwrap()));
+        assert!(prices_every_amount_exactly(Usd::new(dec("0.00000001")).unwrap()));
+        // More places than a price has: sums of its costs could round.
+        assert!(!prices_every_amount_exactly(Usd::new(dec("0.000000001")).unwrap()));
+        assert!(!prices_every_amount_exactly(Usd::new(dec("0.00000000000000000001")).unwrap()));
         assert!(!prices_every_amount_exactly(Usd::new(dec("1234567890123.5")).unwrap()));
         let largest = Quantity::MAX;
-        for price in ["4", "95000.5", "0.00000000000000000001", "792281625142"] {
+        for price in ["4", "95000.5", "0.00000001", "792281625142"] {
             let price = Usd::new(dec(price)).unwrap();
             assert!(prices_every_amount_exactly(price), "{price}");
             assert!(Usd::cost(price, largest).is_some(), "{price}");
         }
+    }
+
+    #[test]
+    fn sums_are_exact_or_refused() {
+        // Decimal's own sum drops the last digit of 8e27 + 0.1.
+        let (big, tenth) = (dec("8000000000000000000000000000"), dec("0.1"));
+        assert_ne!((big + tenth) - big, tenth);
+        assert_eq!(exact_sum(big, tenth), None);
+        assert_eq!(exact_sum(dec("9.99"), dec("0.01")), Some(dec("10")));
+        assert_eq!(
+            exact_sum(dec("79228162514264337593543950330"), dec("5")),
+            Some(dec("79228162514264337593543950335"))
+        );
+        let mut sum = ExactSum::default();
+        sum += dec("0.1");
+        sum += dec("0.2");
+        assert!(sum.is(dec("0.3")));
+        sum += big;
+        assert_eq!(sum.value(), None);
+        assert_eq!(sum.to_string(), "(more digits than can be summed exactly)");
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl BatchQuantity {
 
     /// `sum + amount`, or `None` if a `Decimal` cannot hold it exactly.
     pub fn sum(sum: Decimal, amount: Quantity) -> Option<BatchQuantity> {
-        sum.checked_add(amount.value()).and_then(BatchQuantity::from_decimal)
+        super::money::exact_sum(sum, amount.value()).and_then(BatchQuantity::from_decimal)
     }
 
     pub fn value(self) -> Decimal {

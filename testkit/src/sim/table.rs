@@ -74,11 +74,22 @@ impl Table for SimTable {
         result
     }
 
+    /// As DynamoDB does under load, a round may leave keys unprocessed:
+    /// read with the same rounds as the SDK table.
     async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
-        self.travel().await;
-        let result = self.inner.get_many(keys).await;
-        self.travel().await;
-        result
+        shared::adapters::dynamodb::table::read_every_key(keys, |mut asked| async move {
+            self.travel().await;
+            let left = if self.world.faults_on() && self.world.dice.chance(0.2) {
+                let keep = self.world.dice.below(asked.len());
+                asked.split_off(keep)
+            } else {
+                Vec::new()
+            };
+            let found = self.inner.get_many(asked).await?;
+            self.travel().await;
+            Ok((found, left))
+        })
+        .await
     }
 
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {

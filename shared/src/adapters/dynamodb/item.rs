@@ -4,7 +4,6 @@
 //! never compared).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use super::table::Changes;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -190,7 +189,9 @@ pub fn get_s<'a>(item: &'a Item, attribute: &str) -> Result<&'a str, ItemError> 
 
 pub fn get_decimal(item: &Item, attribute: &str) -> Result<Decimal, ItemError> {
     let text = item.get(attribute).and_then(|v| v.as_n().ok()).ok_or_else(|| missing(attribute))?;
-    Decimal::from_str(text).or_else(|_| Decimal::from_scientific(text)).map_err(|_| invalid(attribute))
+    // Exactly, or refused: an item whose number does not fit is an error,
+    // never a rounded balance.
+    crate::domain::exact_decimal(text).ok_or_else(|| invalid(attribute))
 }
 
 pub fn get_u64(item: &Item, attribute: &str) -> Result<u64, ItemError> {
@@ -405,6 +406,8 @@ pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
     use super::*;
     use crate::domain::BatchTotals;
 
@@ -414,6 +417,12 @@ mod tests {
         for (text, expected) in [("12.5", "12.5"), ("12.50", "12.5"), ("1E+1", "10"), ("0.00000004", "0.00000004")] {
             item.insert("v".into(), AttributeValue::N(text.into()));
             assert_eq!(get_decimal(&item, "v").unwrap(), Decimal::from_str(expected).unwrap(), "{text}");
+        }
+        // DynamoDB keeps 38 digits; what a Decimal cannot hold exactly is
+        // refused, never rounded (from_str would read 1.00…01 as 1).
+        for text in ["1.0000000000000000000000000000001", "123456789012345678901234567890", "1E+40", "abc"] {
+            item.insert("v".into(), AttributeValue::N(text.into()));
+            assert!(get_decimal(&item, "v").is_err(), "{text}");
         }
     }
 

@@ -135,9 +135,17 @@ impl CoinPools {
         match placement {
             Placement::OwnBatch => {}
             Placement::Join { seq } if cached.state.seq == *seq => {
-                cached.state = cached.state.after(placement, new.cost, new.amount);
-                cached.exists = true;
-                cached.written_at = Some(at);
+                match cached.state.after(placement, new.cost, new.amount) {
+                    Some(state) => {
+                        cached.state = state;
+                        cached.exists = true;
+                        cached.written_at = Some(at);
+                    }
+                    // Never guess: read it again.
+                    None => {
+                        self.shards.remove(&home);
+                    }
+                }
             }
             Placement::Cross { seq, absorbed, .. } if cached.state.seq == *seq => {
                 *cached = CachedPool { state: cached.state.closed(), exists: true, written_at: Some(at) };

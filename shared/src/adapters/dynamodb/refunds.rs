@@ -84,7 +84,9 @@ impl DynamoStore {
                         // resumes past what it credited, counting it once.
                         crate::metrics::orders_refunded(1);
                         refund.orders += 1;
-                        refund.usd = refund.usd + order.cost;
+                        refund.usd = refund.usd.checked_add(order.cost).ok_or_else(|| {
+                            InfraError::new("refund batch", "the refunded total cannot be held exactly")
+                        })?;
                     }
                     Credited::Before => {}
                     Credited::BatchMoved => break 'pools,

@@ -217,6 +217,43 @@ impl From<TableError> for crate::ports::InfraError {
 
 /// The table: every operation is on one item and atomic, except
 /// `transact`, which is atomic over all its writes.
+/// Rounds of `BatchGetItem` a read makes before it gives up on the keys
+/// DynamoDB keeps leaving unprocessed.
+pub const UNPROCESSED_ROUNDS: u32 = 10;
+
+/// Reads every key of `keys` with `round` (one `BatchGetItem`: the items
+/// found, and the keys left unprocessed), asking again for what is left,
+/// backing off (10 ms doubling to 320 ms), and failing if keys are still
+/// left after [`UNPROCESSED_ROUNDS`]. A key left out would read as an item
+/// that does not exist (an empty shard, a pending order): a partial answer
+/// is never returned as whole.
+pub async fn read_every_key<F, Fut>(keys: Vec<Item>, mut round: F) -> Result<Vec<Item>, TableError>
+where
+    F: FnMut(Vec<Item>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Item>, Vec<Item>), TableError>>,
+{
+    let mut found = Vec::with_capacity(keys.len());
+    let mut left = keys;
+    for attempt in 0..=UNPROCESSED_ROUNDS {
+        if left.is_empty() {
+            return Ok(found);
+        }
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10 << attempt.min(5))).await;
+        }
+        let (items, unprocessed) = round(std::mem::take(&mut left)).await?;
+        found.extend(items);
+        left = unprocessed;
+    }
+    if left.is_empty() {
+        return Ok(found);
+    }
+    Err(TableError::Throttled {
+        operation: "batch get item",
+        source: format!("{} keys still unprocessed after {} rounds", left.len(), UNPROCESSED_ROUNDS + 1).into(),
+    })
+}
+
 #[async_trait]
 pub trait Table: Send + Sync {
     /// A strongly consistent read.
@@ -248,4 +285,37 @@ pub trait Table: Send + Sync {
 
     /// One page of every item of the table (the audit).
     async fn scan(&self, start: Option<Item>) -> Result<Page, TableError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn keys(n: usize) -> Vec<Item> {
+        (0..n).map(|i| Item::from([("PK".to_owned(), AttributeValue::S(format!("K#{i}")))])).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_left_unprocessed_are_asked_again_and_never_dropped() {
+        // One key left over for three rounds: every key is read.
+        let mut rounds = 0;
+        let all = read_every_key(keys(5), |mut asked| {
+            rounds += 1;
+            let left = if rounds <= 3 { asked.split_off(asked.len() - 1) } else { Vec::new() };
+            async move { Ok((asked, left)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(all.len(), 5);
+
+        // Keys left over every round: an error, not four items taken for five.
+        let result = read_every_key(keys(5), |mut asked| {
+            let left = asked.split_off(asked.len() - 1);
+            async move { Ok((asked, left)) }
+        })
+        .await;
+        assert!(matches!(result, Err(TableError::Throttled { .. })), "{result:?}");
+    }
 }

@@ -153,23 +153,12 @@ impl Table for SdkTable {
     }
 
     async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
-        let mut found = Vec::with_capacity(keys.len());
-        let mut pending = Some(
-            KeysAndAttributes::builder()
+        super::read_every_key(keys, |keys| async move {
+            let request = KeysAndAttributes::builder()
                 .set_keys(Some(keys))
                 .consistent_read(true)
                 .build()
-                .map_err(|e| build_error("batch get item", e))?,
-        );
-        // DynamoDB may leave keys unprocessed (throughput, size): ask again.
-        for attempt in 0u32.. {
-            let Some(request) = pending.take() else { break };
-            if request.keys().is_empty() || attempt > 10 {
-                break;
-            }
-            if attempt > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt.min(5))).await;
-            }
+                .map_err(|e| build_error("batch get item", e))?;
             let output = self
                 .client
                 .batch_get_item()
@@ -177,12 +166,15 @@ impl Table for SdkTable {
                 .send()
                 .await
                 .map_err(|e| classify("batch get item", e))?;
-            if let Some(mut responses) = output.responses {
-                found.extend(responses.remove(&self.name).unwrap_or_default());
-            }
-            pending = output.unprocessed_keys.and_then(|mut u| u.remove(&self.name));
-        }
-        Ok(found)
+            let found = output.responses.and_then(|mut r| r.remove(&self.name)).unwrap_or_default();
+            let left = output
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.name))
+                .map(|left| left.keys().to_vec())
+                .unwrap_or_default();
+            Ok((found, left))
+        })
+        .await
     }
 
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
