@@ -179,6 +179,9 @@ pub trait Outbox: Send + Sync {
     /// Every batch not final yet: `Ready`, `Submitting`, `Refused`.
     async fn open_batches(&self) -> Result<Vec<Batch>, InfraError>;
 
+    /// Every coin that ever had a pool, priced or not any more.
+    async fn pooled_coins(&self) -> Result<Vec<Coin>, InfraError>;
+
     /// Records a re-send of `batch` (as it was read), before it is sent:
     /// of the reconcilers that read it alike, exactly one records it, and
     /// only that one sends. `false` when the batch changed since, and the

@@ -25,6 +25,9 @@ pub struct Reconciler {
 /// abandoned.
 #[derive(Debug, Clone)]
 pub struct PoolSweep {
+    /// The priced coins. The sweep also takes every coin the table lists as
+    /// having had a pool: a coin taken off the price list keeps its pending
+    /// money, which must still be batched.
     pub coins: Vec<Coin>,
     pub minimum: Usd,
     /// A shard nobody wrote for this long is nobody's any more.
@@ -145,7 +148,16 @@ impl Reconciler {
         let Some(sweep) = &self.pools else { return };
         let now = self.clock.now();
         let (minimum, quiet_for) = (sweep.minimum, sweep.quiet_for);
-        let swept: Vec<(Coin, Result<Vec<BatchId>, InfraError>)> = futures::stream::iter(sweep.coins.clone())
+        let mut coins = sweep.coins.clone();
+        match self.outbox.pooled_coins().await {
+            Ok(pooled) => coins.extend(pooled),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "could not list the coins with pools; sweeping the priced ones")
+            }
+        }
+        coins.sort();
+        coins.dedup();
+        let swept: Vec<(Coin, Result<Vec<BatchId>, InfraError>)> = futures::stream::iter(coins)
             .map(|coin| {
                 let outbox = Arc::clone(&self.outbox);
                 async move {

@@ -153,6 +153,23 @@ impl Outbox for DynamoStore {
         Ok(batches)
     }
 
+    async fn pooled_coins(&self) -> Result<Vec<Coin>, InfraError> {
+        let mut coins = Vec::new();
+        let mut start = None;
+        loop {
+            let query = Query { partition: (item::PK, item::COINS_PK.to_owned()), start, ..Query::default() };
+            let page = self.table.query(query).await?;
+            for entry in &page.items {
+                let coin = item::get_s(entry, "coin").map_err(infra("read coin entry"))?;
+                coins.push(Coin::from_trusted(coin));
+            }
+            start = page.next;
+            if start.is_none() {
+                return Ok(coins);
+            }
+        }
+    }
+
     async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError> {
         let resends = match batch.resends {
             0 => Cond::eq("resends", n_int(0u64)).or(Cond::NotExists("resends")),

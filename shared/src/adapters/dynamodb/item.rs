@@ -113,6 +113,18 @@ pub fn forming_key(coin: &Coin) -> Item {
     key(format!("COIN#{coin}"), "FORMING")
 }
 
+/// The partition listing every coin that ever had a pool: the sweep's coins
+/// come from it, not from the price list (a coin taken off the list keeps
+/// its pending money, which must still be batched).
+pub const COINS_PK: &str = "COINS";
+
+/// A coin's entry in [`COINS_PK`], written with its first pool.
+pub fn coin_entry(coin: &Coin) -> Item {
+    let mut entry = key(COINS_PK.to_owned(), format!("COIN#{coin}"));
+    entry.insert("coin".into(), s(coin.as_str()));
+    entry
+}
+
 /// How many shards a coin's pool has now.
 pub fn shards_key(coin: &Coin) -> Item {
     key(format!("COIN#{coin}"), "SHARDS")

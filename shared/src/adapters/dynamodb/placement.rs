@@ -16,8 +16,8 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    Item, ItemError, account_key, balance_of, batch_item, get_decimal, get_s, idempotency_key, ms, n, n_int,
-    order_item, order_key, order_of, pool_batch_key, pool_key, s,
+    Item, ItemError, account_key, balance_of, batch_item, coin_entry, get_decimal, get_s, idempotency_key, ms, n,
+    n_int, order_item, order_key, order_of, pool_batch_key, pool_key, s,
 };
 use super::pool_cache::{CachedPool, Turn};
 use super::schema::TTL_ATTRIBUTE;
@@ -346,6 +346,9 @@ impl DynamoStore {
                 };
                 writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
                 pools.push((writes.len() - 1, home));
+                if !pool.exists {
+                    writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
+                }
             }
             (Placement::Cross { absorbed, .. }, Some(pool)) => {
                 // The batch's totals come from these exact states: the
@@ -357,6 +360,9 @@ impl DynamoStore {
                 }
                 writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
                 pools.push((writes.len() - 1, home));
+                if !pool.exists {
+                    writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
+                }
                 for shard in absorbed {
                     let (changes, condition) = close_pool(&shard.state, now);
                     let key = pool_key(&new.coin, shard.shard);

@@ -628,6 +628,35 @@ mod tests {
         t0() + time::Duration::seconds(1)
     }
 
+    /// A coin taken off the price list keeps its pending money: the sweep
+    /// takes its coins from the table (every coin that had a pool), not
+    /// from the prices.
+    #[tokio::test]
+    async fn a_coin_taken_off_the_price_list_is_still_swept() {
+        use crate::reconcile::{PoolSweep, Reconciler};
+        let (table, placed) = crumbs_of(3, "1").await;
+        assert!(placed.iter().all(|p| p.formed.is_none()), "$4 on each of three shards");
+        let store = Arc::new(DynamoStore::on(table));
+        assert_eq!(store.pooled_coins().await.unwrap(), vec![Coin::from_trusted("ABAN")]);
+        let (queue, _delivered) = crate::adapters::memory_queue::memory_queue();
+        let policy = crate::domain::ResendPolicy {
+            ready_after: time::Duration::minutes(1),
+            backoff: time::Duration::minutes(1),
+            backoff_cap: time::Duration::minutes(10),
+            max_attempts: 5,
+        };
+        let priced_now = PoolSweep {
+            coins: vec![Coin::from_trusted("BTC")],
+            minimum: usd("10"),
+            quiet_for: time::Duration::milliseconds(500),
+            every: std::time::Duration::from_secs(1),
+        };
+        let clock = Arc::new(SetClock(Mutex::new(a_second_later())));
+        let reconciler = Reconciler::new(store.clone(), Arc::new(queue), clock, policy).sweeping(priced_now);
+        assert_eq!(reconciler.sweep().await.swept.len(), 1, "ABAN's $12 on three quiet shards");
+        assert_audit_clean(&store).await;
+    }
+
     /// A hundred quiet shards of $0.20: $20 the coin holds, more shards than
     /// one transaction closes for the minimum. They end in two batches of
     /// $10, fifty shards each, each gathered over two transactions.
