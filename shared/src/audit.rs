@@ -62,10 +62,28 @@ pub struct Ledger {
     pub closed_pools: Vec<ClosedPool>,
 }
 
+/// One discrepancy: what it is about (an account, an order, a batch, a
+/// pool), and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub subject: String,
+    pub detail: String,
+}
+
+fn problem(subject: String, detail: String) -> Problem {
+    Problem { subject, detail }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// What the audit found, and the totals it checked.
 #[derive(Debug, Clone, Default)]
 pub struct AuditReport {
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
     pub accounts: usize,
     pub deposited: ExactSum,
     pub balances: ExactSum,
@@ -131,6 +149,52 @@ impl Sums {
     }
 }
 
+/// The audit of a table in use. A scan is no snapshot: an order written
+/// between two of its pages can show as a discrepancy that is not one. So
+/// while the audit finds problems, the ledger is read again (up to `reads`
+/// times, `pause` apart), and a problem is reported only if its subject (an
+/// account, an order, a batch, a pool) is wrong in every read. What this
+/// guarantees: a discrepancy at rest is always reported (it is there in
+/// every read); one caused by writes in flight is reported only if writes
+/// to that same subject are in flight in every read (re-run it when that
+/// account is quiet). The problems left out are counted.
+pub async fn audit_live<F, Fut, E>(
+    mut read: F,
+    minimum: Usd,
+    reads: usize,
+    pause: std::time::Duration,
+) -> Result<LiveAudit, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Ledger, E>>,
+{
+    let mut report = audit(&read().await?, minimum);
+    let mut in_flight = 0;
+    for _ in 1..reads.max(1) {
+        if report.is_clean() {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        let again = audit(&read().await?, minimum);
+        let before = report.problems.len();
+        let persistent: std::collections::HashSet<&String> = report.problems.iter().map(|p| &p.subject).collect();
+        let kept: Vec<Problem> = again.problems.iter().filter(|p| persistent.contains(&p.subject)).cloned().collect();
+        in_flight +=
+            before.saturating_sub(kept.iter().map(|p| &p.subject).collect::<std::collections::HashSet<_>>().len());
+        report = AuditReport { problems: kept, ..again };
+    }
+    Ok(LiveAudit { report, in_flight })
+}
+
+/// [`audit_live`]'s answer.
+#[derive(Debug, Clone)]
+pub struct LiveAudit {
+    /// The last read's report, with only the problems found in every read.
+    pub report: AuditReport,
+    /// Problems found in a read that a later read did not find again.
+    pub in_flight: usize,
+}
+
 pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     let mut report = AuditReport::default();
     let problems = &mut report.problems;
@@ -141,26 +205,35 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     for ClosedPool { coin, pool, batch } in &ledger.closed_pools {
         let (shard, seq) = (pool.shard, pool.seq);
         if closed.insert((coin, *pool), *batch).is_some() {
-            problems.push(format!("pool {seq} of shard {shard} of {coin} was closed twice"));
+            problems.push(problem(
+                format!("pool {seq} of shard {shard} of {coin}"),
+                format!("pool {seq} of shard {shard} of {coin} was closed twice"),
+            ));
         }
         match pools.get(&(coin, shard)) {
             Some(open) if seq < open.seq => {}
-            _ => problems
-                .push(format!("pool {seq} of shard {shard} of {coin} is closed but is not before its open pool")),
+            _ => problems.push(problem(
+                format!("pool {seq} of shard {shard} of {coin}"),
+                format!("pool {seq} of shard {shard} of {coin} is closed but is not before its open pool"),
+            )),
         }
         match batches.get(batch) {
             Some(b) if b.pools.contains(pool) && &b.coin == coin => {}
-            _ => problems.push(format!(
-                "pool {seq} of shard {shard} of {coin} was closed by batch {batch}, which is not that pool's"
+            _ => problems.push(problem(
+                format!("pool {seq} of shard {shard} of {coin}"),
+                format!("pool {seq} of shard {shard} of {coin} was closed by batch {batch}, which is not that pool's"),
             )),
         }
     }
     for batch in &ledger.batches {
         for pool in &batch.pools {
             if closed.get(&(&batch.coin, *pool)) != Some(&batch.id) {
-                problems.push(format!(
-                    "batch {} closed pool {} of shard {}, which does not point to it",
-                    batch.id, pool.seq, pool.shard
+                problems.push(problem(
+                    format!("batch {}", batch.id),
+                    format!(
+                        "batch {} closed pool {} of shard {}, which does not point to it",
+                        batch.id, pool.seq, pool.shard
+                    ),
                 ));
             }
         }
@@ -173,10 +246,13 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     let mut account_flow: BTreeMap<&UserId, ExactSum> = BTreeMap::new();
     for order in &ledger.orders {
         if seen.insert(order.id, ()).is_some() {
-            problems.push(format!("order {} is stored twice", order.id));
+            problems.push(problem(format!("order {}", order.id), format!("order {} is stored twice", order.id)));
         }
         if exact_product(order.price.value(), order.amount.value()) != Some(order.cost.value()) {
-            problems.push(format!("order {} costs {}, not {} × {}", order.id, order.cost, order.price, order.amount));
+            problems.push(problem(
+                format!("order {}", order.id),
+                format!("order {} costs {}, not {} × {}", order.id, order.cost, order.price, order.amount),
+            ));
         }
         let flow = account_flow.entry(&order.user).or_default();
         if order.refunded {
@@ -206,12 +282,16 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
                 report.pending_orders += 1;
                 report.pending_usd += order.cost.value();
                 if order.refunded {
-                    problems.push(format!("order {} is pending and refunded", order.id));
+                    problems.push(problem(
+                        format!("order {}", order.id),
+                        format!("order {} is pending and refunded", order.id),
+                    ));
                 }
             }
-            Place::Nowhere(where_) => {
-                problems.push(format!("order {} is in no batch and no open pool: {where_}", order.id))
-            }
+            Place::Nowhere(where_) => problems.push(problem(
+                format!("order {}", order.id),
+                format!("order {} is in no batch and no open pool: {where_}", order.id),
+            )),
         }
     }
 
@@ -220,9 +300,12 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
         *report.batches.entry(batch.status.as_str()).or_default() += 1;
         let sums = members.get(&batch.id).copied().unwrap_or_default();
         if !(sums.count == batch.count && sums.usd.is(batch.usd.value()) && sums.qty.is(batch.qty.value())) {
-            problems.push(format!(
-                "batch {} records {} orders, {} USD, {} {}; its members are {} orders, {} USD, {} {}",
-                batch.id, batch.count, batch.usd, batch.qty, batch.coin, sums.count, sums.usd, sums.qty, batch.coin
+            problems.push(problem(
+                format!("batch {}", batch.id),
+                format!(
+                    "batch {} records {} orders, {} USD, {} {}; its members are {} orders, {} USD, {} {}",
+                    batch.id, batch.count, batch.usd, batch.qty, batch.coin, sums.count, sums.usd, sums.qty, batch.coin
+                ),
             ));
         }
         // A batch still gathering is pending money, like an open pool.
@@ -231,7 +314,10 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
             report.pending_usd += sums.usd;
         }
         if batch.usd < minimum && batch.status != BatchStatus::Forming {
-            problems.push(format!("batch {} is worth {} USD, under the minimum {minimum}", batch.id, batch.usd));
+            problems.push(problem(
+                format!("batch {}", batch.id),
+                format!("batch {} is worth {} USD, under the minimum {minimum}", batch.id, batch.usd),
+            ));
         }
         let refunds_agree = match batch.status {
             BatchStatus::Forming | BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Settled => {
@@ -241,42 +327,54 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
             BatchStatus::Refunded => sums.refunded == sums.count && batch.refunded == batch.count,
         };
         if !refunds_agree {
-            problems.push(format!(
-                "batch {} is {} with {} of its {} orders refunded (it counts {})",
-                batch.id,
-                batch.status.as_str(),
-                sums.refunded,
-                sums.count,
-                batch.refunded
+            problems.push(problem(
+                format!("batch {}", batch.id),
+                format!(
+                    "batch {} is {} with {} of its {} orders refunded (it counts {})",
+                    batch.id,
+                    batch.status.as_str(),
+                    sums.refunded,
+                    sums.count,
+                    batch.refunded
+                ),
             ));
         }
         if (batch.status == BatchStatus::Settled) != batch.exchange_order_id.is_some() {
-            problems.push(format!(
-                "batch {} is {} and has exchange order {:?}",
-                batch.id,
-                batch.status.as_str(),
-                batch.exchange_order_id
+            problems.push(problem(
+                format!("batch {}", batch.id),
+                format!(
+                    "batch {} is {} and has exchange order {:?}",
+                    batch.id,
+                    batch.status.as_str(),
+                    batch.exchange_order_id
+                ),
             ));
         }
     }
     for id in members.keys().filter(|id| !batches.contains_key(id)) {
-        problems.push(format!("orders belong to batch {id}, which does not exist"));
+        problems.push(problem(format!("batch {id}"), format!("orders belong to batch {id}, which does not exist")));
     }
 
     // Open pools: their counters are their pending orders, under the minimum.
     for OpenPool { coin, shard, state: pool } in &ledger.pools {
         let sums = open.get(&(coin, *shard)).copied().unwrap_or_default();
         if !(sums.count == pool.count && sums.usd.is(pool.usd.value()) && sums.qty.is(pool.qty)) {
-            problems.push(format!(
-                "the open pool {} of shard {shard} of {coin} records {} orders, {} USD, {} {coin}; \
+            problems.push(problem(
+                format!("the open pool of shard {shard} of {coin}"),
+                format!(
+                    "the open pool {} of shard {shard} of {coin} records {} orders, {} USD, {} {coin}; \
                  its pending orders are {} orders, {} USD, {} {coin}",
-                pool.seq, pool.count, pool.usd, pool.qty, sums.count, sums.usd, sums.qty
+                    pool.seq, pool.count, pool.usd, pool.qty, sums.count, sums.usd, sums.qty
+                ),
             ));
         }
         if pool.usd >= minimum {
-            problems.push(format!(
-                "the open pool {} of shard {shard} of {coin} holds {} USD, not under the minimum",
-                pool.seq, pool.usd
+            problems.push(problem(
+                format!("the open pool of shard {shard} of {coin}"),
+                format!(
+                    "the open pool {} of shard {shard} of {coin} holds {} USD, not under the minimum",
+                    pool.seq, pool.usd
+                ),
             ));
         }
     }
@@ -292,12 +390,18 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     for (user, flow) in &account_flow {
         let balance = balances.get(user).map_or(Decimal::ZERO, |b| b.value());
         if !flow.is(balance) {
-            problems.push(format!("account {user} holds {balance} USD; its deposits, orders and refunds make {flow}"));
+            problems.push(problem(
+                format!("account {user}"),
+                format!("account {user} holds {balance} USD; its deposits, orders and refunds make {flow}"),
+            ));
         }
     }
     for (user, balance) in &ledger.accounts {
         if !account_flow.contains_key(user) && !balance.value().is_zero() {
-            problems.push(format!("account {user} holds {balance} USD without any deposit"));
+            problems.push(problem(
+                format!("account {user}"),
+                format!("account {user} holds {balance} USD without any deposit"),
+            ));
         }
     }
     report

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shared::adapters::dynamodb::DynamoStore;
-use shared::audit::audit;
+use shared::audit::audit_live;
 use shared::domain::{DepositId, Usd, UserId};
 use shared::ports::{Accounts, Deposited, LedgerRecords};
 use shared::telemetry::ErrorChain;
@@ -82,9 +82,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Audit { minimum } => {
             let minimum = Usd::parse(&minimum).ok_or("--minimum must be a plain decimal")?;
-            let report = audit(&store.ledger().await?, minimum);
-            println!("table {table}: {report}");
-            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            // A live table: what is wrong in three reads, two seconds apart.
+            let live = audit_live(|| store.ledger(), minimum, 3, std::time::Duration::from_secs(2)).await?;
+            println!("table {table}: {}", live.report);
+            if live.in_flight > 0 {
+                println!(
+                    "({} findings of a read were not found again by a later one: writes in flight between pages, not discrepancies)",
+                    live.in_flight
+                );
+            }
+            Ok(if live.report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }
