@@ -42,7 +42,7 @@ def main() -> int:
     for resource, binary in FUNCTIONS.items():
         artifact = Path(args.artifacts) / binary / "bootstrap.zip"
         if not artifact.is_file():
-            print(f"{artifact} is missing: run cargo lambda build --release --output-format zip", file=sys.stderr)
+            print(f"{artifact} is missing: run cargo lambda build [--release] --output-format zip", file=sys.stderr)
             return 1
         key = f"{binary}.zip"
         s3.upload_file(str(artifact), bucket, key)
