@@ -4,7 +4,11 @@
 //! keys, retries after an unknown outcome), operators depositing, settlers
 //! consuming an at-least-once queue, a reconciler, an exchange answering in
 //! every way the protocol allows; and faults: conflicts, throttling, lost
-//! replies, failed sends, crashes between any two steps, clock jumps.
+//! replies (of writes and of reads), failed sends, crashes between any two
+//! steps, processes lost whole (a new instance with a fresh cache in their
+//! place), clock jumps, keys BatchGetItem leaves unprocessed, and requests to
+//! the exchange that arrive late (after the client gave up) or to an id it
+//! refused and later fills.
 //! The money invariants are audited after every write; when the faults
 //! stop, every batch must end settled or refunded, and what the exchange
 //! filled must be exactly what the table says was bought.
@@ -59,6 +63,54 @@ struct Process {
     reconciler: Arc<Reconciler>,
 }
 
+/// What a process is made of: a new one is an instance that shares nothing
+/// with the others but the table, the queue and the exchange.
+struct Factory {
+    world: Arc<World>,
+    memory: Arc<MemoryTable>,
+    queue: Arc<SimQueue>,
+    exchange: Arc<SimExchange>,
+    config: ServiceConfig,
+    policy: ResendPolicy,
+    start: tokio::time::Instant,
+    jumps_ms: Arc<AtomicI64>,
+}
+
+impl Factory {
+    fn process(&self) -> Process {
+        let table: Arc<dyn Table> =
+            Arc::new(SimTable::new(Arc::clone(&self.memory), Arc::clone(&self.world), self.config.minimum));
+        let faulty = Arc::new(FaultyTable::new(table, Arc::new(table_faults(Arc::clone(&self.world)))));
+        // Each process's clock is a little off; all see the jumps.
+        let skew = time::Duration::milliseconds(self.world.dice.below(4000) as i64 - 2000);
+        let clock = Arc::new(SimClock::new(self.start, Arc::clone(&self.jumps_ms), skew));
+        let store =
+            Arc::new(DynamoStore::on(faulty).with_jitter_seed(self.world.dice.seed()).with_clock(clock.clone()));
+        Process {
+            service: Arc::new(OrderService::new(store.clone(), self.queue.clone(), clock.clone(), self.config.clone())),
+            settler: Arc::new(
+                Settler::new(
+                    store.clone(),
+                    self.exchange.clone(),
+                    self.queue.clone(),
+                    clock.clone(),
+                    Duration::from_secs(30),
+                )
+                .with_refund_chunk(2),
+            ),
+            reconciler: Arc::new(Reconciler::new(store.clone(), self.queue.clone(), clock, self.policy).sweeping(
+                PoolSweep {
+                    coins: self.config.prices.coins().cloned().collect(),
+                    minimum: self.config.minimum,
+                    quiet_for: time::Duration::seconds(5),
+                    every: Duration::from_secs(5),
+                },
+            )),
+            store,
+        }
+    }
+}
+
 /// What clients were told, to check against the table at the end.
 #[derive(Default)]
 struct Replies {
@@ -72,7 +124,9 @@ struct Replies {
 
 struct Run {
     world: Arc<World>,
-    processes: Vec<Process>,
+    /// Each process as it is now: a crash can replace one with a new one.
+    processes: Vec<Mutex<Arc<Process>>>,
+    factory: Factory,
     queue: Arc<SimQueue>,
     exchange: Arc<SimExchange>,
     users: Vec<UserId>,
@@ -124,7 +178,10 @@ fn table_faults(world: Arc<World>) -> impl Fn(Operation) -> Fault + Send + Sync 
             (Operation::Transact, 0..60) => Fault::Conflict,
             (_, 60..75) => Fault::Throttle,
             (_, 75..85) => Fault::FailBefore,
-            (Operation::Get | Operation::Query | Operation::Scan, _) => Fault::None,
+            (Operation::Scan, _) => Fault::None,
+            // A read whose reply is lost: nothing applied, no answer.
+            (Operation::Get | Operation::Query, 85..105) => Fault::LoseReply,
+            (Operation::Get | Operation::Query, _) => Fault::None,
             (_, 85..125) => Fault::LoseReply,
             _ => Fault::None,
         }
@@ -151,57 +208,36 @@ impl Run {
             backoff_cap: time::Duration::minutes(10),
             max_attempts: testkit::sim::queue::MAX_RECEIVES,
         };
-        let processes = (0..PROCESSES)
-            .map(|_| {
-                let table: Arc<dyn Table> =
-                    Arc::new(SimTable::new(Arc::clone(&memory), Arc::clone(&world), config.minimum));
-                let faulty = Arc::new(FaultyTable::new(table, Arc::new(table_faults(Arc::clone(&world)))));
-                // Each process's clock is a little off; all see the jumps.
-                let skew = time::Duration::milliseconds(world.dice.below(4000) as i64 - 2000);
-                let clock = Arc::new(SimClock::new(start, Arc::clone(&jumps_ms), skew));
-                let store =
-                    Arc::new(DynamoStore::on(faulty).with_jitter_seed(world.dice.seed()).with_clock(clock.clone()));
-                Process {
-                    service: Arc::new(OrderService::new(store.clone(), queue.clone(), clock.clone(), config.clone())),
-                    settler: Arc::new(
-                        Settler::new(
-                            store.clone(),
-                            exchange.clone(),
-                            queue.clone(),
-                            clock.clone(),
-                            Duration::from_secs(30),
-                        )
-                        .with_refund_chunk(2),
-                    ),
-                    reconciler: Arc::new(Reconciler::new(store.clone(), queue.clone(), clock, policy).sweeping(
-                        PoolSweep {
-                            coins: config.prices.coins().cloned().collect(),
-                            minimum: config.minimum,
-                            quiet_for: time::Duration::seconds(5),
-                            every: Duration::from_secs(5),
-                        },
-                    )),
-                    store,
-                }
-            })
-            .collect();
+        let factory = Factory {
+            world: Arc::clone(&world),
+            memory: Arc::clone(&memory),
+            queue: Arc::clone(&queue),
+            exchange: Arc::clone(&exchange),
+            config,
+            policy,
+            start,
+            jumps_ms: Arc::clone(&jumps_ms),
+        };
+        let processes = (0..PROCESSES).map(|_| Mutex::new(Arc::new(factory.process()))).collect();
+        let minimum = factory.config.minimum;
         let users = (0..USERS).map(|u| UserId::parse(&format!("user-{u}")).unwrap()).collect();
         let auditor = DynamoStore::on(memory);
         Arc::new(Run {
             world,
             processes,
+            factory,
             queue,
             exchange,
             users,
-            minimum: config.minimum,
+            minimum,
             replies: Mutex::default(),
             jumps_ms,
             auditor,
         })
     }
 
-    fn process(&self) -> &Process {
-        self.world.dice.pick(&self.processes)
+    fn process(&self) -> Arc<Process> {
+        Arc::clone(&self.world.dice.pick(&self.processes).lock().unwrap())
     }
 
     fn ledger(&self) -> Ledger {
@@ -274,7 +310,7 @@ impl Run {
             .map(|_| {
                 let user = self.world.dice.pick(&self.users).clone();
                 let (_, amount) = self.random_order();
-                let service = Arc::clone(&self.processes[process].service);
+                let service = Arc::clone(&self.processes[process].lock().unwrap().service);
                 async move {
                     let result = service.place(user.clone(), "ABAN", amount, None).await;
                     self.record_reply(&user, "ABAN", amount, None, result);
@@ -347,7 +383,8 @@ impl Run {
                 tokio::time::sleep(self.world.dice.millis(50..500)).await;
                 continue;
             };
-            let attempt = SETTLE_CALL.scope(SettleCall::begin(), self.process().settler.settle(message.batch));
+            let process = self.process();
+            let attempt = SETTLE_CALL.scope(SettleCall::begin(), process.settler.settle(message.batch));
             match attempt.await {
                 Ok(Settlement::UnknownBatch) => {
                     self.world.violated(format!("a message for batch {}, which does not exist", message.batch));
@@ -385,6 +422,13 @@ impl Run {
                 let role = workers[index].0;
                 workers[index].1.abort();
                 workers[index].1 = self.spawn(role);
+            }
+            if self.world.dice.chance(0.2) {
+                // A process lost whole: a new instance in its place, with a
+                // fresh store, cache, lanes and clock skew (what the old one
+                // still had in flight goes on, as a frozen instance's would).
+                let index = self.world.dice.below(self.processes.len());
+                *self.processes[index].lock().unwrap() = Arc::new(self.factory.process());
             }
             if self.world.dice.chance(0.15) {
                 let jump = self.world.dice.millis(5_000..60_000).as_millis() as i64;
@@ -474,7 +518,7 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
     // The accounts exist before the faults start.
     run.world.faults.store(false, Ordering::Relaxed);
     for user in &run.users {
-        run.processes[0].store.open_account(user, usd("300")).await.map_err(|e| e.to_string())?;
+        run.process().store.open_account(user, usd("300")).await.map_err(|e| e.to_string())?;
     }
     run.world.faults.store(true, Ordering::Relaxed);
 
@@ -516,6 +560,7 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
     }
     if std::env::var("SIM_DEBUG").is_ok() {
         for process in &run.processes {
+            let process = process.lock().unwrap();
             eprintln!("{:?}", process.store.stats());
         }
     }
