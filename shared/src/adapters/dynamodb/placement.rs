@@ -23,11 +23,12 @@ use super::pool_cache::{CachedPool, Turn};
 use super::schema::TTL_ATTRIBUTE;
 use super::shards::{cached_of, close_pool};
 use super::stats::StoreStats;
+use super::sweep::close_into;
 use super::table::{Changes, Cond, Reason, TableError, Transacted, Write};
 use super::{BUSY_AFTER, DynamoStore, MAX_ATTEMPTS, contended, infra, unexpected};
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, NewOrder, Order, OrderId, OrderStatus, OrderView, Placement, Usd, UserId,
-    decide_sharded,
+    Absorbed, Batch, BatchId, BatchStatus, Coin, NewOrder, Order, OrderId, OrderStatus, OrderView, Placement, PoolId,
+    Usd, UserId, decide_sharded,
 };
 use crate::ports::{InfraError, PlaceError, Placed};
 use crate::telemetry::ErrorChain;
@@ -331,8 +332,8 @@ impl DynamoStore {
         let order_index = writes.len() - 1;
 
         let mut pools = Vec::new();
-        match (placement, pool) {
-            (Placement::Join { seq }, Some(pool)) => {
+        match (placement, pool, batch.as_ref()) {
+            (Placement::Join { seq }, Some(pool), _) => {
                 let add = Changes::new()
                     .add("usd", n(new.cost.value()))
                     .add("qty", n(new.amount.value()))
@@ -350,36 +351,36 @@ impl DynamoStore {
                     writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
                 }
             }
-            (Placement::Cross { absorbed, .. }, Some(pool)) => {
+            (Placement::Cross { absorbed, .. }, Some(pool), Some(formed)) => {
                 // The batch's totals come from these exact states: the
-                // conditions prove them. (A home shard with no item yet is
-                // created closed: the shards carried along reach the minimum.)
-                let (changes, mut condition) = close_pool(&pool.state, now);
-                if !pool.exists {
-                    condition = Cond::NotExists("PK");
-                }
-                writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
-                pools.push((writes.len() - 1, home));
-                if !pool.exists {
+                // conditions prove them. The home shard's write comes first.
+                let batch_id = formed.id;
+                let mut closing = Vec::with_capacity(absorbed.len() + 1);
+                if pool.exists {
+                    closing.push(Absorbed { shard: home, state: pool.state });
+                } else {
+                    // A home shard with no item yet is created closed: the
+                    // shards carried along reach the minimum.
+                    let (changes, _) = close_pool(&pool.state, now);
+                    let condition = Some(Cond::NotExists("PK"));
+                    writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition });
+                    pools.push((writes.len() - 1, home));
+                    let mut pointer = pool_batch_key(&new.coin, PoolId { shard: home, seq: pool.state.seq });
+                    pointer.insert("batch_id".into(), s(batch_id.to_string()));
+                    writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
                     writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
                 }
-                for shard in absorbed {
-                    let (changes, condition) = close_pool(&shard.state, now);
-                    let key = pool_key(&new.coin, shard.shard);
-                    writes.push(Write::Update { key, changes, condition: Some(condition) });
-                    pools.push((writes.len() - 1, shard.shard));
-                }
+                closing.extend(absorbed.iter().copied());
+                let first = writes.len();
+                writes.extend(close_into(&new.coin, &closing, batch_id, now));
+                // `close_into` writes each pool, then its pointer.
+                pools.extend(closing.iter().enumerate().map(|(k, shard)| (first + 2 * k, shard.shard)));
             }
             _ => {}
         }
 
         if let Some(batch) = &batch {
             writes.push(Write::Put { item: batch_item(batch), condition: Some(Cond::NotExists("PK")) });
-            for pool in &batch.pools {
-                let mut pointer = pool_batch_key(&new.coin, *pool);
-                pointer.insert("batch_id".into(), s(batch.id.to_string()));
-                writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
-            }
         }
         Plan { writes, key, debit, order: order_index, pools, written: (order, batch) }
     }
