@@ -111,43 +111,139 @@ impl HttpExchange {
             .send()
             .await
             .map_err(|e| unknown("the order request failed", e))?;
-        let status = response.status();
-        if status.is_success() {
-            return match reply_to_lookup(read_reply(response).await?, client_order_id)? {
-                Lookup::Filled(fill) => Ok(fill),
-                Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
-                Lookup::Pending { status } => Err(ExchangeError::Unknown {
-                    reason: format!("the exchange took the order but reports it {status:?}"),
-                    source: None,
-                }),
-                Lookup::NotFound => {
-                    Err(ExchangeError::Unknown { reason: "the exchange's reply has no order".to_owned(), source: None })
-                }
-            };
-        }
-        if status == StatusCode::CONFLICT {
+        let answer = HttpAnswer::read(response).await?;
+        match read_post_answer(&answer, client_order_id) {
+            PostOutcome::Answered(outcome) => outcome,
             // It has this client order id already: what it says of it decides.
-            return match self.lookup(client_order_id).await? {
-                Lookup::Filled(fill) => Ok(fill),
-                Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
-                Lookup::Pending { status } => Err(ExchangeError::Unknown {
-                    reason: format!("409, and the exchange reports the order {status:?}"),
-                    source: None,
-                }),
-                Lookup::NotFound => Err(ExchangeError::Unknown {
-                    reason: "409, yet a lookup does not find the order".to_owned(),
-                    source: None,
-                }),
-            };
+            PostOutcome::LookUp => after_conflict(self.lookup(client_order_id).await?),
         }
-        if is_transient(status) {
-            return Err(ExchangeError::Unknown { reason: format!("the exchange answered {status}"), source: None });
+    }
+}
+
+/// An answer as it came over HTTP: its status, where a redirect points,
+/// and its body, read up to [`REPLY_LIMIT`] (or why it could not be).
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: Result<Vec<u8>, String>,
+}
+
+impl HttpAnswer {
+    /// An answer with this status and body.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> HttpAnswer {
+        HttpAnswer { status, location: None, body: Ok(body.into()) }
+    }
+
+    async fn read(mut response: reqwest::Response) -> Result<HttpAnswer, ExchangeError> {
+        let status = response.status().as_u16();
+        let location =
+            response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+        let mut bytes = Vec::new();
+        let body = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() > REPLY_LIMIT {
+                        break Err(format!("the exchange's reply is over {REPLY_LIMIT} bytes"));
+                    }
+                }
+                Ok(None) => break Ok(bytes),
+                // A 2xx whose body did not arrive says nothing: unknown.
+                Err(error) if StatusCode::from_u16(status).is_ok_and(|s| s.is_success()) => {
+                    return Err(unknown("reading the exchange's reply failed", error));
+                }
+                Err(error) => break Err(error.to_string()),
+            }
+        };
+        Ok(HttpAnswer { status, location, body })
+    }
+
+    /// The start of an error answer's body, for logs.
+    fn detail(&self) -> String {
+        let body: String = match &self.body {
+            Ok(bytes) => String::from_utf8_lossy(bytes).chars().take(500).collect(),
+            Err(why) => why.clone(),
+        };
+        match &self.location {
+            Some(location) => format!("redirected to {location}: {body}"),
+            None => body,
         }
-        let detail = detail(response).await;
-        if status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY {
-            return Err(ExchangeError::Refused { reason: format!("{status}: {detail}") });
+    }
+
+    fn reply(&self) -> Result<OrderReply, ExchangeError> {
+        let bytes = self.body.as_ref().map_err(|why| unreadable(why.clone()))?;
+        serde_json::from_slice(bytes).map_err(|e| ExchangeError::Unknown {
+            reason: "the exchange's reply is not the order JSON".to_owned(),
+            source: Some(Box::new(e)),
+        })
+    }
+}
+
+/// What an answer to the POST means.
+#[derive(Debug)]
+pub enum PostOutcome {
+    Answered(Result<Fill, ExchangeError>),
+    /// `409`: the exchange has this id already; look it up.
+    LookUp,
+}
+
+/// Reads an answer to the POST of batch `ours` (the table of the module).
+pub fn read_post_answer(answer: &HttpAnswer, ours: BatchId) -> PostOutcome {
+    let Ok(status) = StatusCode::from_u16(answer.status) else {
+        return PostOutcome::Answered(Err(unreadable(format!("the exchange answered status {}", answer.status))));
+    };
+    let outcome = if status.is_success() {
+        answer.reply().and_then(|reply| reply_to_lookup(reply, ours)).and_then(|lookup| match lookup {
+            Lookup::Filled(fill) => Ok(fill),
+            Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
+            Lookup::Pending { status } => Err(ExchangeError::Unknown {
+                reason: format!("the exchange took the order but reports it {status:?}"),
+                source: None,
+            }),
+            Lookup::NotFound => {
+                Err(ExchangeError::Unknown { reason: "the exchange's reply has no order".to_owned(), source: None })
+            }
+        })
+    } else if status == StatusCode::CONFLICT {
+        return PostOutcome::LookUp;
+    } else if is_transient(status) {
+        Err(ExchangeError::Unknown { reason: format!("the exchange answered {status}"), source: None })
+    } else if status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY {
+        Err(ExchangeError::Refused { reason: format!("{status}: {}", answer.detail()) })
+    } else {
+        Err(ExchangeError::Misconfigured { status: status.as_u16(), detail: answer.detail() })
+    };
+    PostOutcome::Answered(outcome)
+}
+
+/// What a `409` comes to, once the lookup has answered.
+pub fn after_conflict(lookup: Lookup) -> Result<Fill, ExchangeError> {
+    match lookup {
+        Lookup::Filled(fill) => Ok(fill),
+        Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
+        Lookup::Pending { status } => Err(ExchangeError::Unknown {
+            reason: format!("409, and the exchange reports the order {status:?}"),
+            source: None,
+        }),
+        Lookup::NotFound => {
+            Err(ExchangeError::Unknown { reason: "409, yet a lookup does not find the order".to_owned(), source: None })
         }
-        Err(ExchangeError::Misconfigured { status: status.as_u16(), detail })
+    }
+}
+
+/// Reads an answer to the lookup of batch `ours`.
+pub fn read_lookup_answer(answer: &HttpAnswer, ours: BatchId) -> Result<Lookup, ExchangeError> {
+    let Ok(status) = StatusCode::from_u16(answer.status) else {
+        return Err(unreadable(format!("the exchange answered status {}", answer.status)));
+    };
+    match status {
+        StatusCode::NOT_FOUND => Ok(Lookup::NotFound),
+        status if status.is_success() => reply_to_lookup(answer.reply()?, ours),
+        status if is_transient(status) => {
+            Err(ExchangeError::Unknown { reason: format!("the lookup answered {status}"), source: None })
+        }
+        status => Err(ExchangeError::Misconfigured { status: status.as_u16(), detail: answer.detail() }),
     }
 }
 
@@ -157,30 +253,6 @@ fn is_transient(status: StatusCode) -> bool {
 
 fn unknown(reason: &str, error: reqwest::Error) -> ExchangeError {
     ExchangeError::Unknown { reason: reason.to_owned(), source: Some(Box::new(error)) }
-}
-
-/// The start of an error answer's body, for logs.
-async fn detail(response: reqwest::Response) -> String {
-    let location = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
-    let body: String = response.text().await.unwrap_or_default().chars().take(500).collect();
-    match location {
-        Some(location) => format!("redirected to {location}: {body}"),
-        None => body,
-    }
-}
-
-async fn read_reply(mut response: reqwest::Response) -> Result<OrderReply, ExchangeError> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| unknown("reading the exchange's reply failed", e))? {
-        bytes.extend_from_slice(&chunk);
-        if bytes.len() > REPLY_LIMIT {
-            return Err(unreadable(format!("the exchange's reply is over {REPLY_LIMIT} bytes")));
-        }
-    }
-    serde_json::from_slice(&bytes).map_err(|e| ExchangeError::Unknown {
-        reason: "the exchange's reply is not the order JSON".to_owned(),
-        source: Some(Box::new(e)),
-    })
 }
 
 /// An answer that cannot be taken as it is: logged for an operator, and
@@ -269,14 +341,7 @@ impl Exchange for HttpExchange {
             .send()
             .await
             .map_err(|e| unknown("the lookup request failed", e))?;
-        match response.status() {
-            StatusCode::NOT_FOUND => Ok(Lookup::NotFound),
-            status if status.is_success() => reply_to_lookup(read_reply(response).await?, client_order_id),
-            status if is_transient(status) => {
-                Err(ExchangeError::Unknown { reason: format!("the lookup answered {status}"), source: None })
-            }
-            status => Err(ExchangeError::Misconfigured { status: status.as_u16(), detail: detail(response).await }),
-        }
+        read_lookup_answer(&HttpAnswer::read(response).await?, client_order_id)
     }
 
     fn request_timeout(&self) -> Duration {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use async_trait::async_trait;
+use shared::adapters::http_exchange::{HttpAnswer, PostOutcome, after_conflict, read_lookup_answer, read_post_answer};
 use shared::domain::{BatchId, BatchQuantity, BatchStatus, PriceList, Usd, exact_product};
 use shared::ports::{Exchange, ExchangeError, ExchangeOrder, Fill, Lookup};
 
@@ -43,6 +44,7 @@ pub enum OrderState {
 pub struct Record {
     pub state: OrderState,
     pub quantity: BatchQuantity,
+    pub coin: String,
 }
 
 tokio::task_local! {
@@ -140,22 +142,37 @@ impl Core {
 
     /// Fills the order, once: an order filled before keeps its fill (the
     /// exchange is idempotent on the client order id).
-    fn fill(&self, id: BatchId, quantity: BatchQuantity) -> Fill {
+    fn fill(&self, id: BatchId, quantity: BatchQuantity, coin: &str) -> Record {
         let mut orders = self.orders.lock().unwrap();
-        let record = orders.entry(id).or_insert(Record { state: OrderState::Pending, quantity });
-        if let OrderState::Filled { exchange_order_id } = &record.state {
-            return Fill::of(exchange_order_id.clone(), record.quantity);
+        let record = orders.entry(id).or_insert(Record { state: OrderState::Pending, quantity, coin: coin.to_owned() });
+        if matches!(record.state, OrderState::Filled { .. }) {
+            return record.clone();
         }
         let mut fills = self.fills.lock().unwrap();
         *fills += 1;
-        let exchange_order_id = format!("SIMX-{}", *fills);
-        record.state = OrderState::Filled { exchange_order_id: exchange_order_id.clone() };
-        Fill::of(exchange_order_id, record.quantity)
+        record.state = OrderState::Filled { exchange_order_id: format!("SIMX-{}", *fills) };
+        record.clone()
     }
 
     /// Records how the exchange took a new order (an order it has keeps its state).
-    fn record(&self, id: BatchId, quantity: BatchQuantity, state: OrderState) {
-        self.orders.lock().unwrap().entry(id).or_insert(Record { state, quantity });
+    fn record(&self, id: BatchId, order: &ExchangeOrder, state: OrderState) {
+        let record = Record { state, quantity: order.quantity, coin: order.coin.to_string() };
+        self.orders.lock().unwrap().entry(id).or_insert(record);
+    }
+
+    /// The order as the exchange's JSON describes it.
+    fn order_answer(&self, status: u16, id: BatchId, record: &Record) -> HttpAnswer {
+        let (state, exchange_order_id) = match &record.state {
+            OrderState::Filled { exchange_order_id } => ("filled", Some(exchange_order_id.clone())),
+            OrderState::Pending => ("new", None),
+            OrderState::Refused => ("rejected", None),
+            OrderState::Ended(status) => (*status, None),
+        };
+        let body = serde_json::json!({
+            "client_order_id": id.to_string(), "exchange_order_id": exchange_order_id, "symbol": record.coin,
+            "side": "buy", "type": "market", "status": state, "quantity": record.quantity.to_string(),
+        });
+        HttpAnswer::new(status, body.to_string())
     }
 
     /// The checks on a POST; returns what the exchange already has of it.
@@ -200,26 +217,29 @@ impl Core {
         }
     }
 
-    fn answer(&self, id: BatchId, record: &Record) -> Result<Fill, ExchangeError> {
+    /// A POST of an id the exchange has: the order as it is now, or `409`.
+    fn answer(&self, id: BatchId, record: &Record) -> HttpAnswer {
+        if self.world.faults_on() && self.world.dice.chance(0.2) {
+            return HttpAnswer::new(409, "client_order_id already used (simulated)");
+        }
         match &record.state {
-            OrderState::Filled { exchange_order_id } => Ok(Fill::of(exchange_order_id.clone(), record.quantity)),
-            OrderState::Pending => {
-                // It may have filled meanwhile.
-                if self.world.dice.chance(0.5) {
-                    return Ok(self.fill(id, record.quantity));
-                }
-                Err(unknown("the order is still open"))
+            // It may have filled meanwhile.
+            OrderState::Pending if self.world.dice.chance(0.5) => {
+                self.order_answer(200, id, &self.fill(id, record.quantity, &record.coin))
             }
             // A 400 kept nothing: the halt may have lifted since.
-            OrderState::Refused if self.world.dice.chance(0.5) => Ok(self.fill(id, record.quantity)),
-            OrderState::Refused => Err(ExchangeError::Refused { reason: "400: symbol halted (simulated)".into() }),
-            OrderState::Ended(status) => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
+            OrderState::Refused if self.world.dice.chance(0.5) => {
+                self.order_answer(200, id, &self.fill(id, record.quantity, &record.coin))
+            }
+            OrderState::Refused => HttpAnswer::new(400, "symbol halted (simulated)"),
+            _ => self.order_answer(200, id, record),
         }
     }
 
     /// A POST as the exchange serves it, from the moment it arrives.
-    async fn serve_post(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
+    async fn serve_post(&self, order: &ExchangeOrder) -> HttpAnswer {
         let id = order.client_order_id;
+        let coin = order.coin.as_str();
         if let Some(record) = self.check_post(order) {
             let answer = self.answer(id, &record);
             self.latency().await;
@@ -228,36 +248,50 @@ impl Core {
         let roll = if self.world.faults_on() { self.world.dice.below(100) } else { 99 };
         let answer = match roll {
             // 500 before taking it.
-            0..10 => Err(unknown("500 before filling")),
+            0..10 => HttpAnswer::new(500, "internal error (simulated)"),
             // Filled, and the reply lost.
             10..18 => {
-                self.fill(id, order.quantity);
-                Err(unknown("503 after filling"))
+                self.fill(id, order.quantity, coin);
+                HttpAnswer::new(503, "unavailable (simulated)")
             }
             // Taken, and filled long after the client gave up: another
             // attempt may take over meanwhile, and finds it open.
             18..23 => {
-                self.record(id, order.quantity, OrderState::Pending);
+                self.record(id, order, OrderState::Pending);
                 tokio::time::sleep(Duration::from_secs(45)).await;
                 if self.orders.lock().unwrap().get(&id).is_some_and(|r| r.state == OrderState::Pending) {
-                    self.fill(id, order.quantity);
+                    self.fill(id, order.quantity, coin);
                 }
-                Err(unknown("filled long after"))
+                HttpAnswer::new(504, "gateway timeout (simulated)")
             }
             23..28 => {
-                self.record(id, order.quantity, OrderState::Pending);
-                Err(unknown("taken, status new"))
+                self.record(id, order, OrderState::Pending);
+                self.order_answer(201, id, &self.record_of(id))
             }
             28..32 => {
-                self.record(id, order.quantity, OrderState::Refused);
-                Err(ExchangeError::Refused { reason: "422: quantity not allowed (simulated)".into() })
+                self.record(id, order, OrderState::Refused);
+                HttpAnswer::new(422, "quantity not allowed (simulated)")
             }
             32..35 => {
-                self.record(id, order.quantity, OrderState::Ended("rejected"));
-                Err(ExchangeError::Refused { reason: "the order ended rejected".into() })
+                let ended = *self.world.dice.pick(&["rejected", "canceled", "expired"]);
+                self.record(id, order, OrderState::Ended(ended));
+                self.order_answer(200, id, &self.record_of(id))
             }
-            35..39 => Err(ExchangeError::Misconfigured { status: 401, detail: "bad credentials (simulated)".into() }),
-            _ => Ok(self.fill(id, order.quantity)),
+            35..37 => HttpAnswer::new(401, "bad credentials (simulated)"),
+            37..39 => HttpAnswer {
+                status: 302,
+                location: Some("https://elsewhere.example/orders".into()),
+                body: Ok(Vec::new()),
+            },
+            // Filled, and the answer states another quantity: recorded, and
+            // an error for an operator.
+            39..41 => {
+                let mut stated = self.fill(id, order.quantity, coin);
+                stated.quantity = BatchQuantity::sum(stated.quantity.value(), shared::domain::Quantity::MAX)
+                    .unwrap_or(stated.quantity);
+                self.order_answer(200, id, &stated)
+            }
+            _ => self.order_answer(200, id, &self.fill(id, order.quantity, coin)),
         };
         // After the exchange acted and before the caller records it: a
         // process may die here.
@@ -283,14 +317,16 @@ impl Core {
         }
     }
 
-    async fn serve_lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
+    fn record_of(&self, id: BatchId) -> Record {
+        self.orders.lock().unwrap()[&id].clone()
+    }
+
+    async fn serve_lookup(&self, id: BatchId) -> HttpAnswer {
         self.latency().await;
         if self.world.faults_on() {
             match self.world.dice.below(100) {
-                0..8 => return Err(unknown("lookup 502")),
-                8..10 => {
-                    return Err(ExchangeError::Misconfigured { status: 403, detail: "forbidden (simulated)".into() });
-                }
+                0..8 => return HttpAnswer::new(502, "bad gateway (simulated)"),
+                8..10 => return HttpAnswer::new(403, "forbidden (simulated)"),
                 _ => {}
             }
         }
@@ -303,25 +339,22 @@ impl Core {
         }
         let record = self.orders.lock().unwrap().get(&id).cloned();
         let answer = match record {
-            None => Lookup::NotFound,
-            Some(Record { state: OrderState::Refused, .. }) => Lookup::NotFound,
-            Some(Record { state: OrderState::Ended(status), .. }) => Lookup::Ended { status: status.to_owned() },
-            Some(Record { state: OrderState::Filled { exchange_order_id }, quantity, .. }) => {
-                Lookup::Filled(Fill::of(exchange_order_id, quantity))
-            }
-            Some(Record { state: OrderState::Pending, quantity, .. }) => match self.world.dice.below(10) {
-                0..6 => Lookup::Filled(self.fill(id, quantity)),
+            // A 400 kept nothing: the exchange never took it.
+            None | Some(Record { state: OrderState::Refused, .. }) => HttpAnswer::new(404, "no such order"),
+            Some(record @ Record { state: OrderState::Pending, .. }) => match self.world.dice.below(10) {
+                0..6 => self.order_answer(200, id, &self.fill(id, record.quantity, &record.coin)),
                 6 => {
                     if let Some(record) = self.orders.lock().unwrap().get_mut(&id) {
                         record.state = OrderState::Ended("expired");
                     }
-                    Lookup::Ended { status: "expired".into() }
+                    self.order_answer(200, id, &self.record_of(id))
                 }
-                _ => Lookup::Pending { status: "open".into() },
+                _ => self.order_answer(200, id, &record),
             },
+            Some(record) => self.order_answer(200, id, &record),
         };
         self.latency().await;
-        Ok(answer)
+        answer
     }
 }
 
@@ -330,6 +363,7 @@ impl Exchange for SimExchange {
     async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
         let (on_the_way, hang_up) = self.core.network();
         let core = Arc::clone(&self.core);
+        let order_id = order.client_order_id;
         let order = order.clone();
         let call = SETTLE_CALL.try_with(Arc::clone).ok();
         let request = tokio::spawn(async move {
@@ -343,17 +377,23 @@ impl Exchange for SimExchange {
             tokio::time::sleep(after).await;
             return Err(unknown("the connection was lost after sending"));
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        // The answer read as the HTTP client reads it.
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(unknown("the request task ended")),
-            Err(_) => Err(unknown("timed out")),
+            Ok(Err(_)) => return Err(unknown("the request task ended")),
+            Err(_) => return Err(unknown("timed out")),
+        };
+        match read_post_answer(&answer, order_id) {
+            PostOutcome::Answered(outcome) => outcome,
+            PostOutcome::LookUp => after_conflict(self.lookup(order_id).await?),
         }
     }
 
     async fn lookup(&self, id: BatchId) -> Result<Lookup, ExchangeError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.core.serve_lookup(id))
-            .await
-            .unwrap_or_else(|_| Err(unknown("the lookup timed out")))
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.core.serve_lookup(id)).await {
+            Ok(answer) => read_lookup_answer(&answer, id),
+            Err(_) => Err(unknown("the lookup timed out")),
+        }
     }
 
     fn request_timeout(&self) -> Duration {
