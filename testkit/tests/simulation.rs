@@ -6,7 +6,8 @@
 //! every way the protocol allows; and faults: conflicts, throttling, lost
 //! replies (of writes and of reads), failed sends, crashes between any two
 //! steps, processes lost whole (a new instance with a fresh cache in their
-//! place), clock jumps, keys BatchGetItem leaves unprocessed, and requests to
+//! place), clock jumps, keys BatchGetItem leaves unprocessed, indexes that
+//! lag the table (a query does not see some items yet), and requests to
 //! the exchange that arrive late (after the client gave up) or to an id it
 //! refused and later fills.
 //! The money invariants are audited after every write; when the faults
