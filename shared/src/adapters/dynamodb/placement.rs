@@ -60,6 +60,14 @@ enum Sent {
     FoundPlaced,
 }
 
+/// Conflicts an order met on its home shard, and times it found the home
+/// moved since it was seen.
+#[derive(Default)]
+struct Progress {
+    collisions: u32,
+    stale_homes: u32,
+}
+
 fn condition_failed(reasons: &[Reason], index: usize) -> Option<Option<&Item>> {
     match reasons.get(index) {
         Some(Reason::ConditionFailed(item)) => Some(item.as_ref()),
@@ -113,37 +121,14 @@ impl DynamoStore {
         mut turn: Option<&mut Turn>,
         unanswered: &mut bool,
     ) -> Result<Placed, PlaceError> {
-        // Conflicts this order met on its home shard, and times it found the
-        // home moved since it was seen.
-        let mut collisions = 0;
-        let mut stale_homes = 0;
+        let mut progress = Progress::default();
         let mut throttled = 0u32;
         let started = tokio::time::Instant::now();
         for attempt in 1.. {
             if attempt > MAX_ATTEMPTS && started.elapsed() >= BUSY_AFTER {
                 break;
             }
-            let (placement, plan) = match turn.as_deref_mut() {
-                None => {
-                    let placement = Placement::OwnBatch;
-                    let plan = self.plan(new, 0, None, &placement, minimum);
-                    (placement, plan)
-                }
-                Some(turn) => {
-                    let first = turn.shard_count.is_none();
-                    let count = self.shard_count(turn, &new.coin).await?;
-                    if turn.home >= count || (first && count > 1) {
-                        // Spread out from the start: a new process picks any shard.
-                        let home = self.random_below(count);
-                        turn.move_home(home);
-                    }
-                    let own = self.pool_for(turn, &new.coin).await?;
-                    let carry = turn.carry(self.sharding.carry_at_most);
-                    let placement = decide_sharded(&own.state, &carry, new.cost, new.amount, minimum)?;
-                    let plan = self.plan(new, turn.home, Some(&own), &placement, minimum);
-                    (placement, plan)
-                }
-            };
+            let (placement, plan) = self.next_plan(new, minimum, turn.as_deref_mut()).await?;
             // A token per attempt: each attempt is a different request.
             let token = format!("{}-{attempt}", new.id);
             let reasons = match self.send(&plan.writes, &token, new, unanswered).await? {
@@ -193,99 +178,146 @@ impl DynamoStore {
                 }
                 return Err(InfraError::new("place order", unexpected(&reasons)).into());
             };
-            // A pool moved since it was read: remember it as it is, decide
-            // again. A shard left behind that moved is someone else's now.
-            let mut stale = false;
-            let mut home_moved = false;
-            for &(index, shard) in &plan.pools {
-                if let Some(current) = condition_failed(&reasons, index) {
-                    stale = true;
-                    if shard == turn.home {
-                        home_moved = true;
-                        let pool = match current {
-                            Some(item) => cached_of(item)?,
-                            None => CachedPool::default(),
-                        };
-                        turn.remember(shard, pool);
-                    } else {
-                        turn.let_go(shard);
-                    }
-                }
-            }
-            let conflicted = |index: usize| matches!(reasons.get(index), Some(Reason::Conflict));
-            let home_held = plan.pools.first().is_some_and(|&(index, _)| conflicted(index));
-            if home_held {
-                // Another process holds this process's home shard right now:
-                // a collision. Move to another shard; if there is none, or
-                // moving keeps colliding, the coin needs more.
-                collisions += 1;
-                StoreStats::count(&self.stats.conflicts);
-                // Others may have grown the count meanwhile.
-                let mut count = self.fresh_shard_count(turn, &new.coin).await?;
-                if count == 1 || collisions >= self.sharding.grow_after {
-                    count = self.grow_shards(turn, &new.coin, count).await?;
-                }
-                let next = self.pick_shard(count, turn.home);
-                turn.move_home(next);
-                if collisions >= 2 {
-                    self.backoff(attempt).await;
-                }
-                continue;
-            }
-            if home_moved {
-                // Another process wrote the home shard since this one saw
-                // it: the cancellation returned it as it is, so the next
-                // attempt decides on that. Not a reason for more shards:
-                // when a coin's orders come through more processes than it
-                // has shards (many coins, requests spread over every
-                // instance), shards are shared, and more of them would only
-                // fill each one slower. Twice in one order: try another.
-                // Three times: the shard is written faster than this process
-                // can follow (where the table reports no conflicts, as the
-                // emulators do, that is the only sign), and the coin grows.
-                stale_homes += 1;
-                StoreStats::count(&self.stats.stale_pool_retries);
-                if stale_homes >= 2 {
-                    let mut count = self.shard_count(turn, &new.coin).await?;
-                    if stale_homes >= 3 {
-                        count = self.grow_shards(turn, &new.coin, count).await?;
-                    }
-                    let next = self.pick_shard(count, turn.home);
-                    turn.move_home(next);
-                }
-                continue;
-            }
-            if stale {
-                // Only a shard left behind moved: someone else's now.
-                StoreStats::count(&self.stats.stale_pool_retries);
-                continue;
-            }
-            let mut taken = false;
-            for &(index, shard) in plan.pools.iter().skip(1) {
-                if conflicted(index) {
-                    // Someone is on a shard this process left: theirs now.
-                    taken = true;
-                    turn.let_go(shard);
-                }
-            }
-            if taken {
-                StoreStats::count(&self.stats.conflicts);
-                continue;
-            }
-            if contended(&reasons) {
-                StoreStats::count(&self.stats.conflicts);
-                self.backoff(attempt).await;
-                continue;
-            }
-            return Err(InfraError::new("place order", unexpected(&reasons)).into());
+            self.after_pool_cancellation(new, turn, &plan, &reasons, &mut progress, attempt).await?;
         }
         StoreStats::count(&self.stats.busy);
         tracing::warn!(
             order_id = %new.id, coin = %new.coin, elapsed_ms = started.elapsed().as_millis() as u64,
-            conflicts_on_its_shard = collisions, stale_shard = stale_homes, throttled,
+            conflicts_on_its_shard = progress.collisions, stale_shard = progress.stale_homes, throttled,
             "order answered busy: its transaction kept being cancelled by others (conflicts), finding its shard moved, or throttled"
         );
         Err(PlaceError::Busy)
+    }
+
+    /// Where the order goes now, and the transaction that puts it there:
+    /// its own batch, or its home shard's pool as the cache has it (with
+    /// the shards it may carry along).
+    async fn next_plan(
+        &self,
+        new: &NewOrder,
+        minimum: Usd,
+        turn: Option<&mut Turn>,
+    ) -> Result<(Placement, Plan), PlaceError> {
+        Ok(match turn {
+            None => {
+                let plan = self.plan(new, 0, None, &Placement::OwnBatch, minimum);
+                (Placement::OwnBatch, plan)
+            }
+            Some(turn) => {
+                let first = turn.shard_count.is_none();
+                let count = self.shard_count(turn, &new.coin).await?;
+                if turn.home >= count || (first && count > 1) {
+                    // Spread out from the start: a new process picks any shard.
+                    let home = self.random_below(count);
+                    turn.move_home(home);
+                }
+                let own = self.pool_for(turn, &new.coin).await?;
+                let carry = turn.carry(self.sharding.carry_at_most);
+                let placement = decide_sharded(&own.state, &carry, new.cost, new.amount, minimum)?;
+                let plan = self.plan(new, turn.home, Some(&own), &placement, minimum);
+                (placement, plan)
+            }
+        })
+    }
+
+    /// A placement cancelled over its pool shards: what the cancellation
+    /// says of each is remembered (a shard moved, held by someone, left
+    /// behind), the home moves or the coin grows when that keeps happening,
+    /// and the order is decided again. An error when nothing explains it.
+    async fn after_pool_cancellation(
+        &self,
+        new: &NewOrder,
+        turn: &mut Turn,
+        plan: &Plan,
+        reasons: &[Reason],
+        progress: &mut Progress,
+        attempt: u32,
+    ) -> Result<(), PlaceError> {
+        // A pool moved since it was read: remember it as it is, decide
+        // again. A shard left behind that moved is someone else's now.
+        let mut stale = false;
+        let mut home_moved = false;
+        for &(index, shard) in &plan.pools {
+            if let Some(current) = condition_failed(reasons, index) {
+                stale = true;
+                if shard == turn.home {
+                    home_moved = true;
+                    let pool = match current {
+                        Some(item) => cached_of(item)?,
+                        None => CachedPool::default(),
+                    };
+                    turn.remember(shard, pool);
+                } else {
+                    turn.let_go(shard);
+                }
+            }
+        }
+        let conflicted = |index: usize| matches!(reasons.get(index), Some(Reason::Conflict));
+        let home_held = plan.pools.first().is_some_and(|&(index, _)| conflicted(index));
+        if home_held {
+            // Another process holds this process's home shard right now:
+            // a collision. Move to another shard; if there is none, or
+            // moving keeps colliding, the coin needs more.
+            progress.collisions += 1;
+            StoreStats::count(&self.stats.conflicts);
+            // Others may have grown the count meanwhile.
+            let mut count = self.fresh_shard_count(turn, &new.coin).await?;
+            if count == 1 || progress.collisions >= self.sharding.grow_after {
+                count = self.grow_shards(turn, &new.coin, count).await?;
+            }
+            let next = self.pick_shard(count, turn.home);
+            turn.move_home(next);
+            if progress.collisions >= 2 {
+                self.backoff(attempt).await;
+            }
+            return Ok(());
+        }
+        if home_moved {
+            // Another process wrote the home shard since this one saw
+            // it: the cancellation returned it as it is, so the next
+            // attempt decides on that. Not a reason for more shards:
+            // when a coin's orders come through more processes than it
+            // has shards (many coins, requests spread over every
+            // instance), shards are shared, and more of them would only
+            // fill each one slower. Twice in one order: try another.
+            // Three times: the shard is written faster than this process
+            // can follow (where the table reports no conflicts, as the
+            // emulators do, that is the only sign), and the coin grows.
+            progress.stale_homes += 1;
+            StoreStats::count(&self.stats.stale_pool_retries);
+            if progress.stale_homes >= 2 {
+                let mut count = self.shard_count(turn, &new.coin).await?;
+                if progress.stale_homes >= 3 {
+                    count = self.grow_shards(turn, &new.coin, count).await?;
+                }
+                let next = self.pick_shard(count, turn.home);
+                turn.move_home(next);
+            }
+            return Ok(());
+        }
+        if stale {
+            // Only a shard left behind moved: someone else's now.
+            StoreStats::count(&self.stats.stale_pool_retries);
+            return Ok(());
+        }
+        let mut taken = false;
+        for &(index, shard) in plan.pools.iter().skip(1) {
+            if conflicted(index) {
+                // Someone is on a shard this process left: theirs now.
+                taken = true;
+                turn.let_go(shard);
+            }
+        }
+        if taken {
+            StoreStats::count(&self.stats.conflicts);
+            return Ok(());
+        }
+        if contended(&reasons) {
+            StoreStats::count(&self.stats.conflicts);
+            self.backoff(attempt).await;
+            return Ok(());
+        }
+        Err(InfraError::new("place order", unexpected(reasons)).into())
     }
 
     /// The home shard's pool as the cache has it, read when it has nothing.
