@@ -312,7 +312,7 @@ impl DynamoStore {
             StoreStats::count(&self.stats.conflicts);
             return Ok(());
         }
-        if contended(&reasons) {
+        if contended(reasons) {
             StoreStats::count(&self.stats.conflicts);
             self.backoff(attempt).await;
             return Ok(());
