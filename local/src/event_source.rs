@@ -34,8 +34,13 @@ impl Default for EventSourceConfig {
             // As the deployed queue's redrive policy: one number everywhere.
             max_receives: shared::adapters::sqs::MAX_RECEIVE_COUNT,
             concurrency: 4,
-            first_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
+            // Five receives spread over about 15 s (1 + 2 + 4 + 8): an
+            // exchange that answers "unknown" for a few seconds (a rate
+            // limit, a short outage, an order filling slowly) must not send
+            // a healthy batch to the dead letters. (SQS spreads them over
+            // its visibility timeout: 12 minutes as deployed.)
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(8),
         }
     }
 }

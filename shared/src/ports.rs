@@ -164,9 +164,27 @@ pub trait Settlements: Send + Sync {
     /// `Submitting` (held by `attempt`) → `Settled`.
     async fn settle_batch(&self, id: BatchId, attempt: u32, exchange_order_id: &str) -> Result<Fence, InfraError>;
 
-    /// `Submitting` (held by `attempt`) → `Refused`: final, never sent
-    /// again. Written before anyone is credited.
-    async fn refuse_batch(&self, id: BatchId, attempt: u32, reason: &str) -> Result<Fence, InfraError>;
+    /// `Submitting` (held by `attempt`) → `Refused`: never sent again.
+    /// Written before anyone is credited; refunds wait for `refunds_from`
+    /// (`None`: final at once) and a lookup after it.
+    async fn refuse_batch(
+        &self,
+        id: BatchId,
+        attempt: u32,
+        reason: &str,
+        refunds_from: Option<OffsetDateTime>,
+    ) -> Result<Fence, InfraError>;
+
+    /// A `Refused` batch whose refunds were waiting: the lookup after the
+    /// wait found no fill, so the refusal is final (refunds may start).
+    /// `false` when the batch is no longer such a batch.
+    async fn confirm_refusal(&self, id: BatchId) -> Result<bool, InfraError>;
+
+    /// A `Refused` batch whose refunds were waiting: the lookup after the
+    /// wait found a fill (a request of an earlier attempt reached the
+    /// exchange late). `Settled` with it, nobody credited. `false` when the
+    /// batch is no longer such a batch.
+    async fn settle_refused(&self, id: BatchId, exchange_order_id: &str) -> Result<bool, InfraError>;
 
     /// Credits up to `max_orders` member orders of a `Refused` batch that
     /// are not refunded yet, each once; when all are, `Refunded`.

@@ -110,10 +110,6 @@ impl Settler {
             Claim::NotFound => return Ok(Settlement::UnknownBatch),
             Claim::Forming => return Ok(Settlement::StillForming),
         };
-        // Every earlier attempt sent its last request before this moment (see
-        // `lease_left_to_send`), so each has reached the exchange, or never
-        // will, one request timeout after it.
-        let claimed = tokio::time::Instant::now();
         tracing::Span::current().record("attempt", batch.attempts);
         metrics::settle_attempted();
 
@@ -124,7 +120,7 @@ impl Settler {
                 Ok(Lookup::Filled(fill)) => return self.record_fill(&batch, fill).await,
                 Ok(Lookup::NotFound) => {}
                 Ok(Lookup::Ended { status }) => {
-                    return self.refuse(&batch, &format!("the exchange ended the order {status}")).await;
+                    return self.refuse(&batch, &format!("the exchange ended the order {status}"), None).await;
                 }
                 Ok(Lookup::Pending { status }) => {
                     let source =
@@ -141,14 +137,14 @@ impl Settler {
         let order = ExchangeOrder { client_order_id: batch_id, coin: batch.coin.clone(), quantity: batch.qty };
         match self.exchange.buy(&order).await {
             Ok(fill) => self.record_fill(&batch, fill).await,
-            Err(ExchangeError::Refused { reason }) => self.refuse_once_final(&batch, &reason, claimed).await,
+            Err(ExchangeError::Refused { reason }) => self.refuse_once_final(&batch, &reason).await,
             Err(unknown @ ExchangeError::Unknown { .. }) => {
                 // Resolve at once if the exchange can tell; otherwise the
                 // message is delivered again and the next attempt asks first.
                 match self.exchange.lookup(batch_id).await {
                     Ok(Lookup::Filled(fill)) => self.record_fill(&batch, fill).await,
                     Ok(Lookup::Ended { status }) => {
-                        self.refuse(&batch, &format!("the exchange ended the order {status}")).await
+                        self.refuse(&batch, &format!("the exchange ended the order {status}"), None).await
                     }
                     _ => Err(self.give_back(&batch, unknown).await),
                 }
@@ -177,6 +173,50 @@ impl Settler {
         }
     }
 
+    /// A refused batch whose refunds wait (`refunds_from`): before then, a
+    /// message for it later; after, a lookup decides. No fill: the refusal
+    /// is final and refunds may start (`None`). A fill (an earlier
+    /// attempt's request that reached the exchange late): the batch is
+    /// settled with it and nobody is credited.
+    async fn confirm_refusal(&self, id: BatchId) -> Result<Option<Settlement>, SettleError> {
+        let Some(batch) = self.settlements.batch(id).await? else { return Ok(None) };
+        let Some(from) = batch.refunds_from.filter(|_| batch.status == BatchStatus::Refused) else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        if from > now {
+            return self.defer(id, from, now).await.map(Some);
+        }
+        match self.exchange.lookup(id).await {
+            Ok(Lookup::NotFound | Lookup::Ended { .. }) => {
+                if !self.settlements.confirm_refusal(id).await? {
+                    return Err(SettleError::Busy { batch: id });
+                }
+                Ok(None)
+            }
+            Ok(Lookup::Filled(fill)) => {
+                tracing::warn!(
+                    batch_id = %id, exchange_order_id = %fill.exchange_order_id,
+                    "an earlier attempt's request was filled after the batch was refused: settled with it, nobody credited"
+                );
+                if !self.settlements.settle_refused(id, &fill.exchange_order_id).await? {
+                    return Err(SettleError::Busy { batch: id });
+                }
+                metrics::settle_outcome(SettleOutcome::Filled);
+                metrics::filled_after(batch.created_at, now);
+                Ok(Some(Settlement::Bought { exchange_order_id: fill.exchange_order_id }))
+            }
+            Ok(Lookup::Pending { status }) => {
+                let source = ExchangeError::Unknown {
+                    reason: format!("refused, and an earlier send is {status} at the exchange"),
+                    source: None,
+                };
+                Err(SettleError::OutcomeUnknown { batch: id, source })
+            }
+            Err(source) => Err(SettleError::OutcomeUnknown { batch: id, source }),
+        }
+    }
+
     /// Whether a request sent now reaches the exchange, or never will,
     /// before this attempt's lease ends: an attempt sends only then, so a
     /// later attempt (which claims the batch only once the lease is over or
@@ -197,38 +237,17 @@ impl Settler {
     }
 
     /// A refused POST leaves the id free: a request of an earlier attempt
-    /// still on its way could be filled after the refusal. So the refusal
-    /// becomes final only once every such request has reached the exchange
-    /// or never will (one request timeout after this attempt's claim), and
-    /// a lookup made after that finds no fill; a fill found is recorded.
-    async fn refuse_once_final(
-        &self,
-        batch: &Batch,
-        reason: &str,
-        claimed: tokio::time::Instant,
-    ) -> Result<Settlement, SettleError> {
-        if batch.attempts > 1 {
-            tokio::time::sleep_until(claimed + self.exchange.request_timeout()).await;
-            match self.exchange.lookup(batch.id).await {
-                Ok(Lookup::NotFound | Lookup::Ended { .. }) => {}
-                Ok(Lookup::Filled(fill)) => {
-                    tracing::warn!(
-                        batch_id = %batch.id, %reason,
-                        "an earlier attempt's request was filled after this attempt was refused: recording the fill"
-                    );
-                    return self.record_fill(batch, fill).await;
-                }
-                Ok(Lookup::Pending { status }) => {
-                    let source = ExchangeError::Unknown {
-                        reason: format!("refused, and an earlier send is {status} at the exchange"),
-                        source: None,
-                    };
-                    return Err(self.give_back(batch, source).await);
-                }
-                Err(source) => return Err(self.give_back(batch, source).await),
-            }
-        }
-        self.refuse(batch, reason).await
+    /// still on its way could be filled after the refusal. The refusal is
+    /// recorded at once (never sent again), but its refunds wait until every
+    /// earlier attempt's lease and request timeout are over (each began
+    /// before this attempt's claim, so one lease and one timeout from now
+    /// covers them all), and for a lookup after that which finds no fill
+    /// (see [`Settler::confirm_refusal`]). The first attempt's refusal is
+    /// final at once: no earlier request exists.
+    async fn refuse_once_final(&self, batch: &Batch, reason: &str) -> Result<Settlement, SettleError> {
+        let refunds_from =
+            (batch.attempts > 1).then(|| self.clock.now() + self.lease + self.exchange.request_timeout());
+        self.refuse(batch, reason, refunds_from).await
     }
 
     async fn record_fill(&self, batch: &Batch, fill: Fill) -> Result<Settlement, SettleError> {
@@ -286,11 +305,19 @@ impl Settler {
         }
     }
 
-    /// Records the refusal (final) before anyone is credited, then refunds.
-    async fn refuse(&self, batch: &Batch, reason: &str) -> Result<Settlement, SettleError> {
+    /// Records the refusal before anyone is credited, then refunds (once
+    /// `refunds_from` is past and a lookup confirms it, when it is set).
+    async fn refuse(
+        &self,
+        batch: &Batch,
+        reason: &str,
+        refunds_from: Option<time::OffsetDateTime>,
+    ) -> Result<Settlement, SettleError> {
         tracing::warn!(batch_id = %batch.id, %reason, "the exchange refused the batch for good; refunding its orders");
         match self
-            .persist(batch, BatchStatus::Refused, || self.settlements.refuse_batch(batch.id, batch.attempts, reason))
+            .persist(batch, BatchStatus::Refused, || {
+                self.settlements.refuse_batch(batch.id, batch.attempts, reason, refunds_from)
+            })
             .await?
         {
             Fence::Held => {
@@ -304,8 +331,12 @@ impl Settler {
     }
 
     /// One bounded chunk of a refused batch's refunds; the rest continues
-    /// with a message of its own.
+    /// with a message of its own. A refusal still waiting to be confirmed
+    /// is confirmed first.
     async fn refund(&self, batch: BatchId) -> Result<Settlement, SettleError> {
+        if let Some(settlement) = self.confirm_refusal(batch).await? {
+            return Ok(settlement);
+        }
         let refund = self.settlements.refund_batch(batch, self.refund_chunk).await?;
         if refund.finished {
             return Ok(Settlement::Refunded(refund));

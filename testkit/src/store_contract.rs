@@ -440,7 +440,7 @@ pub async fn a_late_attempt_can_change_nothing(stores: Stores) {
     let lost = Fence::Lost { status: BatchStatus::Submitting, attempts: 2 };
     assert_eq!(store.release_batch(id, 1, later).await.unwrap(), lost);
     assert_eq!(store.settle_batch(id, 1, "EX-late").await.unwrap(), lost);
-    assert_eq!(store.refuse_batch(id, 1, "late").await.unwrap(), lost);
+    assert_eq!(store.refuse_batch(id, 1, "late", None).await.unwrap(), lost);
     assert_eq!(store.batch(id).await.unwrap().unwrap(), live, "the late attempt changed the batch");
     assert!(matches!(store.claim_batch(id, later, later).await.unwrap(), Claim::Leased { .. }), "its lease was ended");
     assert_audit_clean(store.as_ref()).await;
@@ -479,7 +479,7 @@ pub async fn a_refusal_is_final_and_refunds_each_member_once_in_chunks(stores: S
     // Refunds before the refusal is recorded are refused.
     assert!(store.refund_batch(id, 10).await.is_err(), "refunded a batch still submitting");
 
-    assert_eq!(store.refuse_batch(id, batch.attempts, "400: symbol halted").await.unwrap(), Fence::Held);
+    assert_eq!(store.refuse_batch(id, batch.attempts, "400: symbol halted", None).await.unwrap(), Fence::Held);
     let refused = store.batch(id).await.unwrap().unwrap();
     assert_eq!((refused.status, refused.refusal.as_deref()), (BatchStatus::Refused, Some("400: symbol halted")));
     let later = now + Duration::minutes(5);
@@ -530,7 +530,7 @@ pub async fn racing_refunds_credit_each_order_once(stores: Stores) {
     let Claim::Claimed(batch) = store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap() else {
         panic!("not claimed")
     };
-    store.refuse_batch(id, batch.attempts, "422").await.unwrap();
+    store.refuse_batch(id, batch.attempts, "422", None).await.unwrap();
     let tasks: Vec<_> = (0..4)
         .map(|i| {
             let store = Arc::clone(&instances[i % 2]);
@@ -566,7 +566,7 @@ pub async fn open_batches_are_those_not_final_and_resends_are_recorded_once(stor
     for id in [submitting, refused, settled] {
         store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap();
     }
-    store.refuse_batch(refused, 1, "400").await.unwrap();
+    store.refuse_batch(refused, 1, "400", None).await.unwrap();
     store.settle_batch(settled, 1, "EX").await.unwrap();
 
     let open = store.open_batches().await.unwrap();

@@ -197,9 +197,7 @@ impl Run {
         let memory = Arc::new(MemoryTable::new());
         let queue = Arc::new(SimQueue::new(Arc::clone(&world)));
         let reader = DynamoStore::on(Arc::clone(&memory) as Arc<dyn Table>);
-        let status_of: StatusOf = Box::new(move |id| {
-            reader.batch(id).now_or_never().and_then(Result::ok).flatten().map(|batch| batch.status)
-        });
+        let status_of: StatusOf = Box::new(move |id| reader.batch(id).now_or_never().and_then(Result::ok).flatten());
         let exchange = Arc::new(SimExchange::new(Arc::clone(&world), config.prices.clone(), config.minimum, status_of));
         let start = tokio::time::Instant::now();
         let jumps_ms = Arc::new(AtomicI64::new(0));

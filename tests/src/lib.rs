@@ -91,6 +91,9 @@ pub async fn spawn_cluster(
         seed: Some(path.clone()),
         exchange_url: Some(exchange.uri()),
         exchange_timeout: Duration::from_millis(1500),
+        // A refusal met after a failed attempt waits a lease and a request
+        // timeout before refunding: short ones keep the tests quick.
+        settle_lease: Duration::from_secs(5),
         event_source: EventSourceConfig {
             first_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(200),

@@ -454,22 +454,50 @@ impl Exchange for LateArrival {
     }
 }
 
+/// Wall time that moves with tokio's (paused) clock.
+struct TokioClock {
+    start: tokio::time::Instant,
+    at_start: time::OffsetDateTime,
+}
+
+impl shared::ports::Clock for TokioClock {
+    fn now(&self) -> time::OffsetDateTime {
+        self.at_start + self.start.elapsed()
+    }
+}
+
 /// A refusal does not reserve the id: an earlier attempt's request still on
-/// its way can be filled after it. The refusal becomes final only once that
-/// request has reached the exchange or never will, and a lookup then finds
-/// no fill; here it finds the fill, and the batch is settled, not refunded.
+/// its way can be filled after it. The refusal is recorded, but refunds wait
+/// until every earlier attempt's lease and request timeout are over and a
+/// lookup then finds no fill; here it finds the fill, and the batch is
+/// settled, nobody credited.
 #[tokio::test(start_paused = true)]
 async fn a_refusal_waits_for_an_earlier_attempts_request_still_on_its_way() {
     let store = Arc::new(DynamoStore::in_memory());
     let exchange = Arc::new(LateArrival { posts: AtomicUsize::new(0), filled: Arc::default() });
-    let settler = settler(&store, &exchange);
+    let clock = Arc::new(TokioClock { start: tokio::time::Instant::now(), at_start: time::OffsetDateTime::now_utc() });
+    let (queue, _delivered) = memory_queue();
+    let settler = Settler::new(store.clone(), exchange.clone(), Arc::new(queue), clock, Duration::from_secs(30));
     let batch = formed_batch(&store, "alice").await;
+    let alice = UserId::parse("alice").unwrap();
 
     let first = settler.settle(batch).await;
     assert!(first.is_err(), "{first:?}");
     let second = settler.settle(batch).await.unwrap();
-    assert_eq!(second, shared::settlement::Settlement::Bought { exchange_order_id: "EX-LATE".into() });
+    assert!(matches!(second, shared::settlement::Settlement::Deferred { .. }), "{second:?}");
+    let refused = store.batch(batch).await.unwrap().unwrap();
+    assert_eq!(refused.status, shared::domain::BatchStatus::Refused);
+    assert_eq!(store.balance(&alice).await.unwrap(), Usd::new(Decimal::from(88)).unwrap(), "nobody credited yet");
+    // Nor can anyone be, whoever asks the store, until the refusal is confirmed.
+    let early = store.refund_batch(batch, 100).await.unwrap();
+    assert_eq!((early.orders, early.finished), (0, false), "{early:?}");
+    assert_eq!(store.balance(&alice).await.unwrap(), Usd::new(Decimal::from(88)).unwrap());
+
+    // The late request is filled; once the wait is over, the next delivery looks.
+    tokio::time::sleep(Duration::from_secs(36)).await;
+    let third = settler.settle(batch).await.unwrap();
+    assert_eq!(third, shared::settlement::Settlement::Bought { exchange_order_id: "EX-LATE".into() });
     let stored = store.batch(batch).await.unwrap().unwrap();
-    assert_eq!(stored.status, shared::domain::BatchStatus::Settled);
-    assert_eq!(store.balance(&UserId::parse("alice").unwrap()).await.unwrap(), Usd::new(Decimal::from(88)).unwrap());
+    assert_eq!((stored.status, stored.refunded), (shared::domain::BatchStatus::Settled, 0));
+    assert_eq!(store.balance(&alice).await.unwrap(), Usd::new(Decimal::from(88)).unwrap());
 }

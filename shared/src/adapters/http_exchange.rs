@@ -65,12 +65,30 @@ struct OrderRequest<'a> {
 #[derive(Deserialize)]
 struct OrderReply {
     client_order_id: Option<String>,
-    exchange_order_id: Option<String>,
+    /// A string or a number (many exchanges number their orders).
+    exchange_order_id: Option<Id>,
     symbol: Option<String>,
     side: Option<String>,
     status: Option<String>,
     /// A string or a number; kept as its text so it is parsed exactly.
     quantity: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// An exchange's order id, as a JSON string or number; kept as text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Id {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl Id {
+    fn into_text(self) -> String {
+        match self {
+            Id::Text(text) => text,
+            Id::Number(number) => number.to_string(),
+        }
+    }
 }
 
 /// Final statuses that are not a fill: the exchange will never fill it.
@@ -112,7 +130,7 @@ impl HttpExchange {
             .await
             .map_err(|e| unknown("the order request failed", e))?;
         let answer = HttpAnswer::read(response).await?;
-        match read_post_answer(&answer, client_order_id) {
+        match read_post_answer(&answer, client_order_id, coin) {
             PostOutcome::Answered(outcome) => outcome,
             // It has this client order id already: what it says of it decides.
             PostOutcome::LookUp => after_conflict(self.lookup(client_order_id).await?),
@@ -188,23 +206,29 @@ pub enum PostOutcome {
     LookUp,
 }
 
-/// Reads an answer to the POST of batch `ours` (the table of the module).
-pub fn read_post_answer(answer: &HttpAnswer, ours: BatchId) -> PostOutcome {
+/// Reads an answer to the POST of batch `ours` in `coin` (the table of the
+/// module). An answer naming another coin is about another order, whatever
+/// its status: never a fill, never a refusal of ours.
+pub fn read_post_answer(answer: &HttpAnswer, ours: BatchId, coin: &Coin) -> PostOutcome {
     let Ok(status) = StatusCode::from_u16(answer.status) else {
         return PostOutcome::Answered(Err(unreadable(format!("the exchange answered status {}", answer.status))));
     };
     let outcome = if status.is_success() {
-        answer.reply().and_then(|reply| reply_to_lookup(reply, ours)).and_then(|lookup| match lookup {
-            Lookup::Filled(fill) => Ok(fill),
-            Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
-            Lookup::Pending { status } => Err(ExchangeError::Unknown {
-                reason: format!("the exchange took the order but reports it {status:?}"),
-                source: None,
-            }),
-            Lookup::NotFound => {
-                Err(ExchangeError::Unknown { reason: "the exchange's reply has no order".to_owned(), source: None })
-            }
-        })
+        answer
+            .reply()
+            .and_then(|reply| in_coin(reply, ours, coin))
+            .and_then(|reply| reply_to_lookup(reply, ours))
+            .and_then(|lookup| match lookup {
+                Lookup::Filled(fill) => Ok(fill),
+                Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
+                Lookup::Pending { status } => Err(ExchangeError::Unknown {
+                    reason: format!("the exchange took the order but reports it {status:?}"),
+                    source: None,
+                }),
+                Lookup::NotFound => {
+                    Err(ExchangeError::Unknown { reason: "the exchange's reply has no order".to_owned(), source: None })
+                }
+            })
     } else if status == StatusCode::CONFLICT {
         return PostOutcome::LookUp;
     } else if is_transient(status) {
@@ -273,6 +297,16 @@ fn word(text: &str) -> bool {
     !text.is_empty() && text.len() <= WORD_LIMIT && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
+fn in_coin(reply: OrderReply, ours: BatchId, coin: &Coin) -> Result<OrderReply, ExchangeError> {
+    match reply.symbol.as_deref() {
+        Some(symbol) if !symbol.eq_ignore_ascii_case(coin.as_str()) => Err(unreadable(format!(
+            "asked to buy {coin} for order {ours}, the exchange answered about {:?}",
+            shown(symbol)
+        ))),
+        _ => Ok(reply),
+    }
+}
+
 fn reply_to_lookup(reply: OrderReply, ours: BatchId) -> Result<Lookup, ExchangeError> {
     let ours = ours.to_string();
     match reply.client_order_id.as_deref() {
@@ -285,7 +319,7 @@ fn reply_to_lookup(reply: OrderReply, ours: BatchId) -> Result<Lookup, ExchangeE
     if let Some(side) = reply.side.as_deref().filter(|side| !side.eq_ignore_ascii_case("buy")) {
         return Err(unreadable(format!("the exchange reports order {ours} as side {:?}, not buy", shown(side))));
     }
-    let status = reply.status.unwrap_or_default();
+    let status = reply.status.unwrap_or_default().to_ascii_lowercase();
     if !status.is_empty() && !word(&status) {
         return Err(unreadable(format!("order {ours} has an unreadable status {:?}", shown(&status))));
     }
@@ -295,7 +329,7 @@ fn reply_to_lookup(reply: OrderReply, ours: BatchId) -> Result<Lookup, ExchangeE
     if status != "filled" {
         return Ok(Lookup::Pending { status });
     }
-    let exchange_order_id = match reply.exchange_order_id {
+    let exchange_order_id = match reply.exchange_order_id.map(Id::into_text) {
         Some(id) if !id.is_empty() && id.len() <= ID_LIMIT && id.bytes().all(|b| b.is_ascii_graphic()) => id,
         Some(id) => {
             return Err(unreadable(format!(
@@ -573,6 +607,7 @@ mod tests {
             ("client_order_id", json!(null)),
             ("client_order_id", json!(OURS.to_lowercase())),
             ("side", json!("sell")),
+            ("symbol", json!("BTC")),
         ] {
             for status in ["filled", "rejected"] {
                 let mut body = order_with_status(status);
@@ -583,6 +618,18 @@ mod tests {
         }
         let result = buy_answered(filled_with("side", json!("BUY"))).await;
         assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn numbered_ids_and_statuses_in_capitals_are_read() {
+        let fill = buy_answered(filled_with("exchange_order_id", json!(123456789012u64))).await.unwrap();
+        assert_eq!(fill.exchange_order_id, "123456789012");
+        let fill = buy_answered(filled_with("status", json!("FILLED"))).await.unwrap();
+        assert_eq!(fill.exchange_order_id, "X-1");
+        let mut body = order_with_status("REJECTED");
+        body["status"] = json!("REJECTED");
+        let result = buy_answered(ResponseTemplate::new(200).set_body_json(body)).await;
+        assert!(matches!(result, Err(ExchangeError::Refused { .. })), "{result:?}");
     }
 
     #[tokio::test]

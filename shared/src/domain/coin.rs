@@ -50,6 +50,8 @@ pub enum InvalidPriceList {
         "price of {0} has too many digits for every cost and sum of costs to be exact: at most 8 decimal places, and at most 792281625142 with the point removed"
     )]
     Inexact(String),
+    #[error("coin {0} is priced twice")]
+    Twice(String),
 }
 
 /// The coins sold and their USD prices. Configuration, not code.
@@ -78,7 +80,9 @@ impl PriceList {
             if !prices_every_amount_exactly(price) {
                 return Err(InvalidPriceList::Inexact(symbol.to_owned()));
             }
-            prices.insert(Coin::from_trusted(symbol), price);
+            if prices.insert(Coin::from_trusted(symbol), price).is_some() {
+                return Err(InvalidPriceList::Twice(symbol.to_owned()));
+            }
         }
         if prices.is_empty() {
             return Err(InvalidPriceList::Empty);
@@ -140,6 +144,7 @@ mod tests {
         assert_eq!(PriceList::parse("ABAN"), Err(InvalidPriceList::Entry("ABAN".into())));
         assert_eq!(PriceList::parse("aban=4"), Err(InvalidPriceList::Symbol("aban".into())));
         assert_eq!(PriceList::parse("ABAN=0"), Err(InvalidPriceList::Price("ABAN".into())));
+        assert_eq!(PriceList::parse("ABAN=4,ABAN=5"), Err(InvalidPriceList::Twice("ABAN".into())));
         assert_eq!(PriceList::parse("ABAN=-4"), Err(InvalidPriceList::Price("ABAN".into())));
     }
 

@@ -167,6 +167,10 @@ pub struct Batch {
     pub refunded: u32,
     /// What the exchange said when it refused it.
     pub refusal: Option<String>,
+    /// A `Refused` batch's refunds wait until then, and for a lookup made
+    /// after it that finds no fill: until then a request of an earlier
+    /// attempt may still reach the exchange. `None`: the refusal is final.
+    pub refunds_from: Option<OffsetDateTime>,
     pub exchange_order_id: Option<String>,
     pub created_at: OffsetDateTime,
 }
@@ -206,6 +210,7 @@ impl Batch {
             resent_at: None,
             refunded: 0,
             refusal: None,
+            refunds_from: None,
             exchange_order_id: None,
             created_at,
         }

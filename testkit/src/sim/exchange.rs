@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use shared::adapters::http_exchange::{HttpAnswer, PostOutcome, after_conflict, read_lookup_answer, read_post_answer};
-use shared::domain::{BatchId, BatchQuantity, BatchStatus, PriceList, Usd, exact_product};
+use shared::domain::{Batch, BatchId, BatchQuantity, BatchStatus, PriceList, Usd, exact_product};
 use shared::ports::{Exchange, ExchangeError, ExchangeOrder, Fill, Lookup};
 
 use super::World;
@@ -78,7 +78,7 @@ impl SettleCall {
 }
 
 /// What the table says of a batch now (the exchange's checks compare).
-pub type StatusOf = Box<dyn Fn(BatchId) -> Option<BatchStatus> + Send + Sync>;
+pub type StatusOf = Box<dyn Fn(BatchId) -> Option<Batch> + Send + Sync>;
 
 /// The client's request timeout: a request reaches the exchange within
 /// it, or never.
@@ -203,11 +203,17 @@ impl Core {
                 }
                 if matches!(record.state, OrderState::Refused | OrderState::Ended(_)) {
                     match (self.status_of)(id) {
-                        Some(BatchStatus::Refused | BatchStatus::Refunded) => {
+                        // A refusal still waiting to be confirmed is not final:
+                        // an earlier attempt's request may still arrive.
+                        Some(batch)
+                            if batch.status == BatchStatus::Refunded
+                                || (batch.status == BatchStatus::Refused && batch.refunds_from.is_none()) =>
+                        {
                             self.world.violated(format!(
-                                "a POST of batch {id} reached the exchange after the batch's refusal was recorded"
+                                "a POST of batch {id} reached the exchange after the batch's refusal was final"
                             ));
                         }
+                        Some(batch) if batch.status == BatchStatus::Refused => {}
                         _ => *self.resent_after_unrecorded_refusal.lock().unwrap() += 1,
                     }
                 }
@@ -363,7 +369,7 @@ impl Exchange for SimExchange {
     async fn buy(&self, order: &ExchangeOrder) -> Result<Fill, ExchangeError> {
         let (on_the_way, hang_up) = self.core.network();
         let core = Arc::clone(&self.core);
-        let order_id = order.client_order_id;
+        let (order_id, coin) = (order.client_order_id, order.coin.clone());
         let order = order.clone();
         let call = SETTLE_CALL.try_with(Arc::clone).ok();
         let request = tokio::spawn(async move {
@@ -383,7 +389,7 @@ impl Exchange for SimExchange {
             Ok(Err(_)) => return Err(unknown("the request task ended")),
             Err(_) => return Err(unknown("timed out")),
         };
-        match read_post_answer(&answer, order_id) {
+        match read_post_answer(&answer, order_id, &coin) {
             PostOutcome::Answered(outcome) => outcome,
             PostOutcome::LookUp => after_conflict(self.lookup(order_id).await?),
         }

@@ -24,6 +24,14 @@ fn held_by(attempt: u32) -> Cond {
     Cond::eq("status", status(BatchStatus::Submitting)).and(Cond::eq("attempts", n_int(attempt)))
 }
 
+/// `Refused`, its refunds still waiting for the refusal to be confirmed,
+/// and nobody credited yet.
+fn refusal_unconfirmed() -> Cond {
+    Cond::eq("status", status(BatchStatus::Refused))
+        .and(Cond::Exists(item::REFUNDS_FROM))
+        .and(Cond::eq("refunded", n_int(0u64)).or(Cond::NotExists("refunded")))
+}
+
 /// What a fenced write came to.
 fn fence(id: BatchId, result: Result<Item, ConditionFailed>) -> Result<Fence, InfraError> {
     match result {
@@ -96,13 +104,37 @@ impl Settlements for DynamoStore {
         self.fenced_write(id, attempt, changes).await
     }
 
-    async fn refuse_batch(&self, id: BatchId, attempt: u32, reason: &str) -> Result<Fence, InfraError> {
+    async fn refuse_batch(
+        &self,
+        id: BatchId,
+        attempt: u32,
+        reason: &str,
+        refunds_from: Option<OffsetDateTime>,
+    ) -> Result<Fence, InfraError> {
         let reason: String = reason.chars().take(REASON_LIMIT).collect();
-        let changes = Changes::new()
+        let mut changes = Changes::new()
             .set("status", status(BatchStatus::Refused))
             .set("refusal", s(reason))
             .remove("lease_until_ms");
+        if let Some(from) = refunds_from {
+            changes = changes.set(item::REFUNDS_FROM, ms(from));
+        }
         self.fenced_write(id, attempt, changes).await
+    }
+
+    async fn confirm_refusal(&self, id: BatchId) -> Result<bool, InfraError> {
+        let changes = Changes::new().remove(item::REFUNDS_FROM);
+        Ok(self.table.update(batch_key(id), changes, Some(refusal_unconfirmed())).await?.is_ok())
+    }
+
+    async fn settle_refused(&self, id: BatchId, exchange_order_id: &str) -> Result<bool, InfraError> {
+        let changes = Changes::new()
+            .set("status", status(BatchStatus::Settled))
+            .set("exchange_order_id", s(exchange_order_id))
+            .remove(item::REFUNDS_FROM)
+            .remove(item::OPEN_PK)
+            .remove(item::OPEN_SK);
+        Ok(self.table.update(batch_key(id), changes, Some(refusal_unconfirmed())).await?.is_ok())
     }
 
     async fn refund_batch(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError> {

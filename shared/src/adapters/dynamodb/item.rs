@@ -395,6 +395,9 @@ fn pools_of(item: &Item) -> Result<Vec<PoolId>, ItemError> {
     Ok(opt(item, "seq", get_u64)?.map(|seq| PoolId { shard: 0, seq }).into_iter().collect())
 }
 
+/// When a refused batch's refunds may start (see [`Batch::refunds_from`]).
+pub const REFUNDS_FROM: &str = "refunds_from_ms";
+
 pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
     Ok(Batch {
         id: BatchId::parse(get_s(item, "batch_id")?).map_err(|_| invalid("batch_id"))?,
@@ -411,6 +414,7 @@ pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
         resent_at: opt(item, "resent_at_ms", time_of_ms)?,
         refunded: counter(item, "refunded")?,
         refusal: opt(item, "refusal", |i, a| get_s(i, a).map(str::to_owned))?,
+        refunds_from: opt(item, REFUNDS_FROM, time_of_ms)?,
         exchange_order_id: opt(item, "exchange_order_id", |i, a| get_s(i, a).map(str::to_owned))?,
         created_at: time_of(item, "created_at")?,
     })

@@ -165,7 +165,10 @@ impl DynamoStore {
                     .set(CURSOR_POOL, n_int(pool as u64))
                     .set(CURSOR_PK, cursor_pk)
                     .set(CURSOR_SK, cursor_sk),
-                condition: Some(Cond::eq("status", s(BatchStatus::Refused.as_str()))),
+                // Never while the refusal waits to be confirmed.
+                condition: Some(
+                    Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::NotExists(item::REFUNDS_FROM)),
+                ),
             },
         ];
         match self.transact_idempotent("refund order", &token, &writes).await? {
