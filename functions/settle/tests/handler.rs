@@ -345,31 +345,6 @@ async fn a_refund_that_fails_midway_resumes_on_the_next_delivery_and_never_buys_
     }
 }
 
-#[tokio::test]
-async fn a_failed_settlement_logs_its_cause_in_the_json_line() {
-    let logs = testkit::CapturedLogs::default();
-    let writer = logs.clone();
-    let _logging = tracing::subscriber::set_default(shared::telemetry::lambda_subscriber(move || writer.clone()));
-    // Other tests of this binary may have met these log lines first, with
-    // no subscriber, and cached "never": ask again now that there is one.
-    tracing::callsite::rebuild_interest_cache();
-    let store = Arc::new(DynamoStore::in_memory());
-    let exchange = ScriptedExchange::new(false, true);
-    let settler = settler(&store, &exchange);
-    let batch = formed_batch(&store, "alice").await;
-
-    assert_eq!(failures(&settler, event(&[("m1", body(batch))])).await, vec!["m1"]);
-
-    let text = logs.text();
-    let line = text
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .find(|line| line["fields"]["message"] == "batch not settled yet; it will be delivered again")
-        .unwrap_or_else(|| panic!("no such line in:\n{text}"));
-    let error = line["fields"]["error"].as_str().unwrap();
-    assert!(error.contains("no answer") && error.ends_with("connection reset by peer"), "{line}");
-}
-
 /// A delivery that finds a live attempt holding the batch is done with (its
 /// receives are not used up against the lease): a delayed message looks
 /// again once the lease is over.
