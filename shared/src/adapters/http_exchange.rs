@@ -218,16 +218,8 @@ pub fn read_post_answer(answer: &HttpAnswer, ours: BatchId, coin: &Coin) -> Post
             .reply()
             .and_then(|reply| in_coin(reply, ours, coin))
             .and_then(|reply| reply_to_lookup(reply, ours))
-            .and_then(|lookup| match lookup {
-                Lookup::Filled(fill) => Ok(fill),
-                Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
-                Lookup::Pending { status } => Err(ExchangeError::Unknown {
-                    reason: format!("the exchange took the order but reports it {status:?}"),
-                    source: None,
-                }),
-                Lookup::NotFound => {
-                    Err(ExchangeError::Unknown { reason: "the exchange's reply has no order".to_owned(), source: None })
-                }
+            .and_then(|lookup| {
+                as_fill(lookup, "the exchange took the order but reports it", "the exchange's reply has no order")
             })
     } else if status == StatusCode::CONFLICT {
         return PostOutcome::LookUp;
@@ -243,16 +235,20 @@ pub fn read_post_answer(answer: &HttpAnswer, ours: BatchId, coin: &Coin) -> Post
 
 /// What a `409` comes to, once the lookup has answered.
 pub fn after_conflict(lookup: Lookup) -> Result<Fill, ExchangeError> {
+    as_fill(lookup, "409, and the exchange reports the order", "409, yet a lookup does not find the order")
+}
+
+/// What the exchange's account of our order means for the buy: a fill, a
+/// refusal (ended unfilled), or an unknown outcome, whose reason says where
+/// the account came from.
+fn as_fill(lookup: Lookup, pending: &str, not_found: &str) -> Result<Fill, ExchangeError> {
     match lookup {
         Lookup::Filled(fill) => Ok(fill),
         Lookup::Ended { status } => Err(ExchangeError::Refused { reason: format!("the order ended {status}") }),
-        Lookup::Pending { status } => Err(ExchangeError::Unknown {
-            reason: format!("409, and the exchange reports the order {status:?}"),
-            source: None,
-        }),
-        Lookup::NotFound => {
-            Err(ExchangeError::Unknown { reason: "409, yet a lookup does not find the order".to_owned(), source: None })
+        Lookup::Pending { status } => {
+            Err(ExchangeError::Unknown { reason: format!("{pending} {status:?}"), source: None })
         }
+        Lookup::NotFound => Err(ExchangeError::Unknown { reason: not_found.to_owned(), source: None }),
     }
 }
 
