@@ -193,7 +193,7 @@ impl Run {
     fn new(seed: u64) -> Arc<Run> {
         let world = World::new(seed);
         let config =
-            ServiceConfig { prices: PriceList::parse("ABAN=4,LOW=0.37,BIG=1234.5").unwrap(), minimum: usd("10") };
+            ServiceConfig { prices: PriceList::parse("ABAN=4,LOW=0.37,BIG=1234.5,FINE=0.12345678").unwrap(), minimum: usd("10") };
         let memory = Arc::new(MemoryTable::new());
         let queue = Arc::new(SimQueue::new(Arc::clone(&world)));
         let reader = DynamoStore::on(Arc::clone(&memory) as Arc<dyn Table>);
@@ -251,7 +251,10 @@ impl Run {
             45..52 => ("ABAN", dice.below(100_000) + 1, 8),
             52..62 => ("ABAN", dice.below(300) + 200, 2),
             62..70 => ("ABAN", dice.below(2500) + 250, 2),
-            70..85 => ("LOW", dice.below(4000) + 1, 2),
+            70..80 => ("LOW", dice.below(4000) + 1, 2),
+            // A price and an amount at the most places each may have: costs
+            // of 16 places, sums and balances of up to 28 digits.
+            80..85 => ("FINE", dice.below(20_000_000_000) + 1, 8),
             85..97 => ("BIG", dice.below(2000) + 1, 5),
             _ => ("ABAN", dice.below(5000) + 100, 0),
         };
@@ -265,8 +268,11 @@ impl Run {
             let user = self.world.dice.pick(&self.users).clone();
             if self.world.dice.chance(0.04) {
                 // An operator credits a deposit, sometimes one credited before.
-                let id = DepositId::parse(&format!("wire-{}", self.world.dice.below(30))).unwrap();
-                let _ = self.process().store.deposit(&user, &id, usd("25")).await;
+                let wire = self.world.dice.below(30);
+                let id = DepositId::parse(&format!("wire-{wire}")).unwrap();
+                // Some deposits carry cents of cents down to money's last place.
+                let amount = usd(&format!("25.{wire:016}"));
+                let _ = self.process().store.deposit(&user, &id, amount).await;
                 continue;
             }
             if self.world.dice.chance(0.15) {
@@ -516,8 +522,11 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
     let run = Run::new(seed);
     // The accounts exist before the faults start.
     run.world.faults.store(false, Ordering::Relaxed);
-    for user in &run.users {
-        run.process().store.open_account(user, usd("300")).await.map_err(|e| e.to_string())?;
+    for (n, user) in run.users.iter().enumerate() {
+        // One account holds nearly the most money can (12 whole digits, 16
+        // places): every debit, refund and deposit on it is a 28-digit sum.
+        let balance = if n == 0 { usd("999999999000.0000000000000001") } else { usd("300") };
+        run.process().store.open_account(user, balance).await.map_err(|e| e.to_string())?;
     }
     run.world.faults.store(true, Ordering::Relaxed);
 
