@@ -192,8 +192,10 @@ fn table_faults(world: Arc<World>) -> impl Fn(Operation) -> Fault + Send + Sync 
 impl Run {
     fn new(seed: u64) -> Arc<Run> {
         let world = World::new(seed);
-        let config =
-            ServiceConfig { prices: PriceList::parse("ABAN=4,LOW=0.37,BIG=1234.5,FINE=0.12345678").unwrap(), minimum: usd("10") };
+        let config = ServiceConfig {
+            prices: PriceList::parse("ABAN=4,LOW=0.37,BIG=1234.5,FINE=0.12345678").unwrap(),
+            minimum: usd("10"),
+        };
         let memory = Arc::new(MemoryTable::new());
         let queue = Arc::new(SimQueue::new(Arc::clone(&world)));
         let reader = DynamoStore::on(Arc::clone(&memory) as Arc<dyn Table>);
