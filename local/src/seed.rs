@@ -43,12 +43,24 @@ pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
     let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: path.to_owned(), source })?;
     let file: SeedFile =
         serde_json::from_str(&text).map_err(|source| SeedError::Parse { path: path.to_owned(), source })?;
+    let mut seen = std::collections::HashSet::new();
     file.accounts
         .iter()
         .enumerate()
         .map(|(index, account)| {
             let invalid = |reason: String| SeedError::Account { index, reason };
             let user = UserId::parse(&account.user_id).map_err(|e| invalid(e.to_string()))?;
+            // Locally a user is named by the X-User-Id header, which carries
+            // visible ASCII and spaces only: any other id could never be used.
+            if !account.user_id.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                return Err(invalid(format!(
+                    "user_id {:?} cannot be sent as X-User-Id (visible ASCII and spaces only)",
+                    account.user_id
+                )));
+            }
+            if !seen.insert(account.user_id.as_str()) {
+                return Err(invalid(format!("user_id {:?} is listed twice", account.user_id)));
+            }
             let raw = account.balance_usd.get();
             let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
             let balance = Usd::parse(text)

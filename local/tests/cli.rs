@@ -157,12 +157,23 @@ async fn counts_orders_batches_and_settlements_at_get_metrics_and_when_stopped()
 
 #[test]
 fn a_bad_seed_file_is_refused_with_its_reason() {
-    let path = std::env::temp_dir().join(format!("bad-seed-{}.json", std::process::id()));
-    std::fs::write(&path, r#"{"accounts": [{"user_id": "alice", "balance_usd": "-5"}]}"#).unwrap();
-    let (success, logs) = output(spawn(&["--listen", "127.0.0.1:0", "--seed", path.to_str().unwrap()]));
-    std::fs::remove_file(&path).unwrap();
-    assert!(!success);
-    assert!(logs.contains("seed account #0") && logs.contains("-5"), "{logs}");
+    let cases = [
+        (r#"{"accounts": [{"user_id": "alice", "balance_usd": "-5"}]}"#, "seed account #0", "-5"),
+        (
+            r#"{"accounts": [{"user_id": "bob", "balance_usd": "5"}, {"user_id": "bob", "balance_usd": "500"}]}"#,
+            "seed account #1",
+            "listed twice",
+        ),
+        (r#"{"accounts": [{"user_id": "zoë", "balance_usd": "5"}]}"#, "seed account #0", "X-User-Id"),
+    ];
+    for (n, (seed, account, reason)) in cases.into_iter().enumerate() {
+        let path = std::env::temp_dir().join(format!("bad-seed-{}-{n}.json", std::process::id()));
+        std::fs::write(&path, seed).unwrap();
+        let (success, logs) = output(spawn(&["--listen", "127.0.0.1:0", "--seed", path.to_str().unwrap()]));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!success);
+        assert!(logs.contains(account) && logs.contains(reason), "{logs}");
+    }
 }
 
 #[test]
