@@ -3,7 +3,8 @@
 //! - every balance is its deposits, minus its orders' costs, plus what was
 //!   refunded to it;
 //! - every order is in exactly one place: its own batch, a closed pool's
-//!   batch, or its coin's open pool; and its cost is exactly price × amount;
+//!   batch, or its coin's open pool, unless it was canceled (then in none,
+//!   its cost back); and its cost is exactly price × amount;
 //! - every batch is exactly its members (count, dollars, coin quantity),
 //!   is worth at least the minimum, and its status agrees with its members'
 //!   refunds;
@@ -92,6 +93,9 @@ pub struct AuditReport {
     pub orders: usize,
     pub pending_orders: usize,
     pub pending_usd: ExactSum,
+    /// Orders canceled out of their pools, their costs back in the balances.
+    pub canceled_orders: usize,
+    pub canceled_usd: ExactSum,
     pub batches: BTreeMap<&'static str, usize>,
 }
 
@@ -108,7 +112,11 @@ impl fmt::Display for AuditReport {
             "{} accounts: deposited {}, balances {}, paid for orders {}",
             self.accounts, self.deposited, self.balances, self.paid
         )?;
-        writeln!(f, "{} orders, {} pending worth {}", self.orders, self.pending_orders, self.pending_usd)?;
+        writeln!(
+            f,
+            "{} orders, {} pending worth {}, {} canceled worth {}",
+            self.orders, self.pending_orders, self.pending_usd, self.canceled_orders, self.canceled_usd
+        )?;
         let batches: Vec<String> = self.batches.iter().map(|(status, n)| format!("{n} {status}")).collect();
         writeln!(f, "batches: {}", if batches.is_empty() { "none".to_owned() } else { batches.join(", ") })?;
         if self.problems.is_empty() {
@@ -259,13 +267,26 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
             ));
         }
         let flow = account_flow.entry(&order.user).or_default();
+        report.orders += 1;
+        if order.canceled {
+            // Debited, then credited back; in no pool and no batch any more
+            // (the pool it was in, open or closed since, counts it no more).
+            report.canceled_orders += 1;
+            report.canceled_usd += order.cost.value();
+            if order.refunded || matches!(order.membership, Membership::Own(_)) {
+                problems.push(problem(
+                    format!("order {}", order.id),
+                    format!("order {} is canceled, yet was refunded or bought alone", order.id),
+                ));
+            }
+            continue;
+        }
         if order.refunded {
             // Debited, then credited back.
         } else {
             *flow -= order.cost.value();
             report.paid += order.cost.value();
         }
-        report.orders += 1;
         let place = match order.membership {
             Membership::Own(id) => Place::Batch(id),
             Membership::Pool { shard, seq } => {

@@ -24,6 +24,7 @@ pub const SETTLE_OUTCOMES: &str = "settle_outcomes";
 pub const FORMED_TO_FILL: &str = "batch_formed_to_fill_seconds";
 pub const ORDERS_REFUNDED: &str = "orders_refunded";
 pub const BATCHES_RESENT: &str = "batches_resent";
+pub const ORDERS_CANCELED: &str = "orders_canceled";
 
 /// Units and help texts, for exporters that show them (Prometheus' `# HELP`,
 /// EMF's `Unit`). Call once an exporter is installed.
@@ -48,6 +49,11 @@ pub fn describe() {
     describe_histogram!(FORMED_TO_FILL, Unit::Seconds, "Time from a batch forming to its fill being recorded.");
     describe_counter!(ORDERS_REFUNDED, Unit::Count, "Orders credited back after the exchange refused their batch.");
     describe_counter!(BATCHES_RESENT, Unit::Count, "Batches the reconciler sent to the settle queue again.");
+    describe_counter!(
+        ORDERS_CANCELED,
+        Unit::Count,
+        "Pending orders canceled, their costs back: by their owner, or by the wait policy."
+    );
 }
 
 const PLACEMENTS: [&str; 3] = ["own_batch", "joined", "crossed"];
@@ -75,6 +81,31 @@ pub fn register_at_zero() {
     }
     counter!(ORDERS_REFUNDED).absolute(0);
     counter!(BATCHES_RESENT).absolute(0);
+    for by in CanceledBy::ALL {
+        counter!(ORDERS_CANCELED, "by" => by.label()).absolute(0);
+    }
+}
+
+/// Who canceled a pending order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanceledBy {
+    Owner,
+    WaitPolicy,
+}
+
+impl CanceledBy {
+    pub const ALL: [CanceledBy; 2] = [CanceledBy::Owner, CanceledBy::WaitPolicy];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CanceledBy::Owner => "owner",
+            CanceledBy::WaitPolicy => "wait_policy",
+        }
+    }
+}
+
+pub fn order_canceled(by: CanceledBy, orders: u64) {
+    counter!(ORDERS_CANCELED, "by" => by.label()).increment(orders);
 }
 
 /// An order placed now (a replay of an earlier request placed nothing).

@@ -65,6 +65,31 @@ pub enum PlaceError {
     Infra(#[from] InfraError),
 }
 
+/// A cancel that was taken: the order, now `canceled`.
+#[derive(Debug, Clone)]
+pub struct Canceled {
+    pub order: OrderView,
+    /// False when it was canceled before this call (cancel is idempotent).
+    pub now: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such order, or another user's.
+    #[error("no such order")]
+    NotFound,
+    /// It left its pool for a batch (or was bought alone): nothing changed.
+    #[error("the order is {} and can no longer be canceled", .0.status.as_str())]
+    NotPending(Box<OrderView>),
+    /// Contention did not clear within the bounded retries; nothing changed.
+    #[error("too much contention on the order's pool; nothing was canceled")]
+    Busy,
+    /// Nothing could be read or written; a cancel sent may still apply (it
+    /// is idempotent: send it again).
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+}
+
 /// Placing and reading orders: the place-order function.
 #[async_trait]
 pub trait Orders: Send + Sync {
@@ -80,6 +105,12 @@ pub trait Orders: Send + Sync {
 
     /// One page of the user's orders, newest first.
     async fn orders_of(&self, user: &UserId, page: OrderPage) -> Result<OrderList, InfraError>;
+
+    /// Cancels a `pending` order of `user`: in one transaction the order is
+    /// marked canceled, its cost and amount leave its open pool (only while
+    /// that pool is still open) and its cost returns to the balance. Exactly
+    /// one of a cancel and the order that closes the pool takes the order.
+    async fn cancel_order(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError>;
 }
 
 /// Which page of a user's orders.

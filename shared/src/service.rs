@@ -6,7 +6,9 @@ use std::sync::Arc;
 use crate::config::ServiceConfig;
 use crate::domain::{IdempotencyKey, InvalidAmount, NewOrder, OrderId, OrderView, Quantity, UnknownCoin, Usd, UserId};
 use crate::metrics;
-use crate::ports::{Clock, InfraError, OrderList, OrderPage, Orders, PlaceError, Placed, SettleQueue};
+use crate::ports::{
+    CancelError, Canceled, Clock, InfraError, OrderList, OrderPage, Orders, PlaceError, Placed, SettleQueue,
+};
 use crate::telemetry::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,17 @@ impl OrderService {
     /// A page of the user's orders, newest first.
     pub async fn orders(&self, user: &UserId, page: OrderPage) -> Result<OrderList, InfraError> {
         self.store.orders_of(user, page).await
+    }
+
+    /// Cancels a pending order of the user's (idempotent).
+    #[tracing::instrument(skip(self), fields(user = %user, order_id = %id))]
+    pub async fn cancel(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError> {
+        let canceled = self.store.cancel_order(user, id).await?;
+        if canceled.now {
+            metrics::order_canceled(metrics::CanceledBy::Owner, 1);
+            tracing::info!(cost = %canceled.order.order.cost, "order canceled by its owner");
+        }
+        Ok(canceled)
     }
 
     pub async fn balance(&self, user: &UserId) -> Result<Usd, InfraError> {

@@ -17,7 +17,7 @@ use shared::audit::audit;
 use shared::domain::{
     BatchId, BatchStatus, Coin, DepositId, IdempotencyKey, NewOrder, OrderId, OrderStatus, Quantity, Usd, UserId,
 };
-use shared::ports::{Claim, DepositError, Deposited, Fence, PlaceError, Placed, Store};
+use shared::ports::{CancelError, Claim, DepositError, Deposited, Fence, PlaceError, Placed, Store};
 use time::{Duration, OffsetDateTime};
 
 /// Store instances on one table: every call of [`Stores::instance`] is
@@ -69,6 +69,11 @@ pub fn order(user_name: &str, amount: &str) -> NewOrder {
         idempotency_key: None,
         created_at: OffsetDateTime::now_utc().replace_millisecond(0).unwrap(),
     }
+}
+
+/// The order in another coin (at the same price).
+fn in_coin(order: NewOrder, coin: &str) -> NewOrder {
+    NewOrder { coin: Coin::from_trusted(coin), ..order }
 }
 
 async fn funded(store: &dyn Store, users: &[(&str, &str)]) {
@@ -163,6 +168,132 @@ pub async fn the_order_that_reaches_the_minimum_closes_the_pool(stores: Stores) 
     let d = place(store.as_ref(), order("alice", "1")).await;
     assert_eq!((d.formed, d.order.status), (None, OrderStatus::Pending));
     assert_audit_clean(store.as_ref()).await;
+}
+
+/// A pending order leaves its pool with its cost back, once; what is not
+/// pending, or not the caller's, is not canceled; the pool's next batch
+/// forms without it, and a refusal of that batch never credits it again.
+pub async fn a_pending_order_is_canceled_once_and_its_pool_forms_without_it(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100"), ("bob", "100"), ("carol", "100")]).await;
+    let a = place(store.as_ref(), order("alice", "1")).await.order.order.id;
+    let b = place(store.as_ref(), order("bob", "1")).await.order.order.id;
+
+    let canceled = store.cancel_order(&user("alice"), a).await.unwrap();
+    assert!(canceled.now);
+    assert_eq!((canceled.order.status, canceled.order.batch_id), (OrderStatus::Canceled, None));
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("100"));
+    assert_audit_clean(store.as_ref()).await;
+    // Idempotent: the same order again, nothing credited twice.
+    let again = store.cancel_order(&user("alice"), a).await.unwrap();
+    assert_eq!((again.now, again.order.status), (false, OrderStatus::Canceled));
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("100"));
+    // Another user's order, an unknown one: not found, nothing changes.
+    assert!(matches!(store.cancel_order(&user("carol"), b).await, Err(CancelError::NotFound)));
+    assert!(matches!(store.cancel_order(&user("carol"), OrderId::generate()).await, Err(CancelError::NotFound)));
+    assert_eq!(store.balance(&user("bob")).await.unwrap(), usd("96"));
+
+    // $4 + $6 closes the pool: bob's and carol's orders, not alice's.
+    let c = place(store.as_ref(), order("carol", "1.5")).await;
+    let id = c.formed.expect("$4 + $6 reaches the minimum");
+    let batch = store.batch(id).await.unwrap().unwrap();
+    assert_eq!((batch.count, batch.usd, batch.qty.to_string()), (2, usd("10"), "2.5".into()));
+    let status = |name: &'static str, id| {
+        let store = Arc::clone(&store);
+        async move { store.order(&user(name), id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status("alice", a).await, OrderStatus::Canceled);
+    // In a batch now: not pending any more, nothing changes.
+    match store.cancel_order(&user("bob"), b).await {
+        Err(CancelError::NotPending(view)) => assert_eq!(view.status, OrderStatus::Settling),
+        other => panic!("canceled an order in a batch: {other:?}"),
+    }
+    let own = place(store.as_ref(), order("carol", "2.5")).await.order.order.id;
+    assert!(matches!(store.cancel_order(&user("carol"), own).await, Err(CancelError::NotPending(_))));
+    assert_eq!(store.balance(&user("bob")).await.unwrap(), usd("96"));
+    assert_audit_clean(store.as_ref()).await;
+
+    // The batch refused and refunded: bob and carol are credited, alice
+    // (canceled before) is not credited again.
+    let now = now();
+    let Claim::Claimed(claimed) = store.claim_batch(id, now, now + Duration::seconds(30)).await.unwrap() else {
+        panic!("not claimed")
+    };
+    store.refuse_batch(id, claimed.attempts, "400: halted", None).await.unwrap();
+    let mut calls = 0;
+    while !store.refund_batch(id, 10).await.unwrap().finished {
+        calls += 1;
+        assert!(calls < 5, "the refund never finishes: {:?}", store.batch(id).await.unwrap());
+    }
+    // carol's $10 order bought alone is still settling.
+    for (name, balance) in [("alice", "100"), ("bob", "100"), ("carol", "90")] {
+        assert_eq!(store.balance(&user(name)).await.unwrap(), usd(balance), "{name}");
+    }
+    assert_eq!(status("alice", a).await, OrderStatus::Canceled);
+    assert_audit_clean(store.as_ref()).await;
+}
+
+/// A cancel racing the order that brings the pool to the minimum, from
+/// other processes: exactly one takes the order. Either the cancel answers
+/// the order canceled and no batch holds it, or the order is in the batch
+/// and the cancel answers "not pending"; never both, never neither.
+pub async fn a_cancel_racing_the_crossing_order_takes_the_order_or_leaves_it(stores: Stores) {
+    const ROUNDS: usize = 24;
+    let instances: Vec<Arc<dyn Store>> = (0..3).map(|_| stores.instance()).collect();
+    let (mut canceled, mut batched) = (0, 0);
+    for round in 0..ROUNDS {
+        let (owner, crosser) = (format!("owner-{round}"), format!("crosser-{round}"));
+        funded(instances[0].as_ref(), &[(&owner, "100"), (&crosser, "100")]).await;
+        // A coin of its own each round (priced as ABAN): $6 of someone
+        // else's and the owner's $2 make $8; the crossing order's $2 reaches
+        // the minimum only with the owner's order still in the pool.
+        let coin = format!("RACE{round}");
+        place(instances[0].as_ref(), in_coin(order(&crosser, "1.5"), &coin)).await;
+        let target = place(instances[0].as_ref(), in_coin(order(&owner, "0.5"), &coin)).await;
+        assert!(target.formed.is_none());
+        let id = target.order.order.id;
+        let canceler = Arc::clone(&instances[1 + round % 2]);
+        let placer = Arc::clone(&instances[2 - round % 2]);
+        let crossing = in_coin(order(&crosser, "0.5"), &coin);
+        let (cancel, placed) = tokio::join!(
+            tokio::spawn({
+                let owner = user(&owner);
+                async move {
+                    // Every other round the cancel starts a little late.
+                    if round % 2 == 1 {
+                        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                    }
+                    canceler.cancel_order(&owner, id).await
+                }
+            }),
+            tokio::spawn(async move {
+                loop {
+                    match placer.place_order(crossing.clone(), usd("10")).await {
+                        Err(PlaceError::Busy) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                        other => return other.unwrap(),
+                    }
+                }
+            }),
+        );
+        let (cancel, _placed) = (cancel.unwrap(), placed.unwrap());
+        let view = instances[0].order(&user(&owner), id).await.unwrap().unwrap();
+        match cancel {
+            Ok(answer) => {
+                assert_eq!((answer.order.status, view.status), (OrderStatus::Canceled, OrderStatus::Canceled));
+                assert_eq!(instances[0].balance(&user(&owner)).await.unwrap(), usd("100"));
+                canceled += 1;
+            }
+            Err(CancelError::NotPending(_)) => {
+                assert!(view.batch_id.is_some() && view.status == OrderStatus::Settling, "{view:?}");
+                assert_eq!(instances[0].balance(&user(&owner)).await.unwrap(), usd("98"));
+                batched += 1;
+            }
+            Err(other) => panic!("round {round}: {other:?}"),
+        }
+        assert_audit_clean(instances[0].as_ref()).await;
+    }
+    eprintln!("cancels racing crossing orders: {canceled} canceled, {batched} batched");
+    assert!(canceled + batched > ROUNDS / 2, "canceled {canceled}, batched {batched}");
 }
 
 /// Orders of every size, from several processes at once: pooled orders,
@@ -633,6 +764,8 @@ macro_rules! store_contract_tests {
             a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less_than_the_minimum,
             racing_replays_of_one_key_debit_once,
             a_key_reused_for_another_order_is_refused,
+            a_pending_order_is_canceled_once_and_its_pool_forms_without_it,
+            a_cancel_racing_the_crossing_order_takes_the_order_or_leaves_it,
             a_replay_hands_a_batch_still_ready_to_settlement_again,
             a_batch_is_claimed_by_one_attempt_at_a_time,
             a_late_attempt_can_change_nothing,

@@ -175,3 +175,86 @@ async fn the_live_audit_tells_writes_in_flight_from_discrepancies() {
     assert_eq!(live.report.problems.len(), 1, "{}", live.report);
     assert!(live.report.to_string().contains("account alice holds 1000 USD"), "{}", live.report);
 }
+
+/// The pool closes after a cancel read it open and before the cancel's
+/// transaction: the shard's condition (the pool still open) refuses the
+/// cancel, which then answers the order in its batch. Without the
+/// condition the order would be both in the batch and canceled.
+#[tokio::test]
+async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use futures::future::BoxFuture;
+    use shared::adapters::dynamodb::table::{Changes, Cond, ConditionFailed, Item, Page, Query, TableError};
+    use shared::adapters::dynamodb::table::{Transacted, Write};
+    use shared::domain::OrderStatus;
+    use shared::ports::{Accounts, CancelError, LedgerRecords, Orders};
+    use testkit::store_contract::{order, usd, user};
+
+    /// Runs `first` before its first transaction: another process's write
+    /// landing between this one's reads and its transaction.
+    struct Meanwhile {
+        inner: Arc<dyn Table>,
+        first: Mutex<Option<BoxFuture<'static, ()>>>,
+    }
+
+    #[async_trait]
+    impl Table for Meanwhile {
+        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
+            self.inner.get(key).await
+        }
+        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
+            self.inner.get_many(keys).await
+        }
+        async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
+            self.inner.put(item, condition).await
+        }
+        async fn update(
+            &self,
+            key: Item,
+            changes: Changes,
+            condition: Option<Cond>,
+        ) -> Result<Result<Item, ConditionFailed>, TableError> {
+            self.inner.update(key, changes, condition).await
+        }
+        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
+            let first = self.first.lock().unwrap().take();
+            if let Some(first) = first {
+                first.await;
+            }
+            self.inner.transact(writes, token).await
+        }
+        async fn query(&self, query: Query) -> Result<Page, TableError> {
+            self.inner.query(query).await
+        }
+        async fn scan(&self, start: Option<Item>) -> Result<Page, TableError> {
+            self.inner.scan(start).await
+        }
+    }
+
+    let memory: Arc<dyn Table> = Arc::new(MemoryTable::new());
+    let other = Arc::new(DynamoStore::on(Arc::clone(&memory)));
+    for name in ["alice", "bob"] {
+        other.open_account(&user(name), usd("100")).await.unwrap();
+    }
+    other.place_order(order("bob", "1.5"), usd("10")).await.unwrap();
+    let target = other.place_order(order("alice", "0.5"), usd("10")).await.unwrap().order.order.id;
+    let crossing = {
+        let other = Arc::clone(&other);
+        Box::pin(async move {
+            let placed = other.place_order(order("bob", "0.5"), usd("10")).await.unwrap();
+            assert!(placed.formed.is_some(), "$6 + $2 + $2 closes the pool");
+        })
+    };
+    let canceling =
+        DynamoStore::on(Arc::new(Meanwhile { inner: Arc::clone(&memory), first: Mutex::new(Some(crossing)) }));
+
+    match canceling.cancel_order(&user("alice"), target).await {
+        Err(CancelError::NotPending(view)) => assert_eq!(view.status, OrderStatus::Settling),
+        other => panic!("the cancel took an order its pool had closed over: {other:?}"),
+    }
+    assert_eq!(other.balance(&user("alice")).await.unwrap(), usd("98"));
+    let report = shared::audit::audit(&other.ledger().await.unwrap(), usd("10"));
+    assert!(report.is_clean(), "{report}");
+}

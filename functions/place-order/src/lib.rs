@@ -9,7 +9,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 use shared::domain::{IdempotencyKey, OrderId, UserId};
-use shared::ports::PlaceError;
+use shared::ports::{CancelError, PlaceError};
 use shared::service::{OrderService, PlaceOrderError};
 
 use crate::problem::ApiError;
@@ -44,6 +44,10 @@ async fn route(service: &OrderService, request: &Request) -> Result<Response<Bod
         ["", "orders", id] if !id.is_empty() => match *method {
             Method::GET | Method::HEAD => get_order(service, request, id).await,
             _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        },
+        ["", "orders", id, "cancel"] if !id.is_empty() => match *method {
+            Method::POST => cancel_order(service, request, id).await,
+            _ => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         },
         ["", "account"] => match *method {
             Method::GET | Method::HEAD => get_account(service, request).await,
@@ -127,6 +131,27 @@ async fn get_order(service: &OrderService, request: &Request, id: &str) -> Resul
     let id = OrderId::parse(id).map_err(|_| ApiError::NotFound)?;
     let view = service.order(&user, id).await.map_err(ApiError::Internal)?.ok_or(ApiError::NotFound)?;
     Ok(json(StatusCode::OK, &OrderResponse::from(&view)))
+}
+
+/// `POST /orders/{id}/cancel`: a pending order leaves its pool, its cost
+/// back in the balance; a canceled one is answered as it is.
+async fn cancel_order(service: &OrderService, request: &Request, id: &str) -> Result<Response<Body>, ApiError> {
+    let user = caller(request)?;
+    let body = request.body().as_ref();
+    if body.len() > BODY_LIMIT {
+        return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+    }
+    wire::CancelRequest::parse(body)?;
+    let id = OrderId::parse(id).map_err(|_| ApiError::NotFound)?;
+    let canceled = service.cancel(&user, id).await.map_err(|e| match e {
+        CancelError::NotFound => ApiError::NotFound,
+        CancelError::NotPending(view) => {
+            ApiError::OrderNotPending { id: view.order.id.to_string(), status: view.status.as_str() }
+        }
+        CancelError::Busy => ApiError::Busy,
+        CancelError::Infra(e) => ApiError::CancelOutcomeUnknown(e),
+    })?;
+    Ok(json(StatusCode::OK, &OrderResponse::from(&canceled.order)))
 }
 
 /// `GET /orders?limit=&cursor=&status=`: the caller's orders, newest first.

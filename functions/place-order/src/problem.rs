@@ -46,6 +46,11 @@ pub enum ApiError {
     /// A write was sent and its answer lost: the order may have been placed.
     #[error("could not tell whether the order was placed")]
     OutcomeUnknown(#[source] InfraError),
+    #[error("order {id} is {status} and can no longer be canceled")]
+    OrderNotPending { id: String, status: &'static str },
+    /// A cancel failed midway: it may have been taken.
+    #[error("could not tell whether the order was canceled")]
+    CancelOutcomeUnknown(#[source] InfraError),
     #[error("internal error")]
     Internal(#[source] InfraError),
 }
@@ -84,7 +89,10 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
             }
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Service busy"),
-            ApiError::OutcomeUnknown(_) => (StatusCode::INTERNAL_SERVER_ERROR, "outcome-unknown", "Outcome unknown"),
+            ApiError::OutcomeUnknown(_) | ApiError::CancelOutcomeUnknown(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "outcome-unknown", "Outcome unknown")
+            }
+            ApiError::OrderNotPending { .. } => (StatusCode::CONFLICT, "order-not-pending", "Order not pending"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
@@ -109,6 +117,12 @@ impl ApiError {
                 tracing::error!(error = %ErrorChain(source), "could not tell whether an order was placed");
                 "The service could not tell whether the order was placed. Retry with the same Idempotency-Key, \
                  which never debits twice, or look for the order with GET /orders."
+                    .to_owned()
+            }
+            ApiError::CancelOutcomeUnknown(source) => {
+                tracing::error!(error = %ErrorChain(source), "could not tell whether an order was canceled");
+                "The service could not tell whether the order was canceled. Send the cancel again: it is idempotent, \
+                 and answers the order as it is."
                     .to_owned()
             }
             other => other.to_string(),

@@ -56,6 +56,7 @@ impl NewOrder {
             cost: self.cost,
             membership,
             refunded: false,
+            canceled: false,
             created_at: self.created_at,
         };
         (order, formed)
@@ -73,6 +74,10 @@ pub struct Order {
     pub cost: Usd,
     pub membership: Membership,
     pub refunded: bool,
+    /// Taken out of its open pool, its cost back in the balance (by its
+    /// owner, or by the operator's wait policy). It is in no pool and no
+    /// batch, though it keeps the pool it was in.
+    pub canceled: bool,
     pub created_at: OffsetDateTime,
 }
 
@@ -253,15 +258,25 @@ pub enum OrderStatus {
     Settling,
     Settled,
     Refunded,
+    Canceled,
 }
 
 impl OrderStatus {
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Settling,
+        OrderStatus::Settled,
+        OrderStatus::Refunded,
+        OrderStatus::Canceled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Pending => "pending",
             OrderStatus::Settling => "settling",
             OrderStatus::Settled => "settled",
             OrderStatus::Refunded => "refunded",
+            OrderStatus::Canceled => "canceled",
         }
     }
 
@@ -269,6 +284,9 @@ impl OrderStatus {
     /// pool is open, `refunded` once its own cost is back (its batch may
     /// still be refunding others).
     pub fn of(order: &Order, batch: Option<&Batch>) -> OrderStatus {
+        if order.canceled {
+            return OrderStatus::Canceled;
+        }
         if order.refunded {
             return OrderStatus::Refunded;
         }
@@ -281,9 +299,7 @@ impl OrderStatus {
     }
 
     pub fn parse(text: &str) -> Option<OrderStatus> {
-        [OrderStatus::Pending, OrderStatus::Settling, OrderStatus::Settled, OrderStatus::Refunded]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        OrderStatus::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 
@@ -387,6 +403,7 @@ mod tests {
             cost: Usd::new(Decimal::from(4)).unwrap(),
             membership: Membership::Pool { shard: 0, seq: 0 },
             refunded: false,
+            canceled: false,
             created_at: at(0),
         };
         let refused = batch(BatchStatus::Refused);

@@ -273,6 +273,10 @@ pub fn pool_of(item: &Item) -> Result<PoolState, ItemError> {
 
 /// The order item. `formed` is the batch this order formed, if any: an
 /// attempt whose reply was lost can tell from it what it did.
+/// When an order was canceled, on the order: its presence is the order's
+/// `canceled`.
+pub const CANCELED_AT: &str = "canceled_at";
+
 pub fn order_item(order: &Order, formed: Option<BatchId>) -> Item {
     let mut item = order_key(&order.user, order.id);
     item.insert("order_id".into(), s(order.id.to_string()));
@@ -320,6 +324,7 @@ pub fn order_of(item: &Item) -> Result<(Order, Option<BatchId>), ItemError> {
         cost: usd(item, "cost")?,
         membership,
         refunded: item.get("refunded").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        canceled: item.contains_key(CANCELED_AT),
         created_at: time_of(item, "created_at")?,
     };
     let formed = opt(item, "formed_batch_id", |_, a| batch_id(a))?;
@@ -471,6 +476,7 @@ mod tests {
             cost: Usd::new(Decimal::from_str("0.00000004").unwrap()).unwrap(),
             membership: Membership::Pool { shard: 0, seq: 7 },
             refunded: false,
+            canceled: false,
             created_at: now,
         };
         let formed = Some(BatchId::generate());

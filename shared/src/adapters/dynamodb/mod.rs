@@ -11,12 +11,14 @@
 //! - `sweep`: the reconciler's sweep, which batches what quiet shards hold;
 //! - `batches`: claims, fenced leases, settling and refusing;
 //! - `refunds`: crediting a refused batch's orders, chunk by chunk;
+//! - `cancel`: taking a pending order out of its pool, its cost back;
 //! - `accounts`: balances, opening accounts, deposits;
 //! - `ledger`: reading everything back for the audit;
 //! - `item`: keys and the mapping between domain types and items.
 
 mod accounts;
 mod batches;
+mod cancel;
 pub mod item;
 mod ledger;
 mod orders;

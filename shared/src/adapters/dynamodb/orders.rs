@@ -11,7 +11,7 @@ use super::item::{
 use super::table::Query;
 use super::{DynamoStore, infra};
 use crate::domain::{Batch, BatchId, Coin, Membership, NewOrder, Order, OrderId, OrderView, PoolId, Usd, UserId};
-use crate::ports::{InfraError, OrderList, OrderPage, Orders, PlaceError, Placed};
+use crate::ports::{CancelError, Canceled, InfraError, OrderList, OrderPage, Orders, PlaceError, Placed};
 
 impl DynamoStore {
     pub(super) async fn order_view(&self, user: &UserId, id: OrderId) -> Result<Option<OrderView>, InfraError> {
@@ -70,6 +70,10 @@ impl Orders for DynamoStore {
 
     /// One `Query` of the account's partition (its orders, newest first),
     /// then the batches those orders are in, read together.
+    async fn cancel_order(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError> {
+        self.cancel(user, id).await
+    }
+
     async fn orders_of(&self, user: &UserId, page: OrderPage) -> Result<OrderList, InfraError> {
         let partition = account_key(user)[item::PK].as_s().cloned().unwrap_or_default();
         let query = Query {

@@ -9,7 +9,8 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    self, Item, account_key, batch_key, batch_of, get_s, get_u64, members_partitions, n, n_int, order_key, order_of, s,
+    self, CANCELED_AT, Item, account_key, batch_key, batch_of, get_s, get_u64, members_partitions, n, n_int, order_key,
+    order_of, s,
 };
 use super::table::{Changes, Cond, Query, Reason, Transacted, Write};
 use super::{DynamoStore, infra, unexpected};
@@ -151,7 +152,9 @@ impl DynamoStore {
             Write::Update {
                 key: order_key,
                 changes: Changes::new().set("refunded", AttributeValue::Bool(true)).set(REFUND_TOKEN, s(&token)),
-                condition: Some(Cond::Exists("PK").and(Cond::NotExists("refunded"))),
+                // A canceled order had its cost back already (and left the
+                // index; a lagging index may still list it).
+                condition: Some(Cond::Exists("PK").and(Cond::NotExists("refunded")).and(Cond::NotExists(CANCELED_AT))),
             },
             Write::Update {
                 key: account_key(&order.user),
