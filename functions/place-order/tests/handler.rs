@@ -105,3 +105,90 @@ async fn claims_without_sub_are_unauthorized() {
     let (status, _) = call(&service, request).await;
     assert_eq!(status, 401);
 }
+
+const CANCEL_ORDER: &str = include_str!("../../../events/apigw-cancel-order.json");
+
+fn cancel(id: &str, body: &str) -> Request {
+    event(CANCEL_ORDER, |v| {
+        let path = format!("/orders/{id}/cancel");
+        v["rawPath"] = path.clone().into();
+        v["requestContext"]["http"]["path"] = path.into();
+        v["pathParameters"]["order_id"] = id.into();
+        v["body"] = body.into();
+    })
+}
+
+fn place(amount: &str) -> Request {
+    event(PLACE_ORDER, |v| {
+        v["headers"].as_object_mut().unwrap().remove("idempotency-key");
+        v["body"] = format!(r#"{{"coin": "ABAN", "amount": "{amount}"}}"#).into();
+    })
+}
+
+#[tokio::test]
+async fn a_pending_order_is_canceled_once_and_an_order_in_a_batch_is_not() {
+    let (service, _messages) = service("100").await;
+    let (_, pending) = call(&service, place("1")).await;
+    let id = pending["order_id"].as_str().unwrap().to_owned();
+
+    let (status, canceled) = call(&service, cancel(&id, "")).await;
+    assert_eq!((status, canceled["status"].as_str()), (200, Some("canceled")), "{canceled}");
+    let (status, again) = call(&service, cancel(&id, "{}")).await;
+    assert_eq!((status, &again), (200, &canceled), "idempotent");
+    let (_, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
+    assert_eq!(account["balance_usd"], "100");
+
+    let (_, alone) = call(&service, place("3")).await;
+    let (status, problem) = call(&service, cancel(alone["order_id"].as_str().unwrap(), "")).await;
+    assert_eq!((status, problem["type"].as_str()), (409, Some("order-not-pending")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("settling"), "{problem}");
+    let (_, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
+    assert_eq!(account["balance_usd"], "88");
+
+    let list = event(GET_ACCOUNT, |v| {
+        v["rawPath"] = "/orders".into();
+        v["requestContext"]["http"]["path"] = "/orders".into();
+        v["rawQueryString"] = "status=canceled".into();
+        v["queryStringParameters"] = serde_json::json!({"status": "canceled"});
+    });
+    let (status, page) = call(&service, list).await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![id.as_str()]);
+}
+
+#[tokio::test]
+async fn a_bad_cancel_is_refused_and_changes_nothing() {
+    let (service, _messages) = service("100").await;
+    let (_, pending) = call(&service, place("1")).await;
+    let id = pending["order_id"].as_str().unwrap();
+    for (request, status, kind) in [
+        (cancel(id, r#"{"reason": "changed my mind"}"#), 400, "malformed-request"),
+        (cancel(id, "[]"), 400, "malformed-request"),
+        (cancel(id, "not json"), 400, "malformed-request"),
+        (cancel("01KBFW4X0Q3J5TJ5N1Y6ZK1V2C", ""), 404, "not-found"),
+        (cancel("not-an-id", ""), 404, "not-found"),
+        (
+            event(CANCEL_ORDER, |v| {
+                v["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] = "mallory".into();
+                let path = format!("/orders/{id}/cancel");
+                v["rawPath"] = path.into();
+            }),
+            404,
+            "not-found",
+        ),
+        (
+            event(CANCEL_ORDER, |v| {
+                v["requestContext"]["http"]["method"] = "GET".into();
+                v["rawPath"] = format!("/orders/{id}/cancel").into();
+            }),
+            405,
+            "method-not-allowed",
+        ),
+    ] {
+        let (got, problem) = call(&service, request).await;
+        assert_eq!((got, problem["type"].as_str()), (status, Some(kind)), "{problem}");
+    }
+    let (_, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
+    assert_eq!(account["balance_usd"], "96", "nothing changed");
+}
