@@ -22,7 +22,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,9 +35,10 @@ use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::audit::{Ledger, audit};
 use shared::config::ServiceConfig;
 use shared::domain::{
-    BatchStatus, DepositId, IdempotencyKey, OrderId, PriceList, Quantity, ResendPolicy, Usd, UserId, reproducible_ids,
+    BatchStatus, DepositId, IdempotencyKey, OrderId, OrderStatus, PriceList, Quantity, ResendPolicy, Usd, UserId,
+    reproducible_ids,
 };
-use shared::ports::{Accounts, LedgerRecords, PlaceError, Settlements};
+use shared::ports::{Accounts, CancelError, LedgerRecords, PlaceError, Settlements};
 use shared::reconcile::{PoolSweep, Reconciler};
 use shared::service::{OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
@@ -121,6 +122,12 @@ struct Replies {
     keys: BTreeMap<(UserId, String), (String, Quantity, Option<OrderId>)>,
     unknown: u64,
     busy: u64,
+    /// Orders answered as placed and pending: what clients mostly cancel.
+    pooled: Vec<(UserId, OrderId)>,
+    /// Orders a cancel was answered with, canceled.
+    canceled: BTreeSet<OrderId>,
+    /// Orders a cancel was answered "not pending": in a batch for good.
+    kept: BTreeSet<OrderId>,
 }
 
 struct Run {
@@ -160,6 +167,7 @@ struct Summary {
     /// Pool shards in use, over all coins, and batches that closed several.
     shards: usize,
     merged_batches: usize,
+    canceled: usize,
     /// The final table and exchange, as text: equal for equal seeds.
     fingerprint: String,
 }
@@ -281,6 +289,10 @@ impl Run {
                 self.burst().await;
                 continue;
             }
+            if self.world.dice.chance(0.08) {
+                self.cancel(&user).await;
+                continue;
+            }
             let (mut coin, mut amount) = self.random_order();
             let mut key = None;
             if self.world.dice.chance(0.35) {
@@ -291,13 +303,7 @@ impl Run {
                     key = Some(text.clone());
                     // Usually the same request again; now and then another one under the same key.
                     if self.world.dice.chance(0.8) {
-                        coin = if same_coin == "ABAN" {
-                            "ABAN"
-                        } else if same_coin == "LOW" {
-                            "LOW"
-                        } else {
-                            "BIG"
-                        };
+                        coin = ["ABAN", "LOW", "FINE"].into_iter().find(|c| c == same_coin).unwrap_or("BIG");
                         amount = *same_amount;
                     }
                 } else {
@@ -305,6 +311,52 @@ impl Run {
                 }
             }
             self.place(user, coin, amount, key).await;
+        }
+    }
+
+    /// Cancels one of the user's orders, pending or not, canceled before
+    /// or not; sometimes while a burst of the same coin races it.
+    async fn cancel(&self, user: &UserId) {
+        let (user, mine) = {
+            let replies = self.replies.lock().unwrap();
+            if self.world.dice.chance(0.8) && !replies.pooled.is_empty() {
+                // One of the last orders placed pending, whoever's.
+                let recent = &replies.pooled[replies.pooled.len().saturating_sub(8)..];
+                let (owner, id) = self.world.dice.pick(recent).clone();
+                (owner, vec![id])
+            } else {
+                (user.clone(), replies.placed.iter().filter(|(_, (u, _))| u == user).map(|(id, _)| *id).collect())
+            }
+        };
+        let user = &user;
+        if mine.is_empty() {
+            return;
+        }
+        let id = *self.world.dice.pick(&mine);
+        let service = Arc::clone(&self.process().service);
+        let canceling = async { service.cancel(user, id).await };
+        let result = if self.world.dice.chance(0.3) {
+            futures::future::join(canceling, self.burst()).await.0
+        } else {
+            canceling.await
+        };
+        let mut replies = self.replies.lock().unwrap();
+        match result {
+            Ok(canceled) if canceled.order.status == OrderStatus::Canceled => {
+                replies.canceled.insert(id);
+            }
+            Ok(other) => self.world.violated(format!("a cancel of {id} answered {other:?}")),
+            Err(CancelError::NotPending(view)) if view.status != OrderStatus::Canceled => {
+                replies.kept.insert(id);
+            }
+            Err(CancelError::NotFound) => {
+                self.world.violated(format!("a cancel of {id}, answered as placed for {user}, found no such order"))
+            }
+            Err(CancelError::NotPending(view)) => {
+                self.world.violated(format!("a cancel of {id} answered not pending: {view:?}"))
+            }
+            // Unknown: the client may send it again later.
+            Err(CancelError::Busy | CancelError::Infra(_)) => {}
         }
     }
 
@@ -355,6 +407,9 @@ impl Run {
                 let id = placed.order.order.id;
                 if !placed.replayed {
                     replies.placed.insert(id, (user.clone(), placed.order.order.cost));
+                    if placed.order.status == OrderStatus::Pending {
+                        replies.pooled.push((user.clone(), id));
+                    }
                 }
                 if let Some(key) = key {
                     let entry =
@@ -492,6 +547,19 @@ impl Run {
         if let Some((id, _)) = records.iter().find(|(id, _)| !ledger.batches.iter().any(|b| b.id == **id)) {
             return Err(format!("the exchange has order {id}, which is no batch"));
         }
+        // A cancel's answer holds: canceled orders stayed out of every batch
+        // with their cost back (the audit checks the money), and orders a
+        // cancel found in a batch were never canceled.
+        let replies_now = self.replies.lock().unwrap();
+        for order in &ledger.orders {
+            if replies_now.canceled.contains(&order.id) && !order.canceled {
+                return Err(format!("order {} was answered canceled; the table has {order:?}", order.id));
+            }
+            if replies_now.kept.contains(&order.id) && order.canceled {
+                return Err(format!("order {} was answered not pending, yet it is canceled", order.id));
+            }
+        }
+        drop(replies_now);
         // Every order a client was told about is there, at the cost it was told.
         let replies = self.replies.lock().unwrap();
         for (id, (user, cost)) in &replies.placed {
@@ -515,6 +583,7 @@ impl Run {
             resent_after_unrecorded_refusal: self.exchange.resent_after_unrecorded_refusal(),
             shards: ledger.pools.len(),
             merged_batches: ledger.batches.iter().filter(|b| b.pools.len() > 1).count(),
+            canceled: ledger.orders.iter().filter(|o| o.canceled).count(),
             fingerprint: format!("{ledger:?}\n{records:?}"),
         })
     }
@@ -597,7 +666,8 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
         match run(seed) {
             Ok(summary) => println!(
                 "seed {seed}: {} steps, {} orders, {} batches settled, {} refunded, {} unknown outcomes, {} busy, \
-                 {} resends after a refusal a crash kept from being recorded, {} pool shards, {} batches of several shards",
+                 {} resends after a refusal a crash kept from being recorded, {} pool shards, {} batches of several shards, \
+                 {} orders canceled",
                 summary.steps,
                 summary.orders,
                 summary.settled,
@@ -606,7 +676,8 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
                 summary.busy,
                 summary.resent_after_unrecorded_refusal,
                 summary.shards,
-                summary.merged_batches
+                summary.merged_batches,
+                summary.canceled
             ),
             Err(violation) => panic!(
                 "seed {seed} broke an invariant {violation}\n\nreplay it: SIM_SEED={seed} cargo test -p testkit --test simulation -- --nocapture"
