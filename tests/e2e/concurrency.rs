@@ -196,3 +196,60 @@ async fn eight_instances_on_one_coin_answer_no_busy() {
     }
     app.stop().await;
 }
+
+/// Clients on three instances placing small orders, and canceling half of
+/// them at once on another instance, racing the orders that close the pool:
+/// each cancel either takes its order (`canceled`, cost back, in no bought
+/// batch) or finds it in a batch (`409`); the ledger balances to the last
+/// decimal and every bought batch is exactly its members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancels_racing_the_orders_that_close_the_pool_take_each_order_once() {
+    let users = users(24);
+    let accounts: Vec<(&str, &str)> = users.iter().map(|u| (u.as_str(), INITIAL)).collect();
+    let app = spawn_cluster(3, &accounts, FakeExchange::start().await, |_| {}).await;
+    let shared = app.instances_share_a_table();
+
+    let clients = (0..12).map(|client| {
+        let (app, users) = (&app, &users);
+        async move {
+            let (mut kept, mut canceled) = (Vec::new(), Vec::new());
+            for index in (client..240).step_by(12) {
+                let user = &users[index % users.len()];
+                let reply = app.place_on(index, user, "ABAN", &mixed_amount(index).to_string()).await;
+                assert_eq!(reply.status, 201, "{}", reply.body);
+                let id = reply.text("order_id");
+                if index % 2 == 1 {
+                    kept.push((user.clone(), id));
+                    continue;
+                }
+                let on = if shared { index + 1 } else { index };
+                let cancel = app.cancel_on(on, user, &id).await;
+                match cancel.status {
+                    200 => {
+                        assert_eq!(cancel.text("status"), "canceled", "{}", cancel.body);
+                        canceled.push((user.clone(), id));
+                    }
+                    409 => {
+                        cancel.assert_problem(409, "order-not-pending");
+                        kept.push((user.clone(), id));
+                    }
+                    other => panic!("cancel answered {other}: {}", cancel.body),
+                }
+            }
+            (kept, canceled)
+        }
+    });
+    let (kept, canceled): (Vec<_>, Vec<_>) = futures::future::join_all(clients).await.into_iter().unzip();
+    let (kept, canceled): (Vec<_>, Vec<_>) = (kept.concat(), canceled.concat());
+    assert!(!canceled.is_empty() && !kept.is_empty());
+
+    for (user, id) in &canceled {
+        let view = app.order(user, id).await;
+        assert_eq!((view.text("status"), view.body["batch_id"].is_null()), ("canceled".to_owned(), true));
+        assert_eq!(app.cancel_on(0, user, id).await.text("status"), "canceled", "a cancel again is the same");
+    }
+    // The canceled orders cost nothing: the others are exactly what was paid for.
+    assert_ledger(&app, &users, &kept).await;
+    println!("{} orders canceled, {} kept", canceled.len(), kept.len());
+    app.stop().await;
+}

@@ -163,6 +163,12 @@ impl TestApp {
         self.request(request).await
     }
 
+    /// POST /orders/{id}/cancel to instance `instance % instances`.
+    pub async fn cancel_on(&self, instance: usize, user: &str, id: &str) -> Reply {
+        let base = &self.bases[instance % self.bases.len()];
+        self.request(self.client.post(format!("{base}/orders/{id}/cancel")).header("x-user-id", user)).await
+    }
+
     pub async fn order(&self, user: &str, id: &str) -> Reply {
         self.request(self.client.get(format!("{}/orders/{id}", self.base)).header("x-user-id", user)).await
     }

@@ -315,8 +315,9 @@ pub struct OrderView {
 impl OrderView {
     pub fn new(order: Order, batch: Option<&Batch>) -> OrderView {
         // A batch still gathering is not the order's batch yet: a pending
-        // order has none.
-        let batch = batch.filter(|b| b.status != BatchStatus::Forming);
+        // order has none. Nor is the batch its pool formed after it was
+        // canceled.
+        let batch = batch.filter(|b| b.status != BatchStatus::Forming && !order.canceled);
         OrderView {
             status: OrderStatus::of(&order, batch),
             batch_id: batch.map(|b| b.id),

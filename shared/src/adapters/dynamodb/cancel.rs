@@ -40,33 +40,35 @@ impl DynamoStore {
             let view = self.view(order.clone()).await?;
             match view.status {
                 OrderStatus::Canceled => return Ok(Canceled { order: view, now: false }),
-                OrderStatus::Pending if view.batch_id.is_none() => {}
-                // Settling, settled, refunded; or pending in a batch the
-                // sweep is still gathering: it left its pool either way.
+                OrderStatus::Pending => {}
                 _ => return Err(CancelError::NotPending(Box::new(view))),
             }
             let Membership::Pool { shard, seq } = order.membership else {
                 return Err(CancelError::NotPending(Box::new(view)));
             };
-            if self.pool_is_open(&order, shard, seq).await? {
-                let token = ulid::Ulid::new().to_string();
-                let writes = cancel_writes(&order, (shard, seq), &token, self.clock.now());
-                match self.transact_idempotent("cancel order", &token, &writes).await? {
-                    Transacted::Committed => return Ok(Canceled { order: canceled(view), now: true }),
-                    Transacted::Cancelled(reasons) => match reasons.get(ORDER) {
-                        Some(Reason::ConditionFailed(Some(now)))
-                            if get_s(now, CANCEL_TOKEN).is_ok_and(|mark| mark == token) =>
-                        {
-                            return Ok(Canceled { order: canceled(view), now: true });
-                        }
-                        // Canceled by a racing call, or its pool closed:
-                        // read again and answer what it is now.
-                        _ if reasons.iter().any(|r| matches!(r, Reason::ConditionFailed(_))) => {}
-                        _ => return Err(InfraError::new("cancel order", unexpected(&reasons)).into()),
-                    },
-                }
+            if !self.pool_is_open(&order, shard, seq).await? {
+                // Closed, into a batch or into one the sweep is still
+                // gathering (the order shows pending until it is ready): it
+                // left its pool for good.
+                let view = self.view(order).await?;
+                return Err(CancelError::NotPending(Box::new(view)));
             }
-            // The pool closed between the reads: its pointer shows up next read.
+            let token = ulid::Ulid::new().to_string();
+            let writes = cancel_writes(&order, (shard, seq), &token, self.clock.now());
+            match self.transact_idempotent("cancel order", &token, &writes).await? {
+                Transacted::Committed => return Ok(Canceled { order: canceled(view), now: true }),
+                Transacted::Cancelled(reasons) => match reasons.get(ORDER) {
+                    Some(Reason::ConditionFailed(Some(now)))
+                        if get_s(now, CANCEL_TOKEN).is_ok_and(|mark| mark == token) =>
+                    {
+                        return Ok(Canceled { order: canceled(view), now: true });
+                    }
+                    // Canceled by a racing call, or its pool closed: read
+                    // again and answer what it is now.
+                    _ if reasons.iter().any(|r| matches!(r, Reason::ConditionFailed(_))) => {}
+                    _ => return Err(InfraError::new("cancel order", unexpected(&reasons)).into()),
+                },
+            }
         }
         Err(CancelError::Busy)
     }

@@ -808,6 +808,11 @@ mod tests {
         let alice = UserId::parse("alice").unwrap();
         let first = store.order(&alice, placed[0].order.order.id).await.unwrap().unwrap();
         assert_eq!((first.status, first.batch_id), (OrderStatus::Pending, None), "in a batch still forming");
+        // Pending, yet its pool is closed: it cannot be canceled.
+        match store.cancel_order(&alice, first.order.id).await {
+            Err(crate::ports::CancelError::NotPending(view)) => assert_eq!(view.status, OrderStatus::Pending),
+            other => panic!("canceled an order of a batch forming: {other:?}"),
+        }
         let report = audit(&store.ledger().await.unwrap(), usd("10"));
         assert!(report.is_clean(), "{report}");
         assert_eq!(
