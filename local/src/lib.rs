@@ -25,8 +25,8 @@ use shared::adapters::sqs::{SqsQueue, ensure_queues};
 use shared::audit::{AuditReport, audit};
 use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, ServiceConfig};
 use shared::domain::ResendPolicy;
-use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock};
-use shared::reconcile::{PoolSweep, Reconciler};
+use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock, WaitPolicy};
+use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 use shared::service::OrderService;
 use shared::settlement::Settler;
 use shared::telemetry::ErrorChain;
@@ -90,6 +90,10 @@ pub struct Options {
     pub settle_lease: Duration,
     pub event_source: EventSourceConfig,
     pub service: ServiceConfig,
+    /// The operator's bound on a pooled order's wait (`POOL_MAX_WAIT`, …).
+    pub wait: Option<WaitPolicy>,
+    /// How often the wait policy is checked.
+    pub wait_check_every: Duration,
     pub limits: ServerLimits,
 }
 
@@ -117,6 +121,8 @@ impl Default for Options {
             settle_lease: Duration::from_secs(30),
             event_source: EventSourceConfig::default(),
             service: ServiceConfig::default(),
+            wait: None,
+            wait_check_every: shared::config::WAIT_CHECK_EVERY,
             limits: ServerLimits::default(),
         }
     }
@@ -312,7 +318,12 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     };
     let reconciler =
         Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy)
-            .sweeping(sweep);
+            .sweeping(sweep)
+            .bounding_wait(options.wait.clone().map(|policy| BoundedWait {
+                policy,
+                prices: options.service.prices.clone(),
+                every: options.wait_check_every,
+            }));
     tasks.push(tokio::spawn(reconcile(reconciler, options.reconcile_every, shutdown_rx.clone())));
     let service = Arc::new(OrderService::new(Arc::clone(&store) as _, queue, clock, options.service.clone()));
 

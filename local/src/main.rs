@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         exchange_url: cli.exchange_url,
         backend: cli.backend,
         service: ServiceConfig::from_env()?,
+        wait: shared::config::wait_policy_from_lookup(|var| std::env::var(var).ok())?,
         limits: ServerLimits {
             max_connections: cli.max_connections,
             header_timeout: Duration::from_secs(cli.request_timeout),

@@ -35,6 +35,68 @@ pub const RESEND_POLICY: ResendPolicy = ResendPolicy {
     max_attempts: MAX_RECEIVE_COUNT,
 };
 
+/// How often the reconciler checks each coin's oldest pending order against
+/// the wait policy: the policy acts within about this long of its limit.
+pub const WAIT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The operator's wait policy: `POOL_MAX_WAIT` (`90s`, `15m`, `2h`; unset or
+/// empty: orders wait for ever, as without a policy) and `POOL_WAIT_POLICY`
+/// (`top-up`, which needs `HOUSE_USER_ID`, or `refund`).
+pub fn wait_policy_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<crate::ports::WaitPolicy>, ConfigError> {
+    use crate::ports::{WaitAction, WaitPolicy};
+    let set = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+    let Some(text) = set("POOL_MAX_WAIT") else {
+        if let Some(policy) = set("POOL_WAIT_POLICY") {
+            return Err(ConfigError {
+                var: "POOL_WAIT_POLICY",
+                reason: format!("{policy:?} is set, but POOL_MAX_WAIT is not: set both, or neither"),
+            });
+        }
+        return Ok(None);
+    };
+    let max_wait = parse_wait(&text).ok_or_else(|| ConfigError {
+        var: "POOL_MAX_WAIT",
+        reason: format!("{text:?} is not a positive duration such as 90s, 15m or 2h"),
+    })?;
+    let action = match set("POOL_WAIT_POLICY").as_deref() {
+        Some("top-up") => {
+            let house = set("HOUSE_USER_ID").ok_or_else(|| ConfigError {
+                var: "HOUSE_USER_ID",
+                reason: "POOL_WAIT_POLICY=top-up needs the house account's user id".to_owned(),
+            })?;
+            let house = crate::domain::UserId::parse(&house)
+                .map_err(|e| ConfigError { var: "HOUSE_USER_ID", reason: e.to_string() })?;
+            WaitAction::TopUp { house }
+        }
+        Some("refund") => WaitAction::Refund,
+        other => {
+            return Err(ConfigError {
+                var: "POOL_WAIT_POLICY",
+                reason: format!("{other:?}: must be top-up or refund when POOL_MAX_WAIT is set"),
+            });
+        }
+    };
+    Ok(Some(WaitPolicy { max_wait, action }))
+}
+
+/// `90s`, `15m`, `2h`, `1d`: a whole number and a unit, positive.
+fn parse_wait(text: &str) -> Option<time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number.checked_mul(seconds).filter(|s| *s <= 366 * 86_400).map(time::Duration::seconds)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration variable {var}: {reason}")]
 pub struct ConfigError {
@@ -149,6 +211,33 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn the_wait_policy_is_both_variables_or_neither() {
+        use crate::ports::{WaitAction, WaitPolicy};
+        assert_eq!(wait_policy_from_lookup(env(&[])).unwrap(), None);
+        assert_eq!(wait_policy_from_lookup(env(&[("POOL_MAX_WAIT", "")])).unwrap(), None);
+        assert_eq!(
+            wait_policy_from_lookup(env(&[("POOL_MAX_WAIT", "15m"), ("POOL_WAIT_POLICY", "refund")])).unwrap(),
+            Some(WaitPolicy { max_wait: time::Duration::minutes(15), action: WaitAction::Refund })
+        );
+        let top_up = [("POOL_MAX_WAIT", "90s"), ("POOL_WAIT_POLICY", "top-up"), ("HOUSE_USER_ID", "house")];
+        assert!(matches!(
+            wait_policy_from_lookup(env(&top_up)).unwrap(),
+            Some(WaitPolicy { action: WaitAction::TopUp { .. }, .. })
+        ));
+        for (pairs, var) in [
+            (&[("POOL_WAIT_POLICY", "refund")][..], "POOL_WAIT_POLICY"),
+            (&[("POOL_MAX_WAIT", "15"), ("POOL_WAIT_POLICY", "refund")][..], "POOL_MAX_WAIT"),
+            (&[("POOL_MAX_WAIT", "0m"), ("POOL_WAIT_POLICY", "refund")][..], "POOL_MAX_WAIT"),
+            (&[("POOL_MAX_WAIT", "-5m"), ("POOL_WAIT_POLICY", "refund")][..], "POOL_MAX_WAIT"),
+            (&[("POOL_MAX_WAIT", "15m")][..], "POOL_WAIT_POLICY"),
+            (&[("POOL_MAX_WAIT", "15m"), ("POOL_WAIT_POLICY", "burn")][..], "POOL_WAIT_POLICY"),
+            (&[("POOL_MAX_WAIT", "15m"), ("POOL_WAIT_POLICY", "top-up")][..], "HOUSE_USER_ID"),
+        ] {
+            assert_eq!(wait_policy_from_lookup(env(pairs)).unwrap_err().var, var, "{pairs:?}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -7,7 +7,7 @@
 //! Every label takes a value from a fixed, short list: a dimension per
 //! customer or per batch would make a metric per customer or per batch.
 
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use time::OffsetDateTime;
 
 use crate::domain::Membership;
@@ -25,6 +25,9 @@ pub const FORMED_TO_FILL: &str = "batch_formed_to_fill_seconds";
 pub const ORDERS_REFUNDED: &str = "orders_refunded";
 pub const BATCHES_RESENT: &str = "batches_resent";
 pub const ORDERS_CANCELED: &str = "orders_canceled";
+pub const TOP_UPS: &str = "pool_top_ups";
+pub const OLDEST_PENDING: &str = "oldest_pending_order_seconds";
+pub const HOUSE_BALANCE: &str = "house_balance_usd";
 
 /// Units and help texts, for exporters that show them (Prometheus' `# HELP`,
 /// EMF's `Unit`). Call once an exporter is installed.
@@ -54,6 +57,13 @@ pub fn describe() {
         Unit::Count,
         "Pending orders canceled, their costs back: by their owner, or by the wait policy."
     );
+    describe_counter!(
+        TOP_UPS,
+        Unit::Count,
+        "Pools the house completed after they waited too long (formed), or could not pay for (house_short)."
+    );
+    describe_gauge!(OLDEST_PENDING, Unit::Seconds, "How long each coin's oldest pending order has waited.");
+    describe_gauge!(HOUSE_BALANCE, Unit::Count, "The house account's balance in USD (for display and alarms only).");
 }
 
 const PLACEMENTS: [&str; 3] = ["own_batch", "joined", "crossed"];
@@ -72,7 +82,7 @@ pub fn register_at_zero() {
     for kind in ALARMING_PROBLEMS {
         counter!(PROBLEMS, "type" => kind).absolute(0);
     }
-    for by in [FormedBy::Order, FormedBy::Sweep] {
+    for by in [FormedBy::Order, FormedBy::Sweep, FormedBy::TopUp] {
         counter!(BATCHES_FORMED, "by" => by.label()).absolute(0);
     }
     counter!(SETTLE_ATTEMPTS).absolute(0);
@@ -84,6 +94,42 @@ pub fn register_at_zero() {
     for by in CanceledBy::ALL {
         counter!(ORDERS_CANCELED, "by" => by.label()).absolute(0);
     }
+    for outcome in [TopUpOutcome::Formed, TopUpOutcome::HouseShort] {
+        counter!(TOP_UPS, "outcome" => outcome.label()).absolute(0);
+    }
+}
+
+/// What a top-up came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopUpOutcome {
+    Formed,
+    HouseShort,
+}
+
+impl TopUpOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            TopUpOutcome::Formed => "formed",
+            TopUpOutcome::HouseShort => "house_short",
+        }
+    }
+}
+
+pub fn top_up(outcome: TopUpOutcome) {
+    counter!(TOP_UPS, "outcome" => outcome.label()).increment(1);
+}
+
+/// A coin's oldest pending order's wait. The coin is a label: coins are a
+/// short list the operator configures.
+pub fn oldest_pending(coin: &crate::domain::Coin, seconds: f64) {
+    gauge!(OLDEST_PENDING, "coin" => coin.as_str().to_owned()).set(seconds);
+}
+
+/// The house account's balance, for a dashboard and an alarm only: a
+/// metric is a float, so it is never read back as money.
+pub fn house_balance(balance: crate::domain::Usd) {
+    use rust_decimal::prelude::ToPrimitive;
+    gauge!(HOUSE_BALANCE).set(balance.value().to_f64().unwrap_or(f64::MAX));
 }
 
 /// Who canceled a pending order.
@@ -135,6 +181,8 @@ pub enum FormedBy {
     Order,
     /// The reconciler's sweep of quiet pool shards.
     Sweep,
+    /// The house completing a pool that waited too long.
+    TopUp,
 }
 
 impl FormedBy {
@@ -142,6 +190,7 @@ impl FormedBy {
         match self {
             FormedBy::Order => "order",
             FormedBy::Sweep => "sweep",
+            FormedBy::TopUp => "top_up",
         }
     }
 }

@@ -90,6 +90,38 @@ pub enum CancelError {
     Infra(#[from] InfraError),
 }
 
+/// How long a pooled order may wait for its pool to reach the minimum, and
+/// what happens after (the operator's choice; none: it waits for ever).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitPolicy {
+    pub max_wait: time::Duration,
+    pub action: WaitAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitAction {
+    /// The house account completes the pool up to the minimum with an
+    /// order of its own in the batch, at `price`.
+    TopUp { house: UserId },
+    /// The orders that waited longer are canceled, their costs back.
+    Refund,
+}
+
+/// What applying the wait policy to one coin did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitReport {
+    /// When the coin's oldest pending order was placed, if it has any.
+    pub oldest: Option<OffsetDateTime>,
+    /// Orders canceled by the refund policy.
+    pub canceled: u32,
+    /// The batch a top-up formed.
+    pub topped_up: Option<BatchId>,
+    /// A top-up the house account could not pay: what it would have cost.
+    pub house_short: Option<Usd>,
+    /// The house account's balance after the check (top-up policy only).
+    pub house_balance: Option<Usd>,
+}
+
 /// Placing and reading orders: the place-order function.
 #[async_trait]
 pub trait Orders: Send + Sync {
@@ -255,6 +287,19 @@ pub trait Outbox: Send + Sync {
         quiet_for: time::Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<BatchId>, InfraError>;
+
+    /// Applies the wait policy to the coin's pending orders: nothing while
+    /// its oldest pending order waited `max_wait` or less; after, a top-up
+    /// (at `price`, the coin's price now; `None`: not priced, nothing
+    /// bought) or the refund of every order that waited longer.
+    async fn enforce_wait(
+        &self,
+        coin: &Coin,
+        price: Option<Usd>,
+        minimum: Usd,
+        policy: &WaitPolicy,
+        now: OffsetDateTime,
+    ) -> Result<WaitReport, InfraError>;
 }
 
 /// What a deposit did.

@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
-use crate::domain::{BatchId, BatchStatus, Coin, ResendPolicy, Usd};
-use crate::metrics::{self, FormedBy};
-use crate::ports::{Clock, InfraError, Outbox, SettleQueue};
+use std::sync::Mutex;
+
+use crate::domain::{BatchId, BatchStatus, Coin, PriceList, ResendPolicy, Usd};
+use crate::metrics::{self, CanceledBy, FormedBy};
+use crate::ports::{Clock, InfraError, Outbox, SettleQueue, WaitPolicy};
 use crate::telemetry::ErrorChain;
 
 pub struct Reconciler {
@@ -19,6 +21,21 @@ pub struct Reconciler {
     clock: Arc<dyn Clock>,
     policy: ResendPolicy,
     pools: Option<PoolSweep>,
+    wait: Option<BoundedWait>,
+    /// When the wait was last checked (it is checked every
+    /// `BoundedWait::every`, not at every sweep).
+    wait_checked: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// The operator's wait policy, applied by the sweep.
+#[derive(Debug, Clone)]
+pub struct BoundedWait {
+    pub policy: WaitPolicy,
+    /// The coins' prices now: a top-up buys at them.
+    pub prices: PriceList,
+    /// How often each coin's oldest pending order is checked: the policy
+    /// acts within this much of its limit.
+    pub every: std::time::Duration,
 }
 
 /// Which coins' pools the reconciler sweeps, and when a shard counts as
@@ -55,7 +72,13 @@ impl Reconciler {
         clock: Arc<dyn Clock>,
         policy: ResendPolicy,
     ) -> Reconciler {
-        Reconciler { outbox, queue, clock, policy, pools: None }
+        Reconciler { outbox, queue, clock, policy, pools: None, wait: None, wait_checked: Mutex::new(None) }
+    }
+
+    /// Also applies the operator's bound on a pooled order's wait, where
+    /// the sweep runs (needs [`Reconciler::sweeping`]).
+    pub fn bounding_wait(self, wait: Option<BoundedWait>) -> Reconciler {
+        Reconciler { wait, ..self }
     }
 
     /// Also gathers what idle pool shards of these coins hold into batches
@@ -168,6 +191,7 @@ impl Reconciler {
             .buffer_unordered(Self::COINS_AT_ONCE)
             .collect()
             .await;
+        let wait_coins = self.wait_is_due().then(|| swept.iter().map(|(coin, _)| coin.clone()).collect::<Vec<_>>());
         for (coin, result) in swept {
             let formed = match result {
                 Ok(formed) => formed,
@@ -182,6 +206,60 @@ impl Reconciler {
             for batch in formed {
                 tracing::info!(batch_id = %batch, %coin, "a batch formed from idle pool shards");
                 // A failed send leaves a READY batch: the outbox sends it later.
+                if let Err(error) = self.queue.send(batch).await {
+                    report.failed.push((batch, error));
+                }
+                report.swept.push(batch);
+            }
+        }
+        if let (Some(coins), Some(wait)) = (wait_coins, &self.wait) {
+            self.bound_wait(wait, coins, minimum, report).await;
+        }
+    }
+
+    fn wait_is_due(&self) -> bool {
+        let Some(wait) = &self.wait else { return false };
+        let Ok(mut checked) = self.wait_checked.lock() else { return false };
+        let now = tokio::time::Instant::now();
+        match *checked {
+            Some(at) if now < at + wait.every => false,
+            _ => {
+                *checked = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Each coin's oldest pending order against the policy; a top-up's
+    /// batch goes to the settle queue like any other.
+    async fn bound_wait(&self, wait: &BoundedWait, coins: Vec<Coin>, minimum: Usd, report: &mut ReconcileReport) {
+        let now = self.clock.now();
+        for coin in coins {
+            let price = wait.prices.quote(coin.as_str()).ok().map(|(_, price)| price);
+            let applied = match self.outbox.enforce_wait(&coin, price, minimum, &wait.policy, now).await {
+                Ok(applied) => applied,
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), %coin, "could not apply the wait policy");
+                    continue;
+                }
+            };
+            let waited = applied.oldest.map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0));
+            metrics::oldest_pending(&coin, waited);
+            if applied.canceled > 0 {
+                tracing::info!(%coin, orders = applied.canceled, "orders that waited too long were canceled");
+                metrics::order_canceled(CanceledBy::WaitPolicy, u64::from(applied.canceled));
+            }
+            if let Some(balance) = applied.house_balance {
+                metrics::house_balance(balance);
+            }
+            if let Some(cost) = applied.house_short {
+                tracing::error!(%coin, %cost, "the house account cannot pay a top-up: an operator must fund it");
+                metrics::top_up(metrics::TopUpOutcome::HouseShort);
+            }
+            if let Some(batch) = applied.topped_up {
+                tracing::info!(%coin, batch_id = %batch, "the house completed a pool that waited too long");
+                metrics::top_up(metrics::TopUpOutcome::Formed);
+                metrics::batch_formed(FormedBy::TopUp, 1);
                 if let Err(error) = self.queue.send(batch).await {
                     report.failed.push((batch, error));
                 }

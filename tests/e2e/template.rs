@@ -12,7 +12,7 @@ use shared::adapters::dynamodb::item::{
 };
 use shared::adapters::dynamodb::schema::{TABLE_SCHEMA, TTL_ATTRIBUTE};
 use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
-use shared::config::{AwsResources, ServiceConfig, SettleConfig};
+use shared::config::{AwsResources, ServiceConfig, SettleConfig, wait_policy_from_lookup};
 use shared::telemetry::LOG_VARIABLES;
 
 /// `template.yaml`, parsed (CloudFormation's `!Ref`, `!GetAtt`, `!Sub` as tagged values).
@@ -137,6 +137,10 @@ fn reads<T, E>(parse: impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<T, 
             "EXCHANGE_URL" => Some("https://exchange.example".to_owned()),
             "TABLE_NAME" => Some("orders".to_owned()),
             "SETTLE_QUEUE_URL" => Some("https://sqs.example/q".to_owned()),
+            // Optional, set so that every variable of the policy is read.
+            "POOL_MAX_WAIT" => Some("15m".to_owned()),
+            "POOL_WAIT_POLICY" => Some("top-up".to_owned()),
+            "HOUSE_USER_ID" => Some("house".to_owned()),
             _ => None,
         }
     };
@@ -149,11 +153,12 @@ fn function_reads() -> Vec<(&'static str, BTreeSet<String>)> {
     let service = || reads(|l| ServiceConfig::from_lookup(l));
     let settle = || reads(|l| SettleConfig::from_lookup(l));
     let resources = || reads(|l| AwsResources::from_lookup(l));
+    let wait = || reads(|l| wait_policy_from_lookup(l));
     let logging: BTreeSet<String> = LOG_VARIABLES.iter().map(|v| (*v).to_owned()).collect();
     [
-        ("PlaceOrderFunction", [service(), resources()]),
-        ("SettleFunction", [settle(), resources()]),
-        ("ReconcilerFunction", [service(), resources()]),
+        ("PlaceOrderFunction", vec![service(), resources()]),
+        ("SettleFunction", vec![settle(), resources()]),
+        ("ReconcilerFunction", vec![service(), resources(), wait()]),
     ]
     .into_iter()
     .map(|(function, parts)| (function, parts.into_iter().flatten().chain(logging.iter().cloned()).collect()))

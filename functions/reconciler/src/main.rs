@@ -3,9 +3,11 @@ use std::sync::Arc;
 use lambda_runtime::{Error, run, service_fn};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::sqs::SqsQueue;
-use shared::config::{AwsResources, POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig};
+use shared::config::{
+    AwsResources, POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY, wait_policy_from_lookup,
+};
 use shared::ports::SystemClock;
-use shared::reconcile::{PoolSweep, Reconciler};
+use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -14,6 +16,7 @@ async fn main() -> Result<(), Error> {
 
     let resources = AwsResources::from_env()?;
     let service = ServiceConfig::from_env()?;
+    let wait = wait_policy_from_lookup(|var| std::env::var(var).ok())?;
     let sdk = shared::adapters::aws::load_config().await;
     let reconciler = Arc::new(
         Reconciler::new(
@@ -27,7 +30,12 @@ async fn main() -> Result<(), Error> {
             minimum: service.minimum,
             quiet_for: POOL_QUIET_FOR,
             every: POOL_SWEEP_EVERY,
-        }),
+        })
+        .bounding_wait(wait.map(|policy| BoundedWait {
+            policy,
+            prices: service.prices.clone(),
+            every: WAIT_CHECK_EVERY,
+        })),
     );
     run(service_fn(move |event| {
         let reconciler = Arc::clone(&reconciler);

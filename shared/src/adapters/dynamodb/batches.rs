@@ -10,7 +10,7 @@ use super::item::{self, Item, batch_key, batch_of, ms, n_int, s};
 use super::table::{Changes, Cond, ConditionFailed, Query};
 use super::{DynamoStore, infra};
 use crate::domain::{Batch, BatchId, BatchStatus, Coin, Usd};
-use crate::ports::{Claim, Fence, InfraError, Outbox, Refund, Settlements};
+use crate::ports::{Claim, Fence, InfraError, Outbox, Refund, Settlements, WaitPolicy, WaitReport};
 
 /// Longest refusal reason kept on the batch.
 const REASON_LIMIT: usize = 500;
@@ -231,5 +231,16 @@ impl Outbox for DynamoStore {
         now: OffsetDateTime,
     ) -> Result<Vec<BatchId>, InfraError> {
         self.sweep(coin, minimum, quiet_for, now).await
+    }
+
+    async fn enforce_wait(
+        &self,
+        coin: &Coin,
+        price: Option<Usd>,
+        minimum: Usd,
+        policy: &WaitPolicy,
+        now: OffsetDateTime,
+    ) -> Result<WaitReport, InfraError> {
+        DynamoStore::enforce_wait(self, coin, price, minimum, policy, now).await
     }
 }

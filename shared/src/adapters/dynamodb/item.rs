@@ -164,7 +164,7 @@ pub fn members_partitions(batch: &Batch) -> Vec<String> {
     batch.pools.iter().map(|pool| pool_members_partition(&batch.coin, *pool)).collect()
 }
 
-fn pool_members_partition(coin: &Coin, pool: PoolId) -> String {
+pub(super) fn pool_members_partition(coin: &Coin, pool: PoolId) -> String {
     match pool.shard {
         0 => format!("MEMBERS#POOL#{coin}#{}", pool.seq),
         shard => format!("MEMBERS#POOL#{coin}#{shard}#{}", pool.seq),

@@ -12,6 +12,7 @@
 //! - `batches`: claims, fenced leases, settling and refusing;
 //! - `refunds`: crediting a refused batch's orders, chunk by chunk;
 //! - `cancel`: taking a pending order out of its pool, its cost back;
+//! - `wait`: the operator's bound on a pooled order's wait (top-up, refund);
 //! - `accounts`: balances, opening accounts, deposits;
 //! - `ledger`: reading everything back for the audit;
 //! - `item`: keys and the mapping between domain types and items.
@@ -30,6 +31,7 @@ mod shards;
 mod stats;
 mod sweep;
 pub mod table;
+mod wait;
 #[cfg(test)]
 mod testing;
 

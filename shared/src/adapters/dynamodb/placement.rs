@@ -39,15 +39,15 @@ const KEY_RETENTION: time::Duration = time::Duration::days(7);
 const RESENDS: u32 = 3;
 
 /// The writes of one placement transaction, and where each is.
-struct Plan {
-    writes: Vec<Write>,
+pub(super) struct Plan {
+    pub(super) writes: Vec<Write>,
     key: Option<usize>,
-    debit: usize,
-    order: usize,
+    pub(super) debit: usize,
+    pub(super) order: usize,
     /// The pool writes: the home shard's first, then the absorbed ones'.
-    pools: Vec<(usize, u32)>,
+    pub(super) pools: Vec<(usize, u32)>,
     /// What the transaction writes, for the reply once it commits.
-    written: (Order, Option<Batch>),
+    pub(super) written: (Order, Option<Batch>),
 }
 
 /// What sending a placement transaction came to.
@@ -335,7 +335,7 @@ impl DynamoStore {
         Ok(pool)
     }
 
-    fn plan(&self, new: &NewOrder, home: u32, pool: Option<&CachedPool>, placement: &Placement, minimum: Usd) -> Plan {
+    pub(super) fn plan(&self, new: &NewOrder, home: u32, pool: Option<&CachedPool>, placement: &Placement, minimum: Usd) -> Plan {
         let now = self.clock.now();
         let mut writes = Vec::with_capacity(6);
         let key = new.idempotency_key.as_ref().map(|key| {

@@ -517,12 +517,12 @@ impl DynamoStore {
 }
 
 /// A shard's open pool as a sweep may close it, if it holds orders.
-fn holding((shard, pool): &(u32, CachedPool)) -> Option<Absorbed> {
+pub(super) fn holding((shard, pool): &(u32, CachedPool)) -> Option<Absorbed> {
     (pool.exists && pool.state.count > 0).then_some(Absorbed { shard: *shard, state: pool.state })
 }
 
 /// The fullest first; ties by shard, so every sweep orders them alike.
-fn largest_first(shards: &mut [Absorbed]) {
+pub(super) fn largest_first(shards: &mut [Absorbed]) {
     shards.sort_by(|a, b| b.state.usd.cmp(&a.state.usd).then(a.shard.cmp(&b.shard)));
 }
 
@@ -556,7 +556,7 @@ fn pools_of(group: &[Absorbed]) -> Vec<PoolId> {
 }
 
 /// What closing these pools gathers.
-fn totals_of(group: &[Absorbed]) -> Option<BatchTotals> {
+pub(super) fn totals_of(group: &[Absorbed]) -> Option<BatchTotals> {
     let usd = group.iter().try_fold(Usd::ZERO, |sum, s| sum.checked_add(s.state.usd))?;
     let qty = group.iter().try_fold(rust_decimal::Decimal::ZERO, |sum, s| exact_sum(sum, s.state.qty))?;
     let count = group.iter().try_fold(0u32, |sum, s| sum.checked_add(s.state.count))?;
