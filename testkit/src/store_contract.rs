@@ -17,7 +17,9 @@ use shared::audit::audit;
 use shared::domain::{
     BatchId, BatchStatus, Coin, DepositId, IdempotencyKey, NewOrder, OrderId, OrderStatus, Quantity, Usd, UserId,
 };
-use shared::ports::{CancelError, Claim, DepositError, Deposited, Fence, PlaceError, Placed, Store};
+use shared::ports::{
+    CancelError, Claim, DepositError, Deposited, Fence, PlaceError, Placed, Store, WaitAction, WaitPolicy,
+};
 use time::{Duration, OffsetDateTime};
 
 /// Store instances on one table: every call of [`Stores::instance`] is
@@ -294,6 +296,91 @@ pub async fn a_cancel_racing_the_crossing_order_takes_the_order_or_leaves_it(sto
     }
     eprintln!("cancels racing crossing orders: {canceled} canceled, {batched} batched");
     assert!(canceled + batched > ROUNDS / 2, "canceled {canceled}, batched {batched}");
+}
+
+fn policy(action: WaitAction) -> WaitPolicy {
+    WaitPolicy { max_wait: Duration::minutes(15), action }
+}
+
+/// A pool whose oldest order waited longer than the policy allows is
+/// completed by the house: one batch of at least the minimum, the house's
+/// order in it, the house debited exactly. Before the limit, nothing.
+pub async fn a_pool_that_waited_too_long_is_completed_by_the_house(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100"), ("bob", "100"), ("house", "50")]).await;
+    let a = place(store.as_ref(), order("alice", "1")).await.order.order;
+    place(store.as_ref(), order("bob", "0.5")).await;
+    let top_up = policy(WaitAction::TopUp { house: user("house") });
+    let price = Some(usd("4"));
+
+    let early = store.enforce_wait(&a.coin, price, ten(), &top_up, a.created_at + Duration::minutes(14)).await.unwrap();
+    assert_eq!((early.oldest, early.topped_up, early.house_balance), (Some(a.created_at), None, Some(usd("50"))));
+    assert_eq!(store.order(&user("alice"), a.id).await.unwrap().unwrap().status, OrderStatus::Pending);
+
+    let late = store.enforce_wait(&a.coin, price, ten(), &top_up, a.created_at + Duration::minutes(16)).await.unwrap();
+    let id = late.topped_up.expect("the house completes the pool");
+    let batch = store.batch(id).await.unwrap().unwrap();
+    // $6 of customers' orders, $4 of the house's (1 ABAN).
+    assert_eq!(
+        (batch.status, batch.usd, batch.qty.to_string(), batch.count),
+        (BatchStatus::Ready, ten(), "2.5".into(), 3)
+    );
+    assert_eq!((store.balance(&user("house")).await.unwrap(), late.house_balance), (usd("46"), Some(usd("46"))));
+    let view = store.order(&user("alice"), a.id).await.unwrap().unwrap();
+    assert_eq!((view.status, view.batch_id), (OrderStatus::Settling, Some(id)));
+    assert_audit_clean(store.as_ref()).await;
+    // Nothing waits any more: nothing more happens.
+    let after = store.enforce_wait(&a.coin, price, ten(), &top_up, a.created_at + Duration::minutes(30)).await.unwrap();
+    assert_eq!((after.oldest, after.topped_up), (None, None));
+}
+
+/// A house account that cannot pay the top-up: nothing is bought, nothing
+/// changes, and the report says what it would have cost.
+pub async fn a_house_that_cannot_pay_buys_nothing(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100"), ("house", "3.99")]).await;
+    let a = place(store.as_ref(), order("alice", "1.5")).await.order.order;
+    let top_up = policy(WaitAction::TopUp { house: user("house") });
+    let late = a.created_at + Duration::hours(1);
+
+    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), &top_up, late).await.unwrap();
+
+    assert_eq!((report.topped_up, report.house_short, report.house_balance), (None, Some(usd("4")), Some(usd("3.99"))));
+    assert_eq!(store.order(&user("alice"), a.id).await.unwrap().unwrap().status, OrderStatus::Pending);
+    assert_eq!(store.balance(&user("house")).await.unwrap(), usd("3.99"));
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("94"));
+    assert_audit_clean(store.as_ref()).await;
+    // No house account at all: the same.
+    let nobody = policy(WaitAction::TopUp { house: user("nobody") });
+    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), &nobody, late).await.unwrap();
+    assert_eq!((report.topped_up, report.house_short), (None, Some(usd("4"))));
+    assert_audit_clean(store.as_ref()).await;
+}
+
+/// The refund policy cancels the orders that waited longer than allowed,
+/// and only those, each once.
+pub async fn the_refund_policy_cancels_the_orders_that_waited_too_long(stores: Stores) {
+    let store = stores.instance();
+    funded(store.as_ref(), &[("alice", "100"), ("bob", "100")]).await;
+    let old = place(store.as_ref(), order("alice", "1")).await.order.order;
+    let young = NewOrder { created_at: old.created_at + Duration::minutes(10), ..order("bob", "0.5") };
+    let young = place(store.as_ref(), young).await.order.order;
+    let refund = policy(WaitAction::Refund);
+    let at = old.created_at + Duration::minutes(16);
+
+    let report = store.enforce_wait(&old.coin, Some(usd("4")), ten(), &refund, at).await.unwrap();
+
+    assert_eq!(report.canceled, 1);
+    assert_eq!(store.order(&user("alice"), old.id).await.unwrap().unwrap().status, OrderStatus::Canceled);
+    assert_eq!(store.order(&user("bob"), young.id).await.unwrap().unwrap().status, OrderStatus::Pending);
+    assert_eq!(
+        (store.balance(&user("alice")).await.unwrap(), store.balance(&user("bob")).await.unwrap()),
+        (usd("100"), usd("98"))
+    );
+    assert_audit_clean(store.as_ref()).await;
+    let again = store.enforce_wait(&old.coin, Some(usd("4")), ten(), &refund, at).await.unwrap();
+    assert_eq!((again.canceled, again.oldest), (0, Some(young.created_at)));
+    assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("100"));
 }
 
 /// Orders of every size, from several processes at once: pooled orders,
@@ -766,6 +853,9 @@ macro_rules! store_contract_tests {
             a_key_reused_for_another_order_is_refused,
             a_pending_order_is_canceled_once_and_its_pool_forms_without_it,
             a_cancel_racing_the_crossing_order_takes_the_order_or_leaves_it,
+            a_pool_that_waited_too_long_is_completed_by_the_house,
+            a_house_that_cannot_pay_buys_nothing,
+            the_refund_policy_cancels_the_orders_that_waited_too_long,
             a_replay_hands_a_batch_still_ready_to_settlement_again,
             a_batch_is_claimed_by_one_attempt_at_a_time,
             a_late_attempt_can_change_nothing,

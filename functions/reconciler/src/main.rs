@@ -4,7 +4,8 @@ use lambda_runtime::{Error, run, service_fn};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::sqs::SqsQueue;
 use shared::config::{
-    AwsResources, POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY, wait_policy_from_lookup,
+    AwsResources, POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY,
+    wait_policy_from_lookup,
 };
 use shared::ports::SystemClock;
 use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};

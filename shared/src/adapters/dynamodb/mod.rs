@@ -31,9 +31,9 @@ mod shards;
 mod stats;
 mod sweep;
 pub mod table;
-mod wait;
 #[cfg(test)]
 mod testing;
+mod wait;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -335,7 +335,14 @@ impl DynamoStore {
         Ok(pool)
     }
 
-    pub(super) fn plan(&self, new: &NewOrder, home: u32, pool: Option<&CachedPool>, placement: &Placement, minimum: Usd) -> Plan {
+    pub(super) fn plan(
+        &self,
+        new: &NewOrder,
+        home: u32,
+        pool: Option<&CachedPool>,
+        placement: &Placement,
+        minimum: Usd,
+    ) -> Plan {
         let now = self.clock.now();
         let mut writes = Vec::with_capacity(6);
         let key = new.idempotency_key.as_ref().map(|key| {

@@ -142,8 +142,9 @@ impl DynamoStore {
             // Enough already: the sweep batches it.
             return Ok(TopUp::Moved);
         }
-        let (amount, cost) = amount_for(minimum.value() - held.usd.value(), price)
-            .ok_or_else(|| InfraError::new("top up a pool", format!("no exact amount of {coin} at {price} fills the pool")))?;
+        let (amount, cost) = amount_for(minimum.value() - held.usd.value(), price).ok_or_else(|| {
+            InfraError::new("top up a pool", format!("no exact amount of {coin} at {price} fills the pool"))
+        })?;
         let totals = (|| {
             Some(BatchTotals {
                 usd: held.usd.checked_add(cost)?,
@@ -195,7 +196,8 @@ impl DynamoStore {
 /// at `price` covers `gap`, and that cost.
 fn amount_for(gap: Decimal, price: Usd) -> Option<(Quantity, Usd)> {
     let step = Decimal::new(1, Quantity::MAX_SCALE);
-    let mut amount = gap.checked_div(price.value())?.round_dp_with_strategy(Quantity::MAX_SCALE, RoundingStrategy::AwayFromZero);
+    let mut amount =
+        gap.checked_div(price.value())?.round_dp_with_strategy(Quantity::MAX_SCALE, RoundingStrategy::AwayFromZero);
     for _ in 0..2 {
         let quantity = Quantity::parse(&amount.normalize().to_string()).ok()?;
         let cost = Usd::cost(price, quantity)?;
