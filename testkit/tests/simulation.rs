@@ -38,8 +38,8 @@ use shared::domain::{
     BatchStatus, DepositId, IdempotencyKey, OrderId, OrderStatus, PriceList, Quantity, ResendPolicy, Usd, UserId,
     reproducible_ids,
 };
-use shared::ports::{Accounts, CancelError, LedgerRecords, PlaceError, Settlements};
-use shared::reconcile::{PoolSweep, Reconciler};
+use shared::ports::{Accounts, CancelError, LedgerRecords, PlaceError, Settlements, WaitAction, WaitPolicy};
+use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 use shared::service::{OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
 use testkit::faults::{Fault, FaultyTable, Operation};
@@ -76,7 +76,13 @@ struct Factory {
     policy: ResendPolicy,
     start: tokio::time::Instant,
     jumps_ms: Arc<AtomicI64>,
+    /// The seed's wait policy, applied by every process's reconciler.
+    wait: Option<WaitPolicy>,
 }
+
+/// The house account of the top-up policy: funded for a few top-ups, so
+/// that it also runs short.
+const HOUSE: &str = "house";
 
 impl Factory {
     fn process(&self) -> Process {
@@ -100,14 +106,20 @@ impl Factory {
                 )
                 .with_refund_chunk(2),
             ),
-            reconciler: Arc::new(Reconciler::new(store.clone(), self.queue.clone(), clock, self.policy).sweeping(
-                PoolSweep {
-                    coins: self.config.prices.coins().cloned().collect(),
-                    minimum: self.config.minimum,
-                    quiet_for: time::Duration::seconds(5),
-                    every: Duration::from_secs(5),
-                },
-            )),
+            reconciler: Arc::new(
+                Reconciler::new(store.clone(), self.queue.clone(), clock, self.policy)
+                    .sweeping(PoolSweep {
+                        coins: self.config.prices.coins().cloned().collect(),
+                        minimum: self.config.minimum,
+                        quiet_for: time::Duration::seconds(5),
+                        every: Duration::from_secs(5),
+                    })
+                    .bounding_wait(self.wait.clone().map(|policy| BoundedWait {
+                        policy,
+                        prices: self.config.prices.clone(),
+                        every: Duration::from_secs(5),
+                    })),
+            ),
             store,
         }
     }
@@ -168,6 +180,7 @@ struct Summary {
     shards: usize,
     merged_batches: usize,
     canceled: usize,
+    top_ups: usize,
     /// The final table and exchange, as text: equal for equal seeds.
     fingerprint: String,
 }
@@ -217,7 +230,18 @@ impl Run {
             backoff_cap: time::Duration::minutes(10),
             max_attempts: testkit::sim::queue::MAX_RECEIVES,
         };
+        // A third of the seeds run without a wait policy, a third top up
+        // from the house, a third refund.
+        let wait = match seed % 3 {
+            0 => None,
+            1 => Some(WaitPolicy {
+                max_wait: time::Duration::seconds(20),
+                action: WaitAction::TopUp { house: UserId::parse(HOUSE).unwrap() },
+            }),
+            _ => Some(WaitPolicy { max_wait: time::Duration::seconds(20), action: WaitAction::Refund }),
+        };
         let factory = Factory {
+            wait,
             world: Arc::clone(&world),
             memory: Arc::clone(&memory),
             queue: Arc::clone(&queue),
@@ -584,6 +608,7 @@ impl Run {
             shards: ledger.pools.len(),
             merged_batches: ledger.batches.iter().filter(|b| b.pools.len() > 1).count(),
             canceled: ledger.orders.iter().filter(|o| o.canceled).count(),
+            top_ups: ledger.orders.iter().filter(|o| o.user.as_str() == HOUSE).count(),
             fingerprint: format!("{ledger:?}\n{records:?}"),
         })
     }
@@ -599,6 +624,8 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
         let balance = if n == 0 { usd("999999999000.0000000000000001") } else { usd("300") };
         run.process().store.open_account(user, balance).await.map_err(|e| e.to_string())?;
     }
+    let house = UserId::parse(HOUSE).unwrap();
+    run.process().store.open_account(&house, usd("40")).await.map_err(|e| e.to_string())?;
     run.world.faults.store(true, Ordering::Relaxed);
 
     let roles = [(Role::Client, CLIENTS), (Role::Settler, SETTLERS), (Role::Reconciler, 1)];
@@ -667,7 +694,7 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
             Ok(summary) => println!(
                 "seed {seed}: {} steps, {} orders, {} batches settled, {} refunded, {} unknown outcomes, {} busy, \
                  {} resends after a refusal a crash kept from being recorded, {} pool shards, {} batches of several shards, \
-                 {} orders canceled",
+                 {} orders canceled, {} top-ups by the house",
                 summary.steps,
                 summary.orders,
                 summary.settled,
@@ -677,7 +704,8 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
                 summary.resent_after_unrecorded_refusal,
                 summary.shards,
                 summary.merged_batches,
-                summary.canceled
+                summary.canceled,
+                summary.top_ups
             ),
             Err(violation) => panic!(
                 "seed {seed} broke an invariant {violation}\n\nreplay it: SIM_SEED={seed} cargo test -p testkit --test simulation -- --nocapture"
