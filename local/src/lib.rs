@@ -319,8 +319,8 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let reconciler =
         Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy)
             .sweeping(sweep)
-            .bounding_wait(options.wait.clone().map(|policy| BoundedWait {
-                policy,
+            .bounding_wait(Some(BoundedWait {
+                policy: options.wait.clone(),
                 prices: options.service.prices.clone(),
                 every: options.wait_check_every,
             }));

@@ -27,6 +27,7 @@ pub const BATCHES_RESENT: &str = "batches_resent";
 pub const ORDERS_CANCELED: &str = "orders_canceled";
 pub const TOP_UPS: &str = "pool_top_ups";
 pub const OLDEST_PENDING: &str = "oldest_pending_order_seconds";
+pub const OLDEST_PENDING_ANY: &str = "oldest_pending_order_any_coin_seconds";
 pub const HOUSE_BALANCE: &str = "house_balance_usd";
 
 /// Units and help texts, for exporters that show them (Prometheus' `# HELP`,
@@ -63,10 +64,37 @@ pub fn describe() {
         "Pools the house completed after they waited too long (formed), or could not pay for (house_short)."
     );
     describe_gauge!(OLDEST_PENDING, Unit::Seconds, "How long each coin's oldest pending order has waited.");
+    describe_gauge!(OLDEST_PENDING_ANY, Unit::Seconds, "How long the oldest pending order of any coin has waited.");
     describe_gauge!(HOUSE_BALANCE, Unit::Count, "The house account's balance in USD (for display and alarms only).");
 }
 
 const PLACEMENTS: [&str; 3] = ["own_batch", "joined", "crossed"];
+
+/// Every metric the service emits: its name, and its label with the values
+/// it takes (`None` for the values: any, as a coin's symbol). The template's
+/// dashboard and alarms are checked against it.
+pub fn catalogue() -> Vec<(&'static str, Option<(&'static str, Option<Vec<&'static str>>)>)> {
+    let settle: Vec<&str> = SettleOutcome::ALL.iter().map(|o| o.label()).collect();
+    let formed: Vec<&str> = [FormedBy::Order, FormedBy::Sweep, FormedBy::TopUp].iter().map(|b| b.label()).collect();
+    let canceled: Vec<&str> = CanceledBy::ALL.iter().map(|b| b.label()).collect();
+    let top_ups: Vec<&str> = [TopUpOutcome::Formed, TopUpOutcome::HouseShort].iter().map(|o| o.label()).collect();
+    vec![
+        (ORDERS_PLACED, Some(("placement", Some(PLACEMENTS.to_vec())))),
+        // Every problem type is a value; those an alarm watches are these.
+        (PROBLEMS, Some(("type", Some(ALARMING_PROBLEMS.to_vec())))),
+        (BATCHES_FORMED, Some(("by", Some(formed)))),
+        (SETTLE_ATTEMPTS, None),
+        (SETTLE_OUTCOMES, Some(("outcome", Some(settle)))),
+        (FORMED_TO_FILL, None),
+        (ORDERS_REFUNDED, None),
+        (BATCHES_RESENT, None),
+        (ORDERS_CANCELED, Some(("by", Some(canceled)))),
+        (TOP_UPS, Some(("outcome", Some(top_ups)))),
+        (OLDEST_PENDING, Some(("coin", None))),
+        (OLDEST_PENDING_ANY, None),
+        (HOUSE_BALANCE, None),
+    ]
+}
 
 /// The answers an alarm watches: present (at zero) before the first one.
 const ALARMING_PROBLEMS: [&str; 3] = ["busy", "outcome-unknown", "internal"];
@@ -123,6 +151,12 @@ pub fn top_up(outcome: TopUpOutcome) {
 /// short list the operator configures.
 pub fn oldest_pending(coin: &crate::domain::Coin, seconds: f64) {
     gauge!(OLDEST_PENDING, "coin" => coin.as_str().to_owned()).set(seconds);
+}
+
+/// The longest wait of any coin's oldest pending order (what an alarm
+/// watches: one metric, whatever the coins).
+pub fn oldest_pending_any(seconds: f64) {
+    gauge!(OLDEST_PENDING_ANY).set(seconds);
 }
 
 /// The house account's balance, for a dashboard and an alarm only: a

@@ -288,16 +288,17 @@ pub trait Outbox: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<Vec<BatchId>, InfraError>;
 
-    /// Applies the wait policy to the coin's pending orders: nothing while
-    /// its oldest pending order waited `max_wait` or less; after, a top-up
-    /// (at `price`, the coin's price now; `None`: not priced, nothing
-    /// bought) or the refund of every order that waited longer.
+    /// Measures how long the coin's oldest pending order has waited and
+    /// applies the wait policy, if there is one: nothing while that order
+    /// waited `max_wait` or less; after, a top-up (at `price`, the coin's
+    /// price now; `None`: not priced, nothing bought) or the refund of every
+    /// order that waited longer.
     async fn enforce_wait(
         &self,
         coin: &Coin,
         price: Option<Usd>,
         minimum: Usd,
-        policy: &WaitPolicy,
+        policy: Option<&WaitPolicy>,
         now: OffsetDateTime,
     ) -> Result<WaitReport, InfraError>;
 }

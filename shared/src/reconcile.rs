@@ -27,10 +27,11 @@ pub struct Reconciler {
     wait_checked: Mutex<Option<tokio::time::Instant>>,
 }
 
-/// The operator's wait policy, applied by the sweep.
+/// Each coin's oldest pending order, measured where the sweep runs, and the
+/// operator's wait policy applied to it (if there is one).
 #[derive(Debug, Clone)]
 pub struct BoundedWait {
-    pub policy: WaitPolicy,
+    pub policy: Option<WaitPolicy>,
     /// The coins' prices now: a top-up buys at them.
     pub prices: PriceList,
     /// How often each coin's oldest pending order is checked: the policy
@@ -75,8 +76,9 @@ impl Reconciler {
         Reconciler { outbox, queue, clock, policy, pools: None, wait: None, wait_checked: Mutex::new(None) }
     }
 
-    /// Also applies the operator's bound on a pooled order's wait, where
-    /// the sweep runs (needs [`Reconciler::sweeping`]).
+    /// Also measures each coin's oldest pending order and applies the
+    /// operator's bound on it, where the sweep runs (needs
+    /// [`Reconciler::sweeping`]).
     pub fn bounding_wait(self, wait: Option<BoundedWait>) -> Reconciler {
         Reconciler { wait, ..self }
     }
@@ -234,9 +236,10 @@ impl Reconciler {
     /// batch goes to the settle queue like any other.
     async fn bound_wait(&self, wait: &BoundedWait, coins: Vec<Coin>, minimum: Usd, report: &mut ReconcileReport) {
         let now = self.clock.now();
+        let mut longest: f64 = 0.0;
         for coin in coins {
             let price = wait.prices.quote(coin.as_str()).ok().map(|(_, price)| price);
-            let applied = match self.outbox.enforce_wait(&coin, price, minimum, &wait.policy, now).await {
+            let applied = match self.outbox.enforce_wait(&coin, price, minimum, wait.policy.as_ref(), now).await {
                 Ok(applied) => applied,
                 Err(error) => {
                     tracing::warn!(error = %ErrorChain(&error), %coin, "could not apply the wait policy");
@@ -245,6 +248,7 @@ impl Reconciler {
             };
             let waited = applied.oldest.map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0));
             metrics::oldest_pending(&coin, waited);
+            longest = longest.max(waited);
             if applied.canceled > 0 {
                 tracing::info!(%coin, orders = applied.canceled, "orders that waited too long were canceled");
                 metrics::order_canceled(CanceledBy::WaitPolicy, u64::from(applied.canceled));
@@ -266,6 +270,7 @@ impl Reconciler {
                 report.swept.push(batch);
             }
         }
+        metrics::oldest_pending_any(longest);
     }
 }
 

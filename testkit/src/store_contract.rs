@@ -313,11 +313,13 @@ pub async fn a_pool_that_waited_too_long_is_completed_by_the_house(stores: Store
     let top_up = policy(WaitAction::TopUp { house: user("house") });
     let price = Some(usd("4"));
 
-    let early = store.enforce_wait(&a.coin, price, ten(), &top_up, a.created_at + Duration::minutes(14)).await.unwrap();
+    let early =
+        store.enforce_wait(&a.coin, price, ten(), Some(&top_up), a.created_at + Duration::minutes(14)).await.unwrap();
     assert_eq!((early.oldest, early.topped_up, early.house_balance), (Some(a.created_at), None, Some(usd("50"))));
     assert_eq!(store.order(&user("alice"), a.id).await.unwrap().unwrap().status, OrderStatus::Pending);
 
-    let late = store.enforce_wait(&a.coin, price, ten(), &top_up, a.created_at + Duration::minutes(16)).await.unwrap();
+    let late =
+        store.enforce_wait(&a.coin, price, ten(), Some(&top_up), a.created_at + Duration::minutes(16)).await.unwrap();
     let id = late.topped_up.expect("the house completes the pool");
     let batch = store.batch(id).await.unwrap().unwrap();
     // $6 of customers' orders, $4 of the house's (1 ABAN).
@@ -330,7 +332,8 @@ pub async fn a_pool_that_waited_too_long_is_completed_by_the_house(stores: Store
     assert_eq!((view.status, view.batch_id), (OrderStatus::Settling, Some(id)));
     assert_audit_clean(store.as_ref()).await;
     // Nothing waits any more: nothing more happens.
-    let after = store.enforce_wait(&a.coin, price, ten(), &top_up, a.created_at + Duration::minutes(30)).await.unwrap();
+    let after =
+        store.enforce_wait(&a.coin, price, ten(), Some(&top_up), a.created_at + Duration::minutes(30)).await.unwrap();
     assert_eq!((after.oldest, after.topped_up), (None, None));
 }
 
@@ -343,7 +346,7 @@ pub async fn a_house_that_cannot_pay_buys_nothing(stores: Stores) {
     let top_up = policy(WaitAction::TopUp { house: user("house") });
     let late = a.created_at + Duration::hours(1);
 
-    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), &top_up, late).await.unwrap();
+    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), Some(&top_up), late).await.unwrap();
 
     assert_eq!((report.topped_up, report.house_short, report.house_balance), (None, Some(usd("4")), Some(usd("3.99"))));
     assert_eq!(store.order(&user("alice"), a.id).await.unwrap().unwrap().status, OrderStatus::Pending);
@@ -352,7 +355,7 @@ pub async fn a_house_that_cannot_pay_buys_nothing(stores: Stores) {
     assert_audit_clean(store.as_ref()).await;
     // No house account at all: the same.
     let nobody = policy(WaitAction::TopUp { house: user("nobody") });
-    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), &nobody, late).await.unwrap();
+    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), Some(&nobody), late).await.unwrap();
     assert_eq!((report.topped_up, report.house_short), (None, Some(usd("4"))));
     assert_audit_clean(store.as_ref()).await;
 }
@@ -368,7 +371,7 @@ pub async fn the_refund_policy_cancels_the_orders_that_waited_too_long(stores: S
     let refund = policy(WaitAction::Refund);
     let at = old.created_at + Duration::minutes(16);
 
-    let report = store.enforce_wait(&old.coin, Some(usd("4")), ten(), &refund, at).await.unwrap();
+    let report = store.enforce_wait(&old.coin, Some(usd("4")), ten(), Some(&refund), at).await.unwrap();
 
     assert_eq!(report.canceled, 1);
     assert_eq!(store.order(&user("alice"), old.id).await.unwrap().unwrap().status, OrderStatus::Canceled);
@@ -378,7 +381,7 @@ pub async fn the_refund_policy_cancels_the_orders_that_waited_too_long(stores: S
         (usd("100"), usd("98"))
     );
     assert_audit_clean(store.as_ref()).await;
-    let again = store.enforce_wait(&old.coin, Some(usd("4")), ten(), &refund, at).await.unwrap();
+    let again = store.enforce_wait(&old.coin, Some(usd("4")), ten(), Some(&refund), at).await.unwrap();
     assert_eq!((again.canceled, again.oldest), (0, Some(young.created_at)));
     assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("100"));
 }

@@ -114,8 +114,8 @@ impl Factory {
                         quiet_for: time::Duration::seconds(5),
                         every: Duration::from_secs(5),
                     })
-                    .bounding_wait(self.wait.clone().map(|policy| BoundedWait {
-                        policy,
+                    .bounding_wait(Some(BoundedWait {
+                        policy: self.wait.clone(),
                         prices: self.config.prices.clone(),
                         every: Duration::from_secs(5),
                     })),

@@ -193,3 +193,132 @@ fn the_readme_lists_every_variable_a_function_reads() {
         }
     }
 }
+
+/// A metric as the template names it: its name, and its dimension (name,
+/// value) if it has one.
+type Named = (String, Option<(String, String)>);
+
+/// Every metric of the service's namespace the alarms and the dashboard
+/// name, with where each is named.
+fn metrics_named(template: &Value) -> Vec<(String, Named)> {
+    let mut named = Vec::new();
+    let resources = template["Resources"].as_mapping().unwrap();
+    let dimension = |dimensions: &Value| -> Option<(String, String)> {
+        let first = dimensions.as_sequence()?.first()?;
+        Some((first["Name"].as_str()?.to_owned(), first["Value"].as_str()?.to_owned()))
+    };
+    for (name, resource) in resources {
+        let name = name.as_str().unwrap();
+        let properties = &resource["Properties"];
+        match resource["Type"].as_str().unwrap() {
+            "AWS::CloudWatch::Alarm" if properties["Namespace"].as_str() == Some(shared::metrics::NAMESPACE) => {
+                let metric = properties["MetricName"].as_str().unwrap().to_owned();
+                named.push((name.to_owned(), (metric, dimension(&properties["Dimensions"]))));
+            }
+            "AWS::CloudWatch::Alarm" => {
+                for query in properties["Metrics"].as_sequence().into_iter().flatten() {
+                    let metric = &query["MetricStat"]["Metric"];
+                    if metric["Namespace"].as_str() == Some(shared::metrics::NAMESPACE) {
+                        let named_metric = metric["MetricName"].as_str().unwrap().to_owned();
+                        named.push((name.to_owned(), (named_metric, dimension(&metric["Dimensions"]))));
+                    }
+                }
+            }
+            "AWS::CloudWatch::Dashboard" => {
+                let Value::Tagged(body) = &properties["DashboardBody"] else { panic!("the dashboard body is a !Sub") };
+                let text = body.value.as_str().unwrap();
+                // `${…}` are CloudFormation's; what is left is the JSON.
+                let mut json = String::new();
+                let mut rest = text;
+                while let Some(start) = rest.find("${") {
+                    json.push_str(&rest[..start]);
+                    json.push('X');
+                    rest = &rest[start + rest[start..].find('}').unwrap() + 1..];
+                }
+                json.push_str(rest);
+                let body: serde_json::Value = serde_json::from_str(&json).unwrap();
+                for widget in body["widgets"].as_array().unwrap() {
+                    for line in widget["properties"]["metrics"].as_array().unwrap() {
+                        let parts: Vec<&str> = line.as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+                        let expression = line[0]["expression"].as_str();
+                        let metric = match (parts.as_slice(), expression) {
+                            ([namespace, metric, rest @ ..], _) if *namespace == shared::metrics::NAMESPACE => {
+                                let dimension = match rest {
+                                    [name, value] => Some(((*name).to_owned(), (*value).to_owned())),
+                                    _ => None,
+                                };
+                                ((*metric).to_owned(), dimension)
+                            }
+                            (_, Some(search)) => {
+                                let metric = search.split("MetricName=\"").nth(1).unwrap().split('"').next().unwrap();
+                                let dimension = search.split(',').nth(1).unwrap().split('}').next().unwrap();
+                                (metric.to_owned(), Some((dimension.to_owned(), "*".to_owned())))
+                            }
+                            _ => continue,
+                        };
+                        named.push((format!("{name}: {}", widget["properties"]["title"]), metric));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    named
+}
+
+/// Every metric an alarm or a dashboard widget names is one the code emits,
+/// with a dimension the code gives it and a value it takes: a typo there is
+/// a widget that stays empty and an alarm that never fires.
+#[test]
+fn the_dashboard_and_alarms_name_only_metrics_the_code_emits() {
+    let catalogue = shared::metrics::catalogue();
+    for (place, (metric, dimension)) in metrics_named(&template()) {
+        let Some((_, label)) = catalogue.iter().find(|(name, _)| *name == metric) else {
+            panic!("{place} names {metric}, which the code does not emit");
+        };
+        match (dimension, label) {
+            (None, _) => {}
+            (Some((name, value)), Some((label, values))) => {
+                assert_eq!(&name, label, "{place}: {metric} has the dimension {label}, not {name}");
+                if let Some(values) = values {
+                    assert!(values.contains(&value.as_str()), "{place}: {metric} never has {name}={value}");
+                }
+            }
+            (Some((name, _)), None) => panic!("{place}: {metric} has no dimension, yet {name} is named"),
+        }
+    }
+}
+
+/// And the reverse: every metric the code emits is on the dashboard, each
+/// of its values for the ones with a fixed list; and the alarms watch what
+/// needs a person.
+#[test]
+fn the_dashboard_shows_every_metric_and_the_alarms_watch_what_needs_a_person() {
+    let named = metrics_named(&template());
+    let on_dashboard: Vec<&Named> =
+        named.iter().filter(|(place, _)| place.starts_with("OperationsDashboard")).map(|(_, m)| m).collect();
+    for (metric, label) in shared::metrics::catalogue() {
+        match label {
+            Some((label, Some(values))) => {
+                for value in values {
+                    let wanted = (metric.to_owned(), Some((label.to_owned(), value.to_owned())));
+                    assert!(on_dashboard.contains(&&wanted), "the dashboard does not show {metric} {label}={value}");
+                }
+            }
+            _ => assert!(on_dashboard.iter().any(|(name, _)| name == metric), "the dashboard does not show {metric}"),
+        }
+    }
+    let alarmed = |alarm: &str, metric: &str, dimension: Option<(&str, &str)>| {
+        let wanted = (metric.to_owned(), dimension.map(|(n, v)| (n.to_owned(), v.to_owned())));
+        assert!(named.iter().any(|(place, m)| place == alarm && *m == wanted), "{alarm} does not watch {wanted:?}");
+    };
+    alarmed("OutcomeUnknownAlarm", "problems_answered", Some(("type", "outcome-unknown")));
+    alarmed("MisconfiguredExchangeAlarm", "settle_outcomes", Some(("outcome", "misconfigured")));
+    alarmed("BusyRateAlarm", "problems_answered", Some(("type", "busy")));
+    for placement in ["own_batch", "joined", "crossed"] {
+        alarmed("BusyRateAlarm", "orders_placed", Some(("placement", placement)));
+    }
+    alarmed("OldestPendingAlarm", "oldest_pending_order_any_coin_seconds", None);
+    alarmed("HouseShortAlarm", "pool_top_ups", Some(("outcome", "house_short")));
+    alarmed("HouseLowBalanceAlarm", "house_balance_usd", None);
+}

@@ -32,8 +32,8 @@ async fn main() -> Result<(), Error> {
             quiet_for: POOL_QUIET_FOR,
             every: POOL_SWEEP_EVERY,
         })
-        .bounding_wait(wait.map(|policy| BoundedWait {
-            policy,
+        .bounding_wait(Some(BoundedWait {
+            policy: wait,
             prices: service.prices.clone(),
             every: WAIT_CHECK_EVERY,
         })),

@@ -238,7 +238,7 @@ impl Outbox for DynamoStore {
         coin: &Coin,
         price: Option<Usd>,
         minimum: Usd,
-        policy: &WaitPolicy,
+        policy: Option<&WaitPolicy>,
         now: OffsetDateTime,
     ) -> Result<WaitReport, InfraError> {
         DynamoStore::enforce_wait(self, coin, price, minimum, policy, now).await

@@ -43,7 +43,7 @@ impl DynamoStore {
         coin: &Coin,
         price: Option<Usd>,
         minimum: Usd,
-        policy: &WaitPolicy,
+        policy: Option<&WaitPolicy>,
         now: OffsetDateTime,
     ) -> Result<WaitReport, InfraError> {
         let record = self.read_shard_count(coin).await?;
@@ -54,6 +54,7 @@ impl DynamoStore {
             pending.extend(self.pending_orders(coin, PoolId { shard: shard.shard, seq: shard.state.seq }).await?);
         }
         let mut report = WaitReport { oldest: pending.iter().map(|o| o.created_at).min(), ..WaitReport::default() };
+        let Some(policy) = policy else { return Ok(report) };
         report.house_balance = match &policy.action {
             WaitAction::TopUp { house } => Some(self.house_balance(house).await?),
             WaitAction::Refund => None,
