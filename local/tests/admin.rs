@@ -79,3 +79,51 @@ async fn deposits_credit_once_per_id_and_the_audit_finds_money_that_came_from_no
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("account alice holds 1000 USD; its deposits, orders and refunds make 100.5"), "{text}");
 }
+
+/// `orders-admin pools`: what each coin's pool holds, and its oldest
+/// pending order, as a person at a terminal reads it.
+#[tokio::test]
+async fn pools_shows_what_each_coins_pool_holds_and_its_oldest_order() {
+    use shared::adapters::dynamodb::DynamoStore;
+    use shared::domain::{Coin, NewOrder, OrderId, Quantity, Usd, UserId};
+    use shared::ports::{Accounts, Orders};
+
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("admin-{}", ulid::Ulid::new().to_string().to_lowercase());
+    schema::ensure_table(&client, &table).await.unwrap();
+    let (output, text) = admin(&table, &["pools"]);
+    assert!(output.status.success() && !text.contains("ABAN"), "{text}");
+
+    let store = DynamoStore::new(client, table.clone());
+    let alice = UserId::parse("alice").unwrap();
+    store.open_account(&alice, Usd::new(100.into()).unwrap()).await.unwrap();
+    let placed_at = time::OffsetDateTime::now_utc() - time::Duration::minutes(3);
+    for amount in ["1", "0.5"] {
+        let amount = Quantity::parse(amount).unwrap();
+        let price = Usd::new(4.into()).unwrap();
+        let order = NewOrder {
+            id: OrderId::generate(),
+            user: alice.clone(),
+            coin: Coin::from_trusted("ABAN"),
+            amount,
+            price,
+            cost: Usd::cost(price, amount).unwrap(),
+            idempotency_key: None,
+            created_at: placed_at,
+        };
+        store.place_order(order, Usd::new(10.into()).unwrap()).await.unwrap();
+    }
+
+    let (output, text) = admin(&table, &["pools"]);
+    assert!(output.status.success(), "{text}");
+    let line = text.lines().find(|l| l.starts_with("ABAN")).unwrap_or_else(|| panic!("{text}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[..5], ["ABAN", "1/1", "6", "1.5", "2"], "{text}");
+    assert!(line.contains("(3m "), "{text}");
+}

@@ -17,8 +17,9 @@ use clap::{Parser, Subcommand};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::audit::audit_live;
 use shared::domain::{DepositId, Usd, UserId};
-use shared::ports::{Accounts, Deposited, LedgerRecords};
+use shared::ports::{Accounts, Deposited, LedgerRecords, Outbox};
 use shared::telemetry::ErrorChain;
+use time::format_description::well_known::Rfc3339;
 
 #[derive(Parser)]
 #[command(name = "orders-admin", version, about = "Operator commands on the orders table")]
@@ -43,6 +44,9 @@ enum Command {
         #[arg(long)]
         id: String,
     },
+    /// What each coin's pool holds now: shards, dollars, coins, orders, and
+    /// how long its oldest pending order has waited.
+    Pools,
     /// Checks every balance, order, batch and pool; exits 1 on any discrepancy.
     Audit {
         /// The exchange minimum the batches were formed with.
@@ -80,6 +84,35 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pools => {
+            let mut coins = store.pooled_coins().await?;
+            coins.sort();
+            let now = time::OffsetDateTime::now_utc();
+            println!(
+                "{:<10} {:>8} {:>18} {:>20} {:>7}  oldest pending order",
+                "coin", "shards", "usd", "qty", "orders"
+            );
+            for coin in coins {
+                let pool = store.pool_summary(&coin).await?;
+                let oldest = match pool.oldest {
+                    Some(at) => format!("{} ({} ago)", at.format(&Rfc3339)?, waited(now - at)),
+                    None => "-".to_owned(),
+                };
+                let shards = format!("{}/{}", pool.holding, pool.shards);
+                println!(
+                    "{:<10} {:>8} {:>18} {:>20} {:>7}  {oldest}",
+                    pool.coin.as_str(),
+                    shards,
+                    pool.usd.to_string(),
+                    pool.qty.normalize().to_string(),
+                    pool.orders
+                );
+                if let Some((batch, usd)) = pool.forming {
+                    println!("{:<10} a batch the sweep is gathering: {batch}, {usd} USD so far", "");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit { minimum } => {
             let minimum = Usd::parse(&minimum).ok_or("--minimum must be a plain decimal")?;
             // A live table: what is wrong in three reads, two seconds apart.
@@ -93,5 +126,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             Ok(if live.report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+    }
+}
+
+/// A wait as a person reads it: `3h 2m`, `4m 10s`, `12s`.
+fn waited(wait: time::Duration) -> String {
+    let seconds = wait.whole_seconds().max(0);
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
     }
 }

@@ -35,6 +35,8 @@ pub mod table;
 mod testing;
 mod wait;
 
+pub use self::wait::PoolSummary;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -322,7 +322,7 @@ impl DynamoStore {
     }
 
     /// The batch the coin is gathering, if one is.
-    async fn forming_batch(&self, coin: &Coin) -> Result<Option<Batch>, InfraError> {
+    pub(super) async fn forming_batch(&self, coin: &Coin) -> Result<Option<Batch>, InfraError> {
         let Some(record) = self.table.get(forming_key(coin)).await? else { return Ok(None) };
         let Ok(id) = get_s(&record, "batch_id") else { return Ok(None) };
         let id = BatchId::parse(id).map_err(infra("read forming batch"))?;

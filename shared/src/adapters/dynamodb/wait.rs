@@ -27,6 +27,22 @@ use crate::domain::{
 };
 use crate::ports::{CancelError, InfraError, WaitAction, WaitPolicy, WaitReport};
 
+/// A coin's pool as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct PoolSummary {
+    pub coin: Coin,
+    /// Shards read (up to the most the coin ever had), and those holding money.
+    pub shards: u32,
+    pub holding: usize,
+    pub usd: Usd,
+    pub qty: Decimal,
+    pub orders: u32,
+    /// When its oldest pending order was placed.
+    pub oldest: Option<OffsetDateTime>,
+    /// A batch the sweep is still gathering, and what it holds so far.
+    pub forming: Option<(BatchId, Usd)>,
+}
+
 /// What a top-up came to.
 enum TopUp {
     Formed(BatchId),
@@ -46,13 +62,7 @@ impl DynamoStore {
         policy: Option<&WaitPolicy>,
         now: OffsetDateTime,
     ) -> Result<WaitReport, InfraError> {
-        let record = self.read_shard_count(coin).await?;
-        let all: Vec<u32> = (0..record.high.max(1)).collect();
-        let shards: Vec<Absorbed> = self.read_shards(coin, &all).await?.iter().filter_map(holding).collect();
-        let mut pending = Vec::new();
-        for shard in &shards {
-            pending.extend(self.pending_orders(coin, PoolId { shard: shard.shard, seq: shard.state.seq }).await?);
-        }
+        let (shards, pending) = self.holding_shards(coin).await?;
         let mut report = WaitReport { oldest: pending.iter().map(|o| o.created_at).min(), ..WaitReport::default() };
         let Some(policy) = policy else { return Ok(report) };
         report.house_balance = match &policy.action {
@@ -90,6 +100,36 @@ impl DynamoStore {
             }
         }
         Ok(report)
+    }
+
+    /// The coin's shards that hold money, and their pending orders.
+    async fn holding_shards(&self, coin: &Coin) -> Result<(Vec<Absorbed>, Vec<Order>), InfraError> {
+        let record = self.read_shard_count(coin).await?;
+        let all: Vec<u32> = (0..record.high.max(1)).collect();
+        let shards: Vec<Absorbed> = self.read_shards(coin, &all).await?.iter().filter_map(holding).collect();
+        let mut pending = Vec::new();
+        for shard in &shards {
+            pending.extend(self.pending_orders(coin, PoolId { shard: shard.shard, seq: shard.state.seq }).await?);
+        }
+        Ok((shards, pending))
+    }
+
+    /// What a coin's pool holds now, for an operator (`orders-admin pools`).
+    pub async fn pool_summary(&self, coin: &Coin) -> Result<PoolSummary, InfraError> {
+        let record = self.read_shard_count(coin).await?;
+        let (shards, pending) = self.holding_shards(coin).await?;
+        let totals = totals_of(&shards)
+            .ok_or_else(|| InfraError::new("summarise a pool", "the shards' totals cannot be held exactly"))?;
+        Ok(PoolSummary {
+            coin: coin.clone(),
+            shards: record.high.max(1),
+            holding: shards.len(),
+            usd: totals.usd,
+            qty: totals.qty.value(),
+            orders: totals.count,
+            oldest: pending.iter().map(|o| o.created_at).min(),
+            forming: self.forming_batch(coin).await?.map(|b| (b.id, b.usd)),
+        })
     }
 
     async fn house_balance(&self, house: &UserId) -> Result<Usd, InfraError> {
