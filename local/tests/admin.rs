@@ -126,4 +126,21 @@ async fn pools_shows_what_each_coins_pool_holds_and_its_oldest_order() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[..5], ["ABAN", "1/1", "6", "1.5", "2"], "{text}");
     assert!(line.contains("(3m "), "{text}");
+
+    // Once it is bought, nothing pending: a pool of nothing.
+    let order = NewOrder {
+        id: OrderId::generate(),
+        user: alice.clone(),
+        coin: Coin::from_trusted("ABAN"),
+        amount: Quantity::parse("1").unwrap(),
+        price: Usd::new(4.into()).unwrap(),
+        cost: Usd::new(4.into()).unwrap(),
+        idempotency_key: None,
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    assert!(store.place_order(order, Usd::new(10.into()).unwrap()).await.unwrap().formed.is_some());
+    let (output, text) = admin(&table, &["pools"]);
+    assert!(output.status.success(), "{text}");
+    let line = text.lines().find(|l| l.starts_with("ABAN")).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), ["ABAN", "0/1", "0", "0", "0", "-"], "{text}");
 }

@@ -95,7 +95,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             for coin in coins {
                 let pool = store.pool_summary(&coin).await?;
                 let oldest = match pool.oldest {
-                    Some(at) => format!("{} ({} ago)", at.format(&Rfc3339)?, waited(now - at)),
+                    Some(at) => format!("{} ({} ago)", at.replace_nanosecond(0)?.format(&Rfc3339)?, waited(now - at)),
                     None => "-".to_owned(),
                 };
                 let shards = format!("{}/{}", pool.holding, pool.shards);

@@ -118,15 +118,18 @@ impl DynamoStore {
     pub async fn pool_summary(&self, coin: &Coin) -> Result<PoolSummary, InfraError> {
         let record = self.read_shard_count(coin).await?;
         let (shards, pending) = self.holding_shards(coin).await?;
-        let totals = totals_of(&shards)
-            .ok_or_else(|| InfraError::new("summarise a pool", "the shards' totals cannot be held exactly"))?;
+        let (usd, qty, orders) = match totals_of(&shards) {
+            Some(totals) => (totals.usd, totals.qty.value(), totals.count),
+            None if shards.is_empty() => (Usd::ZERO, Decimal::ZERO, 0),
+            None => return Err(InfraError::new("summarise a pool", "the shards' totals cannot be held exactly")),
+        };
         Ok(PoolSummary {
             coin: coin.clone(),
             shards: record.high.max(1),
             holding: shards.len(),
-            usd: totals.usd,
-            qty: totals.qty.value(),
-            orders: totals.count,
+            usd,
+            qty,
+            orders,
             oldest: pending.iter().map(|o| o.created_at).min(),
             forming: self.forming_batch(coin).await?.map(|b| (b.id, b.usd)),
         })
