@@ -249,7 +249,7 @@ fn metrics_named(template: &Value) -> Vec<(String, Named)> {
                                 };
                                 ((*metric).to_owned(), dimension)
                             }
-                            (_, Some(search)) => {
+                            (_, Some(search)) if search.starts_with("SEARCH(") => {
                                 let metric = search.split("MetricName=\"").nth(1).unwrap().split('"').next().unwrap();
                                 let dimension = search.split(',').nth(1).unwrap().split('}').next().unwrap();
                                 (metric.to_owned(), Some((dimension.to_owned(), "*".to_owned())))
@@ -315,9 +315,6 @@ fn the_dashboard_shows_every_metric_and_the_alarms_watch_what_needs_a_person() {
     alarmed("OutcomeUnknownAlarm", "problems_answered", Some(("type", "outcome-unknown")));
     alarmed("MisconfiguredExchangeAlarm", "settle_outcomes", Some(("outcome", "misconfigured")));
     alarmed("BusyRateAlarm", "problems_answered", Some(("type", "busy")));
-    for placement in ["own_batch", "joined", "crossed"] {
-        alarmed("BusyRateAlarm", "orders_placed", Some(("placement", placement)));
-    }
     alarmed("OldestPendingAlarm", "oldest_pending_order_any_coin_seconds", None);
     alarmed("HouseShortAlarm", "pool_top_ups", Some(("outcome", "house_short")));
     alarmed("HouseLowBalanceAlarm", "house_balance_usd", None);
