@@ -126,6 +126,25 @@ async fn the_deployed_stack_places_pools_settles_and_refuses_bad_input() {
     assert_eq!(exchange.fills().len(), 1, "a buy after two orders");
     let (_, third) = stack.place("alice", r#"{"coin":"ABAN","amount":"1"}"#).await;
     assert_eq!(third["status"], "settling");
+
+    // A cancel through API Gateway's route: bob's pending $4 leaves the
+    // (fresh) pool and comes back; again, the same order; carol cannot
+    // cancel it; alice's order bought alone cannot be canceled.
+    let (_, pending) = stack.place("bob", r#"{"coin":"ABAN","amount":"1"}"#).await;
+    assert_eq!(pending["status"], "pending", "{pending}");
+    let cancel = |user: &'static str, id: String| {
+        let request = stack.client.post(format!("{}/orders/{id}/cancel", stack.api));
+        stack.send(request.bearer_auth(stack.token(user)))
+    };
+    let pending_id = pending["order_id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let (status, canceled) = cancel("bob", pending_id.clone()).await;
+        assert_eq!((status, canceled["status"].as_str()), (200, Some("canceled")), "{canceled}");
+    }
+    assert_eq!(cancel("carol", pending_id).await.0, 404);
+    let (status, problem) = cancel("alice", order["order_id"].as_str().unwrap().to_owned()).await;
+    assert_eq!((status, problem["type"].as_str()), (409, Some("order-not-pending")), "{problem}");
+    assert_eq!(stack.balance("bob").await, dec("96"));
     stack.wait_settled("bob", first["order_id"].as_str().unwrap()).await;
     let fills = exchange.wait_for_fills(2).await;
     assert_eq!(fills[1].quantity, dec("3"));
@@ -211,7 +230,7 @@ async fn the_deployed_stack_places_pools_settles_and_refuses_bad_input() {
 
     // The functions' metrics, read back from their logs (CloudWatch
     // Embedded Metric Format lines, as CloudWatch would extract them).
-    let placed_orders = 4 + placed.len() as u64;
+    let placed_orders = 5 + placed.len() as u64;
     let place_order = var("DEPLOYED_PLACE_ORDER_FUNCTION");
     let counted = wait_for_metric(&place_order, "orders_placed", placed_orders).await;
     assert_eq!(counted.get("orders_placed{placement=own_batch}"), Some(&1), "{counted:?}");
