@@ -176,32 +176,43 @@ async fn the_live_audit_tells_writes_in_flight_from_discrepancies() {
     assert!(live.report.to_string().contains("account alice holds 1000 USD"), "{}", live.report);
 }
 
-/// The pool closes after a cancel read it open and before the cancel's
-/// transaction: the shard's condition (the pool still open) refuses the
-/// cancel, which then answers the order in its batch. Without the
-/// condition the order would be both in the batch and canceled.
-#[tokio::test]
-async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
+/// Another process's writes, landing between this one's requests: `first`
+/// runs before this table's `get` number `at_get` (from 1), or, with none,
+/// before its first transaction.
+mod meanwhile {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use async_trait::async_trait;
     use futures::future::BoxFuture;
     use shared::adapters::dynamodb::table::{Changes, Cond, ConditionFailed, Item, Page, Query, TableError};
     use shared::adapters::dynamodb::table::{Transacted, Write};
-    use shared::domain::OrderStatus;
-    use shared::ports::{Accounts, CancelError, LedgerRecords, Orders};
-    use testkit::store_contract::{order, usd, user};
 
-    /// Runs `first` before its first transaction: another process's write
-    /// landing between this one's reads and its transaction.
-    struct Meanwhile {
-        inner: Arc<dyn Table>,
-        first: Mutex<Option<BoxFuture<'static, ()>>>,
+    use super::*;
+
+    pub struct Meanwhile {
+        pub inner: Arc<dyn Table>,
+        pub first: Mutex<Option<BoxFuture<'static, ()>>>,
+        pub at_get: Option<usize>,
+        pub gets: AtomicUsize,
+    }
+
+    impl Meanwhile {
+        async fn run_first(&self) {
+            let first = self.first.lock().unwrap().take();
+            if let Some(first) = first {
+                first.await;
+            }
+        }
     }
 
     #[async_trait]
     impl Table for Meanwhile {
         async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
+            let n = self.gets.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.at_get == Some(n) {
+                self.run_first().await;
+            }
             self.inner.get(key).await
         }
         async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
@@ -219,9 +230,8 @@ async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
             self.inner.update(key, changes, condition).await
         }
         async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
-            let first = self.first.lock().unwrap().take();
-            if let Some(first) = first {
-                first.await;
+            if self.at_get.is_none() {
+                self.run_first().await;
             }
             self.inner.transact(writes, token).await
         }
@@ -232,6 +242,27 @@ async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
             self.inner.scan(start).await
         }
     }
+
+    /// A store whose table lets `first` land at that point.
+    pub fn store(inner: &Arc<dyn Table>, at_get: Option<usize>, first: BoxFuture<'static, ()>) -> DynamoStore {
+        DynamoStore::on(Arc::new(Meanwhile {
+            inner: Arc::clone(inner),
+            first: Mutex::new(Some(first)),
+            at_get,
+            gets: AtomicUsize::new(0),
+        }))
+    }
+}
+
+/// The pool closes after a cancel read it open and before the cancel's
+/// transaction: the shard's condition (the pool still open) refuses the
+/// cancel, which then answers the order in its batch. Without the
+/// condition the order would be both in the batch and canceled.
+#[tokio::test]
+async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
+    use shared::domain::OrderStatus;
+    use shared::ports::{Accounts, CancelError, LedgerRecords, Orders};
+    use testkit::store_contract::{order, usd, user};
 
     let memory: Arc<dyn Table> = Arc::new(MemoryTable::new());
     let other = Arc::new(DynamoStore::on(Arc::clone(&memory)));
@@ -247,14 +278,49 @@ async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
             assert!(placed.formed.is_some(), "$6 + $2 + $2 closes the pool");
         })
     };
-    let canceling =
-        DynamoStore::on(Arc::new(Meanwhile { inner: Arc::clone(&memory), first: Mutex::new(Some(crossing)) }));
+    let canceling = meanwhile::store(&memory, None, crossing);
 
     match canceling.cancel_order(&user("alice"), target).await {
         Err(CancelError::NotPending(view)) => assert_eq!(view.status, OrderStatus::Settling),
         other => panic!("the cancel took an order its pool had closed over: {other:?}"),
     }
     assert_eq!(other.balance(&user("alice")).await.unwrap(), usd("98"));
+    let report = shared::audit::audit(&other.ledger().await.unwrap(), usd("10"));
+    assert!(report.is_clean(), "{report}");
+}
+
+/// A cancel reads the order pending; before it reads the order's pool,
+/// another cancel of the same order commits and the pool closes without
+/// it. The first cancel finds the pool closed: the order is canceled (the
+/// batch it sees is not the order's), not "settling". (Found by the
+/// simulation's seed 81.)
+#[tokio::test]
+async fn a_cancel_that_finds_the_pool_closed_reads_the_order_again() {
+    use shared::domain::OrderStatus;
+    use shared::ports::{Accounts, LedgerRecords, Orders};
+    use testkit::store_contract::{order, usd, user};
+
+    let memory: Arc<dyn Table> = Arc::new(MemoryTable::new());
+    let other = Arc::new(DynamoStore::on(Arc::clone(&memory)));
+    for name in ["alice", "bob"] {
+        other.open_account(&user(name), usd("100")).await.unwrap();
+    }
+    other.place_order(order("bob", "1.5"), usd("10")).await.unwrap();
+    let target = other.place_order(order("alice", "0.5"), usd("10")).await.unwrap().order.order.id;
+    let meanwhile = {
+        let other = Arc::clone(&other);
+        Box::pin(async move {
+            assert!(other.cancel_order(&user("alice"), target).await.unwrap().now);
+            let placed = other.place_order(order("bob", "1"), usd("10")).await.unwrap();
+            assert!(placed.formed.is_some(), "$6 + $4 closes the pool without alice's order");
+        })
+    };
+    // Its first read is the order; its second, the pool's pointer.
+    let canceling = meanwhile::store(&memory, Some(2), meanwhile);
+
+    let answer = canceling.cancel_order(&user("alice"), target).await.unwrap();
+    assert_eq!((answer.now, answer.order.status, answer.order.batch_id), (false, OrderStatus::Canceled, None));
+    assert_eq!(other.balance(&user("alice")).await.unwrap(), usd("100"));
     let report = shared::audit::audit(&other.ledger().await.unwrap(), usd("10"));
     assert!(report.is_clean(), "{report}");
 }

@@ -371,6 +371,9 @@ impl Run {
             }
             Ok(other) => self.world.violated(format!("a cancel of {id} answered {other:?}")),
             Err(CancelError::NotPending(view)) if view.status != OrderStatus::Canceled => {
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("cancel of {id} answered not pending: {view:?}");
+                }
                 replies.kept.insert(id);
             }
             Err(CancelError::NotFound) => {

@@ -56,10 +56,10 @@ pub struct CancelRequest;
 impl CancelRequest {
     pub fn parse(body: &[u8]) -> Result<CancelRequest, ApiError> {
         let malformed = || ApiError::Malformed("a cancel takes no body, or the empty JSON object {}".to_owned());
-        let text = std::str::from_utf8(body).map_err(|_| malformed())?;
-        if text.trim().is_empty() {
+        if body.is_empty() {
             return Ok(CancelRequest);
         }
+        let text = std::str::from_utf8(body).map_err(|_| malformed())?;
         match serde_json::from_str::<serde_json::Value>(text) {
             Ok(serde_json::Value::Object(members)) if members.is_empty() => Ok(CancelRequest),
             _ => Err(malformed()),

@@ -166,6 +166,7 @@ async fn a_bad_cancel_is_refused_and_changes_nothing() {
         (cancel(id, r#"{"reason": "changed my mind"}"#), 400, "malformed-request"),
         (cancel(id, "[]"), 400, "malformed-request"),
         (cancel(id, "not json"), 400, "malformed-request"),
+        (cancel(id, "   "), 400, "malformed-request"),
         (cancel("01KBFW4X0Q3J5TJ5N1Y6ZK1V2C", ""), 404, "not-found"),
         (cancel("not-an-id", ""), 404, "not-found"),
         (

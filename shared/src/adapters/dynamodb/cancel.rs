@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::item::{self, CANCELED_AT, account_key, get_s, ms, n, n_int, order_key, order_of, pool_key, timestamp};
 use super::table::{Changes, Cond, Reason, Transacted, Write};
 use super::{DynamoStore, infra, unexpected};
-use crate::domain::{Membership, Order, OrderStatus, OrderView, UserId};
+use crate::domain::{Membership, Order, OrderId, OrderStatus, OrderView, UserId};
 use crate::ports::{CancelError, Canceled, InfraError};
 
 /// The token of the cancel that canceled an order, on the order: a cancel
@@ -28,7 +28,7 @@ const CANCEL_TOKEN: &str = "cancel_token";
 const TRIES: u32 = 5;
 
 impl DynamoStore {
-    pub(super) async fn cancel(&self, user: &UserId, id: crate::domain::OrderId) -> Result<Canceled, CancelError> {
+    pub(super) async fn cancel(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError> {
         for _ in 0..TRIES {
             let Some(found) = self.table.get(order_key(user, id)).await.map_err(InfraError::from)? else {
                 return Err(CancelError::NotFound);
@@ -41,17 +41,15 @@ impl DynamoStore {
             match view.status {
                 OrderStatus::Canceled => return Ok(Canceled { order: view, now: false }),
                 OrderStatus::Pending => {}
-                _ => return Err(CancelError::NotPending(Box::new(view))),
+                _ => return self.not_pending(user, id).await,
             }
             let Membership::Pool { shard, seq } = order.membership else {
-                return Err(CancelError::NotPending(Box::new(view)));
+                return self.not_pending(user, id).await;
             };
             if !self.pool_is_open(&order, shard, seq).await? {
                 // Closed, into a batch or into one the sweep is still
-                // gathering (the order shows pending until it is ready): it
-                // left its pool for good.
-                let view = self.view(order).await?;
-                return Err(CancelError::NotPending(Box::new(view)));
+                // gathering (the order shows pending until it is ready).
+                return self.not_pending(user, id).await;
             }
             let token = ulid::Ulid::new().to_string();
             let writes = cancel_writes(&order, (shard, seq), &token, self.clock.now());
@@ -71,6 +69,22 @@ impl DynamoStore {
             }
         }
         Err(CancelError::Busy)
+    }
+
+    /// The answer once the order's pool is seen closed. The order was read
+    /// before that, so it is read again: a cancel that committed in between
+    /// (before the pool closed without it) made it canceled, and the batch
+    /// seen is not its own. Read after the close, an order not canceled
+    /// never will be (a cancel needs its pool open): it is in the batch.
+    async fn not_pending(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError> {
+        let found = self.table.get(order_key(user, id)).await.map_err(InfraError::from)?;
+        let Some(found) = found else { return Err(CancelError::NotFound) };
+        let (order, _) = order_of(&found).map_err(infra("read order"))?;
+        let view = self.view(order).await?;
+        match view.status {
+            OrderStatus::Canceled => Ok(Canceled { order: view, now: false }),
+            _ => Err(CancelError::NotPending(Box::new(view))),
+        }
     }
 
     /// Whether the shard still holds the order's pool (a strongly
