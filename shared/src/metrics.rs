@@ -70,10 +70,12 @@ pub fn describe() {
 
 const PLACEMENTS: [&str; 3] = ["own_batch", "joined", "crossed"];
 
-/// Every metric the service emits: its name, and its label with the values
-/// it takes (`None` for the values: any, as a coin's symbol). The template's
-/// dashboard and alarms are checked against it.
-pub fn catalogue() -> Vec<(&'static str, Option<(&'static str, Option<Vec<&'static str>>)>)> {
+/// A metric's label and the values it takes (`None`: any, as a coin's symbol).
+pub type Label = (&'static str, Option<Vec<&'static str>>);
+
+/// Every metric the service emits: its name, and its label if it has one.
+/// The template's dashboard and alarms are checked against it.
+pub fn catalogue() -> Vec<(&'static str, Option<Label>)> {
     let settle: Vec<&str> = SettleOutcome::ALL.iter().map(|o| o.label()).collect();
     let formed: Vec<&str> = [FormedBy::Order, FormedBy::Sweep, FormedBy::TopUp].iter().map(|b| b.label()).collect();
     let canceled: Vec<&str> = CanceledBy::ALL.iter().map(|b| b.label()).collect();
