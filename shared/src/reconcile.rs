@@ -463,4 +463,58 @@ mod tests {
         queue.failing.lock().unwrap().clear();
         assert_eq!(run_at(&store, &queue, 62).await.resent, vec![batches[1]]);
     }
+
+    /// The sweep's wait check: a pool that waited past the policy is
+    /// completed by the house, and its batch goes to the settle queue; the
+    /// check runs once per `every`, not at every sweep.
+    #[tokio::test]
+    async fn a_pool_that_waited_too_long_is_topped_up_and_its_batch_sent() {
+        use crate::ports::{WaitAction, WaitPolicy};
+        let store = Arc::new(DynamoStore::in_memory());
+        let ten = Usd::new(Decimal::TEN).unwrap();
+        for (name, balance) in [("alice", 100), ("house", 50)] {
+            let user = UserId::parse(name).unwrap();
+            store.open_account(&user, Usd::new(Decimal::from(balance)).unwrap()).await.unwrap();
+        }
+        let order = NewOrder {
+            id: OrderId::generate(),
+            user: UserId::parse("alice").unwrap(),
+            coin: Coin::from_trusted("ABAN"),
+            amount: Quantity::parse("1").unwrap(),
+            price: Usd::new(Decimal::from(4)).unwrap(),
+            cost: Usd::new(Decimal::from(4)).unwrap(),
+            idempotency_key: None,
+            created_at: start(),
+        };
+        store.place_order(order, ten).await.unwrap();
+        let queue = Arc::new(RecordingQueue::default());
+        let reconciler_at = |seconds: i64| {
+            let clock = Arc::new(FixedClock(start() + Duration::seconds(seconds)));
+            Reconciler::new(store.clone(), queue.clone(), clock, policy())
+                .sweeping(PoolSweep {
+                    coins: vec![Coin::from_trusted("ABAN")],
+                    minimum: ten,
+                    quiet_for: Duration::milliseconds(500),
+                    every: std::time::Duration::from_millis(250),
+                })
+                .bounding_wait(Some(BoundedWait {
+                    policy: Some(WaitPolicy {
+                        max_wait: Duration::minutes(15),
+                        action: WaitAction::TopUp { house: UserId::parse("house").unwrap() },
+                    }),
+                    prices: PriceList::default(),
+                    every: std::time::Duration::from_secs(5),
+                }))
+        };
+
+        assert!(reconciler_at(14 * 60).sweep().await.swept.is_empty(), "within the limit");
+        let late = reconciler_at(16 * 60);
+        let report = late.sweep().await;
+        assert_eq!(report.swept.len(), 1, "{report:?}");
+        assert_eq!(*queue.sent.lock().unwrap(), report.swept);
+        let batch = store.batch(report.swept[0]).await.unwrap().unwrap();
+        assert_eq!((batch.usd, batch.count), (ten, 2));
+        // The next sweep, within `every`, does not check again.
+        assert!(late.sweep().await.swept.is_empty());
+    }
 }
