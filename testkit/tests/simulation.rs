@@ -80,8 +80,8 @@ struct Factory {
     wait: Option<WaitPolicy>,
 }
 
-/// The house account of the top-up policy: funded for a few top-ups, so
-/// that it also runs short.
+/// The house account of the top-up policy: funded for a top-up or two, so
+/// that it also runs short (and pools then wait, under the minimum).
 const HOUSE: &str = "house";
 
 impl Factory {
@@ -181,6 +181,7 @@ struct Summary {
     merged_batches: usize,
     canceled: usize,
     top_ups: usize,
+    house_left: Usd,
     /// The final table and exchange, as text: equal for equal seeds.
     fingerprint: String,
 }
@@ -612,6 +613,7 @@ impl Run {
             merged_batches: ledger.batches.iter().filter(|b| b.pools.len() > 1).count(),
             canceled: ledger.orders.iter().filter(|o| o.canceled).count(),
             top_ups: ledger.orders.iter().filter(|o| o.user.as_str() == HOUSE).count(),
+            house_left: ledger.accounts.iter().find(|(u, _)| u.as_str() == HOUSE).map_or(Usd::ZERO, |(_, b)| *b),
             fingerprint: format!("{ledger:?}\n{records:?}"),
         })
     }
@@ -628,7 +630,7 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
         run.process().store.open_account(user, balance).await.map_err(|e| e.to_string())?;
     }
     let house = UserId::parse(HOUSE).unwrap();
-    run.process().store.open_account(&house, usd("40")).await.map_err(|e| e.to_string())?;
+    run.process().store.open_account(&house, usd("15")).await.map_err(|e| e.to_string())?;
     run.world.faults.store(true, Ordering::Relaxed);
 
     let roles = [(Role::Client, CLIENTS), (Role::Settler, SETTLERS), (Role::Reconciler, 1)];
@@ -697,7 +699,7 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
             Ok(summary) => println!(
                 "seed {seed}: {} steps, {} orders, {} batches settled, {} refunded, {} unknown outcomes, {} busy, \
                  {} resends after a refusal a crash kept from being recorded, {} pool shards, {} batches of several shards, \
-                 {} orders canceled, {} top-ups by the house",
+                 {} orders canceled, {} top-ups by the house (who holds {} USD at the end)",
                 summary.steps,
                 summary.orders,
                 summary.settled,
@@ -708,7 +710,8 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
                 summary.shards,
                 summary.merged_batches,
                 summary.canceled,
-                summary.top_ups
+                summary.top_ups,
+                summary.house_left
             ),
             Err(violation) => panic!(
                 "seed {seed} broke an invariant {violation}\n\nreplay it: SIM_SEED={seed} cargo test -p testkit --test simulation -- --nocapture"
