@@ -22,12 +22,13 @@ use shared::adapters::dynamodb::table::Changes;
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::adapters::memory_queue::{QueuedMessage, memory_queue};
-use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig};
-use shared::domain::{BatchId, Coin, IdempotencyKey, OrderStatus, Quantity, UserId};
+use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY};
+use shared::domain::{BatchId, Coin, IdempotencyKey, OrderStatus, PriceList, Quantity, UserId};
 use shared::ports::{
-    Accounts, Clock, Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, OrderPage, Outbox, SettleQueue, SystemClock,
+    Accounts, Clock, Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, OrderPage, Orders, Outbox, SettleQueue,
+    SystemClock, WaitAction, WaitPolicy,
 };
-use shared::reconcile::{PoolSweep, Reconciler};
+use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 use shared::service::OrderService;
 use shared::settlement::Settler;
 use testkit::contention::{ContendedTable, ContentionRules};
@@ -142,7 +143,9 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     for user in &users {
         admin.open_account(user, usd("1000")).await.unwrap();
     }
-    let config = ServiceConfig::default();
+    // Two coins of their own: one for a cancel, one for a pool that waits.
+    let config =
+        ServiceConfig { prices: PriceList::parse("ABAN=4,IAMC=4,IAMW=4").unwrap(), ..ServiceConfig::default() };
     let mut used = BTreeMap::new();
 
     // place-order: eight instances. An order bought alone, pooled ones,
@@ -177,6 +180,11 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     services[1].orders(&users[0], OrderPage { limit: 2, after, status: Some(OrderStatus::Settled) }).await.unwrap();
     services[1].order(&users[0], page.orders[0].order.id).await.unwrap();
     services[1].balance(&users[0]).await.unwrap();
+    // A cancel of a pending order (of a coin of its own, so it is pending),
+    // and of one in a batch.
+    let pending = services[2].place(users[2].clone(), "IAMC", amount("0.5"), None).await.unwrap();
+    services[3].cancel(&users[2], pending.order.order.id).await.unwrap();
+    assert!(services[3].cancel(&users[0], page.orders[0].order.id).await.is_err());
     used.insert("PlaceOrderFunction", permissions.used());
 
     // settle: a fill, a refusal (refunded, a chunk at a time), no answer.
@@ -221,9 +229,24 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     let mut coins: Vec<Coin> = config.prices.coins().cloned().collect();
     coins.push(crumbs);
     let sweep = PoolSweep { coins, minimum: config.minimum, quiet_for: POOL_QUIET_FOR, every: POOL_SWEEP_EVERY };
-    let reconciler = Reconciler::new(store, queue, Arc::new(AnHourLater), RESEND_POLICY).sweeping(sweep);
+    // The wait policy as deployed with top-up: an order of its own coin
+    // has waited an hour, and the house completes its pool.
+    let house = UserId::parse("house").unwrap();
+    admin.open_account(&house, usd("100")).await.unwrap();
+    let waiting = OrderService::new(
+        Arc::new(DynamoStore::on(Arc::clone(&table))),
+        Arc::new(memory_queue().0),
+        Arc::new(SystemClock),
+        config.clone(),
+    );
+    waiting.place(users[3].clone(), "IAMW", amount("0.5"), None).await.unwrap();
+    let policy = WaitPolicy { max_wait: time::Duration::minutes(15), action: WaitAction::TopUp { house } };
+    let wait = BoundedWait { policy: Some(policy), prices: config.prices.clone(), every: WAIT_CHECK_EVERY };
+    let reconciler =
+        Reconciler::new(store, queue, Arc::new(AnHourLater), RESEND_POLICY).sweeping(sweep).bounding_wait(Some(wait));
     let report = reconciler.run_once().await.unwrap();
-    assert!(!report.resent.is_empty() && report.swept.len() >= 2, "{report:?}");
+    assert!(!report.resent.is_empty() && report.swept.len() >= 3, "{report:?}");
+    assert!(admin.balance(&UserId::parse("house").unwrap()).await.unwrap() < usd("100"), "no top-up");
     reconciler.sweep().await;
     let record = admin.table().get(shards_key(&Coin::from_trusted("IAMX"))).await.unwrap().unwrap();
     assert_eq!(record["high"], n_int(1u64), "the sweep went on reading shards nobody can write");
