@@ -30,8 +30,8 @@ fn admin(table: &str, args: &[&str]) -> (Output, String) {
     (output, text)
 }
 
-#[tokio::test]
-async fn deposits_credit_once_per_id_and_the_audit_finds_money_that_came_from_nowhere() {
+/// A client of ministack's DynamoDB and a fresh table of the service's schema on it.
+async fn fresh_table() -> (aws_sdk_dynamodb::Client, String) {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint())
         .region(aws_config::Region::new("us-east-1"))
@@ -41,6 +41,12 @@ async fn deposits_credit_once_per_id_and_the_audit_finds_money_that_came_from_no
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let table = format!("admin-{}", ulid::Ulid::new().to_string().to_lowercase());
     schema::ensure_table(&client, &table).await.unwrap();
+    (client, table)
+}
+
+#[tokio::test]
+async fn deposits_credit_once_per_id_and_the_audit_finds_money_that_came_from_nowhere() {
+    let (client, table) = fresh_table().await;
 
     let (output, text) = admin(&table, &["deposit", "--user", "alice", "--usd", "100.50", "--id", "wire-1"]);
     assert!(output.status.success(), "{text}");
@@ -88,15 +94,7 @@ async fn pools_shows_what_each_coins_pool_holds_and_its_oldest_order() {
     use shared::domain::{Coin, NewOrder, OrderId, Quantity, Usd, UserId};
     use shared::ports::{Accounts, Orders};
 
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = format!("admin-{}", ulid::Ulid::new().to_string().to_lowercase());
-    schema::ensure_table(&client, &table).await.unwrap();
+    let (client, table) = fresh_table().await;
     let (output, text) = admin(&table, &["pools"]);
     assert!(output.status.success() && !text.contains("ABAN"), "{text}");
 

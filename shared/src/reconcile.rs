@@ -476,17 +476,7 @@ mod tests {
             let user = UserId::parse(name).unwrap();
             store.open_account(&user, Usd::new(Decimal::from(balance)).unwrap()).await.unwrap();
         }
-        let order = NewOrder {
-            id: OrderId::generate(),
-            user: UserId::parse("alice").unwrap(),
-            coin: Coin::from_trusted("ABAN"),
-            amount: Quantity::parse("1").unwrap(),
-            price: Usd::new(Decimal::from(4)).unwrap(),
-            cost: Usd::new(Decimal::from(4)).unwrap(),
-            idempotency_key: None,
-            created_at: start(),
-        };
-        store.place_order(order, ten).await.unwrap();
+        store.place_order(crate::adapters::dynamodb::testing::order_at("alice", "1", start()), ten).await.unwrap();
         let queue = Arc::new(RecordingQueue::default());
         let reconciler_at = |seconds: i64| {
             let clock = Arc::new(FixedClock(start() + Duration::seconds(seconds)));

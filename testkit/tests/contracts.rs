@@ -243,6 +243,27 @@ mod meanwhile {
         }
     }
 
+    /// A pool holding bob's $6 and alice's $2, on a fresh table; the store
+    /// of another process on it; alice's order.
+    pub async fn alices_order_in_a_pool() -> (Arc<dyn Table>, Arc<DynamoStore>, shared::domain::OrderId) {
+        use shared::ports::{Accounts, Orders};
+        use testkit::store_contract::{order, usd, user};
+        let memory: Arc<dyn Table> = Arc::new(MemoryTable::new());
+        let other = Arc::new(DynamoStore::on(Arc::clone(&memory)));
+        for name in ["alice", "bob"] {
+            other.open_account(&user(name), usd("100")).await.unwrap();
+        }
+        other.place_order(order("bob", "1.5"), usd("10")).await.unwrap();
+        let target = other.place_order(order("alice", "0.5"), usd("10")).await.unwrap().order.order.id;
+        (memory, other, target)
+    }
+
+    pub async fn assert_audit_clean(store: &DynamoStore) {
+        use shared::ports::LedgerRecords;
+        let report = shared::audit::audit(&store.ledger().await.unwrap(), testkit::store_contract::usd("10"));
+        assert!(report.is_clean(), "{report}");
+    }
+
     /// A store whose table lets `first` land at that point.
     pub fn store(inner: &Arc<dyn Table>, at_get: Option<usize>, first: BoxFuture<'static, ()>) -> DynamoStore {
         DynamoStore::on(Arc::new(Meanwhile {
@@ -261,16 +282,10 @@ mod meanwhile {
 #[tokio::test]
 async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
     use shared::domain::OrderStatus;
-    use shared::ports::{Accounts, CancelError, LedgerRecords, Orders};
+    use shared::ports::{CancelError, Orders};
     use testkit::store_contract::{order, usd, user};
 
-    let memory: Arc<dyn Table> = Arc::new(MemoryTable::new());
-    let other = Arc::new(DynamoStore::on(Arc::clone(&memory)));
-    for name in ["alice", "bob"] {
-        other.open_account(&user(name), usd("100")).await.unwrap();
-    }
-    other.place_order(order("bob", "1.5"), usd("10")).await.unwrap();
-    let target = other.place_order(order("alice", "0.5"), usd("10")).await.unwrap().order.order.id;
+    let (memory, other, target) = meanwhile::alices_order_in_a_pool().await;
     let crossing = {
         let other = Arc::clone(&other);
         Box::pin(async move {
@@ -285,8 +300,7 @@ async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
         other => panic!("the cancel took an order its pool had closed over: {other:?}"),
     }
     assert_eq!(other.balance(&user("alice")).await.unwrap(), usd("98"));
-    let report = shared::audit::audit(&other.ledger().await.unwrap(), usd("10"));
-    assert!(report.is_clean(), "{report}");
+    meanwhile::assert_audit_clean(&other).await;
 }
 
 /// A cancel reads the order pending; before it reads the order's pool,
@@ -297,16 +311,10 @@ async fn a_pool_closed_between_a_cancels_read_and_its_write_keeps_the_order() {
 #[tokio::test]
 async fn a_cancel_that_finds_the_pool_closed_reads_the_order_again() {
     use shared::domain::OrderStatus;
-    use shared::ports::{Accounts, LedgerRecords, Orders};
+    use shared::ports::Orders;
     use testkit::store_contract::{order, usd, user};
 
-    let memory: Arc<dyn Table> = Arc::new(MemoryTable::new());
-    let other = Arc::new(DynamoStore::on(Arc::clone(&memory)));
-    for name in ["alice", "bob"] {
-        other.open_account(&user(name), usd("100")).await.unwrap();
-    }
-    other.place_order(order("bob", "1.5"), usd("10")).await.unwrap();
-    let target = other.place_order(order("alice", "0.5"), usd("10")).await.unwrap().order.order.id;
+    let (memory, other, target) = meanwhile::alices_order_in_a_pool().await;
     let meanwhile = {
         let other = Arc::clone(&other);
         Box::pin(async move {
@@ -321,6 +329,5 @@ async fn a_cancel_that_finds_the_pool_closed_reads_the_order_again() {
     let answer = canceling.cancel_order(&user("alice"), target).await.unwrap();
     assert_eq!((answer.now, answer.order.status, answer.order.batch_id), (false, OrderStatus::Canceled, None));
     assert_eq!(other.balance(&user("alice")).await.unwrap(), usd("100"));
-    let report = shared::audit::audit(&other.ledger().await.unwrap(), usd("10"));
-    assert!(report.is_clean(), "{report}");
+    meanwhile::assert_audit_clean(&other).await;
 }

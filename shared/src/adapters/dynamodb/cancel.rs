@@ -13,7 +13,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::item::{self, CANCELED_AT, account_key, get_s, ms, n, n_int, order_key, order_of, pool_key, timestamp};
+use super::item::{self, CANCELED_AT, account_key, get_s, ms, n, n_int, order_key, pool_key, timestamp};
 use super::table::{Changes, Cond, Reason, Transacted, Write};
 use super::{DynamoStore, infra, unexpected};
 use crate::domain::{Membership, Order, OrderId, OrderStatus, OrderView, UserId};
@@ -30,14 +30,8 @@ const TRIES: u32 = 5;
 impl DynamoStore {
     pub(super) async fn cancel(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError> {
         for _ in 0..TRIES {
-            let Some(found) = self.table.get(order_key(user, id)).await.map_err(InfraError::from)? else {
-                return Err(CancelError::NotFound);
-            };
-            let (order, _) = order_of(&found).map_err(infra("read order"))?;
-            if &order.user != user {
-                return Err(CancelError::NotFound);
-            }
-            let view = self.view(order.clone()).await?;
+            let view = self.order_view(user, id).await?.ok_or(CancelError::NotFound)?;
+            let order = view.order.clone();
             match view.status {
                 OrderStatus::Canceled => return Ok(Canceled { order: view, now: false }),
                 OrderStatus::Pending => {}
@@ -77,10 +71,7 @@ impl DynamoStore {
     /// seen is not its own. Read after the close, an order not canceled
     /// never will be (a cancel needs its pool open): it is in the batch.
     async fn not_pending(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError> {
-        let found = self.table.get(order_key(user, id)).await.map_err(InfraError::from)?;
-        let Some(found) = found else { return Err(CancelError::NotFound) };
-        let (order, _) = order_of(&found).map_err(infra("read order"))?;
-        let view = self.view(order).await?;
+        let view = self.order_view(user, id).await?.ok_or(CancelError::NotFound)?;
         match view.status {
             OrderStatus::Canceled => Ok(Canceled { order: view, now: false }),
             _ => Err(CancelError::NotPending(Box::new(view))),

@@ -32,7 +32,7 @@ mod stats;
 mod sweep;
 pub mod table;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod wait;
 
 pub use self::wait::PoolSummary;

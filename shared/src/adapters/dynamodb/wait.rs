@@ -25,7 +25,7 @@ use crate::domain::{
     Absorbed, BatchId, BatchQuantity, BatchTotals, Coin, NewOrder, Order, OrderId, Placement, PoolId, Quantity, Usd,
     UserId, exact_sum,
 };
-use crate::ports::{CancelError, InfraError, WaitAction, WaitPolicy, WaitReport};
+use crate::ports::{CancelError, InfraError, Orders, WaitAction, WaitPolicy, WaitReport};
 
 /// A coin's pool as an operator sees it.
 #[derive(Debug, Clone)]
@@ -62,11 +62,12 @@ impl DynamoStore {
         policy: Option<&WaitPolicy>,
         now: OffsetDateTime,
     ) -> Result<WaitReport, InfraError> {
-        let (shards, pending) = self.holding_shards(coin).await?;
+        let high = self.read_shard_count(coin).await?.high.max(1);
+        let (shards, pending) = self.holding_shards(coin, high).await?;
         let mut report = WaitReport { oldest: pending.iter().map(|o| o.created_at).min(), ..WaitReport::default() };
         let Some(policy) = policy else { return Ok(report) };
         report.house_balance = match &policy.action {
-            WaitAction::TopUp { house } => Some(self.house_balance(house).await?),
+            WaitAction::TopUp { house } => Some(Orders::balance(self, house).await?),
             WaitAction::Refund => None,
         };
         let Some(oldest) = report.oldest else { return Ok(report) };
@@ -92,7 +93,7 @@ impl DynamoStore {
                 match self.house_top_up(coin, house, price, shards, minimum, now).await? {
                     TopUp::Formed(batch) => {
                         report.topped_up = Some(batch);
-                        report.house_balance = Some(self.house_balance(house).await?);
+                        report.house_balance = Some(Orders::balance(self, house).await?);
                     }
                     TopUp::HouseShort(cost) => report.house_short = Some(cost),
                     TopUp::Moved => {}
@@ -102,10 +103,10 @@ impl DynamoStore {
         Ok(report)
     }
 
-    /// The coin's shards that hold money, and their pending orders.
-    async fn holding_shards(&self, coin: &Coin) -> Result<(Vec<Absorbed>, Vec<Order>), InfraError> {
-        let record = self.read_shard_count(coin).await?;
-        let all: Vec<u32> = (0..record.high.max(1)).collect();
+    /// The coin's shards that hold money, and their pending orders: every
+    /// shard up to `high` (the most it has had).
+    async fn holding_shards(&self, coin: &Coin, high: u32) -> Result<(Vec<Absorbed>, Vec<Order>), InfraError> {
+        let all: Vec<u32> = (0..high).collect();
         let shards: Vec<Absorbed> = self.read_shards(coin, &all).await?.iter().filter_map(holding).collect();
         let mut pending = Vec::new();
         for shard in &shards {
@@ -116,8 +117,8 @@ impl DynamoStore {
 
     /// What a coin's pool holds now, for an operator (`orders-admin pools`).
     pub async fn pool_summary(&self, coin: &Coin) -> Result<PoolSummary, InfraError> {
-        let record = self.read_shard_count(coin).await?;
-        let (shards, pending) = self.holding_shards(coin).await?;
+        let high = self.read_shard_count(coin).await?.high.max(1);
+        let (shards, pending) = self.holding_shards(coin, high).await?;
         let (usd, qty, orders) = match totals_of(&shards) {
             Some(totals) => (totals.usd, totals.qty.value(), totals.count),
             None if shards.is_empty() => (Usd::ZERO, Decimal::ZERO, 0),
@@ -125,7 +126,7 @@ impl DynamoStore {
         };
         Ok(PoolSummary {
             coin: coin.clone(),
-            shards: record.high.max(1),
+            shards: high,
             holding: shards.len(),
             usd,
             qty,
@@ -133,11 +134,6 @@ impl DynamoStore {
             oldest: pending.iter().map(|o| o.created_at).min(),
             forming: self.forming_batch(coin).await?.map(|b| (b.id, b.usd)),
         })
-    }
-
-    async fn house_balance(&self, house: &UserId) -> Result<Usd, InfraError> {
-        let item = self.table.get(super::item::account_key(house)).await?;
-        super::item::balance_of(item.as_ref()).map_err(infra("read the house account"))
     }
 
     /// The orders of an open pool, as the `batch-members` index lists them
