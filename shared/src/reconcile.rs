@@ -207,16 +207,21 @@ impl Reconciler {
             }
             for batch in formed {
                 tracing::info!(batch_id = %batch, %coin, "a batch formed from idle pool shards");
-                // A failed send leaves a READY batch: the outbox sends it later.
-                if let Err(error) = self.queue.send(batch).await {
-                    report.failed.push((batch, error));
-                }
-                report.swept.push(batch);
+                self.send_formed(batch, report).await;
             }
         }
         if let (Some(coins), Some(wait)) = (wait_coins, &self.wait) {
             self.bound_wait(wait, coins, minimum, report).await;
         }
+    }
+
+    /// Sends a batch the sweep or a top-up formed. A failed send leaves a
+    /// READY batch: the outbox sends it later.
+    async fn send_formed(&self, batch: BatchId, report: &mut ReconcileReport) {
+        if let Err(error) = self.queue.send(batch).await {
+            report.failed.push((batch, error));
+        }
+        report.swept.push(batch);
     }
 
     fn wait_is_due(&self) -> bool {
@@ -235,11 +240,21 @@ impl Reconciler {
     /// Each coin's oldest pending order against the policy; a top-up's
     /// batch goes to the settle queue like any other.
     async fn bound_wait(&self, wait: &BoundedWait, coins: Vec<Coin>, minimum: Usd, report: &mut ReconcileReport) {
+        use futures::StreamExt;
         let now = self.clock.now();
+        // Coins at once, as the sweep takes them.
+        let checked: Vec<(Coin, Result<crate::ports::WaitReport, InfraError>)> = futures::stream::iter(coins)
+            .map(|coin| async move {
+                let price = wait.prices.quote(coin.as_str()).ok().map(|(_, price)| price);
+                let applied = self.outbox.enforce_wait(&coin, price, minimum, wait.policy.as_ref(), now).await;
+                (coin, applied)
+            })
+            .buffer_unordered(Self::COINS_AT_ONCE)
+            .collect()
+            .await;
         let mut longest: f64 = 0.0;
-        for coin in coins {
-            let price = wait.prices.quote(coin.as_str()).ok().map(|(_, price)| price);
-            let applied = match self.outbox.enforce_wait(&coin, price, minimum, wait.policy.as_ref(), now).await {
+        for (coin, applied) in checked {
+            let applied = match applied {
                 Ok(applied) => applied,
                 Err(error) => {
                     tracing::warn!(error = %ErrorChain(&error), %coin, "could not apply the wait policy");
@@ -264,10 +279,7 @@ impl Reconciler {
                 tracing::info!(%coin, batch_id = %batch, "the house completed a pool that waited too long");
                 metrics::top_up(metrics::TopUpOutcome::Formed);
                 metrics::batch_formed(FormedBy::TopUp, 1);
-                if let Err(error) = self.queue.send(batch).await {
-                    report.failed.push((batch, error));
-                }
-                report.swept.push(batch);
+                self.send_formed(batch, report).await;
             }
         }
         metrics::oldest_pending_any(longest);
