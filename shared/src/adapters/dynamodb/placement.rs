@@ -386,7 +386,7 @@ impl DynamoStore {
                 };
                 writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
                 pools.push((writes.len() - 1, home));
-                if !pool.exists {
+                if !pool.exists && home == 0 {
                     writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
                 }
             }
@@ -407,7 +407,9 @@ impl DynamoStore {
                     let mut pointer = pool_batch_key(&new.coin, PoolId { shard: home, seq: pool.state.seq });
                     pointer.insert("batch_id".into(), s(batch_id.to_string()));
                     writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
-                    writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
+                    if home == 0 {
+                        writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
+                    }
                 }
                 closing.extend(absorbed.iter().copied());
                 let first = writes.len();
