@@ -8,7 +8,8 @@
 
 use rust_decimal::Decimal;
 
-use super::money::{Usd, exact_sum};
+use super::decimal::exact_sum;
+use super::money::Usd;
 use super::quantity::{BatchQuantity, Quantity};
 
 /// The open pool of one coin: its batch number and running totals.

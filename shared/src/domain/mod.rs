@@ -3,6 +3,7 @@
 
 pub mod batching;
 pub mod coin;
+pub mod decimal;
 pub mod ids;
 pub mod money;
 pub mod order;
@@ -11,6 +12,7 @@ pub mod quantity;
 pub use batching::{Absorbed, BatchTotals, Placement, PoolId, PoolOverflow, PoolState, decide, decide_sharded};
 pub use coin::{Coin, PriceList, UnknownCoin};
 pub use ids::{BatchId, DepositId, IdempotencyKey, InvalidId, OrderId, UserId, reproducible_ids};
-pub use money::{ExactSum, PRICE_SCALE, Usd, exact_decimal, exact_product, exact_sum, format_decimal};
+pub use decimal::{ExactSum, exact_decimal, exact_product, exact_sum, format_decimal};
+pub use money::{PRICE_SCALE, Usd};
 pub use order::{Batch, BatchStatus, Membership, NewOrder, Order, OrderStatus, OrderView, ResendPolicy};
 pub use quantity::{BatchQuantity, InvalidAmount, Quantity};

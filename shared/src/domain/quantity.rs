@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
-use super::money::format_decimal;
+use super::decimal::{exact_sum, format_decimal};
 
 /// An amount of a coin that a customer may order: a plain decimal, greater
 /// than zero, at most [`Quantity::MAX_SCALE`] decimal places (trailing zeros
@@ -106,7 +106,7 @@ impl BatchQuantity {
 
     /// `sum + amount`, or `None` if a `Decimal` cannot hold it exactly.
     pub fn sum(sum: Decimal, amount: Quantity) -> Option<BatchQuantity> {
-        super::money::exact_sum(sum, amount.value()).and_then(BatchQuantity::from_decimal)
+        exact_sum(sum, amount.value()).and_then(BatchQuantity::from_decimal)
     }
 
     pub fn value(self) -> Decimal {
