@@ -41,7 +41,7 @@ fn count(value: &AttributeValue) -> u64 {
 /// The `seq` a condition requires, if it does.
 fn seq_of(condition: Option<&Cond>) -> Option<u64> {
     match condition? {
-        Cond::Cmp("seq", _, value) => Some(count(value)),
+        Cond::Cmp(name, _, value) if name == "seq" => Some(count(value)),
         Cond::And(all) => all.iter().find_map(|c| seq_of(Some(c))),
         _ => None,
     }

@@ -32,14 +32,14 @@ fn number(item: &Item, name: &str) -> rust_decimal::Decimal {
 pub async fn conditional_writes_return_the_item_as_it_was(table: Arc<dyn Table>) {
     let k = key("T#1".into(), "A");
     let first = with(k.clone(), &[("v", n("1"))]);
-    assert_eq!(table.put(first.clone(), Some(Cond::NotExists("PK"))).await.unwrap(), Ok(()));
-    let again = table.put(with(k.clone(), &[("v", n("2"))]), Some(Cond::NotExists("PK"))).await.unwrap();
+    assert_eq!(table.put(first.clone(), Some(Cond::not_exists("PK"))).await.unwrap(), Ok(()));
+    let again = table.put(with(k.clone(), &[("v", n("2"))]), Some(Cond::not_exists("PK"))).await.unwrap();
     let old = again.unwrap_err().expect("the old item");
     assert_eq!(number(&old, "v"), 1.into());
 
     let failed = table.update(k.clone(), Changes::new().add("v", n("1")), Some(Cond::eq("v", n("5")))).await.unwrap();
     assert_eq!(number(&failed.unwrap_err().unwrap(), "v"), 1.into());
-    let missing = table.update(key("T#9".into(), "A"), Changes::new().add("v", n("1")), Some(Cond::Exists("PK"))).await;
+    let missing = table.update(key("T#9".into(), "A"), Changes::new().add("v", n("1")), Some(Cond::exists("PK"))).await;
     assert_eq!(missing.unwrap(), Err(None), "a missing item has no old image");
     assert_eq!(table.get(key("T#9".into(), "A")).await.unwrap(), None, "a failed update created the item");
 }
@@ -86,7 +86,7 @@ pub async fn a_transaction_is_all_or_nothing_with_a_reason_per_write(table: Arc<
     table.put(with(account.clone(), &[("balance", n("5"))]), None).await.unwrap().unwrap();
     let order = key("T#4".into(), "ORDER#1");
     let writes = vec![
-        Write::Put { item: with(order.clone(), &[("cost", n("6"))]), condition: Some(Cond::NotExists("PK")) },
+        Write::Put { item: with(order.clone(), &[("cost", n("6"))]), condition: Some(Cond::not_exists("PK")) },
         Write::Update {
             key: account.clone(),
             changes: Changes::new().add("balance", n("-6")),
@@ -117,7 +117,7 @@ pub async fn a_resent_committed_transaction_is_never_applied_twice(table: Arc<dy
     let counter = key("T#5".into(), "COUNTER");
     let marker = key("T#5".into(), "MARKER");
     let writes = vec![
-        Write::Put { item: marker.clone(), condition: Some(Cond::NotExists("PK")) },
+        Write::Put { item: marker.clone(), condition: Some(Cond::not_exists("PK")) },
         Write::Update { key: counter.clone(), changes: Changes::new().add("n", n("1")), condition: None },
     ];
     let token = ulid::Ulid::new().to_string();
@@ -134,7 +134,7 @@ pub async fn two_writes_on_one_item_in_a_transaction_are_refused(table: Arc<dyn 
     let k = key("T#6".into(), "A");
     let writes = vec![
         Write::Update { key: k.clone(), changes: Changes::new().add("n", n("1")), condition: None },
-        Write::Check { key: k.clone(), condition: Cond::NotExists("PK") },
+        Write::Check { key: k.clone(), condition: Cond::not_exists("PK") },
     ];
     let result = table.transact(writes, &ulid::Ulid::new().to_string()).await;
     assert!(matches!(result, Err(TableError::Failed { .. }) | Ok(Transacted::Cancelled(_))), "{result:?}");

@@ -629,7 +629,7 @@ mod tests {
             condition,
         };
         model.transact(vec![add(None)], "t1").await.unwrap();
-        let cancelled = model.transact(vec![add(Some(Cond::NotExists("PK")))], "t2").await.unwrap();
+        let cancelled = model.transact(vec![add(Some(Cond::not_exists("PK")))], "t2").await.unwrap();
         assert!(matches!(cancelled, Transacted::Cancelled(_)));
         model.get(key.clone()).await.unwrap();
         let ledger = model.ledger();

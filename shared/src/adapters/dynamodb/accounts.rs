@@ -40,10 +40,10 @@ impl Accounts for DynamoStore {
         const ACCOUNT: usize = 0;
         const OPENING: usize = 1;
         let writes = [
-            Write::Put { item: account, condition: Some(Cond::NotExists("PK")) },
+            Write::Put { item: account, condition: Some(Cond::not_exists("PK")) },
             Write::Put {
                 item: deposit_record(user, &opening_deposit(), balance, &token),
-                condition: Some(Cond::NotExists("PK")),
+                condition: Some(Cond::not_exists("PK")),
             },
         ];
         match self.transact_idempotent("open account", &token, &writes).await? {
@@ -60,7 +60,7 @@ impl Accounts for DynamoStore {
         let token = ulid::Ulid::new().to_string();
         const RECORD: usize = 0;
         let writes = [
-            Write::Put { item: deposit_record(user, id, usd, &token), condition: Some(Cond::NotExists("PK")) },
+            Write::Put { item: deposit_record(user, id, usd, &token), condition: Some(Cond::not_exists("PK")) },
             Write::Update {
                 key: account_key(user),
                 changes: Changes::new().add("balance_usd", n(usd.value())).set("user_id", s(user.as_str())),

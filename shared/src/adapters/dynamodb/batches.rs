@@ -28,8 +28,8 @@ fn held_by(attempt: u32) -> Cond {
 /// and nobody credited yet.
 fn refusal_unconfirmed() -> Cond {
     Cond::eq("status", status(BatchStatus::Refused))
-        .and(Cond::Exists(item::REFUNDS_FROM))
-        .and(Cond::eq("refunded", n_int(0u64)).or(Cond::NotExists("refunded")))
+        .and(Cond::exists(item::REFUNDS_FROM))
+        .and(Cond::eq("refunded", n_int(0u64)).or(Cond::not_exists("refunded")))
 }
 
 /// What a fenced write came to.
@@ -204,7 +204,7 @@ impl Outbox for DynamoStore {
 
     async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError> {
         let resends = match batch.resends {
-            0 => Cond::eq("resends", n_int(0u64)).or(Cond::NotExists("resends")),
+            0 => Cond::eq("resends", n_int(0u64)).or(Cond::not_exists("resends")),
             seen => Cond::eq("resends", n_int(seen)),
         };
         let unchanged =

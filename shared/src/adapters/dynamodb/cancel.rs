@@ -105,7 +105,7 @@ fn cancel_writes(order: &Order, (shard, seq): (u32, u64), token: &str, now: time
                 .set(CANCEL_TOKEN, AttributeValue::S(token.to_owned()))
                 .remove(item::MEMBERS_PK)
                 .remove(item::MEMBERS_SK),
-            condition: Some(Cond::Exists("PK").and(Cond::NotExists(CANCELED_AT)).and(Cond::NotExists("refunded"))),
+            condition: Some(Cond::exists("PK").and(Cond::not_exists(CANCELED_AT)).and(Cond::not_exists("refunded"))),
         },
         Write::Update {
             key: pool_key(&order.coin, shard),
@@ -119,7 +119,7 @@ fn cancel_writes(order: &Order, (shard, seq): (u32, u64), token: &str, now: time
         Write::Update {
             key: account_key(&order.user),
             changes: Changes::new().add("balance_usd", n(order.cost.value())),
-            condition: Some(Cond::Exists("PK")),
+            condition: Some(Cond::exists("PK")),
         },
     ]
 }

@@ -352,7 +352,7 @@ impl DynamoStore {
             record.insert("amount".into(), n(new.amount.value()));
             let expires = (new.created_at + KEY_RETENTION).unix_timestamp();
             record.insert(TTL_ATTRIBUTE.into(), AttributeValue::N(expires.to_string()));
-            writes.push(Write::Put { item: record, condition: Some(Cond::NotExists("PK")) });
+            writes.push(Write::Put { item: record, condition: Some(Cond::not_exists("PK")) });
             writes.len() - 1
         });
 
@@ -366,7 +366,7 @@ impl DynamoStore {
         let (order, batch) = new.placed(home, placement);
         writes.push(Write::Put {
             item: order_item(&order, batch.as_ref().map(|b| b.id)),
-            condition: Some(Cond::NotExists("PK")),
+            condition: Some(Cond::not_exists("PK")),
         });
         let order_index = writes.len() - 1;
 
@@ -382,7 +382,7 @@ impl DynamoStore {
                     let limit = minimum.value() - new.cost.value();
                     (add, Cond::eq("seq", n_int(*seq)).and(Cond::lt("usd", n(limit))))
                 } else {
-                    (add.set("seq", n_int(*seq)), Cond::NotExists("PK"))
+                    (add.set("seq", n_int(*seq)), Cond::not_exists("PK"))
                 };
                 writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
                 pools.push((writes.len() - 1, home));
@@ -401,12 +401,12 @@ impl DynamoStore {
                     // A home shard with no item yet is created closed: the
                     // shards carried along reach the minimum.
                     let (changes, _) = close_pool(&pool.state, now);
-                    let condition = Some(Cond::NotExists("PK"));
+                    let condition = Some(Cond::not_exists("PK"));
                     writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition });
                     pools.push((writes.len() - 1, home));
                     let mut pointer = pool_batch_key(&new.coin, PoolId { shard: home, seq: pool.state.seq });
                     pointer.insert("batch_id".into(), s(batch_id.to_string()));
-                    writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
+                    writes.push(Write::Put { item: pointer, condition: Some(Cond::not_exists("PK")) });
                     if home == 0 {
                         writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
                     }
@@ -421,7 +421,7 @@ impl DynamoStore {
         }
 
         if let Some(batch) = &batch {
-            writes.push(Write::Put { item: batch_item(batch), condition: Some(Cond::NotExists("PK")) });
+            writes.push(Write::Put { item: batch_item(batch), condition: Some(Cond::not_exists("PK")) });
         }
         Plan { writes, key, debit, order: order_index, pools, written: (order, batch) }
     }

@@ -67,7 +67,7 @@ impl DynamoStore {
             let query = Query {
                 index: Some(item::MEMBERS_INDEX),
                 partition: (item::MEMBERS_PK, partitions[pool].clone()),
-                filter: Some(Cond::NotExists("refunded")),
+                filter: Some(Cond::not_exists("refunded")),
                 limit: Some(max_orders.max(1)),
                 start: start.take(),
                 ..Query::default()
@@ -154,7 +154,7 @@ impl DynamoStore {
                 changes: Changes::new().set("refunded", AttributeValue::Bool(true)).set(REFUND_TOKEN, s(&token)),
                 // A canceled order had its cost back already (and left the
                 // index; a lagging index may still list it).
-                condition: Some(Cond::Exists("PK").and(Cond::NotExists("refunded")).and(Cond::NotExists(CANCELED_AT))),
+                condition: Some(Cond::exists("PK").and(Cond::not_exists("refunded")).and(Cond::not_exists(CANCELED_AT))),
             },
             Write::Update {
                 key: account_key(&order.user),
@@ -170,7 +170,7 @@ impl DynamoStore {
                     .set(CURSOR_SK, cursor_sk),
                 // Never while the refusal waits to be confirmed.
                 condition: Some(
-                    Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::NotExists(item::REFUNDS_FROM)),
+                    Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::not_exists(item::REFUNDS_FROM)),
                 ),
             },
         ];

@@ -108,11 +108,11 @@ impl ShardCount {
     /// The condition that the record is still as read.
     pub(super) fn unchanged(&self) -> Cond {
         if !self.exists {
-            return Cond::NotExists("PK");
+            return Cond::not_exists("PK");
         }
         let grown = match self.grown_ms {
             Some(ms) => Cond::eq("grown_ms", n_int(u64::try_from(ms).unwrap_or(0))),
-            None => Cond::NotExists("grown_ms"),
+            None => Cond::not_exists("grown_ms"),
         };
         Cond::eq("count", n_int(self.grown_to)).and(grown)
     }

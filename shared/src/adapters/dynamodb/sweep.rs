@@ -58,7 +58,7 @@ pub(super) fn close_into(coin: &Coin, shards: &[Absorbed], batch: BatchId, now: 
         writes.push(Write::Update { key: item::pool_key(coin, shard.shard), changes, condition: Some(condition) });
         let mut pointer = pool_batch_key(coin, PoolId { shard: shard.shard, seq: shard.state.seq });
         pointer.insert("batch_id".into(), s(batch.to_string()));
-        writes.push(Write::Put { item: pointer, condition: Some(Cond::NotExists("PK")) });
+        writes.push(Write::Put { item: pointer, condition: Some(Cond::not_exists("PK")) });
     }
     writes
 }
@@ -309,7 +309,7 @@ impl DynamoStore {
                 changes: record.settled_at(count, fell_ms),
                 condition: Some(record.unchanged().and(Cond::eq("high", n_int(record.high)))),
             },
-            Write::Check { key: forming_key(coin), condition: Cond::NotExists("batch_id") },
+            Write::Check { key: forming_key(coin), condition: Cond::not_exists("batch_id") },
         ];
         StoreStats::count(&self.stats.shard_reads);
         let token = ulid::Ulid::new().to_string();
@@ -342,11 +342,11 @@ impl DynamoStore {
         let Some(totals) = totals_of(first) else { return Ok(None) };
         let batch = Batch::forming(coin, pools_of(first), totals, now);
         let mut writes = close_into(coin, first, batch.id, now);
-        writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::NotExists("PK")) });
+        writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::not_exists("PK")) });
         writes.push(Write::Update {
             key: forming_key(coin),
             changes: Changes::new().set("batch_id", s(batch.id.to_string())),
-            condition: Some(Cond::NotExists("batch_id")),
+            condition: Some(Cond::not_exists("batch_id")),
         });
         // The sweep that brings `high` down checks there is no batch forming;
         // this checks `high` is still what it read.
@@ -487,7 +487,7 @@ impl DynamoStore {
         let Some(totals) = totals_of(group) else { return Ok(None) };
         let batch = Batch::ready(coin, pools_of(group), totals, now);
         let mut writes = close_into(coin, group, batch.id, now);
-        writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::NotExists("PK")) });
+        writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::not_exists("PK")) });
         let put = writes.len() - 1;
         Ok(self.sweep_transaction(&writes, put, &|found| is_batch(found, batch.id)).await?.then_some(batch.id))
     }

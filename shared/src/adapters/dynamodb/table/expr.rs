@@ -161,23 +161,23 @@ pub fn normalized(value: &AttributeValue) -> AttributeValue {
 /// The item after `changes` (an update of a missing item starts from its key).
 pub fn apply(changes: &Changes, mut item: Item) -> Result<Item, InvalidUpdate> {
     for (name, value) in &changes.set {
-        item.insert((*name).to_owned(), normalized(value));
+        item.insert(name.to_string(), normalized(value));
     }
     for (name, value) in &changes.add {
         let AttributeValue::N(delta) = value else {
-            return Err(InvalidUpdate::AddToNonNumber((*name).to_owned()));
+            return Err(InvalidUpdate::AddToNonNumber(name.to_string()));
         };
-        let current = match item.get(*name) {
+        let current = match item.get(name.as_ref()) {
             None => Decimal::ZERO,
-            Some(AttributeValue::N(text)) => number(text).ok_or_else(|| InvalidUpdate::Number((*name).to_owned()))?,
-            Some(_) => return Err(InvalidUpdate::AddToNonNumber((*name).to_owned())),
+            Some(AttributeValue::N(text)) => number(text).ok_or_else(|| InvalidUpdate::Number(name.to_string()))?,
+            Some(_) => return Err(InvalidUpdate::AddToNonNumber(name.to_string())),
         };
-        let delta = number(delta).ok_or_else(|| InvalidUpdate::Number((*name).to_owned()))?;
-        let sum = current.checked_add(delta).ok_or_else(|| InvalidUpdate::Number((*name).to_owned()))?;
-        item.insert((*name).to_owned(), AttributeValue::N(crate::domain::format_decimal(sum)));
+        let delta = number(delta).ok_or_else(|| InvalidUpdate::Number(name.to_string()))?;
+        let sum = current.checked_add(delta).ok_or_else(|| InvalidUpdate::Number(name.to_string()))?;
+        item.insert(name.to_string(), AttributeValue::N(crate::domain::format_decimal(sum)));
     }
     for name in &changes.remove {
-        item.remove(*name);
+        item.remove(name.as_ref());
     }
     Ok(item)
 }
@@ -214,8 +214,8 @@ mod tests {
         assert!(!holds(&Cond::lt("usd", n("9.5")), Some(&item)));
         assert!(!holds(&Cond::eq("missing", n("0")), Some(&item)));
         assert!(!holds(&Cond::eq("usd", s("9.5")), Some(&item)), "types differ");
-        assert!(holds(&Cond::NotExists("PK"), None));
-        assert!(!holds(&Cond::Exists("PK"), None));
+        assert!(holds(&Cond::not_exists("PK"), None));
+        assert!(!holds(&Cond::exists("PK"), None));
         assert!(holds(&Cond::eq("status", s("SETTLED")).or(Cond::eq("status", s("READY"))), Some(&item)));
     }
 

@@ -12,6 +12,7 @@ pub mod expr;
 pub mod memory;
 pub mod sdk;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -20,6 +21,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 pub type Item = HashMap<String, AttributeValue>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An attribute's name: mostly a literal, but a pool's members are
+/// attributes named after their orders.
+pub type Name = Cow<'static, str>;
 
 /// How a comparison compares. Numbers compare numerically, strings by their
 /// UTF-8 bytes; a missing attribute or a type mismatch makes it false.
@@ -37,29 +42,37 @@ pub enum CmpOp {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
     /// `attribute_exists(a)`
-    Exists(&'static str),
+    Exists(Name),
     /// `attribute_not_exists(a)`
-    NotExists(&'static str),
-    Cmp(&'static str, CmpOp, AttributeValue),
+    NotExists(Name),
+    Cmp(Name, CmpOp, AttributeValue),
     And(Vec<Cond>),
     Or(Vec<Cond>),
 }
 
 impl Cond {
-    pub fn eq(attribute: &'static str, value: AttributeValue) -> Cond {
-        Cond::Cmp(attribute, CmpOp::Eq, value)
+    pub fn exists(attribute: impl Into<Name>) -> Cond {
+        Cond::Exists(attribute.into())
     }
 
-    pub fn lt(attribute: &'static str, value: AttributeValue) -> Cond {
-        Cond::Cmp(attribute, CmpOp::Lt, value)
+    pub fn not_exists(attribute: impl Into<Name>) -> Cond {
+        Cond::NotExists(attribute.into())
     }
 
-    pub fn le(attribute: &'static str, value: AttributeValue) -> Cond {
-        Cond::Cmp(attribute, CmpOp::Le, value)
+    pub fn eq(attribute: impl Into<Name>, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute.into(), CmpOp::Eq, value)
     }
 
-    pub fn ge(attribute: &'static str, value: AttributeValue) -> Cond {
-        Cond::Cmp(attribute, CmpOp::Ge, value)
+    pub fn lt(attribute: impl Into<Name>, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute.into(), CmpOp::Lt, value)
+    }
+
+    pub fn le(attribute: impl Into<Name>, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute.into(), CmpOp::Le, value)
+    }
+
+    pub fn ge(attribute: impl Into<Name>, value: AttributeValue) -> Cond {
+        Cond::Cmp(attribute.into(), CmpOp::Ge, value)
     }
 
     pub fn and(self, other: Cond) -> Cond {
@@ -88,9 +101,9 @@ impl Cond {
 /// missing item creates it from its key.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
-    pub set: Vec<(&'static str, AttributeValue)>,
-    pub add: Vec<(&'static str, AttributeValue)>,
-    pub remove: Vec<&'static str>,
+    pub set: Vec<(Name, AttributeValue)>,
+    pub add: Vec<(Name, AttributeValue)>,
+    pub remove: Vec<Name>,
 }
 
 impl Changes {
@@ -98,18 +111,18 @@ impl Changes {
         Changes::default()
     }
 
-    pub fn set(mut self, attribute: &'static str, value: AttributeValue) -> Changes {
-        self.set.push((attribute, value));
+    pub fn set(mut self, attribute: impl Into<Name>, value: AttributeValue) -> Changes {
+        self.set.push((attribute.into(), value));
         self
     }
 
-    pub fn add(mut self, attribute: &'static str, value: AttributeValue) -> Changes {
-        self.add.push((attribute, value));
+    pub fn add(mut self, attribute: impl Into<Name>, value: AttributeValue) -> Changes {
+        self.add.push((attribute.into(), value));
         self
     }
 
-    pub fn remove(mut self, attribute: &'static str) -> Changes {
-        self.remove.push(attribute);
+    pub fn remove(mut self, attribute: impl Into<Name>) -> Changes {
+        self.remove.push(attribute.into());
         self
     }
 }
