@@ -2,14 +2,16 @@
 //!
 //! - every balance is its deposits, minus its orders' costs, plus what was
 //!   refunded to it;
-//! - every order is in exactly one place: its own batch, a closed pool's
-//!   batch, or its coin's open pool, unless it was canceled (then in none,
-//!   its cost back); and its cost is exactly price × amount;
+//! - every order is in exactly one place: its own batch, the members of
+//!   one open pool of its shard, or the members of one closed pool's record
+//!   (whose batch it is in), unless it was canceled (then in none, its cost
+//!   back); and its cost is exactly price × amount;
 //! - every batch is exactly its members (count, dollars, coin quantity),
 //!   is worth at least the minimum, and its status agrees with its members'
-//!   refunds;
-//! - every open pool's counters are its pending orders, below the minimum
-//!   (a coin's pool may be spread over shards: each shard's open pool).
+//!   refunds; every pool it closed has a record that names it;
+//! - every open pool's counters are its members' orders, below the minimum
+//!   (a coin's pool may be spread over shards: each shard's open pool);
+//! - with a bound on the wait (`AgeLimit`), no order has been pending longer.
 //!
 //! It reads nothing but a [`Ledger`] and says what is wrong, so the same
 //! checks run on the embedded table after every step of a simulation, on an
@@ -21,9 +23,11 @@ use std::fmt;
 
 use rust_decimal::Decimal;
 
+use time::OffsetDateTime;
+
 use crate::domain::{
-    Batch, BatchId, BatchStatus, Coin, DepositId, ExactSum, Membership, Order, OrderId, PoolId, PoolState, Usd, UserId,
-    exact_product,
+    Batch, BatchId, BatchStatus, Coin, DepositId, ExactSum, Member, Membership, Order, OrderId, PoolId, ShardPool, Usd,
+    UserId, exact_product,
 };
 
 /// A credit to an account that is not a refund.
@@ -39,15 +43,24 @@ pub struct DepositRecord {
 pub struct OpenPool {
     pub coin: Coin,
     pub shard: u32,
-    pub state: PoolState,
+    pub state: ShardPool,
 }
 
-/// A pool a batch closed.
+/// The record of a pool a batch closed: the batch, and the members it took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedPool {
     pub coin: Coin,
     pub pool: PoolId,
     pub batch: BatchId,
+    pub members: Vec<Member>,
+}
+
+/// How long an order may be pending, as of `now` (the operator's bound on
+/// the wait, and the time its policy needs to act).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeLimit {
+    pub now: OffsetDateTime,
+    pub max: time::Duration,
 }
 
 /// Everything the money invariants are about, as stored.
@@ -59,7 +72,7 @@ pub struct Ledger {
     pub batches: Vec<Batch>,
     /// Each coin's open pools, one per shard.
     pub pools: Vec<OpenPool>,
-    /// Which batch closed each closed pool.
+    /// The record of each closed pool.
     pub closed_pools: Vec<ClosedPool>,
 }
 
@@ -131,11 +144,18 @@ impl fmt::Display for AuditReport {
     }
 }
 
-/// Where an order is, as the ledger's records place it.
+/// Where the ledger lists an order: among an open pool's members, or a
+/// closed pool's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed<'a> {
+    Open(&'a Coin, u32),
+    Closed(&'a Coin, PoolId, BatchId),
+}
+
+/// Where an order is.
 enum Place<'a> {
     Batch(BatchId),
-    OpenPool((&'a Coin, u32)),
-    Nowhere(String),
+    OpenPool(&'a Coin, u32),
 }
 
 /// Running sums of a group of orders, exact (a sum that cannot be held
@@ -208,33 +228,48 @@ pub struct LiveAudit {
 }
 
 pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
+    audit_aged(ledger, minimum, None)
+}
+
+/// [`audit`], and with `age`, any order pending longer than it allows is a
+/// discrepancy too.
+pub fn audit_aged(ledger: &Ledger, minimum: Usd, age: Option<AgeLimit>) -> AuditReport {
     let mut report = AuditReport::default();
     let problems = &mut report.problems;
     let batches: HashMap<BatchId, &Batch> = ledger.batches.iter().map(|b| (b.id, b)).collect();
-    let pools: HashMap<(&Coin, u32), &PoolState> =
+    let pools: HashMap<(&Coin, u32), &ShardPool> =
         ledger.pools.iter().map(|p| ((&p.coin, p.shard), &p.state)).collect();
+
+    // Where each order is listed.
+    let mut listed: HashMap<OrderId, Vec<(Listed, &UserId)>> = HashMap::new();
+    for OpenPool { coin, shard, state } in &ledger.pools {
+        for member in &state.members {
+            listed.entry(member.order).or_default().push((Listed::Open(coin, *shard), &member.user));
+        }
+    }
     let mut closed: HashMap<(&Coin, PoolId), BatchId> = HashMap::new();
-    for ClosedPool { coin, pool, batch } in &ledger.closed_pools {
+    for ClosedPool { coin, pool, batch, members } in &ledger.closed_pools {
         let (shard, seq) = (pool.shard, pool.seq);
+        let subject = || format!("pool {seq} of shard {shard} of {coin}");
         if closed.insert((coin, *pool), *batch).is_some() {
-            problems.push(problem(
-                format!("pool {seq} of shard {shard} of {coin}"),
-                format!("pool {seq} of shard {shard} of {coin} was closed twice"),
-            ));
+            problems.push(problem(subject(), format!("pool {seq} of shard {shard} of {coin} was closed twice")));
         }
         match pools.get(&(coin, shard)) {
             Some(open) if seq < open.seq => {}
             _ => problems.push(problem(
-                format!("pool {seq} of shard {shard} of {coin}"),
+                subject(),
                 format!("pool {seq} of shard {shard} of {coin} is closed but is not before its open pool"),
             )),
         }
         match batches.get(batch) {
             Some(b) if b.pools.contains(pool) && &b.coin == coin => {}
             _ => problems.push(problem(
-                format!("pool {seq} of shard {shard} of {coin}"),
+                subject(),
                 format!("pool {seq} of shard {shard} of {coin} was closed by batch {batch}, which is not that pool's"),
             )),
+        }
+        for member in members {
+            listed.entry(member.order).or_default().push((Listed::Closed(coin, *pool, *batch), &member.user));
         }
     }
     for batch in &ledger.batches {
@@ -242,10 +277,7 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
             if closed.get(&(&batch.coin, *pool)) != Some(&batch.id) {
                 problems.push(problem(
                     format!("batch {}", batch.id),
-                    format!(
-                        "batch {} closed pool {} of shard {}, which does not point to it",
-                        batch.id, pool.seq, pool.shard
-                    ),
+                    format!("batch {} closed pool {} of shard {}, which has no record of it", batch.id, pool.seq, pool.shard),
                 ));
             }
         }
@@ -257,67 +289,85 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
     let mut seen: HashMap<OrderId, ()> = HashMap::new();
     let mut account_flow: BTreeMap<&UserId, ExactSum> = BTreeMap::new();
     for order in &ledger.orders {
+        let subject = || format!("order {}", order.id);
         if seen.insert(order.id, ()).is_some() {
-            problems.push(problem(format!("order {}", order.id), format!("order {} is stored twice", order.id)));
+            problems.push(problem(subject(), format!("order {} is stored twice", order.id)));
         }
         if exact_product(order.price.value(), order.amount.value()) != Some(order.cost.value()) {
             problems.push(problem(
-                format!("order {}", order.id),
+                subject(),
                 format!("order {} costs {}, not {} × {}", order.id, order.cost, order.price, order.amount),
             ));
         }
         let flow = account_flow.entry(&order.user).or_default();
         report.orders += 1;
+        let places = listed.remove(&order.id).unwrap_or_default();
+        if places.iter().any(|(_, user)| *user != &order.user) {
+            problems.push(problem(subject(), format!("order {} is listed as another user's", order.id)));
+        }
         if order.canceled {
-            // Debited, then credited back; in no pool and no batch any more
-            // (the pool it was in, open or closed since, counts it no more).
+            // Debited, then credited back; in no pool and no batch any more.
             report.canceled_orders += 1;
             report.canceled_usd += order.cost.value();
-            if order.refunded || matches!(order.membership, Membership::Own(_)) {
+            if order.refunded || matches!(order.membership, Membership::Own(_)) || !places.is_empty() {
                 problems.push(problem(
-                    format!("order {}", order.id),
-                    format!("order {} is canceled, yet was refunded or bought alone", order.id),
+                    subject(),
+                    format!("order {} is canceled, yet was refunded, bought alone, or is still in a pool", order.id),
                 ));
             }
             continue;
         }
-        if order.refunded {
-            // Debited, then credited back.
-        } else {
+        if !order.refunded {
             *flow -= order.cost.value();
             report.paid += order.cost.value();
         }
-        let place = match order.membership {
-            Membership::Own(id) => Place::Batch(id),
-            Membership::Pool { shard, seq } => {
-                match (closed.get(&(&order.coin, PoolId { shard, seq })), pools.get(&(&order.coin, shard))) {
-                    (Some(batch), _) => Place::Batch(*batch),
-                    (None, Some(pool)) if pool.seq == seq => Place::OpenPool((&order.coin, shard)),
-                    (None, _) => Place::Nowhere(format!(
-                        "pool {seq} of shard {shard} of {}, neither open nor closed",
-                        order.coin
-                    )),
+        let place = match (order.membership, places.as_slice()) {
+            (Membership::Own(id), []) => Ok(Place::Batch(id)),
+            (Membership::Own(_), _) => Err("bought alone, yet listed in a pool".to_owned()),
+            (Membership::Pool { shard, formed }, [(place, _)]) => match *place {
+                Listed::Open(coin, listed_shard) if coin == &order.coin && listed_shard == shard && formed.is_none() => {
+                    Ok(Place::OpenPool(coin, shard))
                 }
-            }
+                Listed::Closed(coin, pool, batch)
+                    if coin == &order.coin && pool.shard == shard && formed.is_none_or(|f| f == batch) =>
+                {
+                    Ok(Place::Batch(batch))
+                }
+                _ => Err(format!("listed in {place:?}, which is not its shard {shard} of {}", order.coin)),
+            },
+            (Membership::Pool { .. }, []) => Err("in no batch and no open pool".to_owned()),
+            (Membership::Pool { .. }, _) => Err(format!("listed in {} places", places.len())),
         };
         match place {
-            Place::Batch(id) => members.entry(id).or_default().add(order),
-            Place::OpenPool(pool) => {
-                open.entry(pool).or_default().add(order);
+            Ok(Place::Batch(batch)) => members.entry(batch).or_default().add(order),
+            Ok(Place::OpenPool(coin, shard)) => {
+                open.entry((coin, shard)).or_default().add(order);
                 report.pending_orders += 1;
                 report.pending_usd += order.cost.value();
                 if order.refunded {
+                    problems.push(problem(subject(), format!("order {} is pending and refunded", order.id)));
+                }
+                if let Some(age) = age
+                    && age.now - order.created_at > age.max
+                {
                     problems.push(problem(
-                        format!("order {}", order.id),
-                        format!("order {} is pending and refunded", order.id),
+                        subject(),
+                        format!(
+                            "order {} placed at {} has been pending longer than the wait allows ({})",
+                            order.id, order.created_at, age.max
+                        ),
                     ));
                 }
             }
-            Place::Nowhere(where_) => problems.push(problem(
-                format!("order {}", order.id),
-                format!("order {} is in no batch and no open pool: {where_}", order.id),
-            )),
+            Err(where_) => problems.push(problem(subject(), format!("order {}: {where_}", order.id))),
         }
+    }
+    for (order, places) in &listed {
+        let places: Vec<String> = places.iter().map(|(place, _)| format!("{place:?}")).collect();
+        problems.push(problem(
+            format!("order {order}"),
+            format!("order {order} is listed in {}, but there is no such order", places.join(", ")),
+        ));
     }
 
     // Batches: exactly their members, worth the minimum, statuses that agree.
@@ -333,19 +383,14 @@ pub fn audit(ledger: &Ledger, minimum: Usd) -> AuditReport {
                 ),
             ));
         }
-        // A batch still gathering is pending money, like an open pool.
-        if batch.status == BatchStatus::Forming {
-            report.pending_orders += sums.count as usize;
-            report.pending_usd += sums.usd;
-        }
-        if batch.usd < minimum && batch.status != BatchStatus::Forming {
+        if batch.usd < minimum {
             problems.push(problem(
                 format!("batch {}", batch.id),
                 format!("batch {} is worth {} USD, under the minimum {minimum}", batch.id, batch.usd),
             ));
         }
         let refunds_agree = match batch.status {
-            BatchStatus::Forming | BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Settled => {
+            BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Settled => {
                 sums.refunded == 0 && batch.refunded == 0
             }
             BatchStatus::Refused => sums.refunded == batch.refunded,

@@ -2,17 +2,18 @@
 //! only; each adapter owns its mapping to an SDK or a wire format.
 //!
 //! The store is split by who may call what, as the functions' IAM policies
-//! are: [`Orders`] (place-order), [`Settlements`] (settle), [`Outbox`] (the
-//! reconciler), [`Accounts`] and [`LedgerRecords`] (operators). [`Store`]
-//! unites them for the adapters and their contract suite.
+//! are: [`Orders`] (place-order), [`Settlements`] (settle), [`Outbox`] and
+//! [`Pools`] (the reconciler), [`Accounts`] and [`LedgerRecords`]
+//! (operators). [`Store`] unites them for the adapters and their contract
+//! suite.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::audit::Ledger;
 use crate::domain::{
-    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, NewOrder, OrderId, OrderStatus, OrderView,
-    PoolOverflow, Usd, UserId,
+    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, Member, NewOrder, OrderId, OrderStatus, OrderView,
+    PoolOverflow, ShardCount, ShardPool, Usd, UserId,
 };
 
 /// An infrastructure failure: the store or queue could not answer. Never a
@@ -107,20 +108,6 @@ pub enum WaitAction {
     Refund,
 }
 
-/// What applying the wait policy to one coin did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WaitReport {
-    /// When the coin's oldest pending order was placed, if it has any.
-    pub oldest: Option<OffsetDateTime>,
-    /// Orders canceled by the refund policy.
-    pub canceled: u32,
-    /// The batch a top-up formed.
-    pub topped_up: Option<BatchId>,
-    /// A top-up the house account could not pay: what it would have cost.
-    pub house_short: Option<Usd>,
-    /// The house account's balance after the check (top-up policy only).
-    pub house_balance: Option<Usd>,
-}
 
 /// Placing and reading orders: the place-order function.
 #[async_trait]
@@ -173,9 +160,6 @@ pub enum Claim {
     Refusing(Batch),
     /// Settled or refunded: a duplicate delivery.
     Finished(BatchStatus),
-    /// Still gathering pools (`FORMING`): the sweep sends it when it is
-    /// ready; nothing to do before.
-    Forming,
     /// Another attempt holds the lease until then.
     Leased {
         until: OffsetDateTime,
@@ -260,9 +244,6 @@ pub trait Outbox: Send + Sync {
     /// Every batch not final yet: `Ready`, `Submitting`, `Refused`.
     async fn open_batches(&self) -> Result<Vec<Batch>, InfraError>;
 
-    /// Every coin that ever had a pool, priced or not any more.
-    async fn pooled_coins(&self) -> Result<Vec<Coin>, InfraError>;
-
     /// Records a re-send of `batch` (as it was read), before it is sent:
     /// of the reconcilers that read it alike, exactly one records it, and
     /// only that one sends. `false` when the batch changed since, and the
@@ -275,32 +256,60 @@ pub trait Outbox: Send + Sync {
     /// written.
     async fn withdraw_resent(&self, batch: &Batch, noted_at: OffsetDateTime) -> Result<bool, InfraError>;
 
-    /// Closes into `READY` batches what the coin's idle pool shards (not
-    /// written for `quiet_for`) hold, while together they reach the
-    /// minimum, and what idle money is left under it together with the
-    /// fullest shards still in use, when that reaches it. The batches
-    /// formed are returned: they go to the settle queue.
-    async fn sweep_pools(
-        &self,
-        coin: &Coin,
-        minimum: Usd,
-        quiet_for: time::Duration,
-        now: OffsetDateTime,
-    ) -> Result<Vec<BatchId>, InfraError>;
+}
 
-    /// Measures how long the coin's oldest pending order has waited and
-    /// applies the wait policy, if there is one: nothing while that order
-    /// waited `max_wait` or less; after, a top-up (at `price`, the coin's
-    /// price now; `None`: not priced, nothing bought) or the refund of every
-    /// order that waited longer.
-    async fn enforce_wait(
-        &self,
-        coin: &Coin,
-        price: Option<Usd>,
-        minimum: Usd,
-        policy: Option<&WaitPolicy>,
-        now: OffsetDateTime,
-    ) -> Result<WaitReport, InfraError>;
+/// What a house top-up came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopUp {
+    /// The house's order closed the shards into this batch.
+    Formed(BatchId),
+    /// The house account cannot pay: nothing was written.
+    HouseShort,
+    /// A shard moved since it was read: nothing was written; the next check
+    /// decides again.
+    Moved,
+}
+
+/// The pools' storage, for the pooling use case (the reconciler's sweep
+/// and bounded wait): reads, and the transactions that make its decisions
+/// stick, each conditioned on the shards being exactly as read.
+#[async_trait]
+pub trait Pools: Send + Sync {
+    /// Every coin that ever had a pool, priced or not any more.
+    async fn pooled_coins(&self) -> Result<Vec<Coin>, InfraError>;
+
+    /// The coin's shard count as recorded.
+    async fn shard_count(&self, coin: &Coin) -> Result<ShardCount, InfraError>;
+
+    /// The open pools of these shards, strongly consistent (a shard never
+    /// written reads empty).
+    async fn read_pools(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<ShardPool>, InfraError>;
+
+    /// One transaction: `pools`, each exactly as read, close into a new
+    /// `READY` batch, which is returned (it goes to the settle queue).
+    /// `None`, nothing written, when one of them changed since.
+    async fn close(&self, coin: &Coin, pools: &[ShardPool], now: OffsetDateTime) -> Result<Option<BatchId>, InfraError>;
+
+    /// One transaction: every order of `from` moves to `into`, each pool
+    /// exactly as read. `false`, nothing written, when one changed since.
+    async fn gather(&self, coin: &Coin, into: &ShardPool, from: &[ShardPool], now: OffsetDateTime)
+    -> Result<bool, InfraError>;
+
+    /// One transaction: the house's order `house` joins the first of `pools`
+    /// and closes them all, each exactly as read, into a new `READY` batch;
+    /// the house is debited its cost (only if it can pay).
+    async fn top_up(&self, pools: &[ShardPool], house: &NewOrder, now: OffsetDateTime) -> Result<TopUp, InfraError>;
+
+    /// A user's balance (the house's, for the top-up policy).
+    async fn balance(&self, user: &UserId) -> Result<Usd, InfraError>;
+
+    /// Cancels a pending order for the wait policy, as its owner's cancel
+    /// does.
+    async fn cancel(&self, member: &Member) -> Result<Canceled, CancelError>;
+
+    /// Writes `settled` (the count come down, `high` with it) if the record
+    /// is still `read`. `false` when it changed.
+    async fn settle_high(&self, coin: &Coin, read: &ShardCount, settled: &ShardCount) -> Result<bool, InfraError>;
 }
 
 /// What a deposit did.
@@ -340,9 +349,9 @@ pub trait LedgerRecords: Send + Sync {
 
 /// The one table: accounts, orders, pools, batches. Every method of every
 /// part is atomic.
-pub trait Store: Orders + Settlements + Outbox + Accounts + LedgerRecords {}
+pub trait Store: Orders + Settlements + Outbox + Pools + Accounts + LedgerRecords {}
 
-impl<T: Orders + Settlements + Outbox + Accounts + LedgerRecords> Store for T {}
+impl<T: Orders + Settlements + Outbox + Pools + Accounts + LedgerRecords> Store for T {}
 
 /// Where formed batches wait for the settle function.
 #[async_trait]

@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use std::sync::Mutex;
 
-use crate::domain::{BatchId, BatchStatus, Coin, PriceList, ResendPolicy, Usd};
+use crate::domain::{BatchId, BatchStatus, Coin, PriceList, ResendPolicy, SweepRules, Usd};
 use crate::metrics::{self, CanceledBy, FormedBy};
-use crate::ports::{Clock, InfraError, Outbox, SettleQueue, WaitPolicy};
+use crate::pooling::{Pooling, WaitReport};
+use crate::ports::{Clock, InfraError, Outbox, Pools, SettleQueue, WaitPolicy};
 use crate::telemetry::ErrorChain;
 
 pub struct Reconciler {
@@ -20,7 +21,7 @@ pub struct Reconciler {
     queue: Arc<dyn SettleQueue>,
     clock: Arc<dyn Clock>,
     policy: ResendPolicy,
-    pools: Option<PoolSweep>,
+    pools: Option<(Pooling, PoolSweep)>,
     wait: Option<BoundedWait>,
     /// When the wait was last checked (it is checked every
     /// `BoundedWait::every`, not at every sweep).
@@ -39,8 +40,7 @@ pub struct BoundedWait {
     pub every: std::time::Duration,
 }
 
-/// Which coins' pools the reconciler sweeps, and when a shard counts as
-/// abandoned.
+/// Which coins' pools the reconciler sweeps, how, and how often.
 #[derive(Debug, Clone)]
 pub struct PoolSweep {
     /// The priced coins. The sweep also takes every coin the table lists as
@@ -48,8 +48,7 @@ pub struct PoolSweep {
     /// money, which must still be batched.
     pub coins: Vec<Coin>,
     pub minimum: Usd,
-    /// A shard nobody wrote for this long is nobody's any more.
-    pub quiet_for: time::Duration,
+    pub rules: SweepRules,
     /// How often [`Reconciler::run_until`] sweeps.
     pub every: std::time::Duration,
 }
@@ -62,7 +61,7 @@ pub struct ReconcileReport {
     pub failed: Vec<(BatchId, InfraError)>,
     /// Batches that exhausted their attempts: an operator's.
     pub left_to_operator: Vec<BatchId>,
-    /// Batches formed from what idle pool shards held.
+    /// Batches formed by the sweep, or by a top-up.
     pub swept: Vec<BatchId>,
 }
 
@@ -83,10 +82,12 @@ impl Reconciler {
         Reconciler { wait, ..self }
     }
 
-    /// Also gathers what idle pool shards of these coins hold into batches
-    /// (nobody else writes them once their writers are gone).
-    pub fn sweeping(self, pools: PoolSweep) -> Reconciler {
-        Reconciler { pools: Some(pools), ..self }
+    /// Also gathers what these coins' pool shards hold together into
+    /// batches, and applies the wait policy (see `crate::pooling`).
+    pub fn sweeping(self, pools: Arc<dyn Pools>, sweep: PoolSweep) -> Reconciler {
+        let pooling = Pooling::new(pools, Arc::clone(&self.clock), sweep.minimum)
+            .with_rules(sweep.rules, crate::domain::ShardRules::default());
+        Reconciler { pools: Some((pooling, sweep)), ..self }
     }
 
     /// Sweeps the pools (when it does), then sends every batch that is due
@@ -144,7 +145,7 @@ impl Reconciler {
     /// shard holds should not wait that long.
     pub async fn run_until(&self, deadline: tokio::time::Instant) -> Result<ReconcileReport, InfraError> {
         let mut report = self.run_once().await?;
-        let Some(every) = self.pools.as_ref().map(|sweep| sweep.every) else { return Ok(report) };
+        let Some(every) = self.sweep_every() else { return Ok(report) };
         while tokio::time::Instant::now() + every < deadline {
             tokio::time::sleep(every).await;
             self.sweep_into(&mut report).await;
@@ -154,7 +155,7 @@ impl Reconciler {
 
     /// How often it sweeps pool shards, when it does.
     pub fn sweep_every(&self) -> Option<std::time::Duration> {
-        self.pools.as_ref().map(|sweep| sweep.every)
+        self.pools.as_ref().map(|(_, sweep)| sweep.every)
     }
 
     /// Batches what each coin's quiet pool shards hold, and sends them on.
@@ -170,11 +171,9 @@ impl Reconciler {
 
     async fn sweep_into(&self, report: &mut ReconcileReport) {
         use futures::StreamExt;
-        let Some(sweep) = &self.pools else { return };
-        let now = self.clock.now();
-        let (minimum, quiet_for) = (sweep.minimum, sweep.quiet_for);
+        let Some((pooling, sweep)) = &self.pools else { return };
         let mut coins = sweep.coins.clone();
-        match self.outbox.pooled_coins().await {
+        match pooling.pooled_coins().await {
             Ok(pooled) => coins.extend(pooled),
             Err(error) => {
                 tracing::warn!(error = %ErrorChain(&error), "could not list the coins with pools; sweeping the priced ones")
@@ -182,36 +181,36 @@ impl Reconciler {
         }
         coins.sort();
         coins.dedup();
-        let swept: Vec<(Coin, Result<Vec<BatchId>, InfraError>)> = futures::stream::iter(coins)
-            .map(|coin| {
-                let outbox = Arc::clone(&self.outbox);
-                async move {
-                    let formed = outbox.sweep_pools(&coin, minimum, quiet_for, now).await;
-                    (coin, formed)
-                }
+        let swept: Vec<(Coin, Result<crate::pooling::Swept, InfraError>)> = futures::stream::iter(coins)
+            .map(|coin| async move {
+                let swept = pooling.sweep(&coin).await;
+                (coin, swept)
             })
             .buffer_unordered(Self::COINS_AT_ONCE)
             .collect()
             .await;
         let wait_coins = self.wait_is_due().then(|| swept.iter().map(|(coin, _)| coin.clone()).collect::<Vec<_>>());
         for (coin, result) in swept {
-            let formed = match result {
-                Ok(formed) => formed,
+            let swept = match result {
+                Ok(swept) => swept,
                 Err(error) => {
                     tracing::warn!(error = %ErrorChain(&error), %coin, "could not sweep the pool's shards");
                     continue;
                 }
             };
-            if !formed.is_empty() {
-                metrics::batch_formed(FormedBy::Sweep, formed.len() as u64);
+            if swept.moved > 0 {
+                tracing::info!(%coin, moves = swept.moved, "crumbs on more shards than one batch closes were moved together");
             }
-            for batch in formed {
-                tracing::info!(batch_id = %batch, %coin, "a batch formed from idle pool shards");
+            if !swept.formed.is_empty() {
+                metrics::batch_formed(FormedBy::Sweep, swept.formed.len() as u64);
+            }
+            for batch in swept.formed {
+                tracing::info!(batch_id = %batch, %coin, "a batch formed from money spread over shards");
                 self.send_formed(batch, report).await;
             }
         }
         if let (Some(coins), Some(wait)) = (wait_coins, &self.wait) {
-            self.bound_wait(wait, coins, minimum, report).await;
+            self.bound_wait(pooling, wait, coins, report).await;
         }
     }
 
@@ -239,14 +238,14 @@ impl Reconciler {
 
     /// Each coin's oldest pending order against the policy; a top-up's
     /// batch goes to the settle queue like any other.
-    async fn bound_wait(&self, wait: &BoundedWait, coins: Vec<Coin>, minimum: Usd, report: &mut ReconcileReport) {
+    async fn bound_wait(&self, pooling: &Pooling, wait: &BoundedWait, coins: Vec<Coin>, report: &mut ReconcileReport) {
         use futures::StreamExt;
         let now = self.clock.now();
         // Coins at once, as the sweep takes them.
-        let checked: Vec<(Coin, Result<crate::ports::WaitReport, InfraError>)> = futures::stream::iter(coins)
+        let checked: Vec<(Coin, Result<WaitReport, InfraError>)> = futures::stream::iter(coins)
             .map(|coin| async move {
                 let price = wait.prices.quote(coin.as_str()).ok().map(|(_, price)| price);
-                let applied = self.outbox.enforce_wait(&coin, price, minimum, wait.policy.as_ref(), now).await;
+                let applied = pooling.bound_wait(&coin, price, wait.policy.as_ref()).await;
                 (coin, applied)
             })
             .buffer_unordered(Self::COINS_AT_ONCE)
@@ -264,6 +263,9 @@ impl Reconciler {
             let waited = applied.oldest.map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0));
             metrics::oldest_pending(&coin, waited);
             longest = longest.max(waited);
+            if applied.unpriced {
+                tracing::warn!(%coin, "a pool waited too long, but its coin has no price: the house cannot buy it, so its orders that waited too long are canceled");
+            }
             if applied.canceled > 0 {
                 tracing::info!(%coin, orders = applied.canceled, "orders that waited too long were canceled");
                 metrics::order_canceled(CanceledBy::WaitPolicy, u64::from(applied.canceled));
@@ -493,12 +495,15 @@ mod tests {
         let reconciler_at = |seconds: i64| {
             let clock = Arc::new(FixedClock(start() + Duration::seconds(seconds)));
             Reconciler::new(store.clone(), queue.clone(), clock, policy())
-                .sweeping(PoolSweep {
-                    coins: vec![Coin::from_trusted("ABAN")],
-                    minimum: ten,
-                    quiet_for: Duration::milliseconds(500),
-                    every: std::time::Duration::from_millis(250),
-                })
+                .sweeping(
+                    store.clone(),
+                    PoolSweep {
+                        coins: vec![Coin::from_trusted("ABAN")],
+                        minimum: ten,
+                        rules: crate::domain::SweepRules::default(),
+                        every: std::time::Duration::from_millis(250),
+                    },
+                )
                 .bounding_wait(Some(BoundedWait {
                     policy: Some(WaitPolicy {
                         max_wait: Duration::minutes(15),

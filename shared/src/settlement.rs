@@ -29,8 +29,6 @@ pub enum Settlement {
     Refunding(Refund),
     /// No such batch. Nothing can ever settle it.
     UnknownBatch,
-    /// Still gathering pools: the sweep sends it again once it is ready.
-    StillForming,
     /// Another attempt holds it until `until`: a message delivered then
     /// looks again (this one is done with, its receives kept).
     Deferred { until: time::OffsetDateTime },
@@ -108,7 +106,6 @@ impl Settler {
             Claim::Finished(status) => return Ok(Settlement::AlreadyFinished(status)),
             Claim::Leased { until } => return self.defer(batch_id, until, now).await,
             Claim::NotFound => return Ok(Settlement::UnknownBatch),
-            Claim::Forming => return Ok(Settlement::StillForming),
         };
         tracing::Span::current().record("attempt", batch.attempts);
         metrics::settle_attempted();

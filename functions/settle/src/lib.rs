@@ -63,10 +63,6 @@ async fn settle_message(settler: &Settler, message: &SqsMessage) -> Result<(), (
             tracing::info!(%until, "another attempt holds the batch; a delayed message looks again after its lease");
             Ok(())
         }
-        Ok(Settlement::StillForming) => {
-            tracing::info!("a settle message for a batch still forming: the sweep sends it once it is ready");
-            Ok(())
-        }
         Ok(Settlement::UnknownBatch) => {
             tracing::error!("a settle message for a batch that does not exist");
             Err(())

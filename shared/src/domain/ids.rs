@@ -64,6 +64,16 @@ macro_rules! ulid_id {
                 $name(next_ulid())
             }
 
+            pub fn from_ulid(ulid: Ulid) -> $name {
+                $name(ulid)
+            }
+
+            /// When it was made (its ULID's time, to the millisecond).
+            pub fn created_at(&self) -> time::OffsetDateTime {
+                let nanos = i128::from(self.0.timestamp_ms()) * 1_000_000;
+                time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            }
+
             pub fn parse(text: &str) -> Result<$name, InvalidId> {
                 // The decoder drops the bits above 128 that a first letter past
                 // `7` would carry: such a text names some other id, so refuse it.

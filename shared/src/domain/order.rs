@@ -1,19 +1,22 @@
 use time::OffsetDateTime;
 
-use super::batching::{BatchTotals, Placement, PoolId};
 use super::coin::Coin;
 use super::ids::{BatchId, IdempotencyKey, OrderId, UserId};
 use super::money::Usd;
+use super::pooling::placement::Placement;
+use super::pooling::{BatchTotals, Member, PoolId};
 use super::quantity::{BatchQuantity, Quantity};
 
-/// Which batch an order belongs to, as recorded on the order itself.
+/// Where an order is, as recorded on the order itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Membership {
     /// Bought alone: its batch was created with it.
     Own(BatchId),
-    /// Joined (or closed) open pool `seq` of shard `shard` of its coin's
-    /// pool. The batch is known once that pool closes.
-    Pool { shard: u32, seq: u64 },
+    /// Pooled on shard `shard` of its coin: a member of that shard's open
+    /// pool until a batch closes it (the record of that pool names the
+    /// batch). `formed` is the batch the order itself closed its pool into,
+    /// when it did (the crossing order, a house top-up).
+    Pool { shard: u32, formed: Option<BatchId> },
 }
 
 /// An order to place, already priced.
@@ -30,21 +33,23 @@ pub struct NewOrder {
 }
 
 impl NewOrder {
-    /// The order as placing it this way (on shard `shard` of its coin's
-    /// pool) records it, and the batch it forms (`READY`, with a fresh id)
-    /// if it forms one.
-    pub fn placed(&self, shard: u32, placement: &Placement) -> (Order, Option<Batch>) {
-        let batch = |pools: Vec<PoolId>, totals: BatchTotals| Batch::ready(&self.coin, pools, totals, self.created_at);
+    /// The order as placing it this way records it, and the batch it forms
+    /// (`READY`, a fresh id, formed `now`) if it forms one: `pools` are the
+    /// pools a crossing order closes, its own shard's first.
+    pub fn placed(&self, placement: &Placement, pools: Vec<PoolId>, now: OffsetDateTime) -> (Order, Option<Batch>) {
+        let shard = pools.first().map_or(0, |pool| pool.shard);
         let (membership, formed) = match placement {
             Placement::OwnBatch => {
-                let own = batch(Vec::new(), BatchTotals { usd: self.cost, qty: self.amount.into(), count: 1 });
+                let own = Batch {
+                    alone: Some(Member { order: self.id, user: self.user.clone(), placed: self.created_at }),
+                    ..Batch::ready(&self.coin, Vec::new(), BatchTotals::of_order(self.cost, self.amount), now)
+                };
                 (Membership::Own(own.id), Some(own))
             }
-            Placement::Join { seq } => (Membership::Pool { shard, seq: *seq }, None),
-            Placement::Cross { seq, batch: totals, absorbed } => {
-                let mut pools = vec![PoolId { shard, seq: *seq }];
-                pools.extend(absorbed.iter().map(|a| PoolId { shard: a.shard, seq: a.state.seq }));
-                (Membership::Pool { shard, seq: *seq }, Some(batch(pools, *totals)))
+            Placement::Join => (Membership::Pool { shard, formed: None }, None),
+            Placement::Cross { totals } => {
+                let batch = Batch::ready(&self.coin, pools, *totals, now);
+                (Membership::Pool { shard, formed: Some(batch.id) }, Some(batch))
             }
         };
         let order = Order {
@@ -91,11 +96,6 @@ pub struct Order {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchStatus {
-    /// Still gathering: the sweep closes more quiet shards into it, one
-    /// transaction at a time, when more of them hold the minimum together
-    /// than one transaction can close. Under the minimum until it is
-    /// `Ready`; never sent to the exchange before.
-    Forming,
     /// Formed, waiting for the settle function (the outbox).
     Ready,
     /// Claimed by a settle attempt holding a lease.
@@ -122,7 +122,6 @@ impl BatchStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            BatchStatus::Forming => "FORMING",
             BatchStatus::Ready => "READY",
             BatchStatus::Submitting => "SUBMITTING",
             BatchStatus::Settled => "SETTLED",
@@ -133,7 +132,6 @@ impl BatchStatus {
 
     pub fn parse(text: &str) -> Option<BatchStatus> {
         [
-            BatchStatus::Forming,
             BatchStatus::Ready,
             BatchStatus::Submitting,
             BatchStatus::Settled,
@@ -150,9 +148,11 @@ impl BatchStatus {
 pub struct Batch {
     pub id: BatchId,
     pub coin: Coin,
-    /// The pools it closed (its crossing order's first); none for an order
-    /// bought alone.
+    /// The pools it closed (its crossing order's, or the oldest money's,
+    /// first); none for an order bought alone.
     pub pools: Vec<PoolId>,
+    /// The order bought alone, for a batch of one.
+    pub alone: Option<Member>,
     pub qty: BatchQuantity,
     pub usd: Usd,
     pub count: u32,
@@ -204,6 +204,7 @@ impl Batch {
             id: BatchId::generate(),
             coin: coin.clone(),
             pools,
+            alone: None,
             qty: totals.qty,
             usd: totals.usd,
             count: totals.count,
@@ -219,12 +220,6 @@ impl Batch {
             exchange_order_id: None,
             created_at,
         }
-    }
-
-    /// A batch that starts to gather more pools than one transaction closes
-    /// (`FORMING`, a fresh id).
-    pub fn forming(coin: &Coin, pools: Vec<PoolId>, totals: BatchTotals, created_at: OffsetDateTime) -> Batch {
-        Batch { status: BatchStatus::Forming, ..Batch::ready(coin, pools, totals, created_at) }
     }
 
     /// When the reconciler should send it again, if ever: `READY` whose
@@ -245,8 +240,7 @@ impl Batch {
                 let due = last + doubled(policy.backoff, retries);
                 Some(self.lease_until.map_or(due, |lease| lease.max(due)))
             }
-            // The sweep that gathers it sends it once it is ready.
-            BatchStatus::Forming | BatchStatus::Settled | BatchStatus::Refunded => None,
+            BatchStatus::Settled | BatchStatus::Refunded => None,
         }
     }
 }
@@ -291,7 +285,7 @@ impl OrderStatus {
             return OrderStatus::Refunded;
         }
         match batch.map(|b| b.status) {
-            None | Some(BatchStatus::Forming) => OrderStatus::Pending,
+            None => OrderStatus::Pending,
             Some(BatchStatus::Ready | BatchStatus::Submitting | BatchStatus::Refused) => OrderStatus::Settling,
             Some(BatchStatus::Settled) => OrderStatus::Settled,
             Some(BatchStatus::Refunded) => OrderStatus::Refunded,
@@ -314,10 +308,8 @@ pub struct OrderView {
 
 impl OrderView {
     pub fn new(order: Order, batch: Option<&Batch>) -> OrderView {
-        // A batch still gathering is not the order's batch yet: a pending
-        // order has none. Nor is the batch its pool formed after it was
-        // canceled.
-        let batch = batch.filter(|b| b.status != BatchStatus::Forming && !order.canceled);
+        // The batch its pool formed after it was canceled is not its own.
+        let batch = batch.filter(|_| !order.canceled);
         OrderView {
             status: OrderStatus::of(&order, batch),
             batch_id: batch.map(|b| b.id),
@@ -402,7 +394,7 @@ mod tests {
             amount: Quantity::parse("1").unwrap(),
             price: Usd::new(Decimal::from(4)).unwrap(),
             cost: Usd::new(Decimal::from(4)).unwrap(),
-            membership: Membership::Pool { shard: 0, seq: 0 },
+            membership: Membership::Pool { shard: 0, formed: None },
             refunded: false,
             canceled: false,
             created_at: at(0),

@@ -9,8 +9,8 @@ use time::OffsetDateTime;
 use super::item::{self, Item, batch_key, batch_of, ms, n_int, s};
 use super::table::{Changes, Cond, ConditionFailed, Query};
 use super::{DynamoStore, infra};
-use crate::domain::{Batch, BatchId, BatchStatus, Coin, Usd};
-use crate::ports::{Claim, Fence, InfraError, Outbox, Refund, Settlements, WaitPolicy, WaitReport};
+use crate::domain::{Batch, BatchId, BatchStatus};
+use crate::ports::{Claim, Fence, InfraError, Outbox, Refund, Settlements};
 
 /// Longest refusal reason kept on the batch.
 const REASON_LIMIT: usize = 500;
@@ -78,7 +78,6 @@ impl Settlements for DynamoStore {
                 let batch = batch_of(&item).map_err(infra("read batch"))?;
                 match (batch.status, batch.lease_until) {
                     (BatchStatus::Refused, _) => Ok(Claim::Refusing(batch)),
-                    (BatchStatus::Forming, _) => Ok(Claim::Forming),
                     (status, _) if status.is_final() => Ok(Claim::Finished(status)),
                     (BatchStatus::Submitting, Some(until)) => Ok(Claim::Leased { until }),
                     (status, _) => Err(InfraError::new(
@@ -185,23 +184,6 @@ impl Outbox for DynamoStore {
         Ok(batches)
     }
 
-    async fn pooled_coins(&self) -> Result<Vec<Coin>, InfraError> {
-        let mut coins = Vec::new();
-        let mut start = None;
-        loop {
-            let query = Query { partition: (item::PK, item::COINS_PK.to_owned()), start, ..Query::default() };
-            let page = self.table.query(query).await?;
-            for entry in &page.items {
-                let coin = item::get_s(entry, "coin").map_err(infra("read coin entry"))?;
-                coins.push(Coin::from_trusted(coin));
-            }
-            start = page.next;
-            if start.is_none() {
-                return Ok(coins);
-            }
-        }
-    }
-
     async fn note_resent(&self, batch: &Batch, now: OffsetDateTime) -> Result<bool, InfraError> {
         let resends = match batch.resends {
             0 => Cond::eq("resends", n_int(0u64)).or(Cond::not_exists("resends")),
@@ -221,26 +203,5 @@ impl Outbox for DynamoStore {
         };
         let changes = restored.set("resends", n_int(batch.resends));
         Ok(self.table.update(batch_key(batch.id), changes, Some(noted)).await?.is_ok())
-    }
-
-    async fn sweep_pools(
-        &self,
-        coin: &Coin,
-        minimum: Usd,
-        quiet_for: time::Duration,
-        now: OffsetDateTime,
-    ) -> Result<Vec<BatchId>, InfraError> {
-        self.sweep(coin, minimum, quiet_for, now).await
-    }
-
-    async fn enforce_wait(
-        &self,
-        coin: &Coin,
-        price: Option<Usd>,
-        minimum: Usd,
-        policy: Option<&WaitPolicy>,
-        now: OffsetDateTime,
-    ) -> Result<WaitReport, InfraError> {
-        DynamoStore::enforce_wait(self, coin, price, minimum, policy, now).await
     }
 }

@@ -13,8 +13,8 @@ use time::format_description::well_known::Rfc3339;
 
 pub use super::table::Item;
 use crate::domain::{
-    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, Membership, Order, OrderId, PoolId, PoolState,
-    Quantity, Usd, UserId,
+    Batch, BatchId, BatchQuantity, BatchStatus, Coin, DepositId, Member, Membership, Order, OrderId, PoolId, Quantity,
+    ShardCount, ShardPool, Usd, UserId,
 };
 
 pub const PK: &str = "PK";
@@ -34,10 +34,6 @@ pub const OPEN_PARTITIONS: u32 = 64;
 /// Where every open batch was before the index was spread: still read, for
 /// batches a table holds from then.
 pub const LEGACY_OPEN_PARTITION: &str = "OPEN";
-/// Index of the orders of each batch (for refunds).
-pub const MEMBERS_INDEX: &str = "batch-members";
-pub const MEMBERS_PK: &str = "GSI2PK";
-pub const MEMBERS_SK: &str = "GSI2SK";
 
 #[derive(Debug, thiserror::Error)]
 #[error("item attribute {attribute}: {problem}")]
@@ -102,15 +98,143 @@ pub fn pool_key(coin: &Coin, shard: u32) -> Item {
     key(shard_partition(coin, shard), "POOL")
 }
 
-/// Which batch closed pool `pool` of `coin`.
-pub fn pool_batch_key(coin: &Coin, pool: PoolId) -> Item {
-    key(shard_partition(coin, pool.shard), format!("BATCH#{:020}", pool.seq))
+/// The record of pool `seq` of a shard, closed at `closed_ms` into a batch:
+/// the batch and the members it took. Keyed by when it closed, so that an
+/// order finds the record of its pool among those closed after it was
+/// placed (see `orders`).
+pub fn closed_pool_key(coin: &Coin, shard: u32, closed_ms: i64, seq: u64) -> Item {
+    key(shard_partition(coin, shard), closed_sort_key(closed_ms, seq))
 }
 
-/// The batch a sweep is gathering for a coin over several transactions,
-/// while it does (`batch_id`; none once it is ready).
-pub fn forming_key(coin: &Coin) -> Item {
-    key(format!("COIN#{coin}"), "FORMING")
+/// Where a shard's closed-pool records start (`CLOSED#`), and the sort key
+/// of the one closed at `closed_ms`: times sort as text (15 digits).
+pub const CLOSED_PREFIX: &str = "CLOSED#";
+
+pub fn closed_sort_key(closed_ms: i64, seq: u64) -> String {
+    format!("{CLOSED_PREFIX}{:015}#{seq:020}", closed_ms.max(0))
+}
+
+/// The sort key that closed-pool records at `ms` and later sort after.
+pub fn closed_from(ms: i64) -> String {
+    format!("{CLOSED_PREFIX}{:015}", ms.max(0))
+}
+
+/// The members of a pool are attributes of its item (and of its record once
+/// closed), one per order, named after it, holding when it was placed (ms)
+/// and its owner: `"1764921600000 alice"`.
+const MEMBER_PREFIX: &str = "m:";
+
+pub fn member_attribute(order: OrderId) -> String {
+    format!("{MEMBER_PREFIX}{order}")
+}
+
+/// The members an item holds, sorted by order.
+pub fn members_of(item: &Item) -> Result<Vec<Member>, ItemError> {
+    let mut members = item
+        .iter()
+        .filter_map(|(name, value)| Some((name.strip_prefix(MEMBER_PREFIX)?, value)))
+        .map(|(order, value)| {
+            let order = OrderId::parse(order).map_err(|_| invalid("member"))?;
+            let (placed, user) = value.as_s().ok().and_then(|v| v.split_once(' ')).ok_or_else(|| invalid("member"))?;
+            let placed = placed.parse::<i64>().ok().and_then(|ms| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+            });
+            let user = UserId::parse(user).ok();
+            match (placed, user) {
+                (Some(placed), Some(user)) => Ok(Member { order, user, placed }),
+                _ => Err(invalid("member")),
+            }
+        })
+        .collect::<Result<Vec<_>, ItemError>>()?;
+    members.sort();
+    Ok(members)
+}
+
+/// What a member's attribute holds.
+pub fn member_value(member: &Member) -> AttributeValue {
+    s(format!("{} {}", millis(member.placed), member.user))
+}
+
+fn insert_members(item: &mut Item, members: &[Member]) {
+    for member in members {
+        item.insert(member_attribute(member.order), member_value(member));
+    }
+}
+
+/// A shard's open pool as stored: its totals, how many pools it closed,
+/// its version, and its members. (A shard never written reads as empty.)
+pub fn shard_pool_of(shard: u32, item: Option<&Item>) -> Result<ShardPool, ItemError> {
+    let Some(item) = item else { return Ok(ShardPool::empty(shard)) };
+    Ok(ShardPool {
+        shard,
+        seq: opt(item, "seq", get_u64)?.unwrap_or(0),
+        version: opt(item, "version", get_u64)?.unwrap_or(0),
+        usd: opt(item, "usd", usd)?.unwrap_or(Usd::ZERO),
+        qty: opt(item, "qty", get_decimal)?.unwrap_or(Decimal::ZERO),
+        count: counter(item, "count")?,
+        members: members_of(item)?,
+    })
+}
+
+/// The shard's item once its pool is closed (or emptied by a move): no
+/// members, zero totals, `seq` as given, the next version. Put whole, on
+/// the condition that the shard is still at the version read.
+pub fn emptied_pool_item(coin: &Coin, pool: &ShardPool, seq: u64, now: OffsetDateTime) -> Item {
+    let mut item = pool_key(coin, pool.shard);
+    item.insert("usd".into(), n_int(0u64));
+    item.insert("qty".into(), n_int(0u64));
+    item.insert("count".into(), n_int(0u64));
+    item.insert("seq".into(), n_int(seq));
+    item.insert("version".into(), n_int(pool.version + 1));
+    item.insert("updated_ms".into(), ms(now));
+    item
+}
+
+/// The record of `pool` closed into `batch` at `closed_ms`, with `extra`
+/// (the order that closed it, if one did) among its members.
+pub fn closed_pool_item(
+    coin: &Coin,
+    pool: &ShardPool,
+    batch: BatchId,
+    closed_ms: i64,
+    extra: Option<(&Member, Usd, Quantity)>,
+) -> Option<Item> {
+    let mut item = closed_pool_key(coin, pool.shard, closed_ms, pool.seq);
+    let (mut usd, mut qty, mut count) = (pool.usd, pool.qty, pool.count);
+    if let Some((member, cost, amount)) = extra {
+        usd = usd.checked_add(cost)?;
+        qty = crate::domain::exact_sum(qty, amount.value())?;
+        count = count.checked_add(1)?;
+        insert_members(&mut item, std::slice::from_ref(member));
+    }
+    insert_members(&mut item, &pool.members);
+    item.insert("batch_id".into(), s(batch.to_string()));
+    item.insert("seq".into(), n_int(pool.seq));
+    item.insert("closed_ms".into(), AttributeValue::N(closed_ms.to_string()));
+    item.insert("usd".into(), n(usd.value()));
+    item.insert("qty".into(), n(qty));
+    item.insert("count".into(), n_int(count));
+    Some(item)
+}
+
+/// A closed pool's record as read: which pool, the batch, the members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedRecord {
+    pub coin: Coin,
+    pub pool: PoolId,
+    pub batch: BatchId,
+    pub members: Vec<Member>,
+}
+
+pub fn closed_record_of(item: &Item) -> Result<ClosedRecord, ItemError> {
+    let pk = get_s(item, PK)?;
+    let (coin, shard) = parse_shard_partition(pk).ok_or_else(|| invalid(PK))?;
+    Ok(ClosedRecord {
+        coin,
+        pool: PoolId { shard, seq: get_u64(item, "seq")? },
+        batch: BatchId::parse(get_s(item, "batch_id")?).map_err(|_| invalid("batch_id"))?,
+        members: members_of(item)?,
+    })
 }
 
 /// The partition listing every coin that ever had a pool: the sweep's coins
@@ -136,6 +260,37 @@ pub fn shards_grown(count: u32, high: u32, at: OffsetDateTime) -> Changes {
     Changes::new().set("count", n_int(count)).set("grown_ms", ms(at)).set("high", n_int(high.max(count)))
 }
 
+/// The changes that write `record` (grown or settled).
+pub fn shards_record(record: &ShardCount) -> Changes {
+    let changes = Changes::new().set("count", n_int(record.grown_to)).set("high", n_int(record.high.max(record.grown_to)));
+    match record.grown_ms {
+        Some(ms) => changes.set("grown_ms", AttributeValue::N(ms.to_string())),
+        None => changes.remove("grown_ms"),
+    }
+}
+
+/// A coin's shard count record as read (`None`: it never grew).
+pub fn shard_count_of(item: Option<&Item>) -> Result<ShardCount, ItemError> {
+    let Some(item) = item else { return Ok(ShardCount::ONE) };
+    let grown_to = u32::try_from(opt(item, "count", get_u64)?.unwrap_or(1)).unwrap_or(u32::MAX).max(1);
+    let grown_ms = opt(item, "grown_ms", get_u64)?.and_then(|ms| i64::try_from(ms).ok());
+    let high = u32::try_from(opt(item, "high", get_u64)?.unwrap_or(0)).unwrap_or(u32::MAX).max(grown_to);
+    Ok(ShardCount { grown_to, grown_ms, high, exists: true })
+}
+
+/// The condition that a coin's shard count record is still `record`.
+pub fn shard_count_unchanged(record: &ShardCount) -> super::table::Cond {
+    use super::table::Cond;
+    if !record.exists {
+        return Cond::not_exists(PK);
+    }
+    let grown = match record.grown_ms {
+        Some(ms) => Cond::eq("grown_ms", AttributeValue::N(ms.to_string())),
+        None => Cond::not_exists("grown_ms"),
+    };
+    Cond::eq("count", n_int(record.grown_to)).and(grown).and(Cond::eq("high", n_int(record.high)))
+}
+
 /// The open-batches partition of a batch (FNV-1a of its id: stable across
 /// processes and versions).
 pub fn open_partition(batch: BatchId) -> String {
@@ -153,26 +308,6 @@ pub fn open_partitions() -> impl Iterator<Item = String> {
 
 pub fn batch_key(id: BatchId) -> Item {
     key(format!("BATCH#{id}"), "BATCH")
-}
-
-/// Where a batch's orders are in the members index: one partition per pool
-/// it closed, or its own for an order bought alone.
-pub fn members_partitions(batch: &Batch) -> Vec<String> {
-    if batch.pools.is_empty() {
-        return vec![own_members_partition(batch.id)];
-    }
-    batch.pools.iter().map(|pool| pool_members_partition(&batch.coin, *pool)).collect()
-}
-
-pub(super) fn pool_members_partition(coin: &Coin, pool: PoolId) -> String {
-    match pool.shard {
-        0 => format!("MEMBERS#POOL#{coin}#{}", pool.seq),
-        shard => format!("MEMBERS#POOL#{coin}#{shard}#{}", pool.seq),
-    }
-}
-
-fn own_members_partition(batch: BatchId) -> String {
-    format!("MEMBERS#BATCH#{batch}")
 }
 
 pub fn s(value: impl Into<String>) -> AttributeValue {
@@ -262,22 +397,13 @@ pub fn balance_of(item: Option<&Item>) -> Result<Usd, ItemError> {
     }
 }
 
-pub fn pool_of(item: &Item) -> Result<PoolState, ItemError> {
-    Ok(PoolState {
-        seq: get_u64(item, "seq")?,
-        usd: usd(item, "usd")?,
-        qty: get_decimal(item, "qty")?,
-        count: u32_of(item, "count")?,
-    })
-}
-
 /// The order item. `formed` is the batch this order formed, if any: an
 /// attempt whose reply was lost can tell from it what it did.
 /// When an order was canceled, on the order: its presence is the order's
 /// `canceled`.
 pub const CANCELED_AT: &str = "canceled_at";
 
-pub fn order_item(order: &Order, formed: Option<BatchId>) -> Item {
+pub fn order_item(order: &Order) -> Item {
     let mut item = order_key(&order.user, order.id);
     item.insert("order_id".into(), s(order.id.to_string()));
     item.insert("user_id".into(), s(order.user.as_str()));
@@ -286,36 +412,36 @@ pub fn order_item(order: &Order, formed: Option<BatchId>) -> Item {
     item.insert("price".into(), n(order.price.value()));
     item.insert("cost".into(), n(order.cost.value()));
     item.insert("created_at".into(), timestamp(order.created_at));
-    let members = match order.membership {
+    match order.membership {
         Membership::Own(batch) => {
             item.insert("batch_id".into(), s(batch.to_string()));
-            own_members_partition(batch)
         }
-        Membership::Pool { shard, seq } => {
-            item.insert("seq".into(), n_int(seq));
-            if shard != 0 {
-                item.insert("shard".into(), n_int(shard));
+        Membership::Pool { shard, formed } => {
+            item.insert(ORDER_SHARD.into(), n_int(shard));
+            if let Some(formed) = formed {
+                item.insert("formed_batch_id".into(), s(formed.to_string()));
             }
-            pool_members_partition(&order.coin, PoolId { shard, seq })
         }
-    };
-    item.insert(MEMBERS_PK.into(), s(members));
-    item.insert(MEMBERS_SK.into(), s(format!("ORDER#{}", order.id)));
-    if let Some(formed) = formed {
-        item.insert("formed_batch_id".into(), s(formed.to_string()));
     }
     item
 }
 
-pub fn order_of(item: &Item) -> Result<(Order, Option<BatchId>), ItemError> {
+/// A pooled order's shard, on the order: a move of the crumbs rewrites it,
+/// and a cancel is conditioned on it.
+pub const ORDER_SHARD: &str = "shard";
+
+pub fn order_of(item: &Item) -> Result<Order, ItemError> {
     let batch_id = |attribute: &str| -> Result<BatchId, ItemError> {
         BatchId::parse(get_s(item, attribute)?).map_err(|_| invalid(attribute))
     };
     let membership = match opt(item, "batch_id", |_, a| batch_id(a))? {
         Some(batch) => Membership::Own(batch),
-        None => Membership::Pool { shard: counter(item, "shard")?, seq: get_u64(item, "seq")? },
+        None => Membership::Pool {
+            shard: counter(item, ORDER_SHARD)?,
+            formed: opt(item, "formed_batch_id", |_, a| batch_id(a))?,
+        },
     };
-    let order = Order {
+    Ok(Order {
         id: OrderId::parse(get_s(item, "order_id")?).map_err(|_| invalid("order_id"))?,
         user: UserId::parse(get_s(item, "user_id")?).map_err(|_| invalid("user_id"))?,
         coin: Coin::from_trusted(get_s(item, "coin")?),
@@ -326,24 +452,18 @@ pub fn order_of(item: &Item) -> Result<(Order, Option<BatchId>), ItemError> {
         refunded: item.get("refunded").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
         canceled: item.contains_key(CANCELED_AT),
         created_at: time_of(item, "created_at")?,
-    };
-    let formed = opt(item, "formed_batch_id", |_, a| batch_id(a))?;
-    Ok((order, formed))
+    })
 }
 
 pub fn batch_item(batch: &Batch) -> Item {
     let mut item = batch_key(batch.id);
     item.insert("batch_id".into(), s(batch.id.to_string()));
     item.insert("coin".into(), s(batch.coin.as_str()));
-    // One pool of shard 0 (a pool that never grew) as before: its `seq`.
-    match batch.pools.as_slice() {
-        [] => {}
-        [PoolId { shard: 0, seq }] => {
-            item.insert("seq".into(), n_int(*seq));
-        }
-        pools => {
-            item.insert("pools".into(), s(pools_text(pools)));
-        }
+    if !batch.pools.is_empty() {
+        item.insert("pools".into(), s(pools_text(&batch.pools)));
+    }
+    if let Some(order) = &batch.alone {
+        insert_members(&mut item, std::slice::from_ref(order));
     }
     item.insert("qty".into(), n(batch.qty.value()));
     item.insert("usd".into(), n(batch.usd.value()));
@@ -397,7 +517,16 @@ fn pools_of(item: &Item) -> Result<Vec<PoolId>, ItemError> {
             })
             .collect();
     }
-    Ok(opt(item, "seq", get_u64)?.map(|seq| PoolId { shard: 0, seq }).into_iter().collect())
+    Ok(Vec::new())
+}
+
+/// The time a batch closed its pools, as their records' keys hold it.
+pub fn closed_ms(batch: &Batch) -> i64 {
+    millis(batch.created_at)
+}
+
+pub fn millis(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// When a refused batch's refunds may start (see [`Batch::refunds_from`]).
@@ -408,6 +537,7 @@ pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
         id: BatchId::parse(get_s(item, "batch_id")?).map_err(|_| invalid("batch_id"))?,
         coin: Coin::from_trusted(get_s(item, "coin")?),
         pools: pools_of(item)?,
+        alone: members_of(item)?.into_iter().next(),
         qty: batch_quantity(item, "qty")?,
         usd: usd(item, "usd")?,
         count: u32_of(item, "count")?,
@@ -474,13 +604,12 @@ mod tests {
             amount: Quantity::parse("0.00000001").unwrap(),
             price: Usd::new(Decimal::from(4)).unwrap(),
             cost: Usd::new(Decimal::from_str("0.00000004").unwrap()).unwrap(),
-            membership: Membership::Pool { shard: 0, seq: 7 },
+            membership: Membership::Pool { shard: 0, formed: Some(BatchId::generate()) },
             refunded: false,
             canceled: false,
             created_at: now,
         };
-        let formed = Some(BatchId::generate());
-        assert_eq!(order_of(&order_item(&order, formed)).unwrap(), (order.clone(), formed));
+        assert_eq!(order_of(&order_item(&order)).unwrap(), order);
 
         let totals = BatchTotals {
             usd: Usd::new(Decimal::from(12)).unwrap(),
@@ -508,8 +637,16 @@ mod tests {
 
         let merged = Batch { pools: vec![PoolId { shard: 3, seq: 2 }, PoolId { shard: 0, seq: 9 }], ..refused };
         assert_eq!(batch_of(&batch_item(&merged)).unwrap(), merged);
-        let sharded = Order { membership: Membership::Pool { shard: 5, seq: 1 }, ..order };
-        assert_eq!(order_of(&order_item(&sharded, None)).unwrap().0, sharded);
+        let alone = Batch {
+            pools: Vec::new(),
+            alone: Some(Member { order: order.id, user: order.user.clone(), placed: merged.created_at }),
+            ..merged
+        };
+        assert_eq!(batch_of(&batch_item(&alone)).unwrap(), alone);
+        let sharded = Order { membership: Membership::Pool { shard: 5, formed: None }, ..order.clone() };
+        assert_eq!(order_of(&order_item(&sharded)).unwrap(), sharded);
+        let own = Order { membership: Membership::Own(alone.id), ..order };
+        assert_eq!(order_of(&order_item(&own)).unwrap(), own);
         assert_eq!(parse_shard_partition("COIN#ABAN#12"), Some((Coin::from_trusted("ABAN"), 12)));
         assert_eq!(parse_shard_partition("COIN#ABAN"), Some((Coin::from_trusted("ABAN"), 0)));
     }

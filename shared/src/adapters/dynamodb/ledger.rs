@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 
-use super::item::{self, balance_of, batch_of, get_s, order_of, parse_shard_partition, pool_of};
+use super::item::{self, CLOSED_PREFIX, balance_of, batch_of, closed_record_of, get_s, order_of, parse_shard_partition};
 use super::{DynamoStore, infra};
 use crate::audit::{ClosedPool, DepositRecord, Ledger, OpenPool};
-use crate::domain::{BatchId, DepositId, PoolId, Usd, UserId};
+use crate::domain::{DepositId, Usd, UserId};
 use crate::ports::{InfraError, LedgerRecords};
 
 #[async_trait]
@@ -25,7 +25,7 @@ impl LedgerRecords for DynamoStore {
                         ledger.accounts.push((user, balance_of(Some(found)).map_err(infra("read account"))?));
                     }
                     (Some(("ACCOUNT", _)), sk) if sk.starts_with("ORDER#") => {
-                        ledger.orders.push(order_of(found).map_err(infra("read order"))?.0);
+                        ledger.orders.push(order_of(found).map_err(infra("read order"))?);
                     }
                     (Some(("ACCOUNT", user)), sk) if sk.starts_with("DEPOSIT#") => {
                         let usd = item::get_decimal(found, "usd").ok().and_then(Usd::new);
@@ -39,18 +39,20 @@ impl LedgerRecords for DynamoStore {
                     (Some(("COIN", _)), "POOL") => {
                         let (coin, shard) =
                             parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool", pk.to_owned()))?;
-                        ledger.pools.push(OpenPool { coin, shard, state: pool_of(found).map_err(infra("read pool"))? });
+                        let state = item::shard_pool_of(shard, Some(found)).map_err(infra("read pool"))?;
+                        ledger.pools.push(OpenPool { coin, shard, state });
                     }
-                    (Some(("COIN", _)), sk) if sk.starts_with("BATCH#") => {
-                        let (coin, shard) = parse_shard_partition(pk)
-                            .ok_or_else(|| InfraError::new("read pool pointer", pk.to_owned()))?;
-                        let seq = sk["BATCH#".len()..].parse::<u64>().map_err(infra("read pool pointer"))?;
-                        let batch = BatchId::parse(get_s(found, "batch_id").map_err(infra("read pool pointer"))?)
-                            .map_err(infra("read pool pointer"))?;
-                        ledger.closed_pools.push(ClosedPool { coin, pool: PoolId { shard, seq }, batch });
+                    (Some(("COIN", _)), sk) if sk.starts_with(CLOSED_PREFIX) => {
+                        let record = closed_record_of(found).map_err(infra("read a closed pool"))?;
+                        ledger.closed_pools.push(ClosedPool {
+                            coin: record.coin,
+                            pool: record.pool,
+                            batch: record.batch,
+                            members: record.members,
+                        });
                     }
                     (Some(("BATCH", _)), "BATCH") => ledger.batches.push(batch_of(found).map_err(infra("read batch"))?),
-                    // Idempotency records are not money.
+                    // Idempotency records and shard counts are not money.
                     _ => {}
                 }
             }

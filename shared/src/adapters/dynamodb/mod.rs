@@ -5,37 +5,36 @@
 //! conditions.
 //!
 //! - `placement`: the one transaction per order, and resolving lost replies;
-//! - `pool_cache`: what this process believes each coin's pool is, behind
-//!   a per-coin lane;
-//! - `shards`: how many shards a coin's pool has, growing and folding back;
-//! - `sweep`: the reconciler's sweep, which batches what quiet shards hold;
-//! - `batches`: claims, fenced leases, settling and refusing;
-//! - `refunds`: crediting a refused batch's orders, chunk by chunk;
+//! - `lanes`: a process's turns on each coin's pool, and what it knows of it;
+//! - `pools`: the pools' items, and the conditional writes that close,
+//!   move and top up shards exactly once (the `Pools` port);
 //! - `cancel`: taking a pending order out of its pool, its cost back;
-//! - `wait`: the operator's bound on a pooled order's wait (top-up, refund);
+//! - `orders`: reading orders back, and finding the batch of a pooled one;
+//! - `batches`: claims, fenced leases, settling and refusing; the outbox;
+//! - `refunds`: crediting a refused batch's orders, chunk by chunk;
 //! - `accounts`: balances, opening accounts, deposits;
 //! - `ledger`: reading everything back for the audit;
 //! - `item`: keys and the mapping between domain types and items.
+//!
+//! What decides is elsewhere: where an order goes, which shards close
+//! together and when, what a top-up pays are `domain::pooling`'s rules,
+//! run by `crate::pooling` (the reconciler's sweep and bounded wait).
 
 mod accounts;
 mod batches;
 mod cancel;
 pub mod item;
+mod lanes;
 mod ledger;
 mod orders;
 mod placement;
-mod pool_cache;
+mod pools;
 mod refunds;
 pub mod schema;
-mod shards;
 mod stats;
-mod sweep;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testing;
-mod wait;
-
-pub use self::wait::PoolSummary;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +47,7 @@ pub use self::stats::StoreStatsSnapshot;
 use self::table::memory::MemoryTable;
 use self::table::sdk::SdkTable;
 use self::table::{Reason, Table, TableError, Transacted, Write};
+use crate::domain::ShardRules;
 use crate::ports::{Clock, InfraError, SystemClock};
 
 /// Attempts of one write before giving up (answering "busy" for an order).
@@ -58,65 +58,11 @@ const MAX_ATTEMPTS: u32 = 12;
 /// another, and drains in about this long.
 const BUSY_AFTER: Duration = Duration::from_secs(2);
 
-/// How a coin's pool spreads over shards when processes contend for it
-/// (docs/design.md, "Scale"). With one shard it is one pool item, as a
-/// single writer always has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSharding {
-    /// At most this many shards per coin; 1 keeps every coin on one item.
-    pub max_shards: u32,
-    /// How often a process reads how many shards a coin has.
-    pub count_every: Duration,
-    /// Most shards left behind that one batch takes along.
-    pub carry_at_most: usize,
-    /// The count halves once per this long since it last grew: shards
-    /// nobody collides for any more fold back.
-    pub shrink_after: Duration,
-    /// Conflicts one order meets, moving each time, before it grows the
-    /// count. The count halves every `shrink_after` and grows by one such
-    /// order: so it settles where orders meet this many conflicts in a row
-    /// about once per `shrink_after`, that is, where a few per cent of
-    /// transactions collide.
-    pub grow_after: u32,
-    /// Money the sweep has seen waiting on a shard in use this long it
-    /// batches with the fullest shards (see `sweep`).
-    pub sweep_aged_after: Duration,
-}
-
-impl Default for PoolSharding {
-    fn default() -> Self {
-        PoolSharding {
-            max_shards: 1024,
-            count_every: Duration::from_secs(1),
-            carry_at_most: 8,
-            shrink_after: Duration::from_secs(2),
-            sweep_aged_after: Duration::from_millis(100),
-            grow_after: 2,
-        }
-    }
-}
-
-impl PoolSharding {
-    /// One pool item per coin, whatever the contention.
-    pub fn off() -> PoolSharding {
-        PoolSharding { max_shards: 1, ..PoolSharding::default() }
-    }
-}
-
 pub struct DynamoStore {
     table: Arc<dyn Table>,
-    pools: pool_cache::PoolCache,
-    /// Shards above a settled count that held money at the sweep's last full
-    /// read of the coin: the record read, the shards, when.
-    #[allow(clippy::type_complexity)]
-    swept_above:
-        Mutex<std::collections::HashMap<crate::domain::Coin, (shards::ShardCount, Vec<u32>, tokio::time::Instant)>>,
-    /// When the sweep first saw each shard's pool hold money (its `seq`).
-    swept_seen: Mutex<std::collections::HashMap<(crate::domain::Coin, u32), (u64, tokio::time::Instant)>>,
-    /// Each coin's shard count as the sweep last read it, and when.
-    swept_counts: Mutex<std::collections::HashMap<crate::domain::Coin, (shards::ShardCount, tokio::time::Instant)>>,
+    lanes: lanes::Lanes,
     stats: StoreStats,
-    sharding: PoolSharding,
+    shard_rules: ShardRules,
     /// When pools are written and judged idle.
     clock: Arc<dyn Clock>,
     /// Backoff jitter and shard choices; seeded in simulations so that they
@@ -140,12 +86,9 @@ impl DynamoStore {
     pub fn on(table: Arc<dyn Table>) -> DynamoStore {
         DynamoStore {
             table,
-            pools: pool_cache::PoolCache::default(),
-            swept_counts: Mutex::default(),
-            swept_seen: Mutex::default(),
-            swept_above: Mutex::default(),
+            lanes: lanes::Lanes::default(),
             stats: StoreStats::default(),
-            sharding: PoolSharding::default(),
+            shard_rules: ShardRules::default(),
             clock: Arc::new(SystemClock),
             jitter: Mutex::new(StdRng::from_os_rng()),
         }
@@ -157,8 +100,10 @@ impl DynamoStore {
         DynamoStore { jitter: Mutex::new(StdRng::seed_from_u64(seed)), ..self }
     }
 
-    pub fn with_pool_sharding(self, sharding: PoolSharding) -> DynamoStore {
-        DynamoStore { sharding, ..self }
+    /// How coins' shard counts move (at most `max` shards: 1 keeps every
+    /// coin on one pool item).
+    pub fn with_shard_rules(self, shard_rules: ShardRules) -> DynamoStore {
+        DynamoStore { shard_rules, ..self }
     }
 
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> DynamoStore {

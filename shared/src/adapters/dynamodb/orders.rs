@@ -1,43 +1,52 @@
 //! Reading orders back, with what their batch says about them.
+//!
+//! An order bought alone, or one that closed its pool, names its batch. Any
+//! other pooled order is a member of its shard's open pool until a batch
+//! closes the pool; the record of the closed pool (`CLOSED#{ms}#{seq}` in
+//! the shard's partition) then lists it and names the batch. Records are
+//! keyed by when the pool closed, which is after the order was placed: the
+//! order's record is found from there (less `RECORD_MARGIN`, for clocks and
+//! a close's send that commits a little after it was built), and, should
+//! that find nothing, before it.
 
 use async_trait::async_trait;
 
-use std::collections::HashMap;
-
 use super::item::{
-    self, account_key, balance_of, batch_key, batch_of, batch_of as batch_of_item, get_s, order_key, order_of,
-    parse_shard_partition, pool_batch_key,
+    self, CLOSED_PREFIX, account_key, balance_of, batch_key, batch_of, closed_from, get_s, member_attribute, order_key,
+    order_of, pool_key,
 };
-use super::table::Query;
+use super::table::{Cond, Query};
 use super::{DynamoStore, infra};
-use crate::domain::{Batch, BatchId, Coin, Membership, NewOrder, Order, OrderId, OrderView, PoolId, Usd, UserId};
+use crate::domain::{Batch, BatchId, Coin, Membership, NewOrder, Order, OrderId, OrderView, Usd, UserId};
 use crate::ports::{CancelError, Canceled, InfraError, OrderList, OrderPage, Orders, PlaceError, Placed};
+
+/// How far before an order was placed the search for its pool's record
+/// starts.
+const RECORD_MARGIN: time::Duration = time::Duration::seconds(10);
+
+/// Where a pooled order is now.
+enum Located {
+    Pending,
+    In(BatchId),
+    /// In neither its shard's pool nor a record of it: it was canceled, or
+    /// its crumbs moved to another shard, since the order was read.
+    Gone,
+}
 
 impl DynamoStore {
     pub(super) async fn order_view(&self, user: &UserId, id: OrderId) -> Result<Option<OrderView>, InfraError> {
-        let Some(item) = self.table.get(order_key(user, id)).await? else {
-            return Ok(None);
-        };
-        let (order, _) = order_of(&item).map_err(infra("read order"))?;
+        let Some(order) = self.read_order(user, id).await? else { return Ok(None) };
         if &order.user != user {
             return Ok(None);
         }
         self.view(order).await.map(Some)
     }
 
-    /// The batch an order is in, if it is in one yet.
-    pub(super) async fn batch_of_order(&self, order: &Order) -> Result<Option<Batch>, InfraError> {
-        let id = match order.membership {
-            Membership::Own(batch) => batch,
-            Membership::Pool { shard, seq } => {
-                match self.table.get(pool_batch_key(&order.coin, PoolId { shard, seq })).await? {
-                    Some(pointer) => BatchId::parse(get_s(&pointer, "batch_id").map_err(infra("read pool pointer"))?)
-                        .map_err(infra("read pool pointer"))?,
-                    None => return Ok(None),
-                }
-            }
-        };
-        self.read_batch(id).await
+    async fn read_order(&self, user: &UserId, id: OrderId) -> Result<Option<Order>, InfraError> {
+        match self.table.get(order_key(user, id)).await? {
+            Some(item) => order_of(&item).map(Some).map_err(infra("read order")),
+            None => Ok(None),
+        }
     }
 
     pub(super) async fn read_batch(&self, id: BatchId) -> Result<Option<Batch>, InfraError> {
@@ -47,9 +56,70 @@ impl DynamoStore {
         }
     }
 
-    pub(super) async fn view(&self, order: Order) -> Result<OrderView, InfraError> {
-        let batch = self.batch_of_order(&order).await?;
-        Ok(OrderView::new(order, batch.as_ref()))
+    /// The order with its status: pending in its pool, or what its batch says.
+    pub(super) async fn view(&self, mut order: Order) -> Result<OrderView, InfraError> {
+        for _ in 0..4 {
+            if order.canceled {
+                return Ok(OrderView::new(order, None));
+            }
+            match self.locate(&order).await? {
+                Located::Pending => return Ok(OrderView::new(order, None)),
+                Located::In(batch) => {
+                    let batch = self.read_batch(batch).await?;
+                    return Ok(OrderView::new(order, batch.as_ref()));
+                }
+                Located::Gone => {
+                    order = self.read_order(&order.user, order.id).await?.ok_or_else(|| {
+                        InfraError::new("read order", format!("order {} is gone", order.id))
+                    })?;
+                }
+            }
+        }
+        Err(InfraError::new("read order", format!("order {} is in no pool and no batch", order.id)))
+    }
+
+    async fn locate(&self, order: &Order) -> Result<Located, InfraError> {
+        let shard = match order.membership {
+            Membership::Own(batch) | Membership::Pool { formed: Some(batch), .. } => return Ok(Located::In(batch)),
+            Membership::Pool { shard, formed: None } => shard,
+        };
+        let pool = self.table.get(pool_key(&order.coin, shard)).await?;
+        if pool.is_some_and(|pool| pool.contains_key(&member_attribute(order.id))) {
+            return Ok(Located::Pending);
+        }
+        Ok(self.closed_with(&order.coin, shard, order).await?.map_or(Located::Gone, Located::In))
+    }
+
+    /// The batch whose record of a closed pool of `shard` lists `order`.
+    async fn closed_with(&self, coin: &Coin, shard: u32, order: &Order) -> Result<Option<BatchId>, InfraError> {
+        let from = closed_from(item::millis(order.created_at - RECORD_MARGIN));
+        let partition = pool_key(coin, shard)[item::PK].as_s().cloned().unwrap_or_default();
+        let member = Cond::exists(member_attribute(order.id));
+        for (range, newest_first) in
+            [((from.clone(), format!("{CLOSED_PREFIX}~")), false), ((CLOSED_PREFIX.to_owned(), from), true)]
+        {
+            let mut start = None;
+            loop {
+                let query = Query {
+                    partition: (item::PK, partition.clone()),
+                    sort_between: Some((item::SK, range.0.clone(), range.1.clone())),
+                    filter: Some(member.clone()),
+                    newest_first,
+                    start,
+                    ..Query::default()
+                };
+                let page = self.table.query(query).await?;
+                if let Some(record) = page.items.first() {
+                    let batch = get_s(record, "batch_id").map_err(infra("read a closed pool"))?;
+                    return BatchId::parse(batch).map(Some).map_err(infra("read a closed pool"));
+                }
+                start = page.next;
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -68,12 +138,12 @@ impl Orders for DynamoStore {
         balance_of(item.as_ref()).map_err(infra("read account"))
     }
 
-    /// One `Query` of the account's partition (its orders, newest first),
-    /// then the batches those orders are in, read together.
     async fn cancel_order(&self, user: &UserId, id: OrderId) -> Result<Canceled, CancelError> {
-        self.cancel(user, id).await
+        self.cancel_order_of(user, id).await
     }
 
+    /// One `Query` of the account's partition (its orders, newest first),
+    /// then the batches those orders are in.
     async fn orders_of(&self, user: &UserId, page: OrderPage) -> Result<OrderList, InfraError> {
         let partition = account_key(user)[item::PK].as_s().cloned().unwrap_or_default();
         let query = Query {
@@ -85,70 +155,21 @@ impl Orders for DynamoStore {
             ..Query::default()
         };
         let found = self.table.query(query).await?;
-        let orders: Vec<Order> = found
-            .items
-            .iter()
-            .map(|i| order_of(i).map(|(o, _)| o))
-            .collect::<Result<_, _>>()
-            .map_err(infra("read order"))?;
+        let orders: Vec<Order> =
+            found.items.iter().map(order_of).collect::<Result<_, _>>().map_err(infra("read order"))?;
         let next = match found.next {
             Some(_) => orders.last().map(|o| o.id),
             None => None,
         };
-        let batches = self.batches_of(&orders).await?;
-        let orders = orders
-            .into_iter()
-            .map(|order| {
-                let batch = batches.iter().find(|(member, _)| *member == order.id).and_then(|(_, b)| b.as_ref());
-                OrderView::new(order.clone(), batch)
-            })
-            .filter(|view| page.status.is_none_or(|status| view.status == status))
-            .collect();
+        let views = futures::future::join_all(orders.into_iter().map(|order| self.view(order))).await;
+        let mut orders = Vec::with_capacity(views.len());
+        for view in views {
+            let view = view?;
+            if page.status.is_none_or(|status| view.status == status) {
+                orders.push(view);
+            }
+        }
         Ok(OrderList { orders, next })
     }
 }
 
-impl DynamoStore {
-    /// The batch of each order that is in one yet, in two reads at most:
-    /// the closed pools' pointers, then the batches.
-    async fn batches_of(&self, orders: &[Order]) -> Result<Vec<(OrderId, Option<Batch>)>, InfraError> {
-        let mut pools: Vec<(Coin, PoolId)> = Vec::new();
-        for order in orders {
-            if let Membership::Pool { shard, seq } = order.membership {
-                let pool = (order.coin.clone(), PoolId { shard, seq });
-                if !pools.contains(&pool) {
-                    pools.push(pool);
-                }
-            }
-        }
-        let mut closed: HashMap<(Coin, PoolId), BatchId> = HashMap::new();
-        for chunk in pools.chunks(100) {
-            let keys = chunk.iter().map(|(coin, pool)| pool_batch_key(coin, *pool)).collect();
-            for pointer in self.table.get_many(keys).await? {
-                let pk = get_s(&pointer, item::PK).map_err(infra("read pool pointer"))?;
-                let sk = get_s(&pointer, item::SK).map_err(infra("read pool pointer"))?;
-                let (coin, shard) =
-                    parse_shard_partition(pk).ok_or_else(|| InfraError::new("read pool pointer", pk.to_owned()))?;
-                let seq = sk.trim_start_matches("BATCH#").parse::<u64>().map_err(infra("read pool pointer"))?;
-                let batch = BatchId::parse(get_s(&pointer, "batch_id").map_err(infra("read pool pointer"))?)
-                    .map_err(infra("read pool pointer"))?;
-                closed.insert((coin, PoolId { shard, seq }), batch);
-            }
-        }
-        let batch_of = |order: &Order| match order.membership {
-            Membership::Own(batch) => Some(batch),
-            Membership::Pool { shard, seq } => closed.get(&(order.coin.clone(), PoolId { shard, seq })).copied(),
-        };
-        let mut ids: Vec<BatchId> = orders.iter().filter_map(batch_of).collect();
-        ids.sort();
-        ids.dedup();
-        let mut batches: HashMap<BatchId, Batch> = HashMap::new();
-        for chunk in ids.chunks(100) {
-            for found in self.table.get_many(chunk.iter().map(|id| batch_key(*id)).collect()).await? {
-                let batch = batch_of_item(&found).map_err(infra("read batch"))?;
-                batches.insert(batch.id, batch);
-            }
-        }
-        Ok(orders.iter().map(|order| (order.id, batch_of(order).and_then(|id| batches.get(&id).cloned()))).collect())
-    }
-}

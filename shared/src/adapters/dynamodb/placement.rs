@@ -1,34 +1,34 @@
 //! Placing an order: one `TransactWriteItems` that records the idempotency
 //! key, debits the balance, puts the order, and either puts its own batch
-//! or changes its coin's pool (joining it, or closing it into a batch).
-//!
-//! Closing a pool is conditioned on its exact state (`seq`, `count`, `usd`,
-//! `qty`): the batch's totals are the ones the condition proved, never a
-//! cache's guess. Joining is conditioned on the pool staying under the
-//! minimum. So a batch forms exactly once and holds exactly its orders,
-//! however many processes race with however stale caches.
+//! or writes its shard's pool: joining it (on the condition that it stays
+//! under the minimum) or closing it into a batch (on the condition that it
+//! is still at the version the decision was made from: the batch's totals
+//! are the ones that condition proves). Where the order goes is
+//! `domain::pooling::placement`'s decision; this module makes it stick, and
+//! resolves lost replies.
 //!
 //! A coin's pool may be spread over shards: a process places on its home
-//! shard; when another process holds it (`TransactionConflict`) it moves to
-//! another, and when that keeps happening the coin gets more shards. A batch
-//! may close idle shards along with its own (each on its exact state too).
+//! shard (shard 0 at first); when another process holds it
+//! (`TransactionConflict`) it moves to another, and when that keeps
+//! happening the coin gets more shards (`domain::pooling::shards`).
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    Item, ItemError, account_key, balance_of, batch_item, coin_entry, get_decimal, get_s, idempotency_key, ms, n,
-    n_int, order_item, order_key, order_of, pool_batch_key, pool_key, s,
+    self, Item, ItemError, account_key, balance_of, batch_item, coin_entry, get_decimal, get_s, idempotency_key,
+    member_attribute, ms, n, n_int, order_item, order_key, pool_key, s,
 };
-use super::pool_cache::{CachedPool, Turn};
+use super::lanes::Turn;
+use super::pools::{close_writes, pool_ids};
 use super::schema::TTL_ATTRIBUTE;
-use super::shards::{cached_of, close_pool};
 use super::stats::StoreStats;
-use super::sweep::close_into;
 use super::table::{Changes, Cond, Reason, TableError, Transacted, Write};
 use super::{BUSY_AFTER, DynamoStore, MAX_ATTEMPTS, contended, infra, unexpected};
+use crate::domain::pooling::placement::{decide, join_limit};
+use crate::domain::pooling::shards::another_shard;
 use crate::domain::{
-    Absorbed, Batch, BatchId, BatchStatus, Coin, NewOrder, Order, OrderId, OrderStatus, OrderView, Placement, PoolId,
-    Usd, UserId, decide_sharded,
+    Batch, BatchId, BatchStatus, Member, Membership, NewOrder, Order, OrderId, OrderStatus, OrderView, Placement,
+    ShardPool, Usd, UserId,
 };
 use crate::ports::{InfraError, PlaceError, Placed};
 use crate::telemetry::ErrorChain;
@@ -37,6 +37,12 @@ use crate::telemetry::ErrorChain;
 const KEY_RETENTION: time::Duration = time::Duration::days(7);
 /// Resends of a transaction whose reply was lost, with the same token.
 const RESENDS: u32 = 3;
+/// How often a process reads a coin's shard count again: a count that fell
+/// below its home moves it down; a count read this long ago is otherwise
+/// fine (a process learns of growth from its own conflicts).
+const COUNT_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+/// A conflict reads the count again unless it was read this recently.
+const COUNT_ON_CONFLICT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The writes of one placement transaction, and where each is.
 pub(super) struct Plan {
@@ -44,8 +50,8 @@ pub(super) struct Plan {
     key: Option<usize>,
     pub(super) debit: usize,
     pub(super) order: usize,
-    /// The pool writes: the home shard's first, then the absorbed ones'.
-    pub(super) pools: Vec<(usize, u32)>,
+    /// The shard's write (a join, or its close), when the order pools.
+    pub(super) pool: Option<(usize, u32)>,
     /// What the transaction writes, for the reply once it commits.
     pub(super) written: (Order, Option<Batch>),
 }
@@ -60,12 +66,12 @@ enum Sent {
     FoundPlaced,
 }
 
-/// Conflicts an order met on its home shard, and times it found the home
-/// moved since it was seen.
+/// Conflicts an order met on its shards in a row, and times its shard was
+/// not as the decision took it.
 #[derive(Default)]
 struct Progress {
     collisions: u32,
-    stale_homes: u32,
+    moved: u32,
 }
 
 fn condition_failed(reasons: &[Reason], index: usize) -> Option<Option<&Item>> {
@@ -78,10 +84,10 @@ fn condition_failed(reasons: &[Reason], index: usize) -> Option<Option<&Item>> {
 impl DynamoStore {
     pub(super) async fn place(&self, new: NewOrder, minimum: Usd) -> Result<Placed, PlaceError> {
         if new.cost >= minimum {
-            // Its own batch: it never touches the pool, so neither its lane nor its cache.
+            // Its own batch: it never touches a pool, so neither its lane.
             return self.place_with(&new, minimum, None).await;
         }
-        let mut turn = self.pools.enter(&new.coin).await;
+        let mut turn = self.lanes.enter(&new.coin).await;
         self.place_with(&new, minimum, Some(&mut turn)).await
     }
 
@@ -102,7 +108,7 @@ impl DynamoStore {
                 match self.table.get(order_key(&new.user, new.id)).await {
                     Ok(Some(_)) => {
                         if let Some(turn) = turn {
-                            turn.shards.clear();
+                            turn.known = None;
                         }
                         self.already_placed(new).await
                     }
@@ -134,7 +140,7 @@ impl DynamoStore {
             let reasons = match self.send(&plan.writes, &token, new, unanswered).await? {
                 Sent::Committed => {
                     if let Some(turn) = turn.as_deref_mut() {
-                        turn.note_committed(new, &placement, self.clock.now());
+                        turn.note_committed(new, &placement);
                     }
                     StoreStats::count(&self.stats.orders_placed);
                     let (order, batch) = plan.written;
@@ -143,7 +149,7 @@ impl DynamoStore {
                 }
                 Sent::FoundPlaced => {
                     if let Some(turn) = turn.as_deref_mut() {
-                        turn.shards.clear();
+                        turn.known = None;
                     }
                     return self.already_placed(new).await;
                 }
@@ -159,7 +165,7 @@ impl DynamoStore {
             if condition_failed(&reasons, plan.order).is_some() {
                 // Our own order exists: an earlier send of it committed.
                 if let Some(turn) = turn.as_deref_mut() {
-                    turn.shards.clear();
+                    turn.known = None;
                 }
                 return self.already_placed(new).await;
             }
@@ -170,146 +176,109 @@ impl DynamoStore {
                 let balance = balance_of(account).map_err(infra("read account"))?;
                 return Err(PlaceError::InsufficientFunds { balance, cost: new.cost });
             }
-            let Some(turn) = turn.as_deref_mut() else {
-                if contended(&reasons) {
+            match (turn.as_deref_mut(), plan.pool) {
+                (Some(turn), Some((index, shard))) => {
+                    self.after_pool_cancellation(new, turn, (index, shard), &reasons, &mut progress, attempt).await?
+                }
+                _ if contended(&reasons) => {
                     StoreStats::count(&self.stats.conflicts);
                     self.backoff(attempt).await;
-                    continue;
                 }
-                return Err(InfraError::new("place order", unexpected(&reasons)).into());
-            };
-            self.after_pool_cancellation(new, turn, &plan, &reasons, &mut progress, attempt).await?;
+                _ => return Err(InfraError::new("place order", unexpected(&reasons)).into()),
+            }
         }
         StoreStats::count(&self.stats.busy);
         tracing::warn!(
             order_id = %new.id, coin = %new.coin, elapsed_ms = started.elapsed().as_millis() as u64,
-            conflicts_on_its_shard = progress.collisions, stale_shard = progress.stale_homes, throttled,
+            conflicts_on_its_shard = progress.collisions, shard_moved = progress.moved, throttled,
             "order answered busy: its transaction kept being cancelled by others (conflicts), finding its shard moved, or throttled"
         );
         Err(PlaceError::Busy)
     }
 
     /// Where the order goes now, and the transaction that puts it there:
-    /// its own batch, or its home shard's pool as the cache has it (with
-    /// the shards it may carry along).
+    /// its own batch, or its home shard's pool as last seen.
     async fn next_plan(
         &self,
         new: &NewOrder,
         minimum: Usd,
         turn: Option<&mut Turn>,
     ) -> Result<(Placement, Plan), PlaceError> {
-        Ok(match turn {
-            None => {
-                let plan = self.plan(new, 0, None, &Placement::OwnBatch, minimum);
-                (Placement::OwnBatch, plan)
-            }
-            Some(turn) => {
-                let first = turn.shard_count.is_none();
-                let count = self.shard_count(turn, &new.coin).await?;
-                if turn.home >= count || (first && count > 1) {
-                    // Spread out from the start: a new process picks any shard.
-                    let home = self.random_below(count);
-                    turn.move_home(home);
-                }
-                let own = self.pool_for(turn, &new.coin).await?;
-                let carry = turn.carry(self.sharding.carry_at_most);
-                let placement = decide_sharded(&own.state, &carry, new.cost, new.amount, minimum)?;
-                let plan = self.plan(new, turn.home, Some(&own), &placement, minimum);
-                (placement, plan)
-            }
-        })
+        let Some(turn) = turn else {
+            return Ok((Placement::OwnBatch, self.plan(new, None, &Placement::OwnBatch, minimum)?));
+        };
+        let home = self.home(turn, &new.coin).await?;
+        let known = turn.known.clone();
+        let placement = decide(known.as_ref(), new.cost, new.amount, minimum)?;
+        let plan = self.plan(new, Some((home, known.as_ref())), &placement, minimum)?;
+        Ok((placement, plan))
     }
 
-    /// A placement cancelled over its pool shards: what the cancellation
-    /// says of each is remembered (a shard moved, held by someone, left
-    /// behind), the home moves or the coin grows when that keeps happening,
-    /// and the order is decided again. An error when nothing explains it.
+    /// The shard this process places the coin on: shard 0 at first (no
+    /// read: a coin that never grew has only it), moved down when the
+    /// count, read again every `COUNT_REFRESH`, has fallen below it.
+    async fn home(&self, turn: &mut Turn, coin: &crate::domain::Coin) -> Result<u32, InfraError> {
+        let home = turn.home.unwrap_or(0);
+        turn.move_home(home);
+        if self.shard_rules.max <= 1 {
+            return Ok(0);
+        }
+        let due = turn.count.is_none_or(|(_, at)| at.elapsed() >= COUNT_REFRESH);
+        if due && turn.count.is_some() {
+            let record = self.read_shard_count(coin).await?;
+            turn.count = Some((record, tokio::time::Instant::now()));
+            let count = record.at(self.clock.now(), &self.shard_rules);
+            if home >= count {
+                let next = self.random_below(count);
+                turn.move_home(next);
+                return Ok(next);
+            }
+        } else if turn.count.is_none() {
+            // Known as one shard until a conflict says otherwise.
+            turn.count = Some((crate::domain::ShardCount::ONE, tokio::time::Instant::now()));
+        }
+        Ok(home)
+    }
+
+    /// A placement cancelled over its shard: a shard not as the decision
+    /// took it is remembered as it is (the next attempt decides on that); a
+    /// shard held by another transaction is a collision: the process moves
+    /// to another, and grows the coin when collisions keep coming.
     async fn after_pool_cancellation(
         &self,
         new: &NewOrder,
         turn: &mut Turn,
-        plan: &Plan,
+        (index, shard): (usize, u32),
         reasons: &[Reason],
         progress: &mut Progress,
         attempt: u32,
     ) -> Result<(), PlaceError> {
-        // A pool moved since it was read: remember it as it is, decide
-        // again. A shard left behind that moved is someone else's now.
-        let mut stale = false;
-        let mut home_moved = false;
-        for &(index, shard) in &plan.pools {
-            if let Some(current) = condition_failed(reasons, index) {
-                stale = true;
-                if shard == turn.home {
-                    home_moved = true;
-                    let pool = match current {
-                        Some(item) => cached_of(item)?,
-                        None => CachedPool::default(),
-                    };
-                    turn.remember(shard, pool);
-                } else {
-                    turn.let_go(shard);
-                }
-            }
+        if let Some(current) = condition_failed(reasons, index) {
+            progress.moved += 1;
+            StoreStats::count(&self.stats.stale_pool_retries);
+            turn.saw(Self::pool_returned(shard, current)?);
+            return Ok(());
         }
-        let conflicted = |index: usize| matches!(reasons.get(index), Some(Reason::Conflict));
-        let home_held = plan.pools.first().is_some_and(|&(index, _)| conflicted(index));
-        if home_held {
-            // Another process holds this process's home shard right now:
-            // a collision. Move to another shard; if there is none, or
-            // moving keeps colliding, the coin needs more.
+        if matches!(reasons.get(index), Some(Reason::Conflict)) {
             progress.collisions += 1;
             StoreStats::count(&self.stats.conflicts);
-            // Others may have grown the count meanwhile.
-            let mut count = self.fresh_shard_count(turn, &new.coin).await?;
-            if count == 1 || progress.collisions >= self.sharding.grow_after {
-                count = self.grow_shards(turn, &new.coin, count).await?;
+            let fresh = turn.count.is_some_and(|(_, at)| at.elapsed() < COUNT_ON_CONFLICT);
+            let mut record = match turn.count {
+                Some((record, _)) if fresh => record,
+                _ => self.read_shard_count(&new.coin).await?,
+            };
+            let now = self.clock.now();
+            let mut count = record.at(now, &self.shard_rules);
+            if count == 1 || progress.collisions >= self.shard_rules.grow_after {
+                record = self.grow_shards(&new.coin, &record, count).await?;
+                count = record.at(now, &self.shard_rules);
             }
-            let next = self.pick_shard(count, turn.home);
+            turn.count = Some((record, tokio::time::Instant::now()));
+            let next = another_shard(count, shard, self.random_below(count.saturating_sub(1).max(1)));
             turn.move_home(next);
             if progress.collisions >= 2 {
                 self.backoff(attempt).await;
             }
-            return Ok(());
-        }
-        if home_moved {
-            // Another process wrote the home shard since this one saw
-            // it: the cancellation returned it as it is, so the next
-            // attempt decides on that. Not a reason for more shards:
-            // when a coin's orders come through more processes than it
-            // has shards (many coins, requests spread over every
-            // instance), shards are shared, and more of them would only
-            // fill each one slower. Twice in one order: try another.
-            // Three times: the shard is written faster than this process
-            // can follow (where the table reports no conflicts, as the
-            // emulators do, that is the only sign), and the coin grows.
-            progress.stale_homes += 1;
-            StoreStats::count(&self.stats.stale_pool_retries);
-            if progress.stale_homes >= 2 {
-                let mut count = self.shard_count(turn, &new.coin).await?;
-                if progress.stale_homes >= 3 {
-                    count = self.grow_shards(turn, &new.coin, count).await?;
-                }
-                let next = self.pick_shard(count, turn.home);
-                turn.move_home(next);
-            }
-            return Ok(());
-        }
-        if stale {
-            // Only a shard left behind moved: someone else's now.
-            StoreStats::count(&self.stats.stale_pool_retries);
-            return Ok(());
-        }
-        let mut taken = false;
-        for &(index, shard) in plan.pools.iter().skip(1) {
-            if conflicted(index) {
-                // Someone is on a shard this process left: theirs now.
-                taken = true;
-                turn.let_go(shard);
-            }
-        }
-        if taken {
-            StoreStats::count(&self.stats.conflicts);
             return Ok(());
         }
         if contended(reasons) {
@@ -320,29 +289,15 @@ impl DynamoStore {
         Err(InfraError::new("place order", unexpected(reasons)).into())
     }
 
-    /// The home shard's pool as the cache has it, read when it has nothing.
-    async fn pool_for(&self, turn: &mut Turn, coin: &Coin) -> Result<CachedPool, InfraError> {
-        let home = turn.home;
-        if let Some(pool) = turn.cached(home) {
-            return Ok(pool);
-        }
-        StoreStats::count(&self.stats.pool_reads);
-        let pool = match self.table.get(pool_key(coin, home)).await? {
-            Some(item) => cached_of(&item)?,
-            None => CachedPool::default(),
-        };
-        turn.remember(home, pool);
-        Ok(pool)
-    }
-
+    /// The transaction that places `new` as `placement` says, on `home`
+    /// (its shard and that shard's pool as last seen) when it pools.
     pub(super) fn plan(
         &self,
         new: &NewOrder,
-        home: u32,
-        pool: Option<&CachedPool>,
+        home: Option<(u32, Option<&ShardPool>)>,
         placement: &Placement,
         minimum: Usd,
-    ) -> Plan {
+    ) -> Result<Plan, PlaceError> {
         let now = self.clock.now();
         let mut writes = Vec::with_capacity(6);
         let key = new.idempotency_key.as_ref().map(|key| {
@@ -363,67 +318,60 @@ impl DynamoStore {
         });
         let debit = writes.len() - 1;
 
-        let (order, batch) = new.placed(home, placement);
-        writes.push(Write::Put {
-            item: order_item(&order, batch.as_ref().map(|b| b.id)),
-            condition: Some(Cond::not_exists("PK")),
+        let (shard, known) = home.unwrap_or((0, None));
+        let closed = known.filter(|_| matches!(placement, Placement::Cross { .. }));
+        let pools = closed.map(|pool| pool_ids(std::slice::from_ref(pool))).unwrap_or_else(|| {
+            vec![crate::domain::PoolId { shard, seq: 0 }]
         });
+        let (order, batch) = new.placed(placement, pools, new.created_at);
+        writes.push(Write::Put { item: order_item(&order), condition: Some(Cond::not_exists("PK")) });
         let order_index = writes.len() - 1;
 
-        let mut pools = Vec::new();
-        match (placement, pool, batch.as_ref()) {
-            (Placement::Join { seq }, Some(pool), _) => {
-                let add = Changes::new()
+        let mut pool = None;
+        match (placement, &batch) {
+            (Placement::OwnBatch, _) => {}
+            (Placement::Join, _) => {
+                let member = Member { order: new.id, user: new.user.clone(), placed: new.created_at };
+                let changes = Changes::new()
                     .add("usd", n(new.cost.value()))
                     .add("qty", n(new.amount.value()))
                     .add("count", n_int(1u64))
+                    .add("version", n_int(1u64))
+                    .set(member_attribute(new.id), item::member_value(&member))
                     .set("updated_ms", ms(now));
-                let (changes, condition) = if pool.exists {
-                    let limit = minimum.value() - new.cost.value();
-                    (add, Cond::eq("seq", n_int(*seq)).and(Cond::lt("usd", n(limit))))
-                } else {
-                    (add.set("seq", n_int(*seq)), Cond::not_exists("PK"))
+                let under = Cond::lt("usd", n(join_limit(minimum, new.cost)));
+                // A shard seen never written is created (with the coin's
+                // entry, for its first shard); one not seen is taken as there.
+                let created = known.is_some_and(|pool| pool.version == 0);
+                let condition = match known {
+                    Some(_) if created => Cond::not_exists(item::PK),
+                    _ => Cond::exists(item::PK).and(under),
                 };
-                writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition: Some(condition) });
-                pools.push((writes.len() - 1, home));
-                if !pool.exists && home == 0 {
+                writes.push(Write::Update { key: pool_key(&new.coin, shard), changes, condition: Some(condition) });
+                pool = Some((writes.len() - 1, shard));
+                if created && shard == 0 {
                     writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
                 }
             }
-            (Placement::Cross { absorbed, .. }, Some(pool), Some(formed)) => {
-                // The batch's totals come from these exact states: the
-                // conditions prove them. The home shard's write comes first.
-                let batch_id = formed.id;
-                let mut closing = Vec::with_capacity(absorbed.len() + 1);
-                if pool.exists {
-                    closing.push(Absorbed { shard: home, state: pool.state });
-                } else {
-                    // A home shard with no item yet is created closed: the
-                    // shards carried along reach the minimum.
-                    let (changes, _) = close_pool(&pool.state, now);
-                    let condition = Some(Cond::not_exists("PK"));
-                    writes.push(Write::Update { key: pool_key(&new.coin, home), changes, condition });
-                    pools.push((writes.len() - 1, home));
-                    let mut pointer = pool_batch_key(&new.coin, PoolId { shard: home, seq: pool.state.seq });
-                    pointer.insert("batch_id".into(), s(batch_id.to_string()));
-                    writes.push(Write::Put { item: pointer, condition: Some(Cond::not_exists("PK")) });
-                    if home == 0 {
-                        writes.push(Write::Put { item: coin_entry(&new.coin), condition: None });
-                    }
-                }
-                closing.extend(absorbed.iter().copied());
-                let first = writes.len();
-                writes.extend(close_into(&new.coin, &closing, batch_id, now));
-                // `close_into` writes each pool, then its pointer.
-                pools.extend(closing.iter().enumerate().map(|(k, shard)| (first + 2 * k, shard.shard)));
+            (Placement::Cross { .. }, Some(formed)) => {
+                let Some(known) = known else {
+                    return Err(InfraError::new("place order", "a close decided without its shard").into());
+                };
+                let member = Member { order: new.id, user: new.user.clone(), placed: new.created_at };
+                let closer = Some((&member, new.cost, new.amount));
+                let closed_ms = item::closed_ms(formed);
+                let closing = close_writes(&new.coin, std::slice::from_ref(known), formed.id, closed_ms, now, closer)?;
+                pool = Some((writes.len(), shard));
+                writes.extend(closing);
             }
-            _ => {}
+            (Placement::Cross { .. }, None) => {
+                return Err(InfraError::new("place order", "a close that formed no batch").into());
+            }
         }
-
         if let Some(batch) = &batch {
             writes.push(Write::Put { item: batch_item(batch), condition: Some(Cond::not_exists("PK")) });
         }
-        Plan { writes, key, debit, order: order_index, pools, written: (order, batch) }
+        Ok(Plan { writes, key, debit, order: order_index, pool, written: (order, batch) })
     }
 
     /// Sends one placement transaction. A reply lost in transit is resent
@@ -512,7 +460,11 @@ impl DynamoStore {
             .get(order_key(user, id))
             .await?
             .ok_or_else(|| InfraError::new("place order", "a placed order that is not there"))?;
-        let (order, formed) = order_of(&item).map_err(infra("read order"))?;
+        let order = item::order_of(&item).map_err(infra("read order"))?;
+        let formed = match order.membership {
+            Membership::Own(batch) | Membership::Pool { formed: Some(batch), .. } => Some(batch),
+            Membership::Pool { formed: None, .. } => None,
+        };
         let view = self.view(order).await?;
         let ready = view.batch_id.is_some_and(|b| Some(b) == formed) && view.status == OrderStatus::Settling;
         let still_ready = match (ready, formed) {
@@ -520,178 +472,5 @@ impl DynamoStore {
             _ => false,
         };
         Ok((view, formed.filter(|_| still_ready)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use std::sync::Arc;
-
-    use rust_decimal::Decimal;
-    use time::OffsetDateTime;
-
-    use super::*;
-    use crate::adapters::dynamodb::testing::{order_at, usd};
-    use crate::audit::audit;
-    use crate::domain::{Coin, PoolState, UserId};
-    use crate::ports::{Accounts, LedgerRecords};
-
-    fn order(user: &str, amount: &str) -> NewOrder {
-        order_at(user, amount, OffsetDateTime::now_utc())
-    }
-
-    /// The memory table, yielding before every request as a network would:
-    /// concurrent placements interleave at every step.
-    struct Yielding(crate::adapters::dynamodb::table::memory::MemoryTable);
-
-    #[async_trait::async_trait]
-    impl crate::adapters::dynamodb::table::Table for Yielding {
-        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
-            tokio::task::yield_now().await;
-            self.0.get(key).await
-        }
-        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
-            tokio::task::yield_now().await;
-            self.0.get_many(keys).await
-        }
-        async fn put(&self, item: Item, c: Option<Cond>) -> Result<Result<(), Option<Item>>, TableError> {
-            tokio::task::yield_now().await;
-            self.0.put(item, c).await
-        }
-        async fn update(
-            &self,
-            key: Item,
-            changes: Changes,
-            c: Option<Cond>,
-        ) -> Result<Result<Item, Option<Item>>, TableError> {
-            tokio::task::yield_now().await;
-            self.0.update(key, changes, c).await
-        }
-        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
-            tokio::task::yield_now().await;
-            let result = self.0.transact(writes, token).await;
-            tokio::task::yield_now().await;
-            result
-        }
-        async fn query(
-            &self,
-            q: crate::adapters::dynamodb::table::Query,
-        ) -> Result<crate::adapters::dynamodb::table::Page, TableError> {
-            tokio::task::yield_now().await;
-            self.0.query(q).await
-        }
-        async fn scan(&self, start: Option<Item>) -> Result<crate::adapters::dynamodb::table::Page, TableError> {
-            tokio::task::yield_now().await;
-            self.0.scan(start).await
-        }
-    }
-
-    async fn store_with(users: &[&str]) -> DynamoStore {
-        let store = DynamoStore::on(Arc::new(Yielding(Default::default())));
-        for user in users {
-            store.open_account(&UserId::parse(user).unwrap(), usd("1000")).await.unwrap();
-        }
-        store
-    }
-
-    async fn assert_audit_clean(store: &DynamoStore) {
-        let report = audit(&store.ledger().await.unwrap(), usd("10"));
-        assert!(report.is_clean(), "{report}");
-    }
-
-    /// A cache whose count is right but whose dollars are not (another
-    /// process's orders of another size, a bug): the order it makes look
-    /// like it crosses must not close the pool on those totals.
-    #[tokio::test]
-    async fn a_pool_closes_only_on_its_exact_totals_whatever_the_cache_says() {
-        let store = store_with(&["alice", "bob"]).await;
-        store.place(order("alice", "1"), usd("10")).await.unwrap(); // pool: 1 order, $4
-        store.place(order("alice", "0.25"), usd("10")).await.unwrap(); // pool: 2 orders, $5
-        {
-            let mut turn = store.pools.enter(&Coin::from_trusted("ABAN")).await;
-            let wrong = PoolState { seq: 0, usd: usd("8"), qty: Decimal::from(2), count: 2 };
-            turn.remember(0, CachedPool { state: wrong, exists: true, written_at: None });
-        }
-
-        // $3 more: $11 by the cache, $8 in truth.
-        let placed = store.place(order("bob", "0.75"), usd("10")).await.unwrap();
-
-        assert_eq!(placed.formed, None, "a batch formed at $8");
-        assert_audit_clean(&store).await;
-        assert_eq!(store.stats().stale_pool_retries, 1);
-    }
-
-    /// Within one process, a coin's pooled orders take turns: none of them
-    /// ever decides from a state another one is changing.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn one_process_takes_turns_on_a_coin_so_its_orders_never_retry() {
-        let store = Arc::new(store_with(&["alice"]).await);
-        let tasks: Vec<_> = (0..40)
-            .map(|i| {
-                let store = Arc::clone(&store);
-                let amount = ["0.25", "0.5", "1", "1.75"][i % 4];
-                tokio::spawn(async move { store.place(order("alice", amount), usd("10")).await.unwrap() })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let stats = store.stats();
-        assert_eq!(
-            (stats.orders_placed, stats.placement_transactions, stats.stale_pool_retries),
-            (40, 40, 0),
-            "{stats:?}"
-        );
-        assert_audit_clean(&store).await;
-    }
-
-    /// A process that moved off a shard (another process collided with it
-    /// there) takes the orders it left along in its next batch, even when
-    /// its new shard has no item yet.
-    #[tokio::test]
-    async fn a_process_that_moved_takes_the_orders_it_left_along() {
-        let store = store_with(&["alice"]).await;
-        let coin = Coin::from_trusted("ABAN");
-        let count = super::super::item::shards_grown(4, 4, OffsetDateTime::now_utc());
-        store.table.update(super::super::item::shards_key(&coin), count, None).await.unwrap().unwrap();
-        store.place(order("alice", "1"), usd("10")).await.unwrap();
-        store.place(order("alice", "1"), usd("10")).await.unwrap(); // $8 on its home shard
-        let left = {
-            let mut turn = store.pools.enter(&coin).await;
-            let left = turn.home;
-            turn.move_home((left + 1) % 4);
-            left
-        };
-
-        let placed = store.place(order("alice", "1"), usd("10")).await.unwrap();
-
-        let batch = store.read_batch(placed.formed.expect("$4 + the $8 left behind")).await.unwrap().unwrap();
-        let pools: Vec<u32> = batch.pools.iter().map(|p| p.shard).collect();
-        assert_eq!(pools, vec![(left + 1) % 4, left]);
-        assert_eq!((batch.usd, batch.count), (usd("12"), 3));
-        assert_audit_clean(&store).await;
-        assert_eq!(store.stats().busy, 0);
-    }
-
-    /// Orders of the minimum or more never wait for the pool's turn, and
-    /// never touch what the pooled orders believe of it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn orders_bought_alone_leave_the_pool_and_its_cache_alone() {
-        let store = Arc::new(store_with(&["alice", "bob"]).await);
-        let tasks: Vec<_> = (0..40)
-            .map(|i| {
-                let store = Arc::clone(&store);
-                let (user, amount) = if i % 2 == 0 { ("alice", "0.5") } else { ("bob", "3") };
-                tokio::spawn(async move { store.place(order(user, amount), usd("10")).await.unwrap() })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let stats = store.stats();
-        assert_eq!((stats.placement_transactions, stats.stale_pool_retries, stats.pool_reads), (40, 0, 1), "{stats:?}");
-        assert_audit_clean(&store).await;
     }
 }

@@ -1,27 +1,27 @@
 //! Refunding a refused batch: each member order's cost goes back to its
 //! owner once, in one transaction per order that marks the order refunded
 //! (only if it was not), credits the account, and counts it on the batch
-//! (only while the batch is `REFUSED`). A call refunds a bounded number of
-//! orders and leaves a cursor on the batch (the pool, then the last order),
-//! so the next call resumes where it stopped; when the count reaches the
-//! batch's, the batch is `REFUNDED`.
+//! (only while the batch is `REFUSED`). The members are those the records
+//! of the pools it closed list (or its one order, bought alone), in order;
+//! a call refunds a bounded number of them and leaves a cursor on the batch
+//! (the pool, then the last order), so the next call resumes where it
+//! stopped; when the count reaches the batch's, the batch is `REFUNDED`.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::item::{
-    self, CANCELED_AT, Item, account_key, batch_key, batch_of, get_s, get_u64, members_partitions, n, n_int, order_key,
-    order_of, s,
+    self, CANCELED_AT, account_key, batch_key, batch_of, closed_ms, closed_pool_key, get_s, get_u64, members_of, n,
+    n_int, order_key, order_of, s,
 };
-use super::table::{Changes, Cond, Query, Reason, Transacted, Write};
+use super::table::{Changes, Cond, Reason, Transacted, Write};
 use super::{DynamoStore, infra, unexpected};
-use crate::domain::{Batch, BatchId, BatchStatus, Order};
+use crate::domain::{Batch, BatchId, BatchStatus, Member, Order, OrderId};
 use crate::ports::{InfraError, Refund};
 
 /// The last order refunded, on the batch item: where the next call resumes
-/// (which of the batch's pools, and the order's key there).
+/// (which of the batch's pools, and the order there).
 const CURSOR_POOL: &str = "refund_cursor_pool";
-const CURSOR_PK: &str = "refund_cursor_pk";
-const CURSOR_SK: &str = "refund_cursor_sk";
+const CURSOR_ORDER: &str = "refund_cursor_order";
 /// The token of the refund that credited an order, on the order.
 const REFUND_TOKEN: &str = "refund_token";
 
@@ -34,6 +34,16 @@ enum Credited {
 }
 
 impl DynamoStore {
+    /// The members of the batch's `pool`-th pool (or its one order).
+    async fn members_of_pool(&self, batch: &Batch, pool: usize) -> Result<Vec<Member>, InfraError> {
+        let Some(id) = batch.pools.get(pool) else { return Ok(batch.alone.iter().cloned().collect()) };
+        let key = closed_pool_key(&batch.coin, id.shard, closed_ms(batch), id.seq);
+        let record = self.table.get(key).await?.ok_or_else(|| {
+            InfraError::new("refund batch", format!("the record of pool {} of shard {} is missing", id.seq, id.shard))
+        })?;
+        members_of(&record).map_err(infra("read a closed pool"))
+    }
+
     pub(super) async fn refund(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError> {
         let item = self
             .table
@@ -51,34 +61,22 @@ impl DynamoStore {
                 ));
             }
         }
-        let partitions = members_partitions(&batch);
+        let pools = batch.pools.len().max(1);
         let mut pool = get_u64(&item, CURSOR_POOL).map_or(0, |p| usize::try_from(p).unwrap_or(0));
-        let mut start = match (get_s(&item, CURSOR_PK), get_s(&item, CURSOR_SK), partitions.get(pool)) {
-            (Ok(pk), Ok(sk), Some(partition)) => Some(Item::from([
-                (item::PK.to_owned(), s(pk)),
-                (item::SK.to_owned(), s(sk)),
-                (item::MEMBERS_PK.to_owned(), s(partition.as_str())),
-                (item::MEMBERS_SK.to_owned(), s(sk)),
-            ])),
-            _ => None,
-        };
+        let mut after = get_s(&item, CURSOR_ORDER).ok().and_then(|o| OrderId::parse(o).ok());
         let mut refund = Refund::default();
-        'pools: while pool < partitions.len() && refund.orders < max_orders {
-            let query = Query {
-                index: Some(item::MEMBERS_INDEX),
-                partition: (item::MEMBERS_PK, partitions[pool].clone()),
-                filter: Some(Cond::not_exists("refunded")),
-                limit: Some(max_orders.max(1)),
-                start: start.take(),
-                ..Query::default()
-            };
-            let page = self.table.query(query).await?;
-            for member in &page.items {
+        'pools: while pool < pools && refund.orders < max_orders {
+            for member in self.members_of_pool(&batch, pool).await? {
+                if after.is_some_and(|done| member.order <= done) {
+                    continue;
+                }
                 if refund.orders >= max_orders {
                     break 'pools;
                 }
-                // The index projects whole order items: the adapter's own mapping reads them.
-                let (order, _) = order_of(member).map_err(infra("read batch member"))?;
+                let order = self.table.get(order_key(&member.user, member.order)).await?.ok_or_else(|| {
+                    InfraError::new("refund batch", format!("member order {} is missing", member.order))
+                })?;
+                let order = order_of(&order).map_err(infra("read batch member"))?;
                 match self.refund_order(&batch, pool, &order).await? {
                     Credited::Now => {
                         // Counted as it commits: a refund that fails midway
@@ -93,20 +91,15 @@ impl DynamoStore {
                     Credited::BatchMoved => break 'pools,
                 }
             }
-            start = page.next;
-            if start.is_none() {
-                pool += 1;
-            }
+            pool += 1;
+            after = None;
         }
-        let reached_end = pool >= partitions.len();
-        refund.finished = self.finish_refund(id, reached_end).await?;
+        refund.finished = self.finish_refund(id).await?;
         Ok(refund)
     }
 
-    /// `REFUNDED` once every member is; a pass that reached the end of the
-    /// members without that starts over next time (the index is eventually
-    /// consistent: a member may have shown up behind the cursor).
-    async fn finish_refund(&self, id: BatchId, reached_end: bool) -> Result<bool, InfraError> {
+    /// `REFUNDED` once every member is.
+    async fn finish_refund(&self, id: BatchId) -> Result<bool, InfraError> {
         let batch = self
             .read_batch(id)
             .await?
@@ -114,22 +107,14 @@ impl DynamoStore {
         match batch.status {
             BatchStatus::Refunded => return Ok(true),
             BatchStatus::Refused if batch.refunded == batch.count => {}
-            _ => {
-                if reached_end {
-                    let restart = Changes::new().remove(CURSOR_POOL).remove(CURSOR_PK).remove(CURSOR_SK);
-                    let refused = Cond::eq("status", s(BatchStatus::Refused.as_str()));
-                    self.table.update(batch_key(id), restart, Some(refused)).await?.ok();
-                }
-                return Ok(false);
-            }
+            _ => return Ok(false),
         }
         let done = Changes::new()
             .set("status", s(BatchStatus::Refunded.as_str()))
             .remove(item::OPEN_PK)
             .remove(item::OPEN_SK)
             .remove(CURSOR_POOL)
-            .remove(CURSOR_PK)
-            .remove(CURSOR_SK);
+            .remove(CURSOR_ORDER);
         let all_back =
             Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::eq("refunded", n_int(batch.count)));
         match self.table.update(batch_key(id), done, Some(all_back)).await? {
@@ -141,8 +126,6 @@ impl DynamoStore {
 
     /// Credits one member order's cost, once.
     async fn refund_order(&self, batch: &Batch, pool: usize, order: &Order) -> Result<Credited, InfraError> {
-        let order_key = order_key(&order.user, order.id);
-        let (cursor_pk, cursor_sk) = (order_key[item::PK].clone(), order_key[item::SK].clone());
         // The token marks the order: a cancellation that returns it marked
         // with this token is this very refund, committed by an earlier send.
         let token = ulid::Ulid::new().to_string();
@@ -150,11 +133,13 @@ impl DynamoStore {
         const BATCH: usize = 2;
         let writes = vec![
             Write::Update {
-                key: order_key,
+                key: order_key(&order.user, order.id),
                 changes: Changes::new().set("refunded", AttributeValue::Bool(true)).set(REFUND_TOKEN, s(&token)),
-                // A canceled order had its cost back already (and left the
-                // index; a lagging index may still list it).
-                condition: Some(Cond::exists("PK").and(Cond::not_exists("refunded")).and(Cond::not_exists(CANCELED_AT))),
+                // A canceled order had its cost back already (it left its
+                // pool before the pool closed, so a record never lists it).
+                condition: Some(
+                    Cond::exists(item::PK).and(Cond::not_exists("refunded")).and(Cond::not_exists(CANCELED_AT)),
+                ),
             },
             Write::Update {
                 key: account_key(&order.user),
@@ -166,8 +151,7 @@ impl DynamoStore {
                 changes: Changes::new()
                     .add("refunded", n_int(1u64))
                     .set(CURSOR_POOL, n_int(pool as u64))
-                    .set(CURSOR_PK, cursor_pk)
-                    .set(CURSOR_SK, cursor_sk),
+                    .set(CURSOR_ORDER, s(order.id.to_string())),
                 // Never while the refusal waits to be confirmed.
                 condition: Some(
                     Cond::eq("status", s(BatchStatus::Refused.as_str())).and(Cond::not_exists(item::REFUNDS_FROM)),

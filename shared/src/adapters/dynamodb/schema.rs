@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 
-use super::item::{MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK, OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK};
+use super::item::{OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK};
 use crate::ports::InfraError;
 
 /// Idempotency records expire through this attribute (epoch seconds).
@@ -59,8 +59,6 @@ pub static TABLE_SCHEMA: KeySchema = KeySchema {
         // 64 keys. Keys only: settlement's writes change no key, so they
         // write nothing to the index.
         IndexSchema { name: OPEN_BATCHES_INDEX, pk: OPEN_PK, sk: OPEN_SK, projection: Projection::KeysOnly },
-        // The orders of each batch (refunds).
-        IndexSchema { name: MEMBERS_INDEX, pk: MEMBERS_PK, sk: MEMBERS_SK, projection: Projection::All },
     ],
 };
 

@@ -65,6 +65,11 @@ impl Placeholders {
         format!("begins_with({}, {})", self.name(attribute), self.value(prefix))
     }
 
+    /// `a BETWEEN :from AND :to`, for a sort key condition.
+    pub fn between(&mut self, attribute: &str, from: &AttributeValue, to: &AttributeValue) -> String {
+        format!("{} BETWEEN {} AND {}", self.name(attribute), self.value(from), self.value(to))
+    }
+
     fn join(&mut self, parts: &[Cond], separator: &str) -> String {
         let rendered: Vec<String> = parts.iter().map(|c| format!("({})", self.condition(c))).collect();
         rendered.join(separator)

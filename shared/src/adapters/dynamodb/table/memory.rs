@@ -262,8 +262,11 @@ impl Table for MemoryTable {
                     .collect()
             }
         };
+        let between = |sort: &str| {
+            query.sort_between.as_ref().is_none_or(|(_, from, to)| from.as_str() <= sort && sort <= to.as_str())
+        };
         let mut keys: Vec<(IndexKey, Key)> =
-            keys.into_iter().filter(|(position, _)| position.1.starts_with(prefix)).collect();
+            keys.into_iter().filter(|(position, _)| position.1.starts_with(prefix) && between(&position.1)).collect();
         if query.newest_first {
             keys.reverse();
         }

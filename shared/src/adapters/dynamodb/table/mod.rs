@@ -167,6 +167,9 @@ pub struct Query {
     pub index: Option<&'static str>,
     pub partition: (&'static str, String),
     pub sort_prefix: Option<(&'static str, String)>,
+    /// Sort keys from the first to the second, both included
+    /// (`BETWEEN`).
+    pub sort_between: Option<(&'static str, String, String)>,
     /// Applied after the page is read, as DynamoDB's `FilterExpression`.
     pub filter: Option<Cond>,
     pub newest_first: bool,

@@ -265,6 +265,10 @@ impl Table for SdkTable {
             let prefix = AttributeValue::S(prefix.clone());
             key_expression = format!("{key_expression} AND {}", p.begins_with(attribute, &prefix));
         }
+        if let Some((attribute, from, to)) = &query.sort_between {
+            let (from, to) = (AttributeValue::S(from.clone()), AttributeValue::S(to.clone()));
+            key_expression = format!("{key_expression} AND {}", p.between(attribute, &from, &to));
+        }
         let filter = query.filter.as_ref().map(|f| p.condition(f));
         let (names, values) = p.into_parts();
         let output = self

@@ -1,0 +1,292 @@
+//! Pooling, the use case the reconciler runs around the clock: for each
+//! coin, the sweep that gathers money spread over shards into batches as
+//! soon as it holds the minimum together, and the operator's bound on how
+//! long pooled money waits. The rules are `domain::pooling`'s; the store
+//! makes each step stick in one transaction conditioned on the shards being
+//! as read (`ports::Pools`), so a step that lost a race writes nothing and
+//! the next sweep decides again on what is there. (Orders joining and
+//! closing their own shard are placement's: `service`.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use crate::domain::pooling::sweep::{self, SweepRules, SweepStep};
+use crate::domain::pooling::wait::{amount_for, oldest, overdue, overdue_members, top_up_group};
+use crate::domain::pooling::{BatchTotals, SHARDS_PER_CLOSE, ShardPool};
+use crate::domain::{BatchId, Coin, NewOrder, OrderId, ShardCount, ShardRules, Usd};
+use crate::ports::{CancelError, Clock, InfraError, Pools, TopUp, WaitAction, WaitPolicy};
+
+/// How long a coin's shard count read by the sweep is used before it is
+/// read again (a coin that never grew costs this read and nothing else).
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// What the sweep of one coin did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// Batches it formed: they go to the settle queue.
+    pub formed: Vec<BatchId>,
+    /// Crumbs it moved together (the next sweep closes them).
+    pub moved: u32,
+}
+
+/// What applying the wait policy to one coin did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitReport {
+    /// When the coin's oldest pending order was placed, if it has any.
+    pub oldest: Option<OffsetDateTime>,
+    /// Orders canceled by the refund policy (or, for a coin no longer
+    /// priced, by the top-up policy: the house cannot buy it).
+    pub canceled: u32,
+    /// The batch a top-up formed.
+    pub topped_up: Option<BatchId>,
+    /// A top-up the house account could not pay: what it would have cost.
+    pub house_short: Option<Usd>,
+    /// The house account's balance after the check (top-up policy only).
+    pub house_balance: Option<Usd>,
+    /// The coin has no price now: a top-up could not buy it.
+    pub unpriced: bool,
+}
+
+/// A coin's pool as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct PoolSummary {
+    pub coin: Coin,
+    /// Shards read (up to the most the coin ever had), and those holding money.
+    pub shards: u32,
+    pub holding: usize,
+    pub usd: Usd,
+    pub qty: Decimal,
+    pub orders: u32,
+    /// When its oldest pending order was placed.
+    pub oldest: Option<OffsetDateTime>,
+}
+
+pub struct Pooling {
+    pools: Arc<dyn Pools>,
+    clock: Arc<dyn Clock>,
+    minimum: Usd,
+    sweep: SweepRules,
+    shards: ShardRules,
+    /// Each coin's shard count as last read, and when.
+    counts: Mutex<HashMap<Coin, (ShardCount, Instant)>>,
+}
+
+impl Pooling {
+    pub fn new(pools: Arc<dyn Pools>, clock: Arc<dyn Clock>, minimum: Usd) -> Pooling {
+        Pooling {
+            pools,
+            clock,
+            minimum,
+            sweep: SweepRules::default(),
+            shards: ShardRules::default(),
+            counts: Mutex::default(),
+        }
+    }
+
+    pub fn with_rules(self, sweep: SweepRules, shards: ShardRules) -> Pooling {
+        Pooling { sweep, shards, ..self }
+    }
+
+    pub fn minimum(&self) -> Usd {
+        self.minimum
+    }
+
+    /// Every coin that ever had a pool, priced or not any more.
+    pub async fn pooled_coins(&self) -> Result<Vec<Coin>, InfraError> {
+        self.pools.pooled_coins().await
+    }
+
+    /// The coin's shard count, read at most once per `COUNT_EVERY`.
+    async fn count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
+        let cached = self.counts.lock().ok().and_then(|counts| counts.get(coin).copied());
+        if let Some((count, at)) = cached
+            && at.elapsed() < COUNT_EVERY
+        {
+            return Ok(count);
+        }
+        let count = self.pools.shard_count(coin).await?;
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.insert(coin.clone(), (count, Instant::now()));
+        }
+        Ok(count)
+    }
+
+    /// Every shard the coin may hold money on: up to the most it ever had.
+    async fn all_pools(&self, coin: &Coin, count: &ShardCount) -> Result<Vec<ShardPool>, InfraError> {
+        let shards: Vec<u32> = (0..count.high.max(1)).collect();
+        self.pools.read_pools(coin, &shards).await
+    }
+
+    /// Gathers what the coin's shards hold together into batches
+    /// (`domain::pooling::sweep`). A coin that never had more than one
+    /// shard needs none: its crossing order closes its one pool.
+    pub async fn sweep(&self, coin: &Coin) -> Result<Swept, InfraError> {
+        let count = self.count(coin).await?;
+        let mut swept = Swept::default();
+        if count.high <= 1 {
+            return Ok(swept);
+        }
+        let now = self.clock.now();
+        let pools = self.all_pools(coin, &count).await?;
+        let shards = |ids: &[u32]| -> Vec<ShardPool> {
+            ids.iter().filter_map(|id| pools.iter().find(|pool| pool.shard == *id).cloned()).collect()
+        };
+        for step in sweep::plan(&pools, self.minimum, now, &self.sweep) {
+            match step {
+                SweepStep::Close(ids) => {
+                    // A shard that moved since the read makes it write
+                    // nothing: the next sweep decides again.
+                    if let Some(batch) = self.pools.close(coin, &shards(&ids), now).await? {
+                        swept.formed.push(batch);
+                    }
+                }
+                SweepStep::Move { into, from } => {
+                    let Some(target) = shards(&[into]).pop() else { continue };
+                    if self.pools.gather(coin, &target, &shards(&from), now).await? {
+                        swept.moved += 1;
+                    }
+                }
+            }
+        }
+        self.settle_high(coin, &count, &pools, now).await?;
+        Ok(swept)
+    }
+
+    /// Brings `high` down to the count in force once nobody can write the
+    /// shards above it any more and they are empty (as just read): a coin
+    /// that was hot once is not read at every sweep for ever.
+    async fn settle_high(
+        &self,
+        coin: &Coin,
+        count: &ShardCount,
+        pools: &[ShardPool],
+        now: OffsetDateTime,
+    ) -> Result<(), InfraError> {
+        let Some(settled) = count.settles_at(now, &self.shards) else { return Ok(()) };
+        let empty_above = pools.iter().filter(|pool| pool.shard >= settled.high).all(|pool| !pool.holds_money());
+        if empty_above && self.pools.settle_high(coin, count, &settled).await?
+            && let Ok(mut counts) = self.counts.lock()
+        {
+            counts.remove(coin);
+        }
+        Ok(())
+    }
+
+    /// What the coin's pool holds now, for an operator.
+    pub async fn summary(&self, coin: &Coin) -> Result<PoolSummary, InfraError> {
+        let count = self.pools.shard_count(coin).await?;
+        let pools = self.all_pools(coin, &count).await?;
+        let holding: Vec<&ShardPool> = pools.iter().filter(|pool| pool.holds_money()).collect();
+        let (usd, qty, orders) = match BatchTotals::of(&holding, None) {
+            Ok(totals) => (totals.usd, totals.qty.value(), totals.count),
+            Err(_) if holding.is_empty() => (Usd::ZERO, Decimal::ZERO, 0),
+            Err(_) => return Err(InfraError::new("summarise a pool", "the shards' totals cannot be held exactly")),
+        };
+        Ok(PoolSummary {
+            coin: coin.clone(),
+            shards: count.high.max(1),
+            holding: holding.len(),
+            usd,
+            qty,
+            orders,
+            oldest: oldest(&pools),
+        })
+    }
+
+    /// How long the coin's oldest pending order has waited, and, once it has
+    /// waited longer than the operator's policy allows, the policy applied:
+    /// a top-up by the house (at `price`, the coin's price now), or the
+    /// orders that waited longer canceled. A coin no longer priced cannot be
+    /// bought by the house: under the top-up policy its overdue orders are
+    /// canceled too, so that the bound holds whatever the price list says.
+    pub async fn bound_wait(
+        &self,
+        coin: &Coin,
+        price: Option<Usd>,
+        policy: Option<&WaitPolicy>,
+    ) -> Result<WaitReport, InfraError> {
+        let now = self.clock.now();
+        let count = self.pools.shard_count(coin).await?;
+        let pools = self.all_pools(coin, &count).await?;
+        let mut report = WaitReport { oldest: oldest(&pools), ..WaitReport::default() };
+        let Some(policy) = policy else { return Ok(report) };
+        if let WaitAction::TopUp { house } = &policy.action {
+            report.house_balance = Some(self.pools.balance(house).await?);
+        }
+        if !overdue(report.oldest, policy.max_wait, now) {
+            return Ok(report);
+        }
+        match (&policy.action, price) {
+            (WaitAction::TopUp { house }, Some(price)) => {
+                self.top_up(&pools, coin, house, price, now, &mut report).await?;
+                report.house_balance = Some(self.pools.balance(house).await?);
+            }
+            (WaitAction::TopUp { .. }, None) => {
+                report.unpriced = true;
+                report.canceled = self.cancel_overdue(&pools, policy, now).await?;
+            }
+            (WaitAction::Refund, _) => report.canceled = self.cancel_overdue(&pools, policy, now).await?,
+        }
+        Ok(report)
+    }
+
+    async fn top_up(
+        &self,
+        pools: &[ShardPool],
+        coin: &Coin,
+        house: &crate::domain::UserId,
+        price: Usd,
+        now: OffsetDateTime,
+        report: &mut WaitReport,
+    ) -> Result<(), InfraError> {
+        // None: the oldest money's group holds the minimum: the sweep's.
+        let Some(group) = top_up_group(pools, self.minimum, SHARDS_PER_CLOSE) else { return Ok(()) };
+        let (amount, cost) = amount_for(group.gap, price).ok_or_else(|| {
+            InfraError::new("top up a pool", format!("no exact amount of {coin} at {price} fills the pool"))
+        })?;
+        let closed: Vec<ShardPool> =
+            group.shards.iter().filter_map(|id| pools.iter().find(|pool| pool.shard == *id).cloned()).collect();
+        let house_order = NewOrder {
+            id: OrderId::generate(),
+            user: house.clone(),
+            coin: coin.clone(),
+            amount,
+            price,
+            cost,
+            idempotency_key: None,
+            created_at: now,
+        };
+        match self.pools.top_up(&closed, &house_order, now).await? {
+            TopUp::Formed(batch) => report.topped_up = Some(batch),
+            TopUp::HouseShort => report.house_short = Some(cost),
+            // A shard moved since it was read: the next check decides again.
+            TopUp::Moved => {}
+        }
+        Ok(())
+    }
+
+    /// Cancels every order of `pools` that waited longer than the policy
+    /// allows; how many it canceled.
+    async fn cancel_overdue(
+        &self,
+        pools: &[ShardPool],
+        policy: &WaitPolicy,
+        now: OffsetDateTime,
+    ) -> Result<u32, InfraError> {
+        let mut canceled = 0;
+        for member in overdue_members(pools, policy.max_wait, now) {
+            match self.pools.cancel(&member).await {
+                Ok(done) => canceled += u32::from(done.now),
+                // Batched since it was read, or canceled already: not ours.
+                Err(CancelError::NotPending(_) | CancelError::NotFound | CancelError::Busy) => {}
+                Err(CancelError::Infra(error)) => return Err(error),
+            }
+        }
+        Ok(canceled)
+    }
+}
