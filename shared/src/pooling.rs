@@ -216,7 +216,7 @@ impl Pooling {
         let mut report = WaitReport { oldest: oldest(&pools), ..WaitReport::default() };
         let Some(policy) = policy else { return Ok(report) };
         if let WaitAction::TopUp { house } = &policy.action {
-            report.house_balance = Some(self.pools.balance(house).await?);
+            report.house_balance = Some(self.pools.house_balance(house).await?);
         }
         if !overdue(report.oldest, policy.max_wait, now) {
             return Ok(report);
@@ -224,7 +224,7 @@ impl Pooling {
         match (&policy.action, price) {
             (WaitAction::TopUp { house }, Some(price)) => {
                 self.top_up(&pools, coin, house, price, now, &mut report).await?;
-                report.house_balance = Some(self.pools.balance(house).await?);
+                report.house_balance = Some(self.pools.house_balance(house).await?);
             }
             (WaitAction::TopUp { .. }, None) => {
                 report.unpriced = true;

@@ -300,8 +300,8 @@ pub trait Pools: Send + Sync {
     /// the house is debited its cost (only if it can pay).
     async fn top_up(&self, pools: &[ShardPool], house: &NewOrder, now: OffsetDateTime) -> Result<TopUp, InfraError>;
 
-    /// A user's balance (the house's, for the top-up policy).
-    async fn balance(&self, user: &UserId) -> Result<Usd, InfraError>;
+    /// The house account's balance (the top-up policy's).
+    async fn house_balance(&self, house: &UserId) -> Result<Usd, InfraError>;
 
     /// Cancels a pending order for the wait policy, as its owner's cancel
     /// does.

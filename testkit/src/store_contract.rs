@@ -17,8 +17,9 @@ use shared::audit::audit;
 use shared::domain::{
     BatchId, BatchStatus, Coin, DepositId, IdempotencyKey, NewOrder, OrderId, OrderStatus, Quantity, Usd, UserId,
 };
+use shared::pooling::Pooling;
 use shared::ports::{
-    CancelError, Claim, DepositError, Deposited, Fence, PlaceError, Placed, Store, WaitAction, WaitPolicy,
+    CancelError, Claim, Clock, DepositError, Deposited, Fence, PlaceError, Placed, Store, WaitAction, WaitPolicy,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -86,6 +87,21 @@ async fn funded(store: &dyn Store, users: &[(&str, &str)]) {
 
 async fn place(store: &dyn Store, order: NewOrder) -> Placed {
     store.place_order(order, ten()).await.unwrap()
+}
+
+/// A clock that says `at`.
+struct At(OffsetDateTime);
+
+impl Clock for At {
+    fn now(&self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+/// Pooling (the sweep, the bounded wait) over `store`, as the reconciler
+/// runs it at `at`.
+pub fn pooling(store: &Arc<dyn Store>, at: OffsetDateTime) -> Pooling {
+    Pooling::new(Arc::clone(store) as Arc<dyn shared::ports::Pools>, Arc::new(At(at)), ten())
 }
 
 /// The audit of everything the store holds finds nothing wrong.
@@ -314,12 +330,12 @@ pub async fn a_pool_that_waited_too_long_is_completed_by_the_house(stores: Store
     let price = Some(usd("4"));
 
     let early =
-        store.enforce_wait(&a.coin, price, ten(), Some(&top_up), a.created_at + Duration::minutes(14)).await.unwrap();
+        pooling(&store, a.created_at + Duration::minutes(14)).bound_wait(&a.coin, price, Some(&top_up)).await.unwrap();
     assert_eq!((early.oldest, early.topped_up, early.house_balance), (Some(a.created_at), None, Some(usd("50"))));
     assert_eq!(store.order(&user("alice"), a.id).await.unwrap().unwrap().status, OrderStatus::Pending);
 
     let late =
-        store.enforce_wait(&a.coin, price, ten(), Some(&top_up), a.created_at + Duration::minutes(16)).await.unwrap();
+        pooling(&store, a.created_at + Duration::minutes(16)).bound_wait(&a.coin, price, Some(&top_up)).await.unwrap();
     let id = late.topped_up.expect("the house completes the pool");
     let batch = store.batch(id).await.unwrap().unwrap();
     // $6 of customers' orders, $4 of the house's (1 ABAN).
@@ -333,7 +349,7 @@ pub async fn a_pool_that_waited_too_long_is_completed_by_the_house(stores: Store
     assert_audit_clean(store.as_ref()).await;
     // Nothing waits any more: nothing more happens.
     let after =
-        store.enforce_wait(&a.coin, price, ten(), Some(&top_up), a.created_at + Duration::minutes(30)).await.unwrap();
+        pooling(&store, a.created_at + Duration::minutes(30)).bound_wait(&a.coin, price, Some(&top_up)).await.unwrap();
     assert_eq!((after.oldest, after.topped_up), (None, None));
 }
 
@@ -346,7 +362,7 @@ pub async fn a_house_that_cannot_pay_buys_nothing(stores: Stores) {
     let top_up = policy(WaitAction::TopUp { house: user("house") });
     let late = a.created_at + Duration::hours(1);
 
-    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), Some(&top_up), late).await.unwrap();
+    let report = pooling(&store, late).bound_wait(&a.coin, Some(usd("4")), Some(&top_up)).await.unwrap();
 
     assert_eq!((report.topped_up, report.house_short, report.house_balance), (None, Some(usd("4")), Some(usd("3.99"))));
     assert_eq!(store.order(&user("alice"), a.id).await.unwrap().unwrap().status, OrderStatus::Pending);
@@ -355,7 +371,7 @@ pub async fn a_house_that_cannot_pay_buys_nothing(stores: Stores) {
     assert_audit_clean(store.as_ref()).await;
     // No house account at all: the same.
     let nobody = policy(WaitAction::TopUp { house: user("nobody") });
-    let report = store.enforce_wait(&a.coin, Some(usd("4")), ten(), Some(&nobody), late).await.unwrap();
+    let report = pooling(&store, late).bound_wait(&a.coin, Some(usd("4")), Some(&nobody)).await.unwrap();
     assert_eq!((report.topped_up, report.house_short), (None, Some(usd("4"))));
     assert_audit_clean(store.as_ref()).await;
 }
@@ -371,7 +387,7 @@ pub async fn the_refund_policy_cancels_the_orders_that_waited_too_long(stores: S
     let refund = policy(WaitAction::Refund);
     let at = old.created_at + Duration::minutes(16);
 
-    let report = store.enforce_wait(&old.coin, Some(usd("4")), ten(), Some(&refund), at).await.unwrap();
+    let report = pooling(&store, at).bound_wait(&old.coin, Some(usd("4")), Some(&refund)).await.unwrap();
 
     assert_eq!(report.canceled, 1);
     assert_eq!(store.order(&user("alice"), old.id).await.unwrap().unwrap().status, OrderStatus::Canceled);
@@ -381,7 +397,7 @@ pub async fn the_refund_policy_cancels_the_orders_that_waited_too_long(stores: S
         (usd("100"), usd("98"))
     );
     assert_audit_clean(store.as_ref()).await;
-    let again = store.enforce_wait(&old.coin, Some(usd("4")), ten(), Some(&refund), at).await.unwrap();
+    let again = pooling(&store, at).bound_wait(&old.coin, Some(usd("4")), Some(&refund)).await.unwrap();
     assert_eq!((again.canceled, again.oldest), (0, Some(young.created_at)));
     assert_eq!(store.balance(&user("alice")).await.unwrap(), usd("100"));
 }
@@ -462,10 +478,11 @@ pub async fn a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less
     assert!(shards > 1, "the orders all went to one shard");
     assert_audit_clean(instances[0].as_ref()).await;
 
-    let formed = instances[1]
-        .sweep_pools(&Coin::from_trusted("ABAN"), usd("10"), Duration::ZERO, now() + Duration::seconds(2))
+    let formed = pooling(&instances[1], now() + Duration::seconds(2))
+        .sweep(&Coin::from_trusted("ABAN"))
         .await
-        .unwrap();
+        .unwrap()
+        .formed;
     let ledger = instances[0].ledger().await.unwrap();
     let open: Decimal = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
     assert!(open < Decimal::TEN, "the shards still hold {open} together");
@@ -514,10 +531,11 @@ pub async fn racing_small_orders_form_each_batch_exactly_once(stores: Stores) {
     }
     assert_audit_clean(instances[0].as_ref()).await;
 
-    instances[0]
-        .sweep_pools(&Coin::from_trusted("ABAN"), usd("10"), Duration::ZERO, now() + Duration::seconds(2))
+    pooling(&instances[0], now() + Duration::seconds(2))
+        .sweep(&Coin::from_trusted("ABAN"))
         .await
-        .unwrap();
+        .unwrap()
+        .formed;
     let ledger = instances[0].ledger().await.unwrap();
     let batched: Decimal = ledger.batches.iter().map(|b| b.usd.value()).sum();
     let open: Decimal = ledger.pools.iter().map(|p| p.state.usd.value()).sum();

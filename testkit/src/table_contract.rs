@@ -146,8 +146,8 @@ pub async fn queries_read_a_partition_or_an_index_page_by_page(table: Arc<dyn Ta
         let item = with(
             key("T#7".into(), format!("ORDER#{i:02}")),
             &[
-                (item::MEMBERS_PK, s("MEMBERS#X")),
-                (item::MEMBERS_SK, s(&format!("ORDER#{i:02}"))),
+                (item::OPEN_PK, s("OPEN#X")),
+                (item::OPEN_SK, s(&format!("ORDER#{i:02}"))),
                 ("odd", AttributeValue::Bool(i % 2 == 1)),
             ],
         );
@@ -155,14 +155,14 @@ pub async fn queries_read_a_partition_or_an_index_page_by_page(table: Arc<dyn Ta
     }
     table.put(key("T#7".into(), "ACCOUNT"), None).await.unwrap().unwrap();
     // A sparse index: an item without the index's keys is not in it.
-    table.put(with(key("T#7".into(), "ORDER#99"), &[(item::MEMBERS_PK, s("MEMBERS#X"))]), None).await.unwrap().unwrap();
+    table.put(with(key("T#7".into(), "ORDER#99"), &[(item::OPEN_PK, s("OPEN#X"))]), None).await.unwrap().unwrap();
 
     let sks =
         |page: &[Item]| -> Vec<String> { page.iter().map(|i| item::get_s(i, item::SK).unwrap().to_owned()).collect() };
-    for index in [None, Some(item::MEMBERS_INDEX)] {
+    for index in [None, Some(item::OPEN_BATCHES_INDEX)] {
         let partition = match index {
             None => (item::PK, "T#7".to_owned()),
-            Some(_) => (item::MEMBERS_PK, "MEMBERS#X".to_owned()),
+            Some(_) => (item::OPEN_PK, "OPEN#X".to_owned()),
         };
         let prefix = index.is_none().then(|| (item::SK, "ORDER#0".to_owned()));
         let mut seen = Vec::new();
@@ -199,19 +199,66 @@ pub async fn queries_read_a_partition_or_an_index_page_by_page(table: Arc<dyn Ta
             .await
             .unwrap();
         assert_eq!(sks(&newest.items), vec!["ORDER#06", "ORDER#05"]);
-
-        let odd = table
-            .query(Query {
-                index,
-                partition,
-                sort_prefix: prefix,
-                filter: Some(Cond::eq("odd", AttributeValue::Bool(true))),
-                ..Query::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(sks(&odd.items), vec!["ORDER#01", "ORDER#03", "ORDER#05"]);
     }
+    let odd = table
+        .query(Query {
+            partition: (item::PK, "T#7".to_owned()),
+            sort_prefix: Some((item::SK, "ORDER#0".to_owned())),
+            filter: Some(Cond::eq("odd", AttributeValue::Bool(true))),
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sks(&odd.items), vec!["ORDER#01", "ORDER#03", "ORDER#05"]);
+}
+
+/// A pool's members are attributes named after their orders (`m:{id}`):
+/// set, removed and checked by name; a pool is closed by putting it back
+/// whole on the condition of its version. The records of closed pools are
+/// found by a range of their sort keys, filtered on a member's attribute,
+/// either way round.
+pub async fn attributes_named_at_run_time_and_sort_key_ranges(table: Arc<dyn Table>) {
+    let pool = key("T#10".into(), "POOL");
+    let (alice, bob) = ("m:01KBFJ8PYV0Q5N3E4W7Z2X6C9A".to_owned(), "m:01KBFJ8PYV0Q5N3E4W7Z2X6C9B".to_owned());
+    let join = |member: &str| {
+        Changes::new().add("version", n("1")).add("count", n("1")).set(member.to_owned(), s("1764900000000 a b"))
+    };
+    table.update(pool.clone(), join(&alice), Some(Cond::not_exists("PK"))).await.unwrap().unwrap();
+    let joined = table.update(pool.clone(), join(&bob), Some(Cond::exists("PK"))).await.unwrap().unwrap();
+    assert_eq!(joined[&bob], s("1764900000000 a b"));
+    // A cancel: out, if it is still in.
+    let out = Changes::new().remove(alice.clone()).add("version", n("1")).add("count", n("-1"));
+    table.update(pool.clone(), out.clone(), Some(Cond::exists(alice.clone()))).await.unwrap().unwrap();
+    let again = table.update(pool.clone(), out, Some(Cond::exists(alice.clone()))).await.unwrap();
+    assert!(again.unwrap_err().is_some_and(|now| !now.contains_key(&alice) && now.contains_key(&bob)));
+    // A close: the pool back whole, empty, on its version.
+    let emptied = with(pool.clone(), &[("version", n("4")), ("count", n("0"))]);
+    let stale = table.put(emptied.clone(), Some(Cond::eq("version", n("2")))).await.unwrap();
+    assert!(stale.is_err(), "a close on an old version");
+    table.put(emptied, Some(Cond::eq("version", n("3")))).await.unwrap().unwrap();
+    let now = table.get(pool).await.unwrap().unwrap();
+    assert!(!now.contains_key(&bob) && number(&now, "version") == 4.into());
+
+    for (at, member) in [("000000000000100", &alice), ("000000000000200", &bob), ("000000000000300", &alice)] {
+        let record = with(key("T#10".into(), format!("CLOSED#{at}#1")), &[(member.as_str(), s("x"))]);
+        table.put(record, None).await.unwrap().unwrap();
+    }
+    let find = |from: &str, to: &str, newest_first: bool, member: &String| Query {
+        partition: (item::PK, "T#10".to_owned()),
+        sort_between: Some((item::SK, from.to_owned(), to.to_owned())),
+        filter: Some(Cond::exists(member.clone())),
+        newest_first,
+        ..Query::default()
+    };
+    let sks = |page: Vec<Item>| -> Vec<String> {
+        page.iter().map(|i| item::get_s(i, item::SK).unwrap().to_owned()).collect()
+    };
+    let forward = table.query(find("CLOSED#000000000000150", "CLOSED#~", false, &alice)).await.unwrap();
+    assert_eq!(sks(forward.items), vec!["CLOSED#000000000000300#1"]);
+    let backward = table.query(find("CLOSED#", "CLOSED#000000000000250", true, &bob)).await.unwrap();
+    assert_eq!(sks(backward.items), vec!["CLOSED#000000000000200#1"]);
+    let none = table.query(find("CLOSED#000000000000301", "CLOSED#~", false, &bob)).await.unwrap();
+    assert!(none.items.is_empty());
 }
 
 /// A page resumes after where its start key sorts, whether or not an item
@@ -304,6 +351,7 @@ macro_rules! table_contract_tests {
             a_resent_committed_transaction_is_never_applied_twice,
             two_writes_on_one_item_in_a_transaction_are_refused,
             queries_read_a_partition_or_an_index_page_by_page,
+            attributes_named_at_run_time_and_sort_key_ranges,
             a_query_resumes_after_a_start_key_no_item_has,
             a_batch_get_reads_the_items_that_exist,
             a_scan_reads_every_item,

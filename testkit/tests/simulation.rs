@@ -39,6 +39,7 @@ use shared::domain::{
     reproducible_ids,
 };
 use shared::ports::{Accounts, CancelError, LedgerRecords, PlaceError, Settlements, WaitAction, WaitPolicy};
+use shared::domain::SweepRules;
 use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 use shared::service::{OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
@@ -108,12 +109,15 @@ impl Factory {
             ),
             reconciler: Arc::new(
                 Reconciler::new(store.clone(), self.queue.clone(), clock, self.policy)
-                    .sweeping(PoolSweep {
-                        coins: self.config.prices.coins().cloned().collect(),
-                        minimum: self.config.minimum,
-                        quiet_for: time::Duration::seconds(5),
-                        every: Duration::from_secs(5),
-                    })
+                    .sweeping(
+                        store.clone(),
+                        PoolSweep {
+                            coins: self.config.prices.coins().cloned().collect(),
+                            minimum: self.config.minimum,
+                            rules: SweepRules { due_after: time::Duration::seconds(2), ..SweepRules::default() },
+                            every: Duration::from_secs(5),
+                        },
+                    )
                     .bounding_wait(Some(BoundedWait {
                         policy: self.wait.clone(),
                         prices: self.config.prices.clone(),

@@ -61,7 +61,7 @@ pub enum Kind {
     /// The open-batches index (the reconciler).
     QueryOpenBatches,
     /// The batch-members index (refunds).
-    QueryMembers,
+    QueryClosedPools,
     /// A customer's orders.
     QueryOrders,
     Scan,
@@ -80,7 +80,7 @@ impl Kind {
             Kind::ReadShards => "pool shards (BatchGetItem)",
             Kind::ReadItem => "one item (GetItem)",
             Kind::QueryOpenBatches => "open batches (Query, index)",
-            Kind::QueryMembers => "batch members (Query, index)",
+            Kind::QueryClosedPools => "a shard's closed pools (Query)",
             Kind::QueryOrders => "a customer's orders (Query)",
             Kind::Scan => "scan",
             Kind::Other => "other",
@@ -90,8 +90,11 @@ impl Kind {
     pub(super) fn of_transaction(writes: &[Write]) -> Kind {
         let keys: Vec<Key> = writes.iter().map(write_key).collect();
         let puts_order = writes.iter().any(|w| matches!(w, Write::Put { .. }) && write_key(w).1.starts_with("ORDER#"));
+        let pools = keys.iter().filter(|k| k.1 == "POOL").count();
         if puts_order {
             Kind::Place
+        } else if pools > 1 || keys.iter().any(|k| k.1.starts_with("CLOSED#")) {
+            Kind::Sweep
         } else if keys.iter().any(|k| k.1.starts_with("DEPOSIT#") || k.1 == "ACCOUNT")
             && keys.iter().all(|k| k.0.starts_with("ACCOUNT#"))
         {
@@ -134,9 +137,10 @@ impl Kind {
     pub(super) fn of_query(query: &Query) -> Kind {
         match query.index {
             Some(shared::adapters::dynamodb::item::OPEN_BATCHES_INDEX) => Kind::QueryOpenBatches,
-            Some(shared::adapters::dynamodb::item::MEMBERS_INDEX) => Kind::QueryMembers,
             Some(_) => Kind::Other,
-            None => Kind::QueryOrders,
+            None if query.partition.1.starts_with("COIN#") => Kind::QueryClosedPools,
+            None if query.partition.1.starts_with("ACCOUNT#") => Kind::QueryOrders,
+            None => Kind::Other,
         }
     }
 }

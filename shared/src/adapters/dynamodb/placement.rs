@@ -8,7 +8,7 @@
 //! resolves lost replies.
 //!
 //! A coin's pool may be spread over shards: a process places on its home
-//! shard (shard 0 at first); when another process holds it
+//! shard (any of them at first); when another process holds it
 //! (`TransactionConflict`) it moves to another, and when that keeps
 //! happening the coin gets more shards (`domain::pooling::shards`).
 
@@ -39,8 +39,9 @@ const KEY_RETENTION: time::Duration = time::Duration::days(7);
 const RESENDS: u32 = 3;
 /// How often a process reads a coin's shard count again: a count that fell
 /// below its home moves it down; a count read this long ago is otherwise
-/// fine (a process learns of growth from its own conflicts).
-const COUNT_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+/// fine (a process learns of growth from its own conflicts, and money left
+/// above the count is swept).
+const COUNT_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// A conflict reads the count again unless it was read this recently.
 const COUNT_ON_CONFLICT: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -214,29 +215,29 @@ impl DynamoStore {
         Ok((placement, plan))
     }
 
-    /// The shard this process places the coin on: shard 0 at first (no
-    /// read: a coin that never grew has only it), moved down when the
-    /// count, read again every `COUNT_REFRESH`, has fallen below it.
+    /// The shard this process places the coin on: at first any of the
+    /// coin's shards (one read of the count, once); moved when the count,
+    /// read again every `COUNT_REFRESH`, has fallen below it.
     async fn home(&self, turn: &mut Turn, coin: &crate::domain::Coin) -> Result<u32, InfraError> {
-        let home = turn.home.unwrap_or(0);
-        turn.move_home(home);
         if self.shard_rules.max <= 1 {
+            turn.move_home(0);
             return Ok(0);
         }
         let due = turn.count.is_none_or(|(_, at)| at.elapsed() >= COUNT_REFRESH);
-        if due && turn.count.is_some() {
-            let record = self.read_shard_count(coin).await?;
-            turn.count = Some((record, tokio::time::Instant::now()));
-            let count = record.at(self.clock.now(), &self.shard_rules);
-            if home >= count {
-                let next = self.random_below(count);
-                turn.move_home(next);
-                return Ok(next);
+        let home = match turn.home {
+            Some(home) if !due => home,
+            home => {
+                let record = self.read_shard_count(coin).await?;
+                turn.count = Some((record, tokio::time::Instant::now()));
+                let count = record.at(self.clock.now(), &self.shard_rules);
+                match home {
+                    Some(home) if home < count => home,
+                    // Spread out from the start; move down once it folded back.
+                    _ => self.random_below(count),
+                }
             }
-        } else if turn.count.is_none() {
-            // Known as one shard until a conflict says otherwise.
-            turn.count = Some((crate::domain::ShardCount::ONE, tokio::time::Instant::now()));
-        }
+        };
+        turn.move_home(home);
         Ok(home)
     }
 

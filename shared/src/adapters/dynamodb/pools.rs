@@ -281,8 +281,8 @@ impl Pools for DynamoStore {
         }
     }
 
-    async fn balance(&self, user: &crate::domain::UserId) -> Result<Usd, InfraError> {
-        crate::ports::Orders::balance(self, user).await
+    async fn house_balance(&self, house: &crate::domain::UserId) -> Result<Usd, InfraError> {
+        crate::ports::Orders::balance(self, house).await
     }
 
     async fn cancel(&self, member: &Member) -> Result<Canceled, CancelError> {
