@@ -1,22 +1,26 @@
-//! "At the earliest possible time", measured per order: how long each
-//! pooled order waited, unbatched, while its coin's pooled money (this
-//! order's included) was at or above the minimum. One pool scores 0 for
-//! every order: the order that brings it to the minimum closes it. Replayed
-//! from the transactions that committed, in the order they did.
+//! "At the earliest possible time", measured per order, from its arrival:
+//! how long each pooled order waited, unbatched, while its coin's pooled
+//! money (this order's included, from the moment it arrived) was at or above
+//! the minimum. One pool scores 0 for an order it takes at once: the order
+//! that brings it to the minimum closes it. Replayed from the transactions
+//! that committed, in the order they did.
 //!
 //! The wait is the time the coin held the minimum or more while the order
-//! was pending, added up: if a batch forms without it and what is left falls
-//! under the minimum, the order is no longer late (one pool would be holding
-//! it too) until the coin reaches the minimum again.
+//! was pending, added up: if a batch forms without it and what is left
+//! falls under the minimum, the order is no longer late (one pool would be
+//! holding it too) until the coin reaches the minimum again. Before its own
+//! transaction commits (the placement's time, retries included), the order
+//! counts as held with the coin's committed money. An order still pending
+//! when the run ends counts with its wait so far.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use rust_decimal::Decimal;
-use shared::adapters::dynamodb::item::parse_shard_partition;
-use shared::adapters::dynamodb::table::{Cond, Item, Write};
+use shared::adapters::dynamodb::item::{CLOSED_PREFIX, parse_shard_partition};
+use shared::adapters::dynamodb::table::{Item, Write};
 use testkit::recording::Committed;
 use tokio::time::Instant;
 
@@ -34,29 +38,12 @@ fn number(value: &AttributeValue) -> Decimal {
     }
 }
 
-fn count(value: &AttributeValue) -> u64 {
-    u64::try_from(number(value)).unwrap_or(0)
+/// The orders an item lists as members (`m:{order id}`).
+fn members(item: &Item) -> impl Iterator<Item = &str> {
+    item.keys().filter_map(|name| name.strip_prefix("m:"))
 }
 
-/// The `seq` a condition requires, if it does.
-fn seq_of(condition: Option<&Cond>) -> Option<u64> {
-    match condition? {
-        Cond::Cmp(name, _, value) if name == "seq" => Some(count(value)),
-        Cond::And(all) => all.iter().find_map(|c| seq_of(Some(c))),
-        _ => None,
-    }
-}
-
-type PoolKey = (String, u64);
-
-#[derive(Default)]
-struct Pool {
-    usd: Decimal,
-    /// The coin's eligible clock when each order joined, and whether it
-    /// joined during the load.
-    joins: Vec<(Duration, bool)>,
-}
-
+/// How long, over history, an order was held with the coin's money.
 #[derive(Default)]
 struct CoinClock {
     total: Decimal,
@@ -65,7 +52,13 @@ struct CoinClock {
     at: Option<Instant>,
     /// `eligible` when the load stopped.
     at_load_end: Option<Duration>,
+    /// The last few seconds of totals (when each changed, and to what): an
+    /// order's wait before its own commit is read from them.
+    recent: VecDeque<(Instant, Decimal)>,
 }
+
+/// How far back `recent` goes: longer than any placement takes.
+const RECENT: Duration = Duration::from_secs(10);
 
 impl CoinClock {
     fn advance(&mut self, to: Instant, minimum: Decimal) {
@@ -74,16 +67,56 @@ impl CoinClock {
         {
             self.eligible += to.saturating_duration_since(at);
         }
-        self.at = Some(to);
+        self.at = Some(to.max(self.at.unwrap_or(to)));
     }
+
+    fn change(&mut self, at: Instant, by: Decimal) {
+        self.total += by;
+        self.recent.push_back((at, self.total));
+        while self.recent.front().is_some_and(|(t, _)| at.saturating_duration_since(*t) > RECENT) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The time from `from` to `to` during which the coin's committed money
+    /// and `cost` held the minimum together.
+    fn held_with(&self, from: Instant, to: Instant, cost: Decimal, minimum: Decimal) -> Duration {
+        let mut held = Duration::ZERO;
+        let before = self.recent.iter().take_while(|(t, _)| *t <= from).last().map(|(_, total)| *total);
+        let mut total = before.unwrap_or(Decimal::ZERO);
+        let mut at = from;
+        for (t, after) in self.recent.iter().filter(|(t, _)| *t > from && *t <= to) {
+            if total + cost >= minimum {
+                held += t.saturating_duration_since(at);
+            }
+            (at, total) = (*t, *after);
+        }
+        if total + cost >= minimum {
+            held += to.saturating_duration_since(at);
+        }
+        held
+    }
+}
+
+/// A pooled order not batched yet.
+struct Pending {
+    coin: String,
+    cost: Decimal,
+    /// Its coin's eligible clock when it joined.
+    joined_at: Duration,
+    /// Its wait before its transaction committed.
+    before_commit: Duration,
+    measured: bool,
 }
 
 /// What the replay found.
 #[derive(Debug, Default)]
 pub struct Waits {
-    /// Of pooled orders that joined during the load and are in a batch
-    /// now, each one's wait, sorted.
+    /// Of pooled orders that arrived during the measured load, each one's
+    /// wait (still pending at the end: its wait so far), sorted.
     pub during_load: Vec<Duration>,
+    /// Of those, how many were never batched.
+    pub never_batched: usize,
     /// Pooled orders still pending when the load stopped.
     pub leftovers: usize,
     /// Of those, the longest time from the load's end to its batch,
@@ -92,7 +125,7 @@ pub struct Waits {
     /// Orders still pending at the end of the run while their coin held the
     /// minimum: money that should have been bought.
     pub stranded: usize,
-    /// The waits during the load by coin (`HOT_COIN_DEBUG`).
+    /// The waits during the load by coin.
     pub by_coin: HashMap<String, Vec<Duration>>,
 }
 
@@ -109,126 +142,126 @@ impl Waits {
         let over = self.during_load.iter().filter(|w| **w > limit).count();
         over as f64 / self.during_load.len().max(1) as f64
     }
+
+    fn record(&mut self, coin: &str, wait: Duration) {
+        self.during_load.push(wait);
+        self.by_coin.entry(coin.to_owned()).or_default().push(wait);
+    }
+}
+
+/// What one committed transaction did to pooled orders.
+#[derive(Default)]
+struct Effects {
+    /// A pooled order placed: id, coin, cost. (One that closed its pool is
+    /// also among the members of the record the same transaction put.)
+    placed: Option<(String, String, Decimal)>,
+    /// Orders a closed pool's record lists: batched now.
+    batched: Vec<(String, String)>,
+    /// Orders taken out of their pool by a cancel.
+    canceled: Vec<String>,
+}
+
+fn effects(writes: &[Write]) -> Effects {
+    let mut effects = Effects::default();
+    for write in writes {
+        match write {
+            Write::Put { item, .. } if text(item, "SK").starts_with("ORDER#") => {
+                let cost = item.get("cost").map(number).unwrap_or_default();
+                if item.contains_key("shard") {
+                    effects.placed = Some((text(item, "order_id"), text(item, "coin"), cost));
+                }
+            }
+            Write::Put { item, .. } if text(item, "SK").starts_with(CLOSED_PREFIX) => {
+                let Some((coin, _)) = parse_shard_partition(&text(item, "PK")) else { continue };
+                effects.batched.extend(members(item).map(|order| (order.to_owned(), coin.as_str().to_owned())));
+            }
+            Write::Update { key, changes, .. } if text(key, "SK") == "POOL" => {
+                for name in &changes.remove {
+                    if let Some(order) = name.strip_prefix("m:") {
+                        effects.canceled.push(order.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    effects
 }
 
 /// Replays `log` (committed transactions with the time they committed).
-/// Orders that joined from `from` to `load_end` count; the leftovers are
-/// those pending at `load_end`.
-pub fn replay(log: &[Committed], minimum: Decimal, from: Instant, load_end: Instant, end: Instant) -> Waits {
+/// `arrivals` holds when each order arrived; orders that arrived from
+/// `from` to `load_end` are measured; the leftovers are those pending at
+/// `load_end`; `end` is when the run stopped.
+pub fn replay(
+    log: &[Committed],
+    arrivals: &HashMap<String, Instant>,
+    minimum: Decimal,
+    from: Instant,
+    load_end: Instant,
+    end: Instant,
+) -> Waits {
     let mut entries: Vec<&Committed> = log.iter().filter(|c| c.at <= end).collect();
     entries.sort_by_key(|c| c.at);
     let mut coins: HashMap<String, CoinClock> = HashMap::new();
-    let mut pools: HashMap<PoolKey, Pool> = HashMap::new();
-    let mut forming: HashMap<String, Vec<(String, Pool)>> = HashMap::new();
+    let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut waits = Waits::default();
     let mut load_over = false;
     for committed in entries {
-        if !load_over && committed.at > load_end {
+        let at = committed.at;
+        if !load_over && at > load_end {
             load_over = true;
             for clock in coins.values_mut() {
                 clock.advance(load_end, minimum);
                 clock.at_load_end = Some(clock.eligible);
             }
-            waits.leftovers = pools.values().map(|p| p.joins.len()).sum();
+            waits.leftovers = pending.len();
         }
-        let during = committed.at >= from && committed.at <= load_end;
-        let mut joined: Vec<PoolKey> = Vec::new();
-        let mut closed: Vec<PoolKey> = Vec::new();
-        let mut crossing: Option<PoolKey> = None;
-        // A batch still forming (the sweep gathering it over several
-        // transactions): its pools wait in it until it is ready.
-        let mut gathering: Option<(String, bool)> = None;
-        for write in &committed.writes {
-            match write {
-                Write::Put { item, .. }
-                    if text(item, "PK").starts_with("BATCH#") && text(item, "status") == "FORMING" =>
-                {
-                    gathering = Some((text(item, "PK"), false));
-                }
-                Write::Update { key, changes, .. }
-                    if text(key, "PK").starts_with("BATCH#") && changes.add.iter().any(|(n, _)| *n == "usd") =>
-                {
-                    let ready = changes
-                        .set
-                        .iter()
-                        .any(|(n, v)| *n == "status" && matches!(v, AttributeValue::S(s) if s == "READY"));
-                    gathering = Some((text(key, "PK"), ready));
-                }
-                Write::Update { key, changes, condition } if text(key, "SK") == "POOL" => {
-                    let pk = text(key, "PK");
-                    let Some((coin, _)) = parse_shard_partition(&pk) else { continue };
-                    let clock = coins.entry(coin.as_str().to_owned()).or_default();
-                    clock.advance(committed.at, minimum);
-                    if let Some((_, add)) = changes.add.iter().find(|(name, _)| *name == "usd") {
-                        let seq = seq_of(condition.as_ref())
-                            .or_else(|| changes.set.iter().find(|(n, _)| *n == "seq").map(|(_, v)| count(v)))
-                            .unwrap_or(0);
-                        let cost = number(add);
-                        clock.total += cost;
-                        let pool = pools.entry((pk.clone(), seq)).or_default();
-                        pool.usd += cost;
-                        pool.joins.push((clock.eligible, during));
-                        joined.push((pk, seq));
-                    } else if changes.set.iter().any(|(name, _)| *name == "usd") {
-                        let seq = seq_of(condition.as_ref())
-                            .or_else(|| changes.set.iter().find(|(n, _)| *n == "seq").map(|(_, v)| count(v) - 1))
-                            .unwrap_or(0);
-                        closed.push((pk, seq));
-                    }
-                }
-                Write::Put { item, .. } if text(item, "SK").starts_with("ORDER#") && item.contains_key("seq") => {
-                    let shard = item.get("shard").map_or(0, count);
-                    let seq = item.get("seq").map_or(0, count);
-                    let coin = text(item, "coin");
-                    let pk = if shard == 0 { format!("COIN#{coin}") } else { format!("COIN#{coin}#{shard}") };
-                    crossing = Some((pk, seq));
-                }
-                _ => {}
+        let effects = effects(&committed.writes);
+        if let Some((order, coin, cost)) = effects.placed {
+            let clock = coins.entry(coin.clone()).or_default();
+            clock.advance(at, minimum);
+            let arrived = arrivals.get(&order).copied();
+            let measured = arrived.is_some_and(|t| t >= from && t <= load_end);
+            let before_commit = arrived.map_or(Duration::ZERO, |t| clock.held_with(t, at, cost, minimum));
+            clock.change(at, cost);
+            pending.insert(order, Pending { coin, cost, joined_at: clock.eligible, before_commit, measured });
+        }
+        for order in effects.canceled {
+            if let Some(gone) = pending.remove(&order) {
+                let clock = coins.entry(gone.coin.clone()).or_default();
+                clock.advance(at, minimum);
+                clock.change(at, -gone.cost);
             }
         }
-        // An order that closed its own pool joined and was batched at once.
-        if crossing.is_some_and(|pool| !joined.contains(&pool)) && during {
-            waits.during_load.push(Duration::ZERO);
-        }
-        let mut batched: Vec<(String, Pool)> = Vec::new();
-        for key in closed {
-            if let Some(pool) = pools.remove(&key) {
-                batched.push((key.0, pool));
+        for (order, coin) in effects.batched {
+            let Some(done) = pending.remove(&order) else { continue };
+            let clock = coins.entry(coin.clone()).or_default();
+            clock.advance(at, minimum);
+            clock.change(at, -done.cost);
+            let wait = done.before_commit + clock.eligible.saturating_sub(done.joined_at);
+            if done.measured {
+                waits.record(&coin, wait);
             }
-        }
-        if let Some((batch, ready)) = gathering {
-            let parked = forming.entry(batch.clone()).or_default();
-            parked.append(&mut batched);
-            if ready {
-                batched = forming.remove(&batch).unwrap_or_default();
-            }
-        }
-        for (pk, pool) in batched {
-            let Some((coin, _)) = parse_shard_partition(&pk) else { continue };
-            let clock = coins.entry(coin.as_str().to_owned()).or_default();
-            clock.advance(committed.at, minimum);
-            clock.total -= pool.usd;
-            for (joined_at, during) in pool.joins {
-                let wait = clock.eligible.saturating_sub(joined_at);
-                if during {
-                    waits.during_load.push(wait);
-                    waits.by_coin.entry(coin.as_str().to_owned()).or_default().push(wait);
-                }
-                if let Some(at_end) = clock.at_load_end {
-                    let after = clock.eligible.saturating_sub(at_end.max(joined_at));
-                    waits.after_load_longest = waits.after_load_longest.max(after);
-                }
+            if let Some(at_end) = clock.at_load_end {
+                let after = clock.eligible.saturating_sub(at_end.max(done.joined_at));
+                waits.after_load_longest = waits.after_load_longest.max(after);
             }
         }
     }
     if !load_over {
-        waits.leftovers = pools.values().map(|p| p.joins.len()).sum();
+        waits.leftovers = pending.len();
     }
-    let parked = forming.values().flatten().map(|(pk, pool)| (pk, pool));
-    for (pk, pool) in pools.iter().map(|((pk, _), pool)| (pk, pool)).chain(parked) {
-        let Some((coin, _)) = parse_shard_partition(pk) else { continue };
-        if coins.get(coin.as_str()).is_some_and(|c| c.total >= minimum) {
-            waits.stranded += pool.joins.len();
+    for clock in coins.values_mut() {
+        clock.advance(end, minimum);
+    }
+    for order in pending.values() {
+        let clock = &coins[&order.coin];
+        if order.measured {
+            waits.record(&order.coin, order.before_commit + clock.eligible.saturating_sub(order.joined_at));
+            waits.never_batched += 1;
+        }
+        if clock.total >= minimum {
+            waits.stranded += 1;
         }
     }
     waits.during_load.sort();

@@ -36,8 +36,8 @@ mod traffic;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use shared::adapters::dynamodb::PoolSharding;
-use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY};
+use shared::config::{POOL_SWEEP_EVERY, sweep_rules};
+use shared::domain::ShardRules;
 use testkit::contention::{ContentionRules, Kind, Latency, Ledger, Limit};
 
 use crate::run::{Arrivals, Design, Dispatch, Outcome, Setup, Target, point};
@@ -95,16 +95,12 @@ struct Cli {
     tx_median_ms: u64,
     #[arg(long, default_value = "30")]
     tx_p99_ms: u64,
-    /// The sweep: shards quiet this long (ms) are swept, every so often (ms);
-    /// the service's own settings unless given.
+    /// The sweep: money that waited this long (ms) on its shard is due, and
+    /// the sweep runs this often (ms); the service's own settings unless given.
     #[arg(long)]
-    quiet_ms: Option<i64>,
+    due_ms: Option<i64>,
     #[arg(long)]
     sweep_ms: Option<u64>,
-    /// The sweep batches money it saw waiting on a shard in use this long
-    /// (ms); the store's setting unless given.
-    #[arg(long)]
-    aged_ms: Option<u64>,
     /// The shard count halves once per this long (ms) since it grew; the
     /// store's setting unless given.
     #[arg(long)]
@@ -115,6 +111,13 @@ struct Cli {
     /// Conflicts in a row that grow a coin's shards; the store's unless given.
     #[arg(long)]
     grow_after: Option<u32>,
+    /// Lambda's concurrency limit (instances at most): the account's
+    /// default is 1,000.
+    #[arg(long, default_value = "1000")]
+    concurrency: usize,
+    /// New instances Lambda starts at most per 10 s, per function.
+    #[arg(long, default_value = "1000")]
+    burst: usize,
     /// Print every kind of request per point.
     #[arg(long)]
     kinds: bool,
@@ -168,7 +171,7 @@ fn requests_per_order(outcome: &Outcome, target: Target) -> f64 {
 
 fn print_header() {
     println!(
-        "| design | arrivals | orders/s | busy | instances | requests/order | write units/order | read units/order | conflicts | p50 / p99 ms | wait at ≥ $10 p50 / p90 / p99 / max ms | over 50 ms | leftovers batched within, s | stranded | shards (most) | open after, USD | limits hit | audit |"
+        "| design | arrivals | orders/s | busy (Lambda) | instances | requests/order | write units/order | read units/order | conflicts | p50 / p99 ms | wait at ≥ $10 p50 / p90 / p99 / max ms | over 50 ms | leftovers batched within, s | stranded | shards (most) | open after, USD | limits hit | audit |"
     );
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -177,14 +180,15 @@ fn print_header() {
 
 fn print_point(design: Design, arrivals: Arrivals, seconds: u64, outcome: &Outcome, target: Target) {
     let placement = outcome.placement.total();
-    let attempts = outcome.placed + outcome.busy + outcome.failed;
+    let attempts = outcome.placed + outcome.busy + outcome.failed + outcome.lambda_throttled;
     let waits = &outcome.waits;
     println!(
-        "| {} | {} | {:.0} | {:.2}% | {} | {:.3} | {:.2} | {:.2} | {:.1}% | {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0}% | {:.2} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {:.0} | {:.2}% ({:.2}%) | {} | {:.3} | {:.2} | {:.2} | {:.1}% | {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0}% | {:.2} | {} | {} | {} | {} | {} |",
         design.name(),
         arrivals.describe(),
         outcome.placed as f64 / seconds as f64,
-        100.0 * outcome.busy as f64 / attempts.max(1) as f64,
+        100.0 * (outcome.busy + outcome.lambda_throttled) as f64 / attempts.max(1) as f64,
+        100.0 * outcome.lambda_throttled as f64 / attempts.max(1) as f64,
         outcome.instances,
         requests_per_order(outcome, target),
         per_order((placement.write_units + placement.index_write_units) as f64, outcome),
@@ -276,24 +280,29 @@ fn setup(cli: &Cli, design: Design, arrivals: Arrivals, mix: Mix) -> Setup {
         warmup: Duration::from_secs(cli.warmup),
         after: Duration::from_secs(cli.after),
         rules: rules(cli),
-        sharding: {
-            let mut sharding = PoolSharding::default();
+        shards: {
+            let mut shards = ShardRules::default();
             if let Some(n) = cli.max_shards {
-                sharding.max_shards = n;
+                shards.max = n;
             }
             if let Some(n) = cli.grow_after {
-                sharding.grow_after = n;
+                shards.grow_after = n;
             }
             if let Some(ms) = cli.shrink_ms {
-                sharding.shrink_after = Duration::from_millis(ms);
+                shards.shrink_after = Duration::from_millis(ms);
             }
-            if let Some(ms) = cli.aged_ms {
-                sharding.sweep_aged_after = Duration::from_millis(ms);
-            }
-            sharding
+            shards
         },
-        quiet_for: cli.quiet_ms.map_or(POOL_QUIET_FOR, time::Duration::milliseconds),
+        sweep: {
+            let mut sweep = sweep_rules();
+            if let Some(ms) = cli.due_ms {
+                sweep.due_after = time::Duration::milliseconds(ms);
+            }
+            sweep
+        },
         sweep_every: cli.sweep_ms.map_or(POOL_SWEEP_EVERY, Duration::from_millis),
+        concurrency: cli.concurrency,
+        burst: cli.burst,
     }
 }
 

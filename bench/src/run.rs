@@ -13,10 +13,10 @@ use rust_decimal::Decimal;
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::adapters::dynamodb::table::sdk::SdkTable;
-use shared::adapters::dynamodb::{DynamoStore, PoolSharding, schema};
+use shared::adapters::dynamodb::{DynamoStore, schema};
 use shared::audit::audit;
 use shared::config::RESEND_POLICY;
-use shared::domain::{BatchId, Usd};
+use shared::domain::{BatchId, NewOrder, ShardRules, SweepRules, Usd};
 use shared::ports::{
     Accounts, Claim, Clock, InfraError, LedgerRecords, Orders, PlaceError, SettleQueue, Settlements, SystemClock,
 };
@@ -96,10 +96,14 @@ pub struct Setup {
     /// How long the sweep and settlement go on after the load.
     pub after: Duration,
     pub rules: ContentionRules,
-    pub sharding: PoolSharding,
-    /// The reconciler's sweep: a shard quiet this long is swept, this often.
-    pub quiet_for: time::Duration,
+    pub shards: ShardRules,
+    /// The reconciler's sweep: its rules, and how often it runs.
+    pub sweep: SweepRules,
     pub sweep_every: Duration,
+    /// Lambda's concurrency: instances at most (the account's default is
+    /// 1,000), and new instances at most per 10 s (1,000 per function).
+    pub concurrency: usize,
+    pub burst: usize,
 }
 
 /// What a point came to.
@@ -110,6 +114,9 @@ pub struct Outcome {
     pub latencies: Vec<Duration>,
     /// The instances that served the load (Lambda's concurrency).
     pub instances: usize,
+    /// Orders Lambda refused: no instance free and none could start
+    /// (concurrency or burst limit; a 429 to the client).
+    pub lambda_throttled: u64,
     /// What the model counted: the placement path, the reconciler's sweep,
     /// settlement (on an emulator, requests only).
     pub placement: Ledger,
@@ -166,23 +173,38 @@ impl SettleQueue for Settling {
     }
 }
 
-/// Lambda's instances: a request takes an idle one (any), or starts one.
+/// Lambda's instances: a request takes an idle one (any), or starts one,
+/// within the function's concurrency and its burst of new instances.
 struct Instances {
     stores: Mutex<Vec<Arc<DynamoStore>>>,
     idle: Mutex<Vec<usize>>,
     make: Box<dyn Fn(u64) -> DynamoStore + Send + Sync>,
     rng: Mutex<StdRng>,
     dispatch: Dispatch,
+    concurrency: usize,
+    burst: usize,
+    /// When each instance started (the burst limit counts the last 10 s).
+    started: Mutex<std::collections::VecDeque<Instant>>,
 }
 
 impl Instances {
-    fn take(&self) -> (usize, Arc<DynamoStore>) {
+    /// An instance for a request, or `None`: Lambda throttles it.
+    fn take(&self) -> Option<(usize, Arc<DynamoStore>)> {
         let mut idle = self.idle.lock().unwrap();
         let mut stores = self.stores.lock().unwrap();
         if idle.is_empty() {
+            let now = Instant::now();
+            let mut started = self.started.lock().unwrap();
+            while started.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(10)) {
+                started.pop_front();
+            }
+            if stores.len() >= self.concurrency || started.len() >= self.burst {
+                return None;
+            }
+            started.push_back(now);
             let index = stores.len();
             stores.push(Arc::new((self.make)(index as u64)));
-            return (index, Arc::clone(&stores[index]));
+            return Some((index, Arc::clone(&stores[index])));
         }
         let index = match self.dispatch {
             Dispatch::Random => {
@@ -191,7 +213,7 @@ impl Instances {
             }
             Dispatch::Recent => idle.pop().unwrap_or_default(),
         };
-        (index, Arc::clone(&stores[index]))
+        Some((index, Arc::clone(&stores[index])))
     }
 
     fn give_back(&self, index: usize) {
@@ -208,6 +230,7 @@ struct Tally {
     placed: u64,
     busy: u64,
     failed: u64,
+    lambda_throttled: u64,
     latencies: Vec<Duration>,
 }
 
@@ -279,9 +302,9 @@ pub async fn point(setup: &Setup) -> Outcome {
         Target::Model => Arc::new(SimClock::new(start, Arc::new(AtomicI64::new(0)), time::Duration::ZERO)),
         _ => Arc::new(SystemClock),
     };
-    let sharding = match setup.design {
-        Design::OnePool => PoolSharding::off(),
-        Design::Sharded => setup.sharding,
+    let shards = match setup.design {
+        Design::OnePool => ShardRules { max: 1, ..setup.shards },
+        Design::Sharded => setup.shards,
     };
     let queue = Arc::new(Settling {
         store: Arc::new(DynamoStore::on(settling).with_clock(Arc::clone(&clock))),
@@ -297,26 +320,24 @@ pub async fn point(setup: &Setup) -> Outcome {
                 DynamoStore::on(Arc::clone(&table))
                     .with_clock(Arc::clone(&clock))
                     .with_jitter_seed(seed)
-                    .with_pool_sharding(sharding)
+                    .with_shard_rules(shards)
             }),
             rng: Mutex::new(StdRng::seed_from_u64(1)),
             dispatch: setup.dispatch,
+            concurrency: setup.concurrency,
+            burst: setup.burst,
+            started: Mutex::default(),
         })
     };
 
     // The reconciler's sweep, as deployed, throughout.
-    let reconciler = Reconciler::new(
-        Arc::new(DynamoStore::on(sweep_recording.clone()).with_clock(Arc::clone(&clock)).with_pool_sharding(sharding)),
-        queue.clone(),
-        Arc::clone(&clock),
-        RESEND_POLICY,
-    )
-    .sweeping(PoolSweep {
-        coins: setup.mix.coins.clone(),
-        minimum: minimum(),
-        quiet_for: setup.quiet_for,
-        every: setup.sweep_every,
-    });
+    let sweeper_store =
+        Arc::new(DynamoStore::on(sweep_recording.clone()).with_clock(Arc::clone(&clock)).with_shard_rules(shards));
+    let reconciler = Reconciler::new(sweeper_store.clone(), queue.clone(), Arc::clone(&clock), RESEND_POLICY)
+        .sweeping(
+            sweeper_store,
+            PoolSweep { coins: setup.mix.coins.clone(), minimum: minimum(), rules: setup.sweep, every: setup.sweep_every },
+        );
     let done = Arc::new(AtomicBool::new(false));
     let sweeper = {
         let done = Arc::clone(&done);
@@ -342,9 +363,12 @@ pub async fn point(setup: &Setup) -> Outcome {
         })
     };
     let tally = Arc::new(Mutex::new(Tally::default()));
+    // When each order arrived, by its id: its wait is counted from then.
+    let arrived: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
     let load = {
         let (tally, instances, queue, mix) =
             (Arc::clone(&tally), Arc::clone(&instances), queue.clone(), setup.mix.clone());
+        let (arrived, clock) = (Arc::clone(&arrived), Arc::clone(&clock));
         let arrivals = setup.arrivals;
         let done = Arc::clone(&done);
         let after = setup.after;
@@ -362,10 +386,16 @@ pub async fn point(setup: &Setup) -> Outcome {
                         }
                         tokio::time::sleep_until(at).await;
                         serial += 1;
-                        let order = mix.order(&mut rng, serial);
+                        let order = NewOrder { created_at: clock.now(), ..mix.order(&mut rng, serial) };
+                        arrived.lock().unwrap().insert(order.id.to_string(), at);
                         let (tally, instances, queue) = (Arc::clone(&tally), Arc::clone(&instances), queue.clone());
                         running.push(tokio::spawn(async move {
-                            let (index, store) = instances.take();
+                            let Some((index, store)) = instances.take() else {
+                                if at >= measured_from {
+                                    tally.lock().unwrap().lambda_throttled += 1;
+                                }
+                                return;
+                            };
                             let began = Instant::now();
                             let result = store.place_order(order, minimum()).await;
                             let took = began.elapsed();
@@ -383,14 +413,17 @@ pub async fn point(setup: &Setup) -> Outcome {
                     for writer in 0..writers {
                         let (tally, instances, queue, mix) =
                             (Arc::clone(&tally), Arc::clone(&instances), queue.clone(), mix.clone());
+                        let (arrived, clock) = (Arc::clone(&arrived), Arc::clone(&clock));
                         running.push(tokio::spawn(async move {
                             let mut rng = StdRng::seed_from_u64(writer as u64);
-                            let (_, store) = instances.take();
+                            let Some((_, store)) = instances.take() else { return };
                             let mut serial = (writer as u64) << 32;
                             while Instant::now() < load_end {
                                 serial += 1;
                                 let began = Instant::now();
-                                let result = store.place_order(mix.order(&mut rng, serial), minimum()).await;
+                                let order = NewOrder { created_at: clock.now(), ..mix.order(&mut rng, serial) };
+                                arrived.lock().unwrap().insert(order.id.to_string(), began);
+                                let result = store.place_order(order, minimum()).await;
                                 let took = began.elapsed();
                                 if let Ok(Some(batch)) = result.as_ref().map(|p| p.formed) {
                                     let _ = queue.send(batch).await;
@@ -413,7 +446,8 @@ pub async fn point(setup: &Setup) -> Outcome {
 
     let mut log = recording.log();
     log.extend(sweep_recording.log());
-    let waits = earliest::replay(&log, minimum().value(), measured_from, load_end, end);
+    let arrived = std::mem::take(&mut *arrived.lock().unwrap());
+    let waits = earliest::replay(&log, &arrived, minimum().value(), measured_from, load_end, end);
     let (earlier, requests_before, batches_before) = before.await.unwrap();
     let ledger = setup_store.ledger().await.unwrap();
     let open_after = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
@@ -434,6 +468,7 @@ pub async fn point(setup: &Setup) -> Outcome {
         failed: tally.failed,
         latencies,
         instances: instances.count(),
+        lambda_throttled: tally.lambda_throttled,
         placement,
         sweep,
         settle,

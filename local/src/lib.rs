@@ -23,7 +23,8 @@ use shared::adapters::sdk_metrics::RequestCounter;
 use shared::adapters::simulated_exchange::SimulatedExchange;
 use shared::adapters::sqs::{SqsQueue, ensure_queues};
 use shared::audit::{AuditReport, audit};
-use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, ServiceConfig};
+use shared::domain::SweepRules;
+use shared::config::{POOL_DUE_AFTER, POOL_SWEEP_EVERY, ServiceConfig};
 use shared::domain::ResendPolicy;
 use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock, WaitPolicy};
 use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
@@ -81,8 +82,8 @@ pub struct Options {
     pub reconcile_every: Duration,
     /// When the reconciler re-sends a batch settlement lost track of.
     pub resend_policy: ResendPolicy,
-    /// A pool shard nobody wrote for this long is swept by the reconciler.
-    pub pool_quiet_for: time::Duration,
+    /// Money that waited this long on its shard is the reconciler's sweep's.
+    pub pool_due_after: time::Duration,
     /// How often the reconciler sweeps pool shards (between its runs).
     pub pool_sweep_every: Duration,
     pub exchange_connect_timeout: Duration,
@@ -114,7 +115,7 @@ impl Default for Options {
                 backoff_cap: time::Duration::minutes(10),
                 max_attempts: EventSourceConfig::default().max_receives,
             },
-            pool_quiet_for: POOL_QUIET_FOR,
+            pool_due_after: POOL_DUE_AFTER,
             pool_sweep_every: POOL_SWEEP_EVERY,
             exchange_connect_timeout: Duration::from_secs(2),
             exchange_timeout: Duration::from_secs(5),
@@ -313,12 +314,12 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let sweep = PoolSweep {
         coins: options.service.prices.coins().cloned().collect(),
         minimum: options.service.minimum,
-        quiet_for: options.pool_quiet_for,
+        rules: SweepRules { due_after: options.pool_due_after, ..SweepRules::default() },
         every: options.pool_sweep_every,
     };
     let reconciler =
         Reconciler::new(Arc::clone(&store) as _, Arc::clone(&queue), Arc::clone(&clock), options.resend_policy)
-            .sweeping(sweep)
+            .sweeping(Arc::clone(&store) as _, sweep)
             .bounding_wait(Some(BoundedWait {
                 policy: options.wait.clone(),
                 prices: options.service.prices.clone(),

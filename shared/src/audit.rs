@@ -192,6 +192,7 @@ impl Sums {
 pub async fn audit_live<F, Fut, E>(
     mut read: F,
     minimum: Usd,
+    age: Option<AgeLimit>,
     reads: usize,
     pause: std::time::Duration,
 ) -> Result<LiveAudit, E>
@@ -199,14 +200,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Ledger, E>>,
 {
-    let mut report = audit(&read().await?, minimum);
+    let mut report = audit_aged(&read().await?, minimum, age);
     let mut in_flight = 0;
     for _ in 1..reads.max(1) {
         if report.is_clean() {
             break;
         }
         tokio::time::sleep(pause).await;
-        let again = audit(&read().await?, minimum);
+        let again = audit_aged(&read().await?, minimum, age);
         let before = report.problems.len();
         let persistent: std::collections::HashSet<(&String, &String)> =
             report.problems.iter().map(|p| (&p.subject, &p.detail)).collect();

@@ -9,19 +9,22 @@ use crate::adapters::http_exchange::HttpExchangeConfig;
 use crate::adapters::sqs::MAX_RECEIVE_COUNT;
 use crate::domain::{PriceList, ResendPolicy, Usd};
 
-/// A pool shard nobody wrote for this long is swept by the reconciler. (One
-/// still written loses a race to the sweep at worst, and places again.) A
-/// process placing on its shard writes it every few tens of milliseconds
-/// under load; half a second without a write means its writer is gone or
-/// idle.
-pub const POOL_QUIET_FOR: time::Duration = time::Duration::milliseconds(500);
+/// Money that waited this long on its shard is the sweep's: gathered with
+/// other shards into a batch once they hold the minimum together. Younger
+/// money is left to its shard's next order, which closes the shard at no
+/// extra cost (`domain::pooling::sweep`).
+pub const POOL_DUE_AFTER: time::Duration = time::Duration::milliseconds(100);
 
-/// How often the reconciler sweeps pool shards: what a process left on its
-/// shard when it went quiet (a Lambda instance nobody calls any more) is
-/// batched about this long plus `POOL_QUIET_FOR` after the coin holds the
-/// minimum. A coin that never grew past one shard costs a read of its shard
-/// count a second; one that did, a read of its shards per sweep.
+/// How often the reconciler sweeps pool shards: money spread over shards is
+/// batched about `POOL_DUE_AFTER` plus up to this long after the coin holds
+/// the minimum. A coin that never grew past one shard costs a read of its
+/// shard count a second; one that did, a read of its shards per sweep.
 pub const POOL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The sweep's rules as deployed.
+pub fn sweep_rules() -> crate::domain::SweepRules {
+    crate::domain::SweepRules { due_after: POOL_DUE_AFTER, ..crate::domain::SweepRules::default() }
+}
 
 /// When the reconciler function re-sends a batch: a `READY` batch after a
 /// minute; a failed attempt's batch after five minutes (longer than the
@@ -82,7 +85,7 @@ pub fn wait_policy_from_lookup(
 }
 
 /// `90s`, `15m`, `2h`, `1d`: a whole number and a unit, positive.
-fn parse_wait(text: &str) -> Option<time::Duration> {
+pub fn parse_wait(text: &str) -> Option<time::Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);

@@ -19,11 +19,14 @@ use crate::domain::pooling::sweep::{self, SweepRules, SweepStep};
 use crate::domain::pooling::wait::{amount_for, oldest, overdue, overdue_members, top_up_group};
 use crate::domain::pooling::{BatchTotals, SHARDS_PER_CLOSE, ShardPool};
 use crate::domain::{BatchId, Coin, NewOrder, OrderId, ShardCount, ShardRules, Usd};
-use crate::ports::{CancelError, Clock, InfraError, Pools, TopUp, WaitAction, WaitPolicy};
+use crate::ports::{CancelError, Clock, Closing, InfraError, Pools, TopUp, WaitAction, WaitPolicy};
 
 /// How long a coin's shard count read by the sweep is used before it is
 /// read again (a coin that never grew costs this read and nothing else).
 const COUNT_EVERY: Duration = Duration::from_secs(1);
+/// Tries a close gets in one sweep: each after the one before found a
+/// shard changed, on the shards as that cancellation returned them.
+const CLOSE_TRIES: u32 = 3;
 
 /// What the sweep of one coin did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -136,25 +139,45 @@ impl Pooling {
         let shards = |ids: &[u32]| -> Vec<ShardPool> {
             ids.iter().filter_map(|id| pools.iter().find(|pool| pool.shard == *id).cloned()).collect()
         };
-        for step in sweep::plan(&pools, self.minimum, now, &self.sweep) {
+        // The steps take disjoint shards: all at once (under load a shard
+        // changes every few tens of milliseconds, and a hot coin needs many
+        // batches a sweep). A step whose shard moved since the read writes
+        // nothing: the next sweep decides again.
+        let steps = sweep::plan(&pools, self.minimum, now, &self.sweep).into_iter().map(|step| async move {
             match step {
-                SweepStep::Close(ids) => {
-                    // A shard that moved since the read makes it write
-                    // nothing: the next sweep decides again.
-                    if let Some(batch) = self.pools.close(coin, &shards(&ids), now).await? {
-                        swept.formed.push(batch);
-                    }
-                }
-                SweepStep::Move { into, from } => {
-                    let Some(target) = shards(&[into]).pop() else { continue };
-                    if self.pools.gather(coin, &target, &shards(&from), now).await? {
-                        swept.moved += 1;
+                SweepStep::Close(ids) => self.close(coin, shards(&ids), now).await.map(|b| (b, false)),
+                SweepStep::Move { into, from } => match shards(&[into]).pop() {
+                    Some(target) => self.pools.gather(coin, &target, &shards(&from), now).await.map(|m| (None, m)),
+                    None => Ok((None, false)),
+                },
+            }
+        });
+        for done in futures::future::join_all(steps).await {
+            let (formed, moved) = done?;
+            swept.formed.extend(formed);
+            swept.moved += u32::from(moved);
+        }
+        self.settle_high(coin, &count, &pools, now).await?;
+        Ok(swept)
+    }
+
+    /// Closes `group` into a batch; if a shard changed since it was read (a
+    /// shard in use changes every few tens of milliseconds), again on the
+    /// shards as they are now, while they still hold the minimum.
+    async fn close(&self, coin: &Coin, mut group: Vec<ShardPool>, now: OffsetDateTime) -> Result<Option<BatchId>, InfraError> {
+        for _ in 0..CLOSE_TRIES {
+            match self.pools.close(coin, &group, now).await? {
+                Closing::Formed(batch) => return Ok(Some(batch)),
+                Closing::Moved(now_there) => {
+                    group = now_there.into_iter().filter(ShardPool::holds_money).collect();
+                    let refs: Vec<&ShardPool> = group.iter().collect();
+                    if crate::domain::pooling::held(&refs).is_none_or(|usd| usd < self.minimum) {
+                        return Ok(None);
                     }
                 }
             }
         }
-        self.settle_high(coin, &count, &pools, now).await?;
-        Ok(swept)
+        Ok(None)
     }
 
     /// Brings `high` down to the count in force once nobody can write the

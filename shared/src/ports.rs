@@ -258,6 +258,15 @@ pub trait Outbox: Send + Sync {
 
 }
 
+/// What a close came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closing {
+    Formed(BatchId),
+    /// A pool changed since it was read: nothing was written; the pools as
+    /// the cancellation returned them (those that did not change, as read).
+    Moved(Vec<ShardPool>),
+}
+
 /// What a house top-up came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopUp {
@@ -286,9 +295,10 @@ pub trait Pools: Send + Sync {
     async fn read_pools(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<ShardPool>, InfraError>;
 
     /// One transaction: `pools`, each exactly as read, close into a new
-    /// `READY` batch, which is returned (it goes to the settle queue).
-    /// `None`, nothing written, when one of them changed since.
-    async fn close(&self, coin: &Coin, pools: &[ShardPool], now: OffsetDateTime) -> Result<Option<BatchId>, InfraError>;
+    /// `READY` batch (it goes to the settle queue). When one of them
+    /// changed since, nothing is written, and the pools are returned as
+    /// they are now.
+    async fn close(&self, coin: &Coin, pools: &[ShardPool], now: OffsetDateTime) -> Result<Closing, InfraError>;
 
     /// One transaction: every order of `from` moves to `into`, each pool
     /// exactly as read. `false`, nothing written, when one changed since.

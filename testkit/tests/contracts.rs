@@ -141,7 +141,7 @@ async fn the_live_audit_tells_writes_in_flight_from_discrepancies() {
         let ledger = reads.lock().unwrap().pop().unwrap_or_else(|| at_rest.clone());
         async move { Ok::<_, std::convert::Infallible>(ledger) }
     };
-    let live = audit_live(next, usd("10"), 3, std::time::Duration::from_secs(2)).await.unwrap();
+    let live = audit_live(next, usd("10"), None, 3, std::time::Duration::from_secs(2)).await.unwrap();
     assert!(live.report.is_clean(), "{}", live.report);
     assert!(live.in_flight > 0);
 
@@ -159,7 +159,7 @@ async fn the_live_audit_tells_writes_in_flight_from_discrepancies() {
         let ledger = reads.lock().unwrap().pop().expect("three reads");
         async move { Ok::<_, std::convert::Infallible>(ledger) }
     };
-    let live = audit_live(next, usd("10"), 3, std::time::Duration::from_secs(2)).await.unwrap();
+    let live = audit_live(next, usd("10"), None, 3, std::time::Duration::from_secs(2)).await.unwrap();
     assert!(live.report.is_clean(), "{}", live.report);
     assert!(live.in_flight > 0);
     let at_rest = store.ledger().await.unwrap();
@@ -171,7 +171,7 @@ async fn the_live_audit_tells_writes_in_flight_from_discrepancies() {
         let ledger = corrupt.clone();
         async move { Ok::<_, std::convert::Infallible>(ledger) }
     };
-    let live = audit_live(read, usd("10"), 3, std::time::Duration::from_secs(2)).await.unwrap();
+    let live = audit_live(read, usd("10"), None, 3, std::time::Duration::from_secs(2)).await.unwrap();
     assert_eq!(live.report.problems.len(), 1, "{}", live.report);
     assert!(live.report.to_string().contains("account alice holds 1000 USD"), "{}", live.report);
 }

@@ -17,13 +17,15 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde_norway::Value;
 use shared::adapters::dynamodb::DynamoStore;
-use shared::adapters::dynamodb::item::{ms, n, n_int, pool_key, shards_grown, shards_key};
+use shared::adapters::dynamodb::item::{member_attribute, member_value, n, n_int, order_item, pool_key, shards_grown, shards_key};
 use shared::adapters::dynamodb::table::Changes;
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::adapters::memory_queue::{QueuedMessage, memory_queue};
-use shared::config::{POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY};
-use shared::domain::{BatchId, Coin, IdempotencyKey, OrderStatus, PriceList, Quantity, UserId};
+use shared::config::{POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY, sweep_rules};
+use shared::domain::{
+    BatchId, Coin, IdempotencyKey, Member, Membership, Order, OrderId, OrderStatus, PriceList, Quantity, Usd, UserId,
+};
 use shared::ports::{
     Accounts, Clock, Exchange, ExchangeError, ExchangeOrder, Fill, Lookup, OrderPage, Orders, Outbox, SettleQueue,
     SystemClock, WaitAction, WaitPolicy,
@@ -210,25 +212,40 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     // pool shards hold is swept into a batch.
     let permissions = Permissions::new();
     let Instance { store, queue, _sent } = instance(&table, &permissions, 0);
-    // A second coin whose rally left fifty quiet shards of $0.20: more than
-    // one transaction closes, so the sweep gathers a batch over several; the
-    // sweep after it finds the shards above the count empty, and stops
-    // reading them. (Pool items only: this test asks what is called.)
+    // A second coin whose rally left fifty shards of $0.20: more than one
+    // transaction closes for the minimum, so the sweep moves crumbs together,
+    // the next closes them, and the one after finds the shards above the
+    // count empty and stops reading them. (Orders and pools written
+    // directly: this test asks what is called.)
     let crumbs = Coin::from_trusted("IAMX");
     let long_ago = OffsetDateTime::now_utc() - time::Duration::minutes(30);
     admin.table().update(shards_key(&crumbs), shards_grown(64, 64, long_ago), None).await.unwrap().unwrap();
     for shard in 0..50 {
+        let order = Order {
+            id: OrderId::generate(),
+            user: users[0].clone(),
+            coin: crumbs.clone(),
+            amount: amount("0.05"),
+            price: usd("4"),
+            cost: Usd::new(Decimal::new(2, 1)).unwrap(),
+            membership: Membership::Pool { shard, formed: None },
+            refunded: false,
+            canceled: false,
+            created_at: long_ago,
+        };
+        admin.table().put(order_item(&order), None).await.unwrap().unwrap();
+        let member = Member { order: order.id, user: order.user.clone(), placed: long_ago };
         let changes = Changes::new()
-            .set("seq", n_int(0u64))
             .set("usd", n(Decimal::new(2, 1)))
             .set("qty", n(Decimal::new(5, 2)))
             .set("count", n_int(1u64))
-            .set("updated_ms", ms(long_ago));
+            .set("version", n_int(1u64))
+            .set(member_attribute(order.id), member_value(&member));
         admin.table().update(pool_key(&crumbs, shard), changes, None).await.unwrap().unwrap();
     }
     let mut coins: Vec<Coin> = config.prices.coins().cloned().collect();
     coins.push(crumbs);
-    let sweep = PoolSweep { coins, minimum: config.minimum, quiet_for: POOL_QUIET_FOR, every: POOL_SWEEP_EVERY };
+    let sweep = PoolSweep { coins, minimum: config.minimum, rules: sweep_rules(), every: POOL_SWEEP_EVERY };
     // The wait policy as deployed with top-up: an order of its own coin
     // has waited an hour, and the house completes its pool.
     let house = UserId::parse("house").unwrap();
@@ -242,11 +259,13 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     waiting.place(users[3].clone(), "IAMW", amount("0.5"), None).await.unwrap();
     let policy = WaitPolicy { max_wait: time::Duration::minutes(15), action: WaitAction::TopUp { house } };
     let wait = BoundedWait { policy: Some(policy), prices: config.prices.clone(), every: WAIT_CHECK_EVERY };
-    let reconciler =
-        Reconciler::new(store, queue, Arc::new(AnHourLater), RESEND_POLICY).sweeping(sweep).bounding_wait(Some(wait));
+    let reconciler = Reconciler::new(store.clone(), queue, Arc::new(AnHourLater), RESEND_POLICY)
+        .sweeping(store, sweep)
+        .bounding_wait(Some(wait));
     let report = reconciler.run_once().await.unwrap();
-    assert!(!report.resent.is_empty() && report.swept.len() >= 3, "{report:?}");
+    assert!(!report.resent.is_empty() && report.swept.len() >= 2, "{report:?}");
     assert!(admin.balance(&UserId::parse("house").unwrap()).await.unwrap() < usd("100"), "no top-up");
+    assert_eq!(reconciler.sweep().await.swept.len(), 1, "the crumbs moved together, then closed");
     reconciler.sweep().await;
     let record = admin.table().get(shards_key(&Coin::from_trusted("IAMX"))).await.unwrap().unwrap();
     assert_eq!(record["high"], n_int(1u64), "the sweep went on reading shards nobody can write");

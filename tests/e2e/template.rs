@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_norway::Value;
 use shared::adapters::dynamodb::item::{
-    MEMBERS_INDEX, MEMBERS_PK, MEMBERS_SK, OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK,
+    OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK,
 };
 use shared::adapters::dynamodb::schema::{TABLE_SCHEMA, TTL_ATTRIBUTE};
 use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
@@ -117,10 +117,7 @@ fn the_table_is_the_one_the_adapter_uses() {
     assert_eq!(indexes, expected);
     assert_eq!(
         expected.iter().map(|(name, keys, _)| (name.clone(), keys.clone())).collect::<Vec<_>>(),
-        vec![
-            (OPEN_BATCHES_INDEX.to_owned(), pair(OPEN_PK, OPEN_SK)),
-            (MEMBERS_INDEX.to_owned(), pair(MEMBERS_PK, MEMBERS_SK)),
-        ]
+        vec![(OPEN_BATCHES_INDEX.to_owned(), pair(OPEN_PK, OPEN_SK))]
     );
     assert_eq!(table["TimeToLiveSpecification"]["AttributeName"], TTL_ATTRIBUTE);
     assert_eq!(table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true);

@@ -101,7 +101,7 @@ pub async fn spawn_cluster(
         },
         // Pool shards idle once a test's orders stop are swept within seconds.
         reconcile_every: Duration::from_secs(1),
-        pool_quiet_for: time::Duration::seconds(2),
+        pool_due_after: time::Duration::seconds(2),
         ..Options::default()
     };
     if let Some((table_on, queue_on)) = aws_backend() {

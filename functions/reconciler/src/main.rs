@@ -4,7 +4,7 @@ use lambda_runtime::{Error, run, service_fn};
 use shared::adapters::dynamodb::DynamoStore;
 use shared::adapters::sqs::SqsQueue;
 use shared::config::{
-    AwsResources, POOL_QUIET_FOR, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY,
+    AwsResources, POOL_SWEEP_EVERY, RESEND_POLICY, ServiceConfig, WAIT_CHECK_EVERY, sweep_rules,
     wait_policy_from_lookup,
 };
 use shared::ports::SystemClock;
@@ -19,19 +19,23 @@ async fn main() -> Result<(), Error> {
     let service = ServiceConfig::from_env()?;
     let wait = wait_policy_from_lookup(|var| std::env::var(var).ok())?;
     let sdk = shared::adapters::aws::load_config().await;
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table));
     let reconciler = Arc::new(
         Reconciler::new(
-            Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
+            store.clone(),
             Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.settle_queue_url)),
             Arc::new(SystemClock),
             RESEND_POLICY,
         )
-        .sweeping(PoolSweep {
-            coins: service.prices.coins().cloned().collect(),
-            minimum: service.minimum,
-            quiet_for: POOL_QUIET_FOR,
-            every: POOL_SWEEP_EVERY,
-        })
+        .sweeping(
+            store,
+            PoolSweep {
+                coins: service.prices.coins().cloned().collect(),
+                minimum: service.minimum,
+                rules: sweep_rules(),
+                every: POOL_SWEEP_EVERY,
+            },
+        )
         .bounding_wait(Some(BoundedWait {
             policy: wait,
             prices: service.prices.clone(),

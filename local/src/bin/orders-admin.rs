@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! orders-admin deposit --user alice --usd 100 --id wire-2026-0042 [--table orders]
-//! orders-admin audit [--table orders] [--minimum 10]
+//! orders-admin pools [--table orders]
+//! orders-admin audit [--table orders] [--minimum 10] [--max-wait 15m]
 //! ```
 //!
 //! DynamoDB is reached through the AWS SDK's standard configuration
@@ -14,10 +15,14 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use shared::adapters::dynamodb::DynamoStore;
-use shared::audit::audit_live;
+use shared::audit::{AgeLimit, audit_live};
+use shared::config::WAIT_CHECK_EVERY;
 use shared::domain::{DepositId, Usd, UserId};
-use shared::ports::{Accounts, Deposited, LedgerRecords, Outbox};
+use shared::pooling::Pooling;
+use shared::ports::{Accounts, Deposited, LedgerRecords, Pools, SystemClock};
 use shared::telemetry::ErrorChain;
 use time::format_description::well_known::Rfc3339;
 
@@ -52,6 +57,10 @@ enum Command {
         /// The exchange minimum the batches were formed with.
         #[arg(long, default_value = "10")]
         minimum: String,
+        /// The deployment's POOL_MAX_WAIT (90s, 15m, 2h): an order pending
+        /// longer than this and two wait checks is a discrepancy.
+        #[arg(long)]
+        max_wait: Option<String>,
     },
 }
 
@@ -70,7 +79,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let table = cli.table.or_else(|| std::env::var("TABLE_NAME").ok()).unwrap_or_else(|| "orders".to_owned());
     let sdk = shared::adapters::aws::load_config().await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone());
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone()));
     match cli.command {
         Command::Deposit { user, usd, id } => {
             let user = UserId::parse(&user)?;
@@ -85,6 +94,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pools => {
+            let pooling = Pooling::new(store.clone(), Arc::new(SystemClock), Usd::ZERO);
             let mut coins = store.pooled_coins().await?;
             coins.sort();
             let now = time::OffsetDateTime::now_utc();
@@ -93,7 +103,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 "coin", "shards", "usd", "qty", "orders"
             );
             for coin in coins {
-                let pool = store.pool_summary(&coin).await?;
+                let pool = pooling.summary(&coin).await?;
                 let oldest = match pool.oldest {
                     Some(at) => format!("{} ({} ago)", at.replace_nanosecond(0)?.format(&Rfc3339)?, waited(now - at)),
                     None => "-".to_owned(),
@@ -107,16 +117,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     pool.qty.normalize().to_string(),
                     pool.orders
                 );
-                if let Some((batch, usd)) = pool.forming {
-                    println!("{:<10} a batch the sweep is gathering: {batch}, {usd} USD so far", "");
-                }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { minimum } => {
+        Command::Audit { minimum, max_wait } => {
             let minimum = Usd::parse(&minimum).ok_or("--minimum must be a plain decimal")?;
+            let age = match max_wait {
+                None => None,
+                Some(text) => {
+                    let wait = shared::config::parse_wait(&text)
+                        .ok_or_else(|| format!("--max-wait {text:?} is not a duration such as 90s, 15m or 2h"))?;
+                    let checks = time::Duration::try_from(WAIT_CHECK_EVERY * 2)?;
+                    Some(AgeLimit { now: time::OffsetDateTime::now_utc(), max: wait + checks })
+                }
+            };
             // A live table: what is wrong in three reads, two seconds apart.
-            let live = audit_live(|| store.ledger(), minimum, 3, std::time::Duration::from_secs(2)).await?;
+            let live = audit_live(|| store.ledger(), minimum, age, 3, std::time::Duration::from_secs(2)).await?;
             println!("table {table}: {}", live.report);
             if live.in_flight > 0 {
                 println!(

@@ -32,7 +32,7 @@ use crate::domain::{
     Batch, BatchId, BatchTotals, Coin, Member, Membership, NewOrder, Order, PoolId, Quantity, ShardCount, ShardPool,
     Usd,
 };
-use crate::ports::{CancelError, Canceled, InfraError, Pools, TopUp};
+use crate::ports::{CancelError, Canceled, Closing, InfraError, Pools, TopUp};
 
 /// Keys one `BatchGetItem` reads at most.
 const BATCH_GET_KEYS: usize = 100;
@@ -192,15 +192,26 @@ impl Pools for DynamoStore {
         self.pools_of(coin, shards).await
     }
 
-    async fn close(&self, coin: &Coin, pools: &[ShardPool], now: OffsetDateTime) -> Result<Option<BatchId>, InfraError> {
+    async fn close(&self, coin: &Coin, pools: &[ShardPool], now: OffsetDateTime) -> Result<Closing, InfraError> {
         let refs: Vec<&ShardPool> = pools.iter().collect();
         let totals = BatchTotals::of(&refs, None).map_err(|e| InfraError::new("close pools", e))?;
         let batch = Batch::ready(coin, pool_ids(pools), totals, now);
         let mut writes = close_writes(coin, pools, batch.id, item::closed_ms(&batch), now, None)?;
         writes.push(Write::Put { item: batch_item(&batch), condition: Some(Cond::not_exists(item::PK)) });
         let is_ours = |found: &Item| is_batch(found, batch.id);
-        let sent = self.pool_transaction("close pools", &writes, Some((writes.len() - 1, &is_ours))).await?;
-        Ok(sent.is_ok().then_some(batch.id))
+        match self.pool_transaction("close pools", &writes, Some((writes.len() - 1, &is_ours))).await? {
+            Ok(()) => Ok(Closing::Formed(batch.id)),
+            // `close_writes` writes each pool, then its record.
+            Err(reasons) => pools
+                .iter()
+                .enumerate()
+                .map(|(index, pool)| match reasons.get(2 * index) {
+                    Some(Reason::ConditionFailed(found)) => Self::pool_returned(pool.shard, found.as_ref()),
+                    _ => Ok(pool.clone()),
+                })
+                .collect::<Result<_, _>>()
+                .map(Closing::Moved),
+        }
     }
 
     async fn gather(
