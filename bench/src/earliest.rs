@@ -175,12 +175,13 @@ fn effects(writes: &[Write]) -> Effects {
                 let Some((coin, _)) = parse_shard_partition(&text(item, "PK")) else { continue };
                 effects.batched.extend(members(item).map(|order| (order.to_owned(), coin.as_str().to_owned())));
             }
-            Write::Update { key, changes, .. } if text(key, "SK") == "POOL" => {
-                for name in &changes.remove {
-                    if let Some(order) = name.strip_prefix("m:") {
-                        effects.canceled.push(order.to_owned());
-                    }
-                }
+            // A cancel marks its order (a close also takes members out of
+            // their pool, into its record).
+            Write::Update { key, changes, .. }
+                if text(key, "SK").starts_with("ORDER#")
+                    && changes.set.iter().any(|(name, _)| name == "canceled_at") =>
+            {
+                effects.canceled.push(text(key, "SK")["ORDER#".len()..].to_owned());
             }
             _ => {}
         }

@@ -101,10 +101,10 @@ struct Cli {
     due_ms: Option<i64>,
     #[arg(long)]
     sweep_ms: Option<u64>,
-    /// The shard count halves once per this long (ms) since it grew; the
-    /// store's setting unless given.
+    /// Orders a second one shard takes (the shard count follows each
+    /// coin's rate by it); the service's setting unless given.
     #[arg(long)]
-    shrink_ms: Option<u64>,
+    per_shard: Option<f64>,
     /// Most shards a coin may have; the store's unless given.
     #[arg(long)]
     max_shards: Option<u32>,
@@ -222,10 +222,11 @@ fn print_coins(outcome: &Outcome) {
         })
         .collect();
     coins.sort_by_key(|(coin, _)| (*coin).clone());
-    for (coin, waits) in coins.iter().take(30) {
+    for (coin, waits) in &coins {
         eprintln!(
-            "{coin}: {} pooled orders, wait p50 {:.0} p99 {:.0} ms",
+            "{coin}: {} pooled orders, {} shards, wait p50 {:.0} p99 {:.0} ms",
             waits.len(),
+            outcome.shards_by_coin.get(*coin).copied().unwrap_or(0),
             ms(percentile(waits, 50.0)),
             ms(percentile(waits, 99.0))
         );
@@ -288,8 +289,8 @@ fn setup(cli: &Cli, design: Design, arrivals: Arrivals, mix: Mix) -> Setup {
             if let Some(n) = cli.grow_after {
                 shards.grow_after = n;
             }
-            if let Some(ms) = cli.shrink_ms {
-                shards.shrink_after = Duration::from_millis(ms);
+            if let Some(rate) = cli.per_shard {
+                shards.per_shard = rate;
             }
             shards
         },

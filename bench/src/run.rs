@@ -128,6 +128,8 @@ pub struct Outcome {
     pub waits: Waits,
     pub open_after: Decimal,
     pub most_shards: usize,
+    /// Shards each coin's pool has had.
+    pub shards_by_coin: std::collections::HashMap<String, usize>,
     pub audit_problems: usize,
 }
 
@@ -333,19 +335,35 @@ pub async fn point(setup: &Setup) -> Outcome {
     // The reconciler's sweep, as deployed, throughout.
     let sweeper_store =
         Arc::new(DynamoStore::on(sweep_recording.clone()).with_clock(Arc::clone(&clock)).with_shard_rules(shards));
-    let reconciler = Reconciler::new(sweeper_store.clone(), queue.clone(), Arc::clone(&clock), RESEND_POLICY)
-        .sweeping(
-            sweeper_store,
-            PoolSweep { coins: setup.mix.coins.clone(), minimum: minimum(), rules: setup.sweep, every: setup.sweep_every },
-        );
+    let reconciler = Reconciler::new(sweeper_store.clone(), queue.clone(), Arc::clone(&clock), RESEND_POLICY).sweeping(
+        sweeper_store,
+        PoolSweep {
+            coins: setup.mix.coins.clone(),
+            minimum: minimum(),
+            rules: setup.sweep,
+            shards,
+            every: setup.sweep_every,
+        },
+    );
     let done = Arc::new(AtomicBool::new(false));
     let sweeper = {
         let done = Arc::clone(&done);
         let every = setup.sweep_every;
         async move {
+            let mut rounds = Vec::new();
+            // As `Reconciler::run_until` does: sweeps start `every` apart.
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !done.load(Ordering::Relaxed) {
-                tokio::time::sleep(every).await;
+                ticks.tick().await;
+                let began = Instant::now();
                 reconciler.sweep().await;
+                rounds.push(began.elapsed());
+            }
+            if std::env::var("HOT_COIN_DEBUG").is_ok() {
+                rounds.sort();
+                let at = |p: usize| rounds.get(rounds.len() * p / 100).copied().unwrap_or_default();
+                eprintln!("sweep rounds: {}, took p50 {:?} p90 {:?} p99 {:?}", rounds.len(), at(50), at(90), at(99));
             }
         }
     };
@@ -477,6 +495,12 @@ pub async fn point(setup: &Setup) -> Outcome {
         waits,
         open_after,
         most_shards,
+        shards_by_coin: setup
+            .mix
+            .coins
+            .iter()
+            .map(|coin| (coin.to_string(), ledger.pools.iter().filter(|p| &p.coin == coin).count()))
+            .collect(),
         audit_problems: report.problems.len(),
     }
 }

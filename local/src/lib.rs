@@ -23,9 +23,9 @@ use shared::adapters::sdk_metrics::RequestCounter;
 use shared::adapters::simulated_exchange::SimulatedExchange;
 use shared::adapters::sqs::{SqsQueue, ensure_queues};
 use shared::audit::{AuditReport, audit};
-use shared::domain::SweepRules;
 use shared::config::{POOL_DUE_AFTER, POOL_SWEEP_EVERY, ServiceConfig};
 use shared::domain::ResendPolicy;
+use shared::domain::SweepRules;
 use shared::ports::{Clock, Exchange, InfraError, SettleQueue, Store, SystemClock, WaitPolicy};
 use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 use shared::service::OrderService;
@@ -315,6 +315,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         coins: options.service.prices.coins().cloned().collect(),
         minimum: options.service.minimum,
         rules: SweepRules { due_after: options.pool_due_after, ..SweepRules::default() },
+        shards: shared::domain::ShardRules::default(),
         every: options.pool_sweep_every,
     };
     let reconciler =

@@ -278,7 +278,10 @@ pub fn audit_aged(ledger: &Ledger, minimum: Usd, age: Option<AgeLimit>) -> Audit
             if closed.get(&(&batch.coin, *pool)) != Some(&batch.id) {
                 problems.push(problem(
                     format!("batch {}", batch.id),
-                    format!("batch {} closed pool {} of shard {}, which has no record of it", batch.id, pool.seq, pool.shard),
+                    format!(
+                        "batch {} closed pool {} of shard {}, which has no record of it",
+                        batch.id, pool.seq, pool.shard
+                    ),
                 ));
             }
         }
@@ -326,7 +329,9 @@ pub fn audit_aged(ledger: &Ledger, minimum: Usd, age: Option<AgeLimit>) -> Audit
             (Membership::Own(id), []) => Ok(Place::Batch(id)),
             (Membership::Own(_), _) => Err("bought alone, yet listed in a pool".to_owned()),
             (Membership::Pool { shard, formed }, [(place, _)]) => match *place {
-                Listed::Open(coin, listed_shard) if coin == &order.coin && listed_shard == shard && formed.is_none() => {
+                Listed::Open(coin, listed_shard)
+                    if coin == &order.coin && listed_shard == shard && formed.is_none() =>
+                {
                     Ok(Place::OpenPool(coin, shard))
                 }
                 Listed::Closed(coin, pool, batch)

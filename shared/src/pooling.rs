@@ -25,8 +25,10 @@ use crate::ports::{CancelError, Clock, Closing, InfraError, Pools, TopUp, WaitAc
 /// read again (a coin that never grew costs this read and nothing else).
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// Tries a close gets in one sweep: each after the one before found a
-/// shard changed, on the shards as that cancellation returned them.
+/// shard changed (on the shards as that cancellation returned them) or
+/// held by another transaction (a transaction's time later).
 const CLOSE_TRIES: u32 = 3;
+const HELD_FOR: Duration = Duration::from_millis(15);
 
 /// What the sweep of one coin did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -77,7 +79,22 @@ pub struct Pooling {
     shards: ShardRules,
     /// Each coin's shard count as last read, and when.
     counts: Mutex<HashMap<Coin, (ShardCount, Instant)>>,
+    /// Each coin's rate, as the sweep measures it.
+    rates: Mutex<HashMap<Coin, Rate>>,
 }
+
+/// A coin's writes a second: every write of a shard moves its version, so
+/// the versions of all its shards, read at each sweep, count them.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    versions: u64,
+    at: Instant,
+    /// Smoothed over a few sweeps.
+    per_second: Option<f64>,
+}
+
+/// How much of a new measure of a coin's rate goes into its smoothed rate.
+const RATE_WEIGHT: f64 = 0.3;
 
 impl Pooling {
     pub fn new(pools: Arc<dyn Pools>, clock: Arc<dyn Clock>, minimum: Usd) -> Pooling {
@@ -88,6 +105,7 @@ impl Pooling {
             sweep: SweepRules::default(),
             shards: ShardRules::default(),
             counts: Mutex::default(),
+            rates: Mutex::default(),
         }
     }
 
@@ -157,18 +175,68 @@ impl Pooling {
             swept.formed.extend(formed);
             swept.moved += u32::from(moved);
         }
-        self.settle_high(coin, &count, &pools, now).await?;
+        self.follow_rate(coin, &count, &pools, now).await?;
         Ok(swept)
+    }
+
+    /// Measures the coin's rate from its shards' versions, and sets its
+    /// shard count to what that rate needs (`domain::pooling::shards`);
+    /// once the count has been down long enough and the shards above it
+    /// are empty (as just read), brings `high` down with it: a coin that
+    /// was hot once is not read at every sweep for ever.
+    async fn follow_rate(
+        &self,
+        coin: &Coin,
+        count: &ShardCount,
+        pools: &[ShardPool],
+        now: OffsetDateTime,
+    ) -> Result<(), InfraError> {
+        let versions: u64 = pools.iter().map(|pool| pool.version).sum();
+        let rate = {
+            let Ok(mut rates) = self.rates.lock() else { return Ok(()) };
+            let at = Instant::now();
+            let measured = rates.get(coin).and_then(|last| {
+                let elapsed = at.duration_since(last.at).as_secs_f64();
+                let seen = versions.checked_sub(last.versions)? as f64 / elapsed.max(f64::MIN_POSITIVE);
+                Some(last.per_second.map_or(seen, |rate| rate + RATE_WEIGHT * (seen - rate)))
+            });
+            rates.insert(coin.clone(), Rate { versions, at, per_second: measured });
+            measured
+        };
+        let next = match rate {
+            Some(rate) => count.following(rate, now, &self.shards),
+            None => None,
+        };
+        let next = next.or_else(|| {
+            let settled = count.settles_at(now, &self.shards)?;
+            pools.iter().filter(|pool| pool.shard >= settled.high).all(|pool| !pool.holds_money()).then_some(settled)
+        });
+        if let Some(next) = next
+            && self.pools.set_shard_count(coin, count, &next).await?
+            && let Ok(mut counts) = self.counts.lock()
+        {
+            counts.remove(coin);
+        }
+        Ok(())
     }
 
     /// Closes `group` into a batch; if a shard changed since it was read (a
     /// shard in use changes every few tens of milliseconds), again on the
     /// shards as they are now, while they still hold the minimum.
-    async fn close(&self, coin: &Coin, mut group: Vec<ShardPool>, now: OffsetDateTime) -> Result<Option<BatchId>, InfraError> {
+    async fn close(
+        &self,
+        coin: &Coin,
+        mut group: Vec<ShardPool>,
+        now: OffsetDateTime,
+    ) -> Result<Option<BatchId>, InfraError> {
         for _ in 0..CLOSE_TRIES {
             match self.pools.close(coin, &group, now).await? {
                 Closing::Formed(batch) => return Ok(Some(batch)),
                 Closing::Moved(now_there) => {
+                    if now_there == group {
+                        // Nothing changed: a shard was held by a placement.
+                        tokio::time::sleep(HELD_FOR).await;
+                    }
                     group = now_there.into_iter().filter(ShardPool::holds_money).collect();
                     let refs: Vec<&ShardPool> = group.iter().collect();
                     if crate::domain::pooling::held(&refs).is_none_or(|usd| usd < self.minimum) {
@@ -178,26 +246,6 @@ impl Pooling {
             }
         }
         Ok(None)
-    }
-
-    /// Brings `high` down to the count in force once nobody can write the
-    /// shards above it any more and they are empty (as just read): a coin
-    /// that was hot once is not read at every sweep for ever.
-    async fn settle_high(
-        &self,
-        coin: &Coin,
-        count: &ShardCount,
-        pools: &[ShardPool],
-        now: OffsetDateTime,
-    ) -> Result<(), InfraError> {
-        let Some(settled) = count.settles_at(now, &self.shards) else { return Ok(()) };
-        let empty_above = pools.iter().filter(|pool| pool.shard >= settled.high).all(|pool| !pool.holds_money());
-        if empty_above && self.pools.settle_high(coin, count, &settled).await?
-            && let Ok(mut counts) = self.counts.lock()
-        {
-            counts.remove(coin);
-        }
-        Ok(())
     }
 
     /// What the coin's pool holds now, for an operator.

@@ -108,7 +108,6 @@ pub enum WaitAction {
     Refund,
 }
 
-
 /// Placing and reading orders: the place-order function.
 #[async_trait]
 pub trait Orders: Send + Sync {
@@ -255,7 +254,6 @@ pub trait Outbox: Send + Sync {
     /// at once; `false` when the record changed since, and nothing was
     /// written.
     async fn withdraw_resent(&self, batch: &Batch, noted_at: OffsetDateTime) -> Result<bool, InfraError>;
-
 }
 
 /// What a close came to.
@@ -302,8 +300,13 @@ pub trait Pools: Send + Sync {
 
     /// One transaction: every order of `from` moves to `into`, each pool
     /// exactly as read. `false`, nothing written, when one changed since.
-    async fn gather(&self, coin: &Coin, into: &ShardPool, from: &[ShardPool], now: OffsetDateTime)
-    -> Result<bool, InfraError>;
+    async fn gather(
+        &self,
+        coin: &Coin,
+        into: &ShardPool,
+        from: &[ShardPool],
+        now: OffsetDateTime,
+    ) -> Result<bool, InfraError>;
 
     /// One transaction: the house's order `house` joins the first of `pools`
     /// and closes them all, each exactly as read, into a new `READY` batch;
@@ -317,9 +320,9 @@ pub trait Pools: Send + Sync {
     /// does.
     async fn cancel(&self, member: &Member) -> Result<Canceled, CancelError>;
 
-    /// Writes `settled` (the count come down, `high` with it) if the record
-    /// is still `read`. `false` when it changed.
-    async fn settle_high(&self, coin: &Coin, read: &ShardCount, settled: &ShardCount) -> Result<bool, InfraError>;
+    /// Writes the coin's shard count `to` if the record is still `read`.
+    /// `false` when it changed.
+    async fn set_shard_count(&self, coin: &Coin, read: &ShardCount, to: &ShardCount) -> Result<bool, InfraError>;
 }
 
 /// What a deposit did.

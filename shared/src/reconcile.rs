@@ -49,6 +49,8 @@ pub struct PoolSweep {
     pub coins: Vec<Coin>,
     pub minimum: Usd,
     pub rules: SweepRules,
+    /// How coins' shard counts follow their rates.
+    pub shards: crate::domain::ShardRules,
     /// How often [`Reconciler::run_until`] sweeps.
     pub every: std::time::Duration,
 }
@@ -85,8 +87,7 @@ impl Reconciler {
     /// Also gathers what these coins' pool shards hold together into
     /// batches, and applies the wait policy (see `crate::pooling`).
     pub fn sweeping(self, pools: Arc<dyn Pools>, sweep: PoolSweep) -> Reconciler {
-        let pooling = Pooling::new(pools, Arc::clone(&self.clock), sweep.minimum)
-            .with_rules(sweep.rules, crate::domain::ShardRules::default());
+        let pooling = Pooling::new(pools, Arc::clone(&self.clock), sweep.minimum).with_rules(sweep.rules, sweep.shards);
         Reconciler { pools: Some((pooling, sweep)), ..self }
     }
 
@@ -146,8 +147,12 @@ impl Reconciler {
     pub async fn run_until(&self, deadline: tokio::time::Instant) -> Result<ReconcileReport, InfraError> {
         let mut report = self.run_once().await?;
         let Some(every) = self.sweep_every() else { return Ok(report) };
+        // Sweeps start `every` apart (a sweep that takes longer delays the
+        // next, never piles up behind it).
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while tokio::time::Instant::now() + every < deadline {
-            tokio::time::sleep(every).await;
+            ticks.tick().await;
             self.sweep_into(&mut report).await;
         }
         Ok(report)
@@ -501,6 +506,7 @@ mod tests {
                         coins: vec![Coin::from_trusted("ABAN")],
                         minimum: ten,
                         rules: crate::domain::SweepRules::default(),
+                        shards: crate::domain::ShardRules::default(),
                         every: std::time::Duration::from_millis(250),
                     },
                 )

@@ -478,11 +478,8 @@ pub async fn a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less
     assert!(shards > 1, "the orders all went to one shard");
     assert_audit_clean(instances[0].as_ref()).await;
 
-    let formed = pooling(&instances[1], now() + Duration::seconds(2))
-        .sweep(&Coin::from_trusted("ABAN"))
-        .await
-        .unwrap()
-        .formed;
+    let formed =
+        pooling(&instances[1], now() + Duration::seconds(2)).sweep(&Coin::from_trusted("ABAN")).await.unwrap().formed;
     let ledger = instances[0].ledger().await.unwrap();
     let open: Decimal = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
     assert!(open < Decimal::TEN, "the shards still hold {open} together");
@@ -531,11 +528,7 @@ pub async fn racing_small_orders_form_each_batch_exactly_once(stores: Stores) {
     }
     assert_audit_clean(instances[0].as_ref()).await;
 
-    pooling(&instances[0], now() + Duration::seconds(2))
-        .sweep(&Coin::from_trusted("ABAN"))
-        .await
-        .unwrap()
-        .formed;
+    pooling(&instances[0], now() + Duration::seconds(2)).sweep(&Coin::from_trusted("ABAN")).await.unwrap();
     let ledger = instances[0].ledger().await.unwrap();
     let batched: Decimal = ledger.batches.iter().map(|b| b.usd.value()).sum();
     let open: Decimal = ledger.pools.iter().map(|p| p.state.usd.value()).sum();

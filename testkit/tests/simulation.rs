@@ -34,12 +34,12 @@ use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::audit::{Ledger, audit};
 use shared::config::ServiceConfig;
+use shared::domain::SweepRules;
 use shared::domain::{
     BatchStatus, DepositId, IdempotencyKey, OrderId, OrderStatus, PriceList, Quantity, ResendPolicy, Usd, UserId,
     reproducible_ids,
 };
 use shared::ports::{Accounts, CancelError, LedgerRecords, PlaceError, Settlements, WaitAction, WaitPolicy};
-use shared::domain::SweepRules;
 use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 use shared::service::{OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
@@ -115,6 +115,7 @@ impl Factory {
                             coins: self.config.prices.coins().cloned().collect(),
                             minimum: self.config.minimum,
                             rules: SweepRules { due_after: time::Duration::seconds(2), ..SweepRules::default() },
+                            shards: shared::domain::ShardRules::default(),
                             every: Duration::from_secs(5),
                         },
                     )

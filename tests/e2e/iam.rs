@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use serde_norway::Value;
 use shared::adapters::dynamodb::DynamoStore;
-use shared::adapters::dynamodb::item::{member_attribute, member_value, n, n_int, order_item, pool_key, shards_grown, shards_key};
+use shared::adapters::dynamodb::item::{
+    member_attribute, member_value, n, n_int, order_item, pool_key, shards_grown, shards_key,
+};
 use shared::adapters::dynamodb::table::Changes;
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
@@ -245,7 +247,13 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     }
     let mut coins: Vec<Coin> = config.prices.coins().cloned().collect();
     coins.push(crumbs);
-    let sweep = PoolSweep { coins, minimum: config.minimum, rules: sweep_rules(), every: POOL_SWEEP_EVERY };
+    let sweep = PoolSweep {
+        coins,
+        minimum: config.minimum,
+        rules: sweep_rules(),
+        shards: shared::domain::ShardRules::default(),
+        every: POOL_SWEEP_EVERY,
+    };
     // The wait policy as deployed with top-up: an order of its own coin
     // has waited an hour, and the house completes its pool.
     let house = UserId::parse("house").unwrap();

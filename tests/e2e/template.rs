@@ -7,9 +7,7 @@
 use std::collections::BTreeSet;
 
 use serde_norway::Value;
-use shared::adapters::dynamodb::item::{
-    OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK,
-};
+use shared::adapters::dynamodb::item::{OPEN_BATCHES_INDEX, OPEN_PK, OPEN_SK, PK, SK};
 use shared::adapters::dynamodb::schema::{TABLE_SCHEMA, TTL_ATTRIBUTE};
 use shared::adapters::sqs::{MAX_RECEIVE_COUNT, VISIBILITY_TIMEOUT_SECONDS};
 use shared::config::{AwsResources, ServiceConfig, SettleConfig, wait_policy_from_lookup};

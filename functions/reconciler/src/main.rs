@@ -33,6 +33,7 @@ async fn main() -> Result<(), Error> {
                 coins: service.prices.coins().cloned().collect(),
                 minimum: service.minimum,
                 rules: sweep_rules(),
+                shards: shared::domain::ShardRules::default(),
                 every: POOL_SWEEP_EVERY,
             },
         )

@@ -156,4 +156,3 @@ pub fn format_decimal(value: Decimal) -> String {
     }
     normalized.to_string()
 }
-

@@ -10,8 +10,8 @@ pub mod pooling;
 pub mod quantity;
 
 pub use coin::{Coin, PriceList, UnknownCoin};
-pub use ids::{BatchId, DepositId, IdempotencyKey, InvalidId, OrderId, UserId, reproducible_ids};
 pub use decimal::{ExactSum, exact_decimal, exact_product, exact_sum, format_decimal};
+pub use ids::{BatchId, DepositId, IdempotencyKey, InvalidId, OrderId, UserId, reproducible_ids};
 pub use money::{PRICE_SCALE, Usd};
 pub use order::{Batch, BatchStatus, Membership, NewOrder, Order, OrderStatus, OrderView, ResendPolicy};
 pub use pooling::placement::Placement;

@@ -131,15 +131,9 @@ impl BatchStatus {
     }
 
     pub fn parse(text: &str) -> Option<BatchStatus> {
-        [
-            BatchStatus::Ready,
-            BatchStatus::Submitting,
-            BatchStatus::Settled,
-            BatchStatus::Refused,
-            BatchStatus::Refunded,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        [BatchStatus::Ready, BatchStatus::Submitting, BatchStatus::Settled, BatchStatus::Refused, BatchStatus::Refunded]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 

@@ -14,7 +14,9 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::item::{self, CANCELED_AT, ORDER_SHARD, account_key, get_s, member_attribute, ms, n, n_int, order_key, pool_key, timestamp};
+use super::item::{
+    self, CANCELED_AT, ORDER_SHARD, account_key, get_s, member_attribute, ms, n, n_int, order_key, pool_key, timestamp,
+};
 use super::table::{Changes, Cond, Reason, Transacted, Write};
 use super::{DynamoStore, unexpected};
 use crate::domain::{Membership, Order, OrderId, OrderStatus, OrderView, UserId};

@@ -136,9 +136,10 @@ pub fn members_of(item: &Item) -> Result<Vec<Member>, ItemError> {
         .map(|(order, value)| {
             let order = OrderId::parse(order).map_err(|_| invalid("member"))?;
             let (placed, user) = value.as_s().ok().and_then(|v| v.split_once(' ')).ok_or_else(|| invalid("member"))?;
-            let placed = placed.parse::<i64>().ok().and_then(|ms| {
-                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-            });
+            let placed = placed
+                .parse::<i64>()
+                .ok()
+                .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok());
             let user = UserId::parse(user).ok();
             match (placed, user) {
                 (Some(placed), Some(user)) => Ok(Member { order, user, placed }),
@@ -254,28 +255,28 @@ pub fn shards_key(coin: &Coin) -> Item {
     key(format!("COIN#{coin}"), "SHARDS")
 }
 
-/// The changes that record a coin's shards grown to `count` at `at`, and
-/// `high`, the most it has had.
+/// The changes that record a coin's shards set to `count` at `at`, and
+/// `high`, the most it has had (tests and tools that set a count).
 pub fn shards_grown(count: u32, high: u32, at: OffsetDateTime) -> Changes {
-    Changes::new().set("count", n_int(count)).set("grown_ms", ms(at)).set("high", n_int(high.max(count)))
+    Changes::new().set("count", n_int(count)).set("set_ms", ms(at)).set("high", n_int(high.max(count)))
 }
 
-/// The changes that write `record` (grown or settled).
+/// The changes that write `record`.
 pub fn shards_record(record: &ShardCount) -> Changes {
-    let changes = Changes::new().set("count", n_int(record.grown_to)).set("high", n_int(record.high.max(record.grown_to)));
-    match record.grown_ms {
-        Some(ms) => changes.set("grown_ms", AttributeValue::N(ms.to_string())),
-        None => changes.remove("grown_ms"),
+    let changes = Changes::new().set("count", n_int(record.count)).set("high", n_int(record.high.max(record.count)));
+    match record.set_ms {
+        Some(ms) => changes.set("set_ms", AttributeValue::N(ms.to_string())),
+        None => changes.remove("set_ms"),
     }
 }
 
 /// A coin's shard count record as read (`None`: it never grew).
 pub fn shard_count_of(item: Option<&Item>) -> Result<ShardCount, ItemError> {
     let Some(item) = item else { return Ok(ShardCount::ONE) };
-    let grown_to = u32::try_from(opt(item, "count", get_u64)?.unwrap_or(1)).unwrap_or(u32::MAX).max(1);
-    let grown_ms = opt(item, "grown_ms", get_u64)?.and_then(|ms| i64::try_from(ms).ok());
-    let high = u32::try_from(opt(item, "high", get_u64)?.unwrap_or(0)).unwrap_or(u32::MAX).max(grown_to);
-    Ok(ShardCount { grown_to, grown_ms, high, exists: true })
+    let count = u32::try_from(opt(item, "count", get_u64)?.unwrap_or(1)).unwrap_or(u32::MAX).max(1);
+    let set_ms = opt(item, "set_ms", get_u64)?.and_then(|ms| i64::try_from(ms).ok());
+    let high = u32::try_from(opt(item, "high", get_u64)?.unwrap_or(0)).unwrap_or(u32::MAX).max(count);
+    Ok(ShardCount { count, set_ms, high, exists: true })
 }
 
 /// The condition that a coin's shard count record is still `record`.
@@ -284,11 +285,11 @@ pub fn shard_count_unchanged(record: &ShardCount) -> super::table::Cond {
     if !record.exists {
         return Cond::not_exists(PK);
     }
-    let grown = match record.grown_ms {
-        Some(ms) => Cond::eq("grown_ms", AttributeValue::N(ms.to_string())),
-        None => Cond::not_exists("grown_ms"),
+    let set = match record.set_ms {
+        Some(ms) => Cond::eq("set_ms", AttributeValue::N(ms.to_string())),
+        None => Cond::not_exists("set_ms"),
     };
-    Cond::eq("count", n_int(record.grown_to)).and(grown).and(Cond::eq("high", n_int(record.high)))
+    Cond::eq("count", n_int(record.count)).and(set).and(Cond::eq("high", n_int(record.high)))
 }
 
 /// The open-batches partition of a batch (FNV-1a of its id: stable across

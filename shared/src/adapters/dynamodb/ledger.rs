@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 
-use super::item::{self, CLOSED_PREFIX, balance_of, batch_of, closed_record_of, get_s, order_of, parse_shard_partition};
+use super::item::{
+    self, CLOSED_PREFIX, balance_of, batch_of, closed_record_of, get_s, order_of, parse_shard_partition,
+};
 use super::{DynamoStore, infra};
 use crate::audit::{ClosedPool, DepositRecord, Ledger, OpenPool};
 use crate::domain::{DepositId, Usd, UserId};

@@ -133,6 +133,19 @@ impl DynamoStore {
         token: &str,
         writes: &[Write],
     ) -> Result<Transacted, InfraError> {
+        self.transact_within(operation, token, writes, MAX_ATTEMPTS).await
+    }
+
+    /// [`Self::transact_idempotent`], trying through contention `attempts`
+    /// times: then the last cancellation is the answer (its reasons say
+    /// which item was held).
+    async fn transact_within(
+        &self,
+        operation: &'static str,
+        token: &str,
+        writes: &[Write],
+        attempts: u32,
+    ) -> Result<Transacted, InfraError> {
         let mut last: Option<InfraError> = None;
         // One token for every attempt and resend of this logical write (its
         // callers make it, and may write it as a mark): DynamoDB answers a
@@ -140,10 +153,14 @@ impl DynamoStore {
         // nothing again, so a commit whose reply was lost is never mistaken
         // for someone else's write. (Where the token is forgotten, the mark
         // tells the callers the write was theirs.)
-        for attempt in 1..=MAX_ATTEMPTS {
+        for attempt in 1..=attempts {
             for resend in 0..3 {
                 StoreStats::count(&self.stats.transactions);
                 match self.table.transact(writes.to_vec(), token).await {
+                    Ok(Transacted::Cancelled(reasons)) if contended(&reasons) && attempt == attempts => {
+                        StoreStats::count(&self.stats.conflicts);
+                        return Ok(Transacted::Cancelled(reasons));
+                    }
                     Ok(Transacted::Cancelled(reasons)) if contended(&reasons) => {
                         StoreStats::count(&self.stats.conflicts);
                         last = Some(InfraError::new(operation, unexpected(&reasons)));

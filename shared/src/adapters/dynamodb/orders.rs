@@ -69,9 +69,10 @@ impl DynamoStore {
                     return Ok(OrderView::new(order, batch.as_ref()));
                 }
                 Located::Gone => {
-                    order = self.read_order(&order.user, order.id).await?.ok_or_else(|| {
-                        InfraError::new("read order", format!("order {} is gone", order.id))
-                    })?;
+                    order = self
+                        .read_order(&order.user, order.id)
+                        .await?
+                        .ok_or_else(|| InfraError::new("read order", format!("order {} is gone", order.id)))?;
                 }
             }
         }
@@ -172,4 +173,3 @@ impl Orders for DynamoStore {
         Ok(OrderList { orders, next })
     }
 }
-

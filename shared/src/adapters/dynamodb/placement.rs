@@ -229,7 +229,7 @@ impl DynamoStore {
             home => {
                 let record = self.read_shard_count(coin).await?;
                 turn.count = Some((record, tokio::time::Instant::now()));
-                let count = record.at(self.clock.now(), &self.shard_rules);
+                let count = record.now(&self.shard_rules);
                 match home {
                     Some(home) if home < count => home,
                     // Spread out from the start; move down once it folded back.
@@ -268,11 +268,10 @@ impl DynamoStore {
                 Some((record, _)) if fresh => record,
                 _ => self.read_shard_count(&new.coin).await?,
             };
-            let now = self.clock.now();
-            let mut count = record.at(now, &self.shard_rules);
+            let mut count = record.now(&self.shard_rules);
             if count == 1 || progress.collisions >= self.shard_rules.grow_after {
                 record = self.grow_shards(&new.coin, &record, count).await?;
-                count = record.at(now, &self.shard_rules);
+                count = record.now(&self.shard_rules);
             }
             turn.count = Some((record, tokio::time::Instant::now()));
             let next = another_shard(count, shard, self.random_below(count.saturating_sub(1).max(1)));
@@ -321,9 +320,9 @@ impl DynamoStore {
 
         let (shard, known) = home.unwrap_or((0, None));
         let closed = known.filter(|_| matches!(placement, Placement::Cross { .. }));
-        let pools = closed.map(|pool| pool_ids(std::slice::from_ref(pool))).unwrap_or_else(|| {
-            vec![crate::domain::PoolId { shard, seq: 0 }]
-        });
+        let pools = closed
+            .map(|pool| pool_ids(std::slice::from_ref(pool)))
+            .unwrap_or_else(|| vec![crate::domain::PoolId { shard, seq: 0 }]);
         let (order, batch) = new.placed(placement, pools, new.created_at);
         writes.push(Write::Put { item: order_item(&order), condition: Some(Cond::not_exists("PK")) });
         let order_index = writes.len() - 1;

@@ -9,10 +9,14 @@
 //!
 //! - a join adds to the totals and its member, if the shard stays under
 //!   the minimum (`placement`);
-//! - a close puts the shard back empty and puts the record of what it held
-//!   (`CLOSED#{ms}#{seq}`: the batch and the members), if the shard is still
-//!   at the version read: a join, a cancel or another close since then fails
-//!   it, and nothing is written;
+//! - a close takes the members it read out of the shard (their totals
+//!   with them) and puts the record of what it took (`CLOSED#{ms}#{seq}`:
+//!   the batch and the members), if every one of them is still there and
+//!   the shard closed no pool since (`seq`): a cancel or another close since
+//!   then fails it, and nothing is written, while orders that joined since
+//!   stay in the shard (it stays under the minimum: each joined under it).
+//!   A pool of more members than one expression names is closed whole
+//!   instead: put back empty, on the version read;
 //! - a move of crumbs adds one shard's members to another and puts the
 //!   first back empty, each at the version read, and records each moved
 //!   order's new shard on the order;
@@ -45,10 +49,40 @@ pub(super) fn unchanged(pool: &ShardPool) -> Cond {
     }
 }
 
-/// The writes that close `pools`, each at the version read, into `batch`
-/// (formed at `closed_ms`): each shard put back empty with its next `seq`,
-/// and the record of what it held. `closer` is the order that closes them
-/// (a crossing order, the house's), a member of the first pool's record.
+/// Members a close takes out of its shard by name, at most: each is named
+/// twice (removed, and checked to be there) in expressions DynamoDB caps at
+/// 4 KB. A pool of more is closed whole.
+const NAMED_CLOSE: usize = 40;
+
+/// The write that takes `pool`'s members (as read) out of its shard: by
+/// name, orders that joined since staying; or, a pool of many members, the
+/// shard put back empty on its version.
+fn take_members(coin: &Coin, pool: &ShardPool, now: OffsetDateTime) -> Write {
+    if pool.members.len() > NAMED_CLOSE || pool.members.is_empty() {
+        return Write::Put { item: emptied_pool_item(coin, pool, pool.seq + 1, now), condition: Some(unchanged(pool)) };
+    }
+    let mut changes = Changes::new()
+        .add("usd", n(-pool.usd.value()))
+        .add("qty", n(-pool.qty))
+        .add("count", n(-rust_decimal::Decimal::from(pool.count)))
+        .add("version", n_int(1u64))
+        .add("seq", n_int(1u64))
+        .set("updated_ms", item::ms(now));
+    let mut condition = match pool.seq {
+        0 => Cond::not_exists("seq").or(Cond::eq("seq", n_int(0u64))),
+        seq => Cond::eq("seq", n_int(seq)),
+    };
+    for member in &pool.members {
+        changes = changes.remove(member_attribute(member.order));
+        condition = condition.and(Cond::exists(member_attribute(member.order)));
+    }
+    Write::Update { key: pool_key(coin, pool.shard), changes, condition: Some(condition) }
+}
+
+/// The writes that close `pools`, each its members as read, into `batch`
+/// (formed at `closed_ms`): each shard's members taken out of it, and the
+/// record of what was taken. `closer` is the order that closes them (a
+/// crossing order, the house's), a member of the first pool's record.
 pub(super) fn close_writes(
     coin: &Coin,
     pools: &[ShardPool],
@@ -59,8 +93,7 @@ pub(super) fn close_writes(
 ) -> Result<Vec<Write>, InfraError> {
     let mut writes = Vec::with_capacity(pools.len() * 2);
     for (index, pool) in pools.iter().enumerate() {
-        let emptied = emptied_pool_item(coin, pool, pool.seq + 1, now);
-        writes.push(Write::Put { item: emptied, condition: Some(unchanged(pool)) });
+        writes.push(take_members(coin, pool, now));
         let record = closed_pool_item(coin, pool, batch, closed_ms, closer.filter(|_| index == 0))
             .ok_or_else(|| InfraError::new("close pools", "the pool's totals cannot be held exactly"))?;
         writes.push(Write::Put { item: record, condition: Some(Cond::not_exists(item::PK)) });
@@ -72,6 +105,10 @@ pub(super) fn close_writes(
 pub(super) fn pool_ids(pools: &[ShardPool]) -> Vec<PoolId> {
     pools.iter().map(|pool| PoolId { shard: pool.shard, seq: pool.seq }).collect()
 }
+
+/// Whether an item a write's condition failed on is that write's own,
+/// committed by an earlier send.
+type IsOurs<'a> = dyn Fn(&Item) -> bool + Sync + 'a;
 
 /// Whether `found` is the batch `id` (a batch id is fresh: if it exists,
 /// this very write made it, in an earlier send whose reply was lost).
@@ -88,7 +125,12 @@ impl DynamoStore {
     /// Grows the coin's count from `seen` (the count in force as `read`
     /// gives it), once per count, whoever asks first. The record as it is
     /// afterwards: this process's growth, or whoever's came first.
-    pub(super) async fn grow_shards(&self, coin: &Coin, read: &ShardCount, seen: u32) -> Result<ShardCount, InfraError> {
+    pub(super) async fn grow_shards(
+        &self,
+        coin: &Coin,
+        read: &ShardCount,
+        seen: u32,
+    ) -> Result<ShardCount, InfraError> {
         let Some(grown) = read.grown(seen, self.clock.now(), &self.shard_rules) else { return Ok(*read) };
         StoreStats::count(&self.stats.shard_reads);
         match self.table.update(shards_key(coin), shards_record(&grown), Some(shard_count_unchanged(read))).await {
@@ -134,19 +176,20 @@ impl DynamoStore {
     }
 
     /// Sends one of pooling's transactions (a close, a move, a top-up): a
-    /// lost reply is resent with the same token. `Ok(true)` when it
-    /// committed, `Ok(false)` when a condition failed; the write at `ours`,
-    /// when its condition failed on an item `is_ours` recognises, is this
-    /// very transaction committed by an earlier send whose reply was lost
-    /// (DynamoDB forgot the token).
+    /// lost reply is resent with the same token; one held by another
+    /// transaction is tried once more (the sweep comes back soon). `Ok(())`
+    /// when it committed, the reasons when a condition failed or an item
+    /// stayed held; the write at `ours`, when its condition failed on an
+    /// item `is_ours` recognises, is this very transaction committed by an
+    /// earlier send whose reply was lost (DynamoDB forgot the token).
     async fn pool_transaction(
         &self,
         operation: &'static str,
         writes: &[Write],
-        ours: Option<(usize, &(dyn Fn(&Item) -> bool + Sync))>,
+        ours: Option<(usize, &IsOurs<'_>)>,
     ) -> Result<Result<(), Vec<Reason>>, InfraError> {
         let token = ulid::Ulid::new().to_string();
-        match self.transact_idempotent(operation, &token, writes).await? {
+        match self.transact_within(operation, &token, writes, 2).await? {
             Transacted::Committed => Ok(Ok(())),
             Transacted::Cancelled(reasons) => {
                 if let Some((index, is_ours)) = ours
@@ -155,7 +198,7 @@ impl DynamoStore {
                 {
                     return Ok(Ok(()));
                 }
-                if reasons.iter().any(|r| matches!(r, Reason::ConditionFailed(_))) {
+                if reasons.iter().any(|r| matches!(r, Reason::ConditionFailed(_))) || super::contended(&reasons) {
                     return Ok(Err(reasons));
                 }
                 Err(InfraError::new(operation, unexpected(&reasons)))
@@ -247,14 +290,17 @@ impl Pools for DynamoStore {
                 });
             }
         }
-        writes.insert(0, Write::Update { key: pool_key(coin, into.shard), changes: target, condition: Some(unchanged(into)) });
+        writes.insert(
+            0,
+            Write::Update { key: pool_key(coin, into.shard), changes: target, condition: Some(unchanged(into)) },
+        );
         Ok(self.pool_transaction("move pools", &writes, None).await?.is_ok())
     }
 
     async fn top_up(&self, pools: &[ShardPool], house: &NewOrder, now: OffsetDateTime) -> Result<TopUp, InfraError> {
         let refs: Vec<&ShardPool> = pools.iter().collect();
-        let totals =
-            BatchTotals::of(&refs, Some((house.cost, house.amount))).map_err(|e| InfraError::new("top up a pool", e))?;
+        let totals = BatchTotals::of(&refs, Some((house.cost, house.amount)))
+            .map_err(|e| InfraError::new("top up a pool", e))?;
         let batch = Batch::ready(&house.coin, pool_ids(pools), totals, now);
         let shard = pools.first().map_or(0, |pool| pool.shard);
         let order = Order {
@@ -300,9 +346,9 @@ impl Pools for DynamoStore {
         self.cancel_order_of(&member.user, member.order).await
     }
 
-    async fn settle_high(&self, coin: &Coin, read: &ShardCount, settled: &ShardCount) -> Result<bool, InfraError> {
+    async fn set_shard_count(&self, coin: &Coin, read: &ShardCount, to: &ShardCount) -> Result<bool, InfraError> {
         StoreStats::count(&self.stats.shard_reads);
-        let written = self.table.update(shards_key(coin), shards_record(settled), Some(shard_count_unchanged(read)));
+        let written = self.table.update(shards_key(coin), shards_record(to), Some(shard_count_unchanged(read)));
         Ok(written.await?.is_ok())
     }
 }

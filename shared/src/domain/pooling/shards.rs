@@ -2,63 +2,59 @@
 //!
 //! A coin starts with one shard: one pool, whose crossing order forms every
 //! batch at once. DynamoDB cancels a transaction that touches an item
-//! another transaction holds, so when a coin's orders come faster than one
-//! item takes them (they meet on the shard, and are cancelled), it gets more
-//! shards: that is the only thing that grows it. Joining a shard needs no
-//! fresh view of it, so the number of processes writing a coin does not
-//! matter, only how many of its transactions are in flight at once: the
-//! coin's own arrival rate times a transaction's time. The count halves
-//! every `shrink_after` since it last grew, without anyone writing, so it
-//! follows that rate down as well as up.
+//! another transaction holds, so one item takes only so many orders a
+//! second; a coin whose orders come faster needs more shards. How many
+//! follows the coin's own arrival rate: joining a shard needs no fresh view
+//! of it (see `placement`), so the number of processes writing a coin does
+//! not matter, only how many of its transactions are in flight at once.
+//!
+//! - The sweep measures each coin's rate (every write of a shard moves its
+//!   version) and sets the count to what that rate needs ([`wanted`]): up at
+//!   once, down once it needs half as many or fewer.
+//! - A coin the sweep does not read yet (one shard: nothing to gather)
+//!   grows when orders collide on it ([`ShardCount::grown`]): the first
+//!   collision on a single shard, or `grow_after` in a row on any.
 //!
 //! `high` is the most shards the coin has had: a shard above today's count
 //! may still hold money, so the sweep reads up to it; once the count has
-//! been down long enough that nobody can write those shards any more, and
-//! they are empty, `high` comes down (see [`ShardCount::settles_at`]).
-
-use std::time::Duration;
+//! been lower for `settle_after` (nobody can write those shards any more)
+//! and they are empty, `high` comes down ([`ShardCount::settles_at`]).
 
 use time::OffsetDateTime;
 
-/// A coin's shard count as recorded: what it last grew to, when, and the
-/// most it ever had.
+/// A coin's shard count as recorded: the count, when it was last set, and
+/// the most the coin ever had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardCount {
-    pub grown_to: u32,
-    /// When it grew, in ms since the epoch; `None`: it never did.
-    pub grown_ms: Option<i64>,
+    pub count: u32,
+    /// When it was last set, in ms since the epoch; `None`: never.
+    pub set_ms: Option<i64>,
     pub high: u32,
     /// Whether the record exists (a coin that never grew has none).
     pub exists: bool,
 }
 
 /// How the count moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShardRules {
     /// At most this many shards per coin; 1 keeps every coin on one item.
     pub max: u32,
-    /// The count halves once per this long since it last grew.
-    pub shrink_after: Duration,
-    /// Conflicts one order meets in a row, moving shard each time, before
-    /// it grows the count (a coin of one shard grows at its first). The
-    /// count halves every `shrink_after` and grows by one such order: it
-    /// settles where a few per cent of transactions meet.
+    /// Orders a second one shard takes (with DynamoDB's transactions of
+    /// about 10 ms, a few per cent of them then meet another on the item).
+    pub per_shard: f64,
+    /// Collisions one order meets in a row, moving shard each time, before
+    /// it grows the count (a coin of one shard grows at its first).
     pub grow_after: u32,
     /// How long after the count fell below a shard nobody can write that
-    /// shard any more: processes re-read the count and move off shards
-    /// above it, an order retries for seconds, and DynamoDB refuses a
-    /// request signed more than five minutes earlier.
+    /// shard any more: processes re-read the count every minute and move
+    /// off shards above it, an order retries for seconds, and DynamoDB
+    /// refuses a request signed more than five minutes earlier.
     pub settle_after: time::Duration,
 }
 
 impl Default for ShardRules {
     fn default() -> Self {
-        ShardRules {
-            max: 1024,
-            shrink_after: Duration::from_secs(2),
-            grow_after: 2,
-            settle_after: time::Duration::minutes(6),
-        }
+        ShardRules { max: 1024, per_shard: 10.0, grow_after: 3, settle_after: time::Duration::minutes(7) }
     }
 }
 
@@ -66,62 +62,61 @@ fn millis(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// The shards a coin placing `rate` orders a second needs.
+pub fn wanted(rate: f64, rules: &ShardRules) -> u32 {
+    let shards = (rate / rules.per_shard.max(f64::MIN_POSITIVE)).ceil();
+    if shards.is_nan() || shards < 1.0 {
+        return 1;
+    }
+    (shards.min(f64::from(rules.max.max(1)))) as u32
+}
+
 impl ShardCount {
     /// A coin that never grew: one shard.
-    pub const ONE: ShardCount = ShardCount { grown_to: 1, grown_ms: None, high: 1, exists: false };
+    pub const ONE: ShardCount = ShardCount { count: 1, set_ms: None, high: 1, exists: false };
 
-    /// The count in force at `now`: halved once per `shrink_after` since it
-    /// grew. (A count with no date is taken as long since grown.)
-    pub fn at(&self, now: OffsetDateTime, rules: &ShardRules) -> u32 {
-        let since_ms = self.grown_ms.map_or(i64::MAX, |grown| millis(now).saturating_sub(grown));
-        let every_ms = i64::try_from(rules.shrink_after.as_millis()).unwrap_or(i64::MAX).max(1);
-        let halvings = u32::try_from((since_ms.max(0) / every_ms).min(31)).unwrap_or(31);
-        (self.grown_to >> halvings).clamp(1, rules.max.max(1))
+    /// The count in force.
+    pub fn now(&self, rules: &ShardRules) -> u32 {
+        self.count.clamp(1, rules.max.max(1))
     }
 
-    /// The record once grown from `seen` at `now`: four times as many while
-    /// there are few (a burst of new processes collides until there are
-    /// about as many as transactions in flight), then twice. `None` when
-    /// it cannot grow.
+    /// The record set to `count` at `now` (`high` no lower than it).
+    pub fn set_to(&self, count: u32, now: OffsetDateTime, rules: &ShardRules) -> ShardCount {
+        let count = count.clamp(1, rules.max.max(1));
+        ShardCount { count, set_ms: Some(millis(now)), high: self.high.max(count), exists: true }
+    }
+
+    /// The record once grown by collisions from `seen`: four times as many
+    /// while there are few (a burst of new processes collides until there
+    /// are about as many as transactions in flight), then twice. `None`
+    /// when it cannot grow.
     pub fn grown(&self, seen: u32, now: OffsetDateTime, rules: &ShardRules) -> Option<ShardCount> {
         let factor = if seen < 64 { 4 } else { 2 };
         let wanted = seen.saturating_mul(factor).min(rules.max);
-        (wanted > seen).then(|| ShardCount {
-            grown_to: wanted,
-            grown_ms: Some(millis(now)),
-            high: self.high.max(wanted),
-            exists: true,
-        })
+        (wanted > seen).then(|| self.set_to(wanted, now, rules))
     }
 
-    /// When the count in force fell to `count` or below, in ms since the
-    /// epoch: `None` if it has not (it never grew, or grew to no more).
-    fn fell_to_ms(&self, count: u32, rules: &ShardRules) -> Option<i64> {
-        let grown = self.grown_ms?;
-        let halvings = (0..32).find(|h| (self.grown_to >> h).max(1) <= count.max(1))?;
-        let every_ms = i64::try_from(rules.shrink_after.as_millis()).unwrap_or(i64::MAX);
-        Some(grown.saturating_add(every_ms.saturating_mul(i64::from(halvings))))
+    /// The record the sweep writes for a coin that places `rate` orders a
+    /// second: `None` when the count is right (not under what the rate
+    /// needs, nor twice as much or more).
+    pub fn following(&self, rate: f64, now: OffsetDateTime, rules: &ShardRules) -> Option<ShardCount> {
+        let count = self.now(rules);
+        let wanted = wanted(rate, rules);
+        (wanted > count || wanted.saturating_mul(2) <= count).then(|| self.set_to(wanted, now, rules))
     }
 
-    /// Whether `high` may come down to the count in force at `now`, and the
-    /// record it comes down to: the count has been there `settle_after`, so
-    /// nobody can write a shard above it any more. (The caller checks those
-    /// shards are empty; the record is written only if unchanged.)
+    /// Whether `high` may come down to the count, and the record it comes
+    /// down to: the count has been where it is for `settle_after`, so nobody
+    /// can write a shard above it any more. (The caller checks those shards
+    /// are empty; the record is written only if unchanged.)
     pub fn settles_at(&self, now: OffsetDateTime, rules: &ShardRules) -> Option<ShardCount> {
-        let count = self.at(now, rules);
+        let count = self.now(rules);
         if self.high <= count {
             return None;
         }
-        let fell = self.fell_to_ms(count, rules)?;
-        let settled = millis(now).saturating_sub(fell) >= rules.settle_after.whole_milliseconds() as i64;
-        settled.then_some(ShardCount { grown_to: count, grown_ms: Some(fell), high: count, exists: true })
-    }
-
-    /// Whether nobody can write shards at or above the count any more.
-    pub fn above_count_settled(&self, now: OffsetDateTime, rules: &ShardRules) -> bool {
-        let count = self.at(now, rules);
-        self.fell_to_ms(count, rules)
-            .is_some_and(|fell| millis(now).saturating_sub(fell) >= rules.settle_after.whole_milliseconds() as i64)
+        let set = self.set_ms?;
+        let settled = millis(now).saturating_sub(set) >= rules.settle_after.whole_milliseconds() as i64;
+        settled.then_some(ShardCount { count, set_ms: Some(set), high: count, exists: true })
     }
 }
 
@@ -147,40 +142,45 @@ mod tests {
     }
 
     #[test]
-    fn the_count_halves_once_per_period_since_it_grew() {
-        let record = ShardCount { grown_to: 1024, grown_ms: Some(1_000_000), high: 1024, exists: true };
-        let count_at = |ms: u64| record.at(at_ms(ms), &rules());
-        assert_eq!(count_at(1_000_000), 1024);
-        assert_eq!(count_at(1_001_999), 1024);
-        assert_eq!(count_at(1_002_000), 512);
-        assert_eq!(count_at(1_007_999), 128);
-        assert_eq!(count_at(1_020_000), 1);
-        // Another process's clock a little behind the one that grew it.
-        assert_eq!(count_at(999_990), 1024);
-        assert_eq!(record.at(at_ms(1_000_000), &ShardRules { max: 256, ..rules() }), 256);
-        let never_dated = ShardCount { grown_ms: None, ..record };
-        assert_eq!(never_dated.at(at_ms(1_000_000), &rules()), 1);
+    fn a_coin_needs_as_many_shards_as_its_rate_asks() {
+        assert_eq!(wanted(0.0, &rules()), 1);
+        assert_eq!(wanted(9.5, &rules()), 1);
+        assert_eq!(wanted(31.0, &rules()), 4);
+        assert_eq!(wanted(3085.0, &rules()), 309);
+        assert_eq!(wanted(1e9, &rules()), 1024, "at most the most");
+        assert_eq!(wanted(f64::NAN, &rules()), 1);
+    }
+
+    #[test]
+    fn the_sweep_sets_the_count_up_at_once_and_down_once_half_would_do() {
+        let now = at_ms(10_000);
+        let record = ShardCount { count: 8, set_ms: Some(1_000), high: 8, exists: true };
+        assert_eq!(record.following(75.0, now, &rules()), None, "eight is right for 75 a second");
+        assert_eq!(record.following(41.0, now, &rules()), None, "five would do: not half");
+        let down = record.following(40.0, now, &rules()).unwrap();
+        assert_eq!((down.count, down.high, down.set_ms), (4, 8, Some(10_000)));
+        let up = record.following(200.0, now, &rules()).unwrap();
+        assert_eq!((up.count, up.high), (20, 20));
     }
 
     #[test]
     fn the_count_grows_fourfold_while_small_then_twofold_up_to_the_most() {
         let now = at_ms(5_000);
         let one = ShardCount::ONE;
-        assert_eq!(one.grown(1, now, &rules()).unwrap().grown_to, 4);
-        assert_eq!(one.grown(64, now, &rules()).unwrap().grown_to, 128);
+        assert_eq!(one.grown(1, now, &rules()).unwrap().count, 4);
+        assert_eq!(one.grown(64, now, &rules()).unwrap().count, 128);
         let high = one.grown(512, now, &rules()).unwrap();
-        assert_eq!((high.grown_to, high.high), (1024, 1024));
+        assert_eq!((high.count, high.high), (1024, 1024));
         assert_eq!(one.grown(1024, now, &rules()), None);
     }
 
     #[test]
     fn high_comes_down_only_once_nobody_can_write_above_the_count() {
-        let record = ShardCount { grown_to: 128, grown_ms: Some(1_000_000), high: 128, exists: true };
-        // Down to one 14 s after it grew; settled six minutes after that.
+        let record = ShardCount { count: 1, set_ms: Some(1_000_000), high: 128, exists: true };
         assert_eq!(record.settles_at(at_ms(1_000_000 + 60_000), &rules()), None);
-        let settled = record.settles_at(at_ms(1_000_000 + 14_000 + 360_000), &rules()).unwrap();
-        assert_eq!((settled.grown_to, settled.high, settled.grown_ms), (1, 1, Some(1_014_000)));
-        assert_eq!(settled.at(at_ms(2_000_000), &rules()), 1, "the same count in force from then on");
+        let settled = record.settles_at(at_ms(1_000_000 + 420_000), &rules()).unwrap();
+        assert_eq!((settled.count, settled.high), (1, 1));
+        assert_eq!(ShardCount::ONE.settles_at(at_ms(9_000_000), &rules()), None);
     }
 
     #[test]
