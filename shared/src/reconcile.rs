@@ -65,6 +65,9 @@ pub struct ReconcileReport {
     pub left_to_operator: Vec<BatchId>,
     /// Batches formed by the sweep, or by a top-up.
     pub swept: Vec<BatchId>,
+    /// Moves of crumbs together (more shards held a coin's money than one
+    /// batch closes).
+    pub moved: u32,
 }
 
 impl Reconciler {
@@ -205,6 +208,7 @@ impl Reconciler {
             };
             if swept.moved > 0 {
                 tracing::info!(%coin, moves = swept.moved, "crumbs on more shards than one batch closes were moved together");
+                report.moved += swept.moved;
             }
             if !swept.formed.is_empty() {
                 metrics::batch_formed(FormedBy::Sweep, swept.formed.len() as u64);

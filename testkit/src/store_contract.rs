@@ -490,6 +490,106 @@ pub async fn a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less
     assert_audit_clean(instances[0].as_ref()).await;
 }
 
+/// Crumbs: a coin grown to 1,024 shards by a rally, and 64 new instances
+/// (Lambda's, scaling out) each leaving $0.16 on a shard of its own: $10.24
+/// together, yet the 48 fullest shards (what one transaction closes) hold
+/// about $8. What the rally left, one instance each, placed so.
+async fn crumbs(stores: &Stores) -> (Vec<Arc<dyn Store>>, Vec<Placed>) {
+    let coin = Coin::from_trusted("ABAN");
+    stores.table().update(shards_key(&coin), shards_grown(1024, 1024, now()), None).await.unwrap().unwrap();
+    let first = stores.instance();
+    funded(first.as_ref(), &[("alice", "100"), ("bob", "100"), ("house", "100")]).await;
+    let mut instances = vec![first];
+    let mut placed = Vec::new();
+    for i in 0..64 {
+        let instance = stores.instance();
+        placed.push(place(instance.as_ref(), order(["alice", "bob"][i % 2], "0.04")).await);
+        instances.push(instance);
+    }
+    let ledger = instances[0].ledger().await.unwrap();
+    let holding = ledger.pools.iter().filter(|p| p.state.holds_money()).count();
+    assert!(holding > 48, "the crumbs landed on {holding} shards only");
+    (instances, placed)
+}
+
+/// More shards hold a coin's money than one transaction closes, and none
+/// of them the minimum: the sweep moves crumbs together (each move one
+/// transaction, the money in open pools all along), then closes them; no
+/// state holds money out of reach meanwhile.
+pub async fn crumbs_on_more_shards_than_one_close_takes_are_moved_then_batched(stores: Stores) {
+    let (instances, placed) = crumbs(&stores).await;
+    let sweep = pooling(&instances[1], now() + Duration::seconds(2));
+    let first = sweep.sweep(&Coin::from_trusted("ABAN")).await.unwrap();
+    assert_eq!((first.formed.len(), first.moved), (0, 1), "{first:?}");
+    assert_audit_clean(instances[0].as_ref()).await;
+    // Moved, and still pending: its owner sees it so, and can cancel it.
+    let report = audit(&instances[0].ledger().await.unwrap(), ten());
+    assert_eq!(report.pending_orders, 64);
+    let second = sweep.sweep(&Coin::from_trusted("ABAN")).await.unwrap();
+    assert_eq!(second.formed.len(), 1, "{second:?}");
+    let batch = instances[0].batch(second.formed[0]).await.unwrap().unwrap();
+    assert!(batch.usd >= ten() && batch.usd < usd("10.24"), "{batch:?}");
+    let ledger = instances[0].ledger().await.unwrap();
+    let open: Decimal = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
+    assert!(open < Decimal::TEN, "{open}");
+    let mut statuses: HashMap<&str, usize> = HashMap::new();
+    for p in &placed {
+        let view = instances[2].order(&p.order.order.user, p.order.order.id).await.unwrap().unwrap();
+        *statuses.entry(view.status.as_str()).or_default() += 1;
+    }
+    assert_eq!(statuses.get("settling").copied().unwrap_or(0), batch.count as usize, "{statuses:?}");
+    assert_audit_clean(instances[0].as_ref()).await;
+}
+
+/// Crumbs moved together are their owners' still: a cancel takes one out
+/// of the shard it was moved to; the refund policy cancels every crumb that
+/// waited too long, wherever it is; no batch forms without them after.
+pub async fn crumbs_moved_together_are_canceled_by_their_owners_and_the_refund_policy(stores: Stores) {
+    let (instances, placed) = crumbs(&stores).await;
+    let sweep = pooling(&instances[1], now() + Duration::seconds(2));
+    assert_eq!(sweep.sweep(&Coin::from_trusted("ABAN")).await.unwrap().moved, 1);
+    let ledger = instances[0].ledger().await.unwrap();
+    let moved_to = ledger.pools.iter().max_by_key(|p| p.state.count).unwrap();
+    let moved = moved_to.state.members.iter().find(|m| m.order != placed[0].order.order.id).unwrap().clone();
+    let canceled = instances[3].cancel_order(&moved.user, moved.order).await.unwrap();
+    assert_eq!((canceled.now, canceled.order.status), (true, OrderStatus::Canceled));
+    assert_audit_clean(instances[0].as_ref()).await;
+
+    let refund = policy(WaitAction::Refund);
+    let late = pooling(&instances[4], now() + Duration::hours(1));
+    let report = late.bound_wait(&Coin::from_trusted("ABAN"), Some(usd("4")), Some(&refund)).await.unwrap();
+    assert_eq!(report.canceled, 63, "{report:?}");
+    let ledger = instances[0].ledger().await.unwrap();
+    assert!(ledger.pools.iter().all(|p| !p.state.holds_money()));
+    assert_eq!(
+        (instances[0].balance(&user("alice")).await.unwrap(), instances[0].balance(&user("bob")).await.unwrap()),
+        (usd("100"), usd("100"))
+    );
+    assert_audit_clean(instances[0].as_ref()).await;
+}
+
+/// The top-up over crumbs on more shards than one transaction closes: the
+/// house completes the group that holds the oldest order (48 shards at
+/// most), paying the minimum less what that group holds, once.
+pub async fn a_top_up_over_crumbs_pays_for_the_oldest_money_once(stores: Stores) {
+    let (instances, placed) = crumbs(&stores).await;
+    let top_up = policy(WaitAction::TopUp { house: user("house") });
+    let late = pooling(&instances[1], now() + Duration::hours(1));
+    let report = late.bound_wait(&Coin::from_trusted("ABAN"), Some(usd("4")), Some(&top_up)).await.unwrap();
+    let batch = instances[0].batch(report.topped_up.expect("a top-up")).await.unwrap().unwrap();
+    let house_paid = usd("100").checked_sub(instances[0].balance(&user("house")).await.unwrap()).unwrap();
+    let customers = batch.usd.checked_sub(house_paid).unwrap();
+    assert_eq!(batch.pools.len(), 48, "{batch:?}");
+    assert!(customers >= usd("7.68") && house_paid == ten().checked_sub(customers).unwrap(), "{batch:?} {house_paid}");
+    let oldest = &placed[0].order.order;
+    let view = instances[2].order(&oldest.user, oldest.id).await.unwrap().unwrap();
+    assert_eq!(view.batch_id, Some(batch.id), "the oldest order's money first");
+    // Once: the next check finds what is left under the minimum and younger.
+    let again = late.bound_wait(&Coin::from_trusted("ABAN"), Some(usd("4")), Some(&top_up)).await.unwrap();
+    assert!(again.house_balance.is_some());
+    assert_audit_clean(instances[0].as_ref()).await;
+}
+
 /// Small orders only, many at once on several instances: batches of ten
 /// dollars or more, each exactly its orders, each order debited once; the
 /// pool (over however many shards the collisions made) holds the rest, and
@@ -863,6 +963,9 @@ macro_rules! store_contract_tests {
             racing_orders_of_mixed_sizes_on_several_instances_form_each_batch_exactly_once,
             racing_small_orders_form_each_batch_exactly_once,
             a_pool_spread_over_shards_batches_exactly_and_the_sweep_leaves_less_than_the_minimum,
+            crumbs_on_more_shards_than_one_close_takes_are_moved_then_batched,
+            crumbs_moved_together_are_canceled_by_their_owners_and_the_refund_policy,
+            a_top_up_over_crumbs_pays_for_the_oldest_money_once,
             racing_replays_of_one_key_debit_once,
             a_key_reused_for_another_order_is_refused,
             a_pending_order_is_canceled_once_and_its_pool_forms_without_it,

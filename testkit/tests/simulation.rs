@@ -1,7 +1,10 @@
 //! A deterministic simulation of the whole service: three processes
 //! (their own stores, caches and clocks) sharing one table, clients placing
 //! orders of every size with and without idempotency keys (replays, reused
-//! keys, retries after an unknown outcome), operators depositing, settlers
+//! keys, retries after an unknown outcome), rallies (a coin's shards grown,
+//! and many new instances each leaving a crumb on a shard of its own: more
+//! shards holding money than one transaction closes), cancels racing all of
+//! it, a wait policy per seed, operators depositing, settlers
 //! consuming an at-least-once queue, a reconciler, an exchange answering in
 //! every way the protocol allows; and faults: conflicts, throttling, lost
 //! replies (of writes and of reads), failed sends, crashes between any two
@@ -30,6 +33,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use rust_decimal::Decimal;
 use shared::adapters::dynamodb::DynamoStore;
+use shared::adapters::dynamodb::item;
 use shared::adapters::dynamodb::table::Table;
 use shared::adapters::dynamodb::table::memory::MemoryTable;
 use shared::audit::{Ledger, audit};
@@ -60,6 +64,7 @@ const LOAD: Duration = Duration::from_secs(60);
 const DRAIN_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
 struct Process {
+    clock: Arc<SimClock>,
     store: Arc<DynamoStore>,
     service: Arc<OrderService>,
     settler: Arc<Settler>,
@@ -93,6 +98,7 @@ impl Factory {
         // Each process's clock is a little off; all see the jumps.
         let skew = time::Duration::milliseconds(self.world.dice.below(4000) as i64 - 2000);
         let clock = Arc::new(SimClock::new(self.start, Arc::clone(&self.jumps_ms), skew));
+        let clock_of_process = Arc::clone(&clock);
         let store =
             Arc::new(DynamoStore::on(faulty).with_jitter_seed(self.world.dice.seed()).with_clock(clock.clone()));
         Process {
@@ -126,6 +132,7 @@ impl Factory {
                     })),
             ),
             store,
+            clock: Arc::clone(&clock_of_process),
         }
     }
 }
@@ -158,6 +165,9 @@ struct Run {
     minimum: Usd,
     replies: Mutex<Replies>,
     jumps_ms: Arc<AtomicI64>,
+    /// Rallies that left crumbs, and moves of crumbs by the sweep.
+    rallies: std::sync::atomic::AtomicU64,
+    moves: std::sync::atomic::AtomicU64,
     auditor: DynamoStore,
 }
 
@@ -187,6 +197,8 @@ struct Summary {
     canceled: usize,
     top_ups: usize,
     house_left: Usd,
+    rallies: u64,
+    moves: u64,
     /// The final table and exchange, as text: equal for equal seeds.
     fingerprint: String,
 }
@@ -271,6 +283,8 @@ impl Run {
             minimum,
             replies: Mutex::default(),
             jumps_ms,
+            rallies: Default::default(),
+            moves: Default::default(),
             auditor,
         })
     }
@@ -281,6 +295,39 @@ impl Run {
 
     fn ledger(&self) -> Ledger {
         self.auditor.ledger().now_or_never().expect("the memory table answers at once").unwrap()
+    }
+
+    /// What pooled money may be left once the load is over: with the refund
+    /// policy, none (every order waits at most its limit, then is canceled,
+    /// whatever state its money is in); otherwise less than the minimum per
+    /// coin (more would be batched). `Err` says what is left.
+    fn pools_left(&self, ledger: &Ledger) -> Result<(), String> {
+        if matches!(self.factory.wait, Some(WaitPolicy { action: WaitAction::Refund, .. })) {
+            let pending: Vec<String> = ledger
+                .pools
+                .iter()
+                .flat_map(|pool| pool.state.members.iter().map(move |m| format!("{} on {} {}", m.order, pool.coin, pool.shard)))
+                .collect();
+            if !pending.is_empty() {
+                return Err(format!("orders still pending under the refund policy once the load stopped: {pending:?}"));
+            }
+        }
+        let mut pending: BTreeMap<String, Decimal> = BTreeMap::new();
+        for pool in &ledger.pools {
+            *pending.entry(pool.coin.to_string()).or_default() += pool.state.usd.value();
+        }
+        match pending.iter().find(|(_, usd)| **usd >= self.minimum.value()) {
+            Some((coin, usd)) => {
+                let shards: Vec<String> = ledger
+                    .pools
+                    .iter()
+                    .filter(|p| p.coin.as_str() == coin && p.state.holds_money())
+                    .map(|p| format!("{}: {} in {} v{} s{}", p.shard, p.state.usd, p.state.count, p.state.version, p.state.seq))
+                    .collect();
+                Err(format!("the pools of {coin} hold {usd} USD together once the load stopped: {shards:?}"))
+            }
+            None => Ok(()),
+        }
     }
 
     /// An order of any size: tiny, pooled, crossing, bought alone, too large.
@@ -317,6 +364,10 @@ impl Run {
             }
             if self.world.dice.chance(0.15) {
                 self.burst().await;
+                continue;
+            }
+            if self.world.dice.chance(0.004) {
+                self.rally().await;
                 continue;
             }
             if self.world.dice.chance(0.08) {
@@ -376,6 +427,9 @@ impl Run {
                 replies.canceled.insert(id);
             }
             Ok(other) => self.world.violated(format!("a cancel of {id} answered {other:?}")),
+            Err(CancelError::NotPending(view)) if view.status == OrderStatus::Pending => {
+                self.world.violated(format!("a cancel of {id} was refused, yet the order is pending: {view:?}"))
+            }
             Err(CancelError::NotPending(view)) if view.status != OrderStatus::Canceled => {
                 if std::env::var("SIM_DEBUG").is_ok() {
                     eprintln!("cancel of {id} answered not pending: {view:?}");
@@ -410,6 +464,32 @@ impl Run {
             })
             .collect();
         futures::future::join_all(placements).await;
+    }
+
+    /// A rally on ABAN, as many Lambda instances make it: its shard count
+    /// grown to 256 (as their collisions, or the sweep following its rate,
+    /// would), then 90 new instances each placing one crumb of $0.12 on a
+    /// shard of its own and going quiet: $10.80 over some 75 shards, more
+    /// than one transaction closes for the minimum (48 of them hold about
+    /// $6). The sweep must move them together, then close them; clients
+    /// cancel some meanwhile; the wait policy acts on those left too long.
+    async fn rally(&self) {
+        let coin = shared::domain::Coin::from_trusted("ABAN");
+        let now = shared::ports::Clock::now(self.process().clock.as_ref());
+        // Grown, as growth does: `high` never comes down by it.
+        let key = item::shards_key(&coin);
+        let read = self.factory.memory.get(key.clone()).await.ok().flatten();
+        let read = item::shard_count_of(read.as_ref()).unwrap();
+        let grown = read.set_to(256.max(read.count), now, &shared::domain::ShardRules::default());
+        let _ = self.factory.memory.update(key, item::shards_record(&grown), None).await;
+        self.rallies.fetch_add(1, Ordering::Relaxed);
+        let crumb = Quantity::parse("0.03").unwrap();
+        for _ in 0..90 {
+            let instance = self.factory.process();
+            let user = self.world.dice.pick(&self.users).clone();
+            let result = instance.service.place(user.clone(), "ABAN", crumb, None).await;
+            self.record_reply(&user, "ABAN", crumb, None, result);
+        }
     }
 
     /// Places one order as a client would: an unknown outcome is retried
@@ -493,7 +573,9 @@ impl Run {
     async fn reconciler(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.world.dice.millis(20_000..40_000)).await;
-            let _ = self.process().reconciler.run_once().await;
+            if let Ok(report) = self.process().reconciler.run_once().await {
+                self.moves.fetch_add(u64::from(report.moved), Ordering::Relaxed);
+            }
         }
     }
 
@@ -543,14 +625,9 @@ impl Run {
         if !open.is_empty() {
             return Err(format!("batches never settled nor refunded once the faults stopped: {open:?}"));
         }
-        // Nothing stranded: each coin's shards hold less than the minimum together.
-        let mut pending: BTreeMap<String, Decimal> = BTreeMap::new();
-        for pool in &ledger.pools {
-            *pending.entry(pool.coin.to_string()).or_default() += pool.state.usd.value();
-        }
-        if let Some((coin, usd)) = pending.iter().find(|(_, usd)| **usd >= self.minimum.value()) {
-            return Err(format!("the pools of {coin} hold {usd} USD together once the load stopped"));
-        }
+        // Nothing stranded: each coin's shards hold less than the minimum
+        // together; under the refund policy, nothing at all.
+        self.pools_left(&ledger)?;
         // What the exchange filled is exactly what the table says was bought.
         let records = self.exchange.records();
         for batch in &ledger.batches {
@@ -619,6 +696,8 @@ impl Run {
             canceled: ledger.orders.iter().filter(|o| o.canceled).count(),
             top_ups: ledger.orders.iter().filter(|o| o.user.as_str() == HOUSE).count(),
             house_left: ledger.accounts.iter().find(|(u, _)| u.as_str() == HOUSE).map_or(Usd::ZERO, |(_, b)| *b),
+            rallies: self.rallies.load(Ordering::Relaxed),
+            moves: self.moves.load(Ordering::Relaxed),
             fingerprint: format!("{ledger:?}\n{records:?}"),
         })
     }
@@ -657,8 +736,9 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
         }
         let clients_done =
             workers.lock().unwrap().iter().all(|(role, handle)| *role != Role::Client || handle.is_finished());
-        let all_decided = run.ledger().batches.iter().all(|b| b.status.is_final());
-        if clients_done && all_decided {
+        let ledger = run.ledger();
+        let all_decided = ledger.batches.iter().all(|b| b.status.is_final());
+        if clients_done && all_decided && run.pools_left(&ledger).is_ok() {
             break;
         }
         if drain_start.elapsed() > DRAIN_LIMIT {
@@ -704,7 +784,7 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
             Ok(summary) => println!(
                 "seed {seed}: {} steps, {} orders, {} batches settled, {} refunded, {} unknown outcomes, {} busy, \
                  {} resends after a refusal a crash kept from being recorded, {} pool shards, {} batches of several shards, \
-                 {} orders canceled, {} top-ups by the house (who holds {} USD at the end)",
+                 {} orders canceled, {} top-ups by the house (who holds {} USD at the end), {} rallies, {} moves of crumbs",
                 summary.steps,
                 summary.orders,
                 summary.settled,
@@ -716,7 +796,9 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
                 summary.merged_batches,
                 summary.canceled,
                 summary.top_ups,
-                summary.house_left
+                summary.house_left,
+                summary.rallies,
+                summary.moves
             ),
             Err(violation) => panic!(
                 "seed {seed} broke an invariant {violation}\n\nreplay it: SIM_SEED={seed} cargo test -p testkit --test simulation -- --nocapture"

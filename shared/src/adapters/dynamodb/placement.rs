@@ -474,3 +474,129 @@ impl DynamoStore {
         Ok((view, formed.filter(|_| still_ready)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::adapters::dynamodb::testing::{Intercepted, order_at, usd};
+    use crate::audit::audit;
+    use crate::domain::{Coin, UserId};
+    use crate::ports::{Accounts, LedgerRecords, Orders};
+
+    fn order(user: &str, amount: &str) -> NewOrder {
+        order_at(user, amount, OffsetDateTime::now_utc())
+    }
+
+    async fn store_on(table: Arc<dyn crate::adapters::dynamodb::table::Table>, users: &[&str]) -> DynamoStore {
+        let store = DynamoStore::on(table);
+        for user in users {
+            store.open_account(&UserId::parse(user).unwrap(), usd("1000")).await.unwrap();
+        }
+        store
+    }
+
+    async fn assert_audit_clean(store: &DynamoStore) {
+        let report = audit(&store.ledger().await.unwrap(), usd("10"));
+        assert!(report.is_clean(), "{report}");
+    }
+
+    /// A view of the shard that is wrong (another process's orders of
+    /// another size, a bug): the close it makes look due must not take
+    /// members that are not there; the order is decided again on the shard
+    /// as the cancellation returned it.
+    #[tokio::test]
+    async fn a_close_decided_from_a_wrong_view_fails_and_is_decided_again() {
+        let store = store_on(Arc::new(Intercepted::yielding()), &["alice", "bob"]).await;
+        store.place(order("alice", "1"), usd("10")).await.unwrap(); // $4
+        store.place(order("alice", "0.25"), usd("10")).await.unwrap(); // $5
+        {
+            let mut turn = store.lanes.enter(&Coin::from_trusted("ABAN")).await;
+            let known = turn.known.as_mut().unwrap();
+            known.usd = usd("8");
+            known.members.push(Member {
+                order: crate::domain::OrderId::generate(),
+                user: UserId::parse("mallory").unwrap(),
+                placed: OffsetDateTime::now_utc(),
+            });
+        }
+
+        // $3 more: $11 by the view, $8 in truth.
+        let retries = store.stats().stale_pool_retries;
+        let placed = store.place(order("bob", "0.75"), usd("10")).await.unwrap();
+
+        assert_eq!(placed.formed, None, "a batch formed at $8");
+        assert_audit_clean(&store).await;
+        assert_eq!(store.stats().stale_pool_retries, retries + 1);
+    }
+
+    /// A close takes the members its process saw, by name: orders another
+    /// process placed on the shard since stay there, pending.
+    #[tokio::test]
+    async fn orders_that_joined_since_a_close_was_decided_stay_in_the_pool() {
+        let table: Arc<dyn crate::adapters::dynamodb::table::Table> =
+            Arc::new(crate::adapters::dynamodb::table::memory::MemoryTable::new());
+        let (a, b) = (store_on(Arc::clone(&table), &["alice", "bob"]).await, DynamoStore::on(Arc::clone(&table)));
+        a.place(order("alice", "1.5"), usd("10")).await.unwrap(); // $6 on shard 0, as `a` knows it
+        let joined = b.place(order("bob", "0.25"), usd("10")).await.unwrap(); // $1 more, unknown to `a`
+
+        let crossing = a.place(order("alice", "1"), usd("10")).await.unwrap(); // $4: $10 with what `a` saw
+
+        let batch = a.read_batch(crossing.formed.expect("a batch")).await.unwrap().unwrap();
+        assert_eq!((batch.usd, batch.count), (usd("10"), 2), "bob's order is not a's to take");
+        let bob = b.order(&UserId::parse("bob").unwrap(), joined.order.order.id).await.unwrap().unwrap();
+        assert_eq!(bob.status, crate::domain::OrderStatus::Pending);
+        assert_eq!(a.stats().placement_transactions, 3, "no retry");
+        assert_audit_clean(&a).await;
+    }
+
+    /// Within one process, a coin's pooled orders take turns: none of them
+    /// ever decides from a view another one is changing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_process_takes_turns_on_a_coin_so_its_orders_never_retry() {
+        let store = Arc::new(store_on(Arc::new(Intercepted::yielding()), &["alice"]).await);
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let amount = ["0.25", "0.5", "1", "1.75"][i % 4];
+                tokio::spawn(async move { store.place(order("alice", amount), usd("10")).await.unwrap() })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = store.stats();
+        // The first order finds the coin's shard does not exist yet, once.
+        assert_eq!(
+            (stats.orders_placed, stats.placement_transactions, stats.stale_pool_retries),
+            (40, 41, 1),
+            "{stats:?}"
+        );
+        assert_audit_clean(&store).await;
+    }
+
+    /// Orders of the minimum or more never wait for the pool's turn, and
+    /// never touch what the pooled orders know of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn orders_bought_alone_leave_the_pool_and_its_lane_alone() {
+        let store = Arc::new(store_on(Arc::new(Intercepted::yielding()), &["alice", "bob"]).await);
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let (user, amount) = if i % 2 == 0 { ("alice", "0.5") } else { ("bob", "3") };
+                tokio::spawn(async move { store.place(order(user, amount), usd("10")).await.unwrap() })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!((stats.placement_transactions, stats.stale_pool_retries), (41, 1), "{stats:?}");
+        assert_audit_clean(&store).await;
+    }
+}

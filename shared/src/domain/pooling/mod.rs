@@ -22,6 +22,8 @@
 //! - [`shards`]: how many shards a coin has, and which one an order tries.
 
 pub mod placement;
+#[cfg(test)]
+mod properties;
 pub mod shards;
 pub mod sweep;
 pub mod wait;
