@@ -95,6 +95,8 @@ struct Rate {
 
 /// How much of a new measure of a coin's rate goes into its smoothed rate.
 const RATE_WEIGHT: f64 = 0.3;
+/// A coin's rate is measured over at least this long.
+const RATE_OVER: Duration = Duration::from_secs(1);
 
 impl Pooling {
     pub fn new(pools: Arc<dyn Pools>, clock: Arc<dyn Clock>, minimum: Usd) -> Pooling {
@@ -195,13 +197,19 @@ impl Pooling {
         let rate = {
             let Ok(mut rates) = self.rates.lock() else { return Ok(()) };
             let at = Instant::now();
-            let measured = rates.get(coin).and_then(|last| {
-                let elapsed = at.duration_since(last.at).as_secs_f64();
-                let seen = versions.checked_sub(last.versions)? as f64 / elapsed.max(f64::MIN_POSITIVE);
-                Some(last.per_second.map_or(seen, |rate| rate + RATE_WEIGHT * (seen - rate)))
-            });
-            rates.insert(coin.clone(), Rate { versions, at, per_second: measured });
-            measured
+            match rates.get(coin).copied() {
+                // Too soon to tell: the last measure stands.
+                Some(last) if at.duration_since(last.at) < RATE_OVER => last.per_second,
+                last => {
+                    let measured = last.and_then(|last| {
+                        let elapsed = at.duration_since(last.at).as_secs_f64();
+                        let seen = versions.checked_sub(last.versions)? as f64 / elapsed;
+                        Some(last.per_second.map_or(seen, |rate| rate + RATE_WEIGHT * (seen - rate)))
+                    });
+                    rates.insert(coin.clone(), Rate { versions, at, per_second: measured });
+                    measured
+                }
+            }
         };
         let next = match rate {
             Some(rate) => count.following(rate, now, &self.shards),

@@ -306,7 +306,9 @@ impl Run {
             let pending: Vec<String> = ledger
                 .pools
                 .iter()
-                .flat_map(|pool| pool.state.members.iter().map(move |m| format!("{} on {} {}", m.order, pool.coin, pool.shard)))
+                .flat_map(|pool| {
+                    pool.state.members.iter().map(move |m| format!("{} on {} {}", m.order, pool.coin, pool.shard))
+                })
                 .collect();
             if !pending.is_empty() {
                 return Err(format!("orders still pending under the refund policy once the load stopped: {pending:?}"));
@@ -322,7 +324,12 @@ impl Run {
                     .pools
                     .iter()
                     .filter(|p| p.coin.as_str() == coin && p.state.holds_money())
-                    .map(|p| format!("{}: {} in {} v{} s{}", p.shard, p.state.usd, p.state.count, p.state.version, p.state.seq))
+                    .map(|p| {
+                        format!(
+                            "{}: {} in {} v{} s{}",
+                            p.shard, p.state.usd, p.state.count, p.state.version, p.state.seq
+                        )
+                    })
                     .collect();
                 Err(format!("the pools of {coin} hold {usd} USD together once the load stopped: {shards:?}"))
             }

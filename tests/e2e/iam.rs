@@ -214,14 +214,18 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
     // pool shards hold is swept into a batch.
     let permissions = Permissions::new();
     let Instance { store, queue, _sent } = instance(&table, &permissions, 0);
-    // A second coin whose rally left fifty shards of $0.20: more than one
-    // transaction closes for the minimum, so the sweep moves crumbs together,
-    // the next closes them, and the one after finds the shards above the
-    // count empty and stops reading them. (Orders and pools written
-    // directly: this test asks what is called.)
+    // A second coin whose rally left fifty shards of $0.20, its count long
+    // since down to one: more shards hold its money than one transaction
+    // closes for the minimum, so the sweep moves crumbs together, the next
+    // closes them, and the one after finds the shards above the count empty
+    // and stops reading them. (Orders and pools written directly: this test
+    // asks what is called.)
     let crumbs = Coin::from_trusted("IAMX");
     let long_ago = OffsetDateTime::now_utc() - time::Duration::minutes(30);
-    admin.table().update(shards_key(&crumbs), shards_grown(64, 64, long_ago), None).await.unwrap().unwrap();
+    // Placed a minute before the reconciler's clock: due for the sweep, not
+    // yet for the wait policy.
+    let placed = OffsetDateTime::now_utc() + time::Duration::minutes(59);
+    admin.table().update(shards_key(&crumbs), shards_grown(1, 64, long_ago), None).await.unwrap().unwrap();
     for shard in 0..50 {
         let order = Order {
             id: OrderId::generate(),
@@ -233,10 +237,10 @@ async fn each_function_is_granted_exactly_what_its_code_calls() {
             membership: Membership::Pool { shard, formed: None },
             refunded: false,
             canceled: false,
-            created_at: long_ago,
+            created_at: placed,
         };
         admin.table().put(order_item(&order), None).await.unwrap().unwrap();
-        let member = Member { order: order.id, user: order.user.clone(), placed: long_ago };
+        let member = Member { order: order.id, user: order.user.clone(), placed };
         let changes = Changes::new()
             .set("usd", n(Decimal::new(2, 1)))
             .set("qty", n(Decimal::new(5, 2)))

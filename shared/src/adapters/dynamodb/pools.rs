@@ -147,6 +147,20 @@ impl DynamoStore {
         }
     }
 
+    /// A coin's shard count and its shard 0, in one `BatchGetItem`: what a
+    /// process placing the coin for the first time needs.
+    pub(super) async fn first_look(&self, coin: &Coin) -> Result<(ShardCount, ShardPool), InfraError> {
+        StoreStats::count(&self.stats.pool_reads);
+        let found = self.table.get_many(vec![shards_key(coin), pool_key(coin, 0)]).await?;
+        let sk = |item: &Item| get_s(item, item::SK).map(str::to_owned).unwrap_or_default();
+        let count = found.iter().find(|i| sk(i) == "SHARDS");
+        let pool = found.iter().find(|i| sk(i) == "POOL");
+        Ok((
+            shard_count_of(count).map_err(infra("read shard count"))?,
+            item::shard_pool_of(0, pool).map_err(infra("read pool"))?,
+        ))
+    }
+
     /// The open pools of `shards`, one `BatchGetItem` per hundred, all at once.
     pub(super) async fn pools_of(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<ShardPool>, InfraError> {
         let reads = shards

@@ -34,7 +34,10 @@ pub struct Intercepted {
     pub inner: std::sync::Arc<dyn super::table::Table>,
     #[allow(clippy::type_complexity)]
     pub before: Box<
-        dyn Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), super::table::TableError>> + Send>>
+        dyn Fn(
+                &'static str,
+            )
+                -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), super::table::TableError>> + Send>>
             + Send
             + Sync,
     >,
@@ -98,10 +101,7 @@ impl super::table::Table for Intercepted {
         (self.before)("query").await?;
         self.inner.query(query).await
     }
-    async fn scan(
-        &self,
-        start: Option<super::table::Item>,
-    ) -> Result<super::table::Page, super::table::TableError> {
+    async fn scan(&self, start: Option<super::table::Item>) -> Result<super::table::Page, super::table::TableError> {
         (self.before)("scan").await?;
         self.inner.scan(start).await
     }

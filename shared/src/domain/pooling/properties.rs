@@ -23,14 +23,24 @@ use crate::domain::{OrderId, Quantity, Usd, UserId};
 #[derive(Debug, Clone)]
 enum Step {
     /// An order of `cents` cents on shard `shard` (of the coin's 64).
-    Place { cents: u32, shard: u32 },
+    Place {
+        cents: u32,
+        shard: u32,
+    },
     /// A rally: `count` crumbs of `cents` cents, one on each of as many
     /// shards (more shards holding money than one close takes).
-    Rally { cents: u32, count: u32 },
+    Rally {
+        cents: u32,
+        count: u32,
+    },
     /// Its owner cancels the `pick`-th pending order.
-    Cancel { pick: usize },
+    Cancel {
+        pick: usize,
+    },
     /// Time passes.
-    Wait { ms: u64 },
+    Wait {
+        ms: u64,
+    },
     Sweep,
     TopUp,
     Refund,
@@ -182,7 +192,12 @@ impl Model {
                                 let moved = std::mem::take(&mut self.pools[shard as usize].members);
                                 let source = &mut self.pools[shard as usize];
                                 let (usd, qty, count) = (source.usd, source.qty, source.count);
-                                *source = ShardPool { shard, seq: source.seq, version: source.version + 1, ..ShardPool::default() };
+                                *source = ShardPool {
+                                    shard,
+                                    seq: source.seq,
+                                    version: source.version + 1,
+                                    ..ShardPool::default()
+                                };
                                 let target = &mut self.pools[into as usize];
                                 target.usd = target.usd.checked_add(usd).unwrap();
                                 target.qty += qty;
@@ -215,7 +230,10 @@ impl Model {
                     let house = order_at(self.now);
                     self.batch(members, Some((house, cost)));
                     let (batch_usd, _) = self.batches.last().unwrap();
-                    prop_assert!(batch_usd.value() - self.minimum.value() < Decimal::new(4, 8), "the house paid more than the gap");
+                    prop_assert!(
+                        batch_usd.value() - self.minimum.value() < Decimal::new(4, 8),
+                        "the house paid more than the gap"
+                    );
                 }
             }
             Step::Refund => {
