@@ -27,11 +27,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod cost;
-mod earliest;
-mod run;
-mod svg;
-mod traffic;
+use hot_coin::{cost, svg};
 
 use std::time::Duration;
 
@@ -40,8 +36,8 @@ use shared::config::{POOL_SWEEP_EVERY, sweep_rules};
 use shared::domain::ShardRules;
 use testkit::contention::{ContentionRules, Kind, Latency, Ledger, Limit};
 
-use crate::run::{Arrivals, Design, Dispatch, Outcome, Setup, Target, point};
-use crate::traffic::Mix;
+use hot_coin::run::{Arrivals, Design, Dispatch, Outcome, Setup, Target, point};
+use hot_coin::traffic::Mix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Designs {

@@ -106,6 +106,30 @@ pub struct Setup {
     pub burst: usize,
 }
 
+impl Setup {
+    /// A point on the model with the service's own settings: `arrivals` of
+    /// `mix` for `load` (measured after `warmup`), then 3 s of sweeping and
+    /// settling; a table warmed to `warm` write units a second.
+    pub fn model(arrivals: Arrivals, mix: Mix, warmup: Duration, load: Duration, warm: u64) -> Setup {
+        Setup {
+            target: Target::Model,
+            dispatch: Dispatch::Random,
+            design: Design::Sharded,
+            arrivals,
+            mix,
+            load,
+            warmup,
+            after: Duration::from_secs(3),
+            rules: ContentionRules::default().warmed_to(warm),
+            shards: ShardRules::default(),
+            sweep: shared::config::sweep_rules(),
+            sweep_every: shared::config::POOL_SWEEP_EVERY,
+            concurrency: 1000,
+            burst: 1000,
+        }
+    }
+}
+
 /// What a point came to.
 pub struct Outcome {
     pub placed: u64,

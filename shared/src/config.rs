@@ -13,13 +13,13 @@ use crate::domain::{PriceList, ResendPolicy, Usd};
 /// other shards into a batch once they hold the minimum together. Younger
 /// money is left to its shard's next order, which closes the shard at no
 /// extra cost (`domain::pooling::sweep`).
-pub const POOL_DUE_AFTER: time::Duration = time::Duration::milliseconds(100);
+pub const POOL_DUE_AFTER: time::Duration = time::Duration::milliseconds(50);
 
 /// How often the reconciler sweeps pool shards: money spread over shards is
 /// batched about `POOL_DUE_AFTER` plus up to this long after the coin holds
 /// the minimum. A coin that never grew past one shard costs a read of its
 /// shard count a second; one that did, a read of its shards per sweep.
-pub const POOL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+pub const POOL_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The sweep's rules as deployed.
 pub fn sweep_rules() -> crate::domain::SweepRules {

@@ -501,9 +501,15 @@ async fn crumbs(stores: &Stores) -> (Vec<Arc<dyn Store>>, Vec<Placed>) {
     funded(first.as_ref(), &[("alice", "100"), ("bob", "100"), ("house", "100")]).await;
     let mut instances = vec![first];
     let mut placed = Vec::new();
+    let start = now();
     for i in 0..64 {
         let instance = stores.instance();
-        placed.push(place(instance.as_ref(), order(["alice", "bob"][i % 2], "0.04")).await);
+        // A millisecond apart: the first is the oldest.
+        let crumb = NewOrder {
+            created_at: start + Duration::milliseconds(i),
+            ..order(["alice", "bob"][i as usize % 2], "0.04")
+        };
+        placed.push(place(instance.as_ref(), crumb).await);
         instances.push(instance);
     }
     let ledger = instances[0].ledger().await.unwrap();

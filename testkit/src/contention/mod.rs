@@ -306,17 +306,18 @@ impl ContendedTable {
     ) -> Result<T, TableError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let began = Instant::now();
-        {
+        let admitted = {
             let mut state = self.state.lock().unwrap();
-            if !partitions.iter().all(|pk| self.admit_read(&mut state, pk, began)) {
-                drop(state);
-                self.stats.throttles.fetch_add(1, Ordering::Relaxed);
-                self.note(kind, |c| c.throttled(Limit::PartitionRead));
-                return Err(TableError::Throttled {
-                    operation: "read",
-                    source: "ProvisionedThroughputExceeded: over the partition's or table's read units (model)".into(),
-                });
-            }
+            partitions.iter().all(|pk| self.admit_read(&mut state, pk, began))
+        };
+        if !admitted {
+            self.stats.throttles.fetch_add(1, Ordering::Relaxed);
+            self.note(kind, |c| c.throttled(Limit::PartitionRead));
+            tokio::time::sleep(self.draw(self.rules.refusal)).await;
+            return Err(TableError::Throttled {
+                operation: "read",
+                source: "ProvisionedThroughputExceeded: over the partition's or table's read units (model)".into(),
+            });
         }
         tokio::time::sleep(self.draw(self.rules.read)).await;
         let found = read.await?;
@@ -343,24 +344,32 @@ impl ContendedTable {
         let kind = Kind::of_write(&write);
         let planned = self.plan(&write).await;
         let began = Instant::now();
-        {
+        let refused = {
             let mut state = self.state.lock().unwrap();
             if state.held.get(&planned.key).is_some_and(|until| *until > began) {
-                drop(state);
+                Some(None)
+            } else {
+                self.admit_writes(&mut state, std::slice::from_ref(&planned), false, began).map(Some)
+            }
+        };
+        match refused {
+            None => {}
+            Some(None) => {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 self.note(kind, |c| {
                     c.requests += 1;
                     c.conflicts += 1;
                 });
+                tokio::time::sleep(self.draw(self.rules.refusal)).await;
                 return Err(TableError::Throttled {
                     operation: "single write",
                     source: "TransactionConflictException: a transaction holds the item (model)".into(),
                 });
             }
-            if let Some(limit) = self.admit_writes(&mut state, std::slice::from_ref(&planned), false, began) {
-                drop(state);
+            Some(Some(limit)) => {
                 self.stats.throttles.fetch_add(1, Ordering::Relaxed);
                 self.note(kind, |c| c.throttled(limit));
+                tokio::time::sleep(self.draw(self.rules.refusal)).await;
                 return Err(TableError::Throttled {
                     operation: "single write",
                     source: format!("ProvisionedThroughputExceeded: {} (model)", limit.describe()).into(),
@@ -441,14 +450,28 @@ impl Table for ContendedTable {
         }
         let billed: u64 = planned.iter().map(|p| Self::billed(p, true)).sum();
         let now = Instant::now();
-        let took = self.draw(self.rules.transaction);
+        let items = writes.len().saturating_sub(3) as f64;
+        let took = self.draw(self.rules.transaction).mul_f64(1.0 + self.rules.per_item * items);
         let until = now + took;
         let keys: Vec<Key> = planned.iter().map(|p| p.key.clone()).collect();
-        {
+        // Refused, and why: items another transaction holds, or a limit.
+        let refused: Option<Result<Vec<bool>, Limit>> = {
             let mut state = self.state.lock().unwrap();
             let held: Vec<bool> = keys.iter().map(|k| state.held.get(k).is_some_and(|t| *t > now)).collect();
             if held.iter().any(|h| *h) {
-                drop(state);
+                Some(Ok(held))
+            } else if let Some(limit) = self.admit_writes(&mut state, &planned, true, now) {
+                Some(Err(limit))
+            } else {
+                for key in &keys {
+                    state.held.insert(key.clone(), until);
+                }
+                None
+            }
+        };
+        match refused {
+            None => {}
+            Some(Ok(held)) => {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 if std::env::var("CONTENTION_DEBUG").is_ok() {
                     let which: Vec<String> =
@@ -461,19 +484,17 @@ impl Table for ContendedTable {
                     c.write_units += billed;
                 });
                 let reasons = held.iter().map(|h| if *h { Reason::Conflict } else { Reason::None }).collect();
+                tokio::time::sleep(self.draw(self.rules.refusal)).await;
                 return Ok(Transacted::Cancelled(reasons));
             }
-            if let Some(limit) = self.admit_writes(&mut state, &planned, true, now) {
-                drop(state);
+            Some(Err(limit)) => {
                 self.stats.throttles.fetch_add(1, Ordering::Relaxed);
                 self.note(kind, |c| c.throttled(limit));
                 // The index over its limit throttles the table's write, which
                 // the caller sees as throttling of that write.
                 let reasons = planned.iter().map(|_| Reason::Throttled).collect();
+                tokio::time::sleep(self.draw(self.rules.refusal)).await;
                 return Ok(Transacted::Cancelled(reasons));
-            }
-            for key in &keys {
-                state.held.insert(key.clone(), until);
             }
         }
         tokio::time::sleep(took).await;
