@@ -95,6 +95,10 @@ struct Cli {
     /// the sweep runs this often (ms); the service's own settings unless given.
     #[arg(long)]
     due_ms: Option<i64>,
+    /// Money on a shard in use (written in the last 50 ms) is due after this
+    /// long (ms); the service's setting unless given.
+    #[arg(long)]
+    busy_due_ms: Option<i64>,
     #[arg(long)]
     sweep_ms: Option<u64>,
     /// Orders a second one shard takes (the shard count follows each
@@ -294,6 +298,9 @@ fn setup(cli: &Cli, design: Design, arrivals: Arrivals, mix: Mix) -> Setup {
             let mut sweep = sweep_rules();
             if let Some(ms) = cli.due_ms {
                 sweep.due_after = time::Duration::milliseconds(ms);
+            }
+            if let Some(ms) = cli.busy_due_ms {
+                sweep.busy_due_after = time::Duration::milliseconds(ms);
             }
             sweep
         },

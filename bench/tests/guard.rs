@@ -4,7 +4,12 @@
 //! coin registry written with each) took one coin at 2,000 orders a second
 //! to 4 % busy and 3.27 requests an order: this would have failed on it.
 //! The README's figures come from longer runs (`docs/performance.md`); this
-//! keeps them honest between measurements.
+//! keeps them honest between measurements. A run this short starts cold
+//! (every instance's first look at each coin falls inside it), so its
+//! bounds sit above the long runs' figures (1.23 requests an order and a
+//! p99 of 245 ms for one coin; 1.72 and 532 ms for twenty coins, at the
+//! commit that set them), and below what a regression like the one above
+//! makes of them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -43,7 +48,7 @@ fn one_hot_coin_keeps_to_its_goals() {
     let mix = Mix::new(1, 10_000, 0.0, 0.0);
     let setup =
         Setup::model(Arrivals::Poisson { rate: 2000.0 }, mix, Duration::from_secs(1), Duration::from_secs(2), 40_000);
-    check("one coin at 2,000/s", &run(setup), 1.15, Duration::from_millis(600));
+    check("one coin at 2,000/s", &run(setup), 1.35, Duration::from_millis(400));
 }
 
 /// Twenty coins (Zipf), a fifth of the orders $10 or more, 4,000 a second.
@@ -52,5 +57,5 @@ fn many_coins_keep_to_their_goals() {
     let mix = Mix::new(20, 20_000, 0.2, 0.0);
     let setup =
         Setup::model(Arrivals::Poisson { rate: 4000.0 }, mix, Duration::from_secs(1), Duration::from_secs(2), 100_000);
-    check("20 coins at 4,000/s", &run(setup), 1.5, Duration::from_millis(600));
+    check("20 coins at 4,000/s", &run(setup), 2.0, Duration::from_millis(800));
 }

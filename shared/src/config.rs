@@ -9,10 +9,11 @@ use crate::adapters::http_exchange::HttpExchangeConfig;
 use crate::adapters::sqs::MAX_RECEIVE_COUNT;
 use crate::domain::{PriceList, ResendPolicy, Usd};
 
-/// Money that waited this long on its shard is the sweep's: gathered with
-/// other shards into a batch once they hold the minimum together. Younger
-/// money is left to its shard's next order, which closes the shard at no
-/// extra cost (`domain::pooling::sweep`).
+/// Money that waited this long on a quiet shard is the sweep's: gathered
+/// with other shards into a batch once they hold the minimum together.
+/// Younger money, and money on a shard in use (written in the last 50 ms)
+/// up to 200 ms, is left to its shard's next order, which closes the shard
+/// at no extra cost (`domain::pooling::sweep`).
 pub const POOL_DUE_AFTER: time::Duration = time::Duration::milliseconds(50);
 
 /// How often the reconciler sweeps pool shards: money spread over shards is

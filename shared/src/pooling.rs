@@ -369,3 +369,77 @@ impl Pooling {
         Ok(canceled)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::adapters::dynamodb::DynamoStore;
+    use crate::adapters::dynamodb::testing::{order_at, usd};
+    use crate::audit::audit;
+    use crate::domain::{OrderStatus, UserId};
+    use crate::ports::{Accounts, LedgerRecords, Orders};
+
+    struct At(Mutex<OffsetDateTime>);
+
+    impl Clock for At {
+        fn now(&self) -> OffsetDateTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    async fn store_with(users: &[&str]) -> Arc<DynamoStore> {
+        let store = Arc::new(DynamoStore::in_memory());
+        for user in users {
+            store.open_account(&UserId::parse(user).unwrap(), usd("100")).await.unwrap();
+        }
+        store
+    }
+
+    fn pooling(store: &Arc<DynamoStore>, at: OffsetDateTime) -> Pooling {
+        Pooling::new(Arc::clone(store) as Arc<dyn Pools>, Arc::new(At(Mutex::new(at))), usd("10"))
+    }
+
+    /// A coin taken off the price list cannot be bought by the house: under
+    /// the top-up policy, its orders that waited too long are canceled, so
+    /// the bound on the wait holds whatever the price list says.
+    #[tokio::test]
+    async fn under_the_top_up_policy_a_coin_without_a_price_is_refunded_at_the_limit() {
+        let store = store_with(&["alice", "house"]).await;
+        let placed = store.place_order(order_at("alice", "1", t0()), usd("10")).await.unwrap();
+        let policy = WaitPolicy {
+            max_wait: time::Duration::minutes(15),
+            action: WaitAction::TopUp { house: UserId::parse("house").unwrap() },
+        };
+        let coin = Coin::from_trusted("ABAN");
+
+        let early = pooling(&store, t0() + time::Duration::minutes(14)).bound_wait(&coin, None, Some(&policy)).await;
+        assert_eq!(early.unwrap().canceled, 0);
+        let late = pooling(&store, t0() + time::Duration::minutes(16)).bound_wait(&coin, None, Some(&policy)).await;
+
+        let late = late.unwrap();
+        assert_eq!((late.canceled, late.unpriced, late.topped_up), (1, true, None));
+        let alice = UserId::parse("alice").unwrap();
+        let view = store.order(&alice, placed.order.order.id).await.unwrap().unwrap();
+        assert_eq!(view.status, OrderStatus::Canceled);
+        assert_eq!(store.balance(&UserId::parse("house").unwrap()).await.unwrap(), usd("100"), "the house paid");
+        assert!(audit(&store.ledger().await.unwrap(), usd("10")).is_clean());
+    }
+
+    /// The sweep takes its coins from the table, not the price list: a coin
+    /// taken off it keeps its pending money, which is still batched.
+    #[tokio::test]
+    async fn a_coin_taken_off_the_price_list_is_still_swept() {
+        let store = store_with(&["alice"]).await;
+        store.place_order(order_at("alice", "1", t0()), usd("10")).await.unwrap();
+        let pooling = pooling(&store, t0());
+        assert_eq!(pooling.pooled_coins().await.unwrap(), vec![Coin::from_trusted("ABAN")]);
+    }
+}

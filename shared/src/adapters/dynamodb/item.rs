@@ -174,6 +174,7 @@ pub fn shard_pool_of(shard: u32, item: Option<&Item>) -> Result<ShardPool, ItemE
         qty: opt(item, "qty", get_decimal)?.unwrap_or(Decimal::ZERO),
         count: counter(item, "count")?,
         members: members_of(item)?,
+        written_at: time_of_ms_opt(item, "updated_ms")?,
     })
 }
 

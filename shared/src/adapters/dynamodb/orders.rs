@@ -173,3 +173,36 @@ impl Orders for DynamoStore {
         Ok(OrderList { orders, next })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::adapters::dynamodb::testing::{order_at, usd};
+    use crate::domain::OrderStatus;
+    use crate::ports::Accounts;
+
+    /// An order placed by a process whose clock ran a minute ahead of the
+    /// one that closed its pool: its pool's record sorts before where the
+    /// search for it starts. It is found all the same (the search goes back).
+    #[tokio::test]
+    async fn an_order_is_found_in_its_batch_whatever_the_clocks_said() {
+        let store = DynamoStore::in_memory();
+        let alice = UserId::parse("alice").unwrap();
+        store.open_account(&alice, usd("100")).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let ahead = store.place_order(order_at("alice", "1", now + time::Duration::minutes(1)), usd("10")).await;
+        let ahead = ahead.unwrap().order.order.id;
+        store.place_order(order_at("alice", "0.5", now), usd("10")).await.unwrap();
+        // The closing order's clock is right: the record sorts a minute before the first order.
+        let closing = store.place_order(order_at("alice", "1", now), usd("10")).await.unwrap();
+        let batch = closing.formed.expect("$10: a batch");
+
+        let view = store.order(&alice, ahead).await.unwrap().unwrap();
+
+        assert_eq!((view.status, view.batch_id), (OrderStatus::Settling, Some(batch)));
+    }
+}

@@ -58,6 +58,8 @@ pub struct ShardPool {
     pub count: u32,
     /// Sorted by order id (by when the orders were placed).
     pub members: Vec<Member>,
+    /// When it was last written, if known.
+    pub written_at: Option<OffsetDateTime>,
 }
 
 impl ShardPool {
@@ -170,7 +172,16 @@ pub(crate) mod testing {
                 placed: at_ms(oldest_ms + u64::from(i)),
             })
             .collect();
-        ShardPool { shard, seq: 0, version: 1, usd, qty: usd.value() / Decimal::from(4), count, members }
+        ShardPool {
+            shard,
+            seq: 0,
+            version: 1,
+            usd,
+            qty: usd.value() / Decimal::from(4),
+            count,
+            members,
+            written_at: None,
+        }
     }
 
     pub fn at_ms(ms: u64) -> OffsetDateTime {

@@ -3,10 +3,13 @@
 //! A shard's own orders close it when they bring it to the minimum. Money
 //! spread over several shards that holds the minimum only together has no
 //! such order: the sweep gathers it. Money that has waited `due_after` on
-//! its shard is due; each due shard, the oldest money first, closes with
-//! the fullest other shards into one batch of at least the minimum, in one
-//! transaction ([`SHARDS_PER_CLOSE`] shards at most). Money younger than
-//! that is left to its shard's next order, which closes it for free.
+//! a quiet shard (not written for `busy_within`) is due, and on a busy one
+//! `busy_due_after`: a shard in use is likely to be closed by its own next
+//! order, at no extra cost, and a close the sweep sends to it likely meets
+//! that order's transaction and is cancelled. Each due shard, the oldest
+//! money first, closes with the fullest other shards (quiet ones first)
+//! into one batch of at least the minimum, in one transaction
+//! ([`SHARDS_PER_CLOSE`] shards at most).
 //!
 //! When the coin's shards hold the minimum together but no one
 //! transaction's worth of them does (crumbs left on many shards after a
@@ -23,8 +26,12 @@ use crate::domain::money::Usd;
 /// How the sweep decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SweepRules {
-    /// Money that has waited this long on its shard is due.
+    /// Money that has waited this long on a quiet shard is due.
     pub due_after: time::Duration,
+    /// A shard written within this long is in use.
+    pub busy_within: time::Duration,
+    /// Money that has waited this long on a shard in use is due.
+    pub busy_due_after: time::Duration,
     /// Shards one close takes at most.
     pub per_close: usize,
     /// Writes one move makes at most besides its target: one per shard
@@ -34,7 +41,13 @@ pub struct SweepRules {
 
 impl Default for SweepRules {
     fn default() -> Self {
-        SweepRules { due_after: time::Duration::milliseconds(100), per_close: SHARDS_PER_CLOSE, move_writes: 98 }
+        SweepRules {
+            due_after: time::Duration::milliseconds(50),
+            busy_within: time::Duration::milliseconds(50),
+            busy_due_after: time::Duration::milliseconds(200),
+            per_close: SHARDS_PER_CLOSE,
+            move_writes: 98,
+        }
     }
 }
 
@@ -57,7 +70,11 @@ fn fullest_first(pools: &mut [&ShardPool]) {
 /// move. Empty when nothing is due or the coin holds less than the minimum.
 pub fn plan(pools: &[ShardPool], minimum: Usd, now: OffsetDateTime, rules: &SweepRules) -> Vec<SweepStep> {
     let mut left: Vec<&ShardPool> = pools.iter().filter(|p| p.holds_money()).collect();
-    let due = |pool: &ShardPool| pool.oldest().is_some_and(|oldest| oldest <= now - rules.due_after);
+    let busy = |pool: &ShardPool| pool.written_at.is_some_and(|at| at > now - rules.busy_within);
+    let due = |pool: &ShardPool| {
+        let after = if busy(pool) { rules.busy_due_after } else { rules.due_after };
+        pool.oldest().is_some_and(|oldest| oldest <= now - after)
+    };
     let mut steps = Vec::new();
     loop {
         if held(&left).is_none_or(|total| total < minimum) {
@@ -69,6 +86,9 @@ pub fn plan(pools: &[ShardPool], minimum: Usd, now: OffsetDateTime, rules: &Swee
         };
         let mut others: Vec<&ShardPool> = left.iter().filter(|p| p.shard != first.shard).copied().collect();
         fullest_first(&mut others);
+        // Quiet partners first: a busy shard's close likely meets its own
+        // next order.
+        others.sort_by_key(|p| busy(p));
         let mut group = vec![first];
         let mut usd = first.usd;
         for pool in &others {
@@ -132,8 +152,16 @@ mod tests {
         let pools = [shard(1, "2", 1, NOW - 500), shard(2, "8", 2, NOW - 10), shard(3, "3", 1, NOW - 10)];
         assert_eq!(plan_at(&pools), vec![SweepStep::Close(vec![1, 2])]);
         // Nothing due: the shards' own next orders close them.
-        let young = [shard(1, "2", 1, NOW - 50), shard(2, "8", 2, NOW - 10)];
+        let young = [shard(1, "2", 1, NOW - 40), shard(2, "8", 2, NOW - 10)];
         assert_eq!(plan_at(&young), vec![]);
+        // Money on a shard in use (written 10 ms ago) is left to it longer.
+        let in_use = |oldest_ms: u64| {
+            let mut busy = shard(1, "2", 1, NOW - oldest_ms);
+            busy.written_at = Some(at_ms(NOW - 10));
+            [busy, shard(2, "8", 2, NOW - 10)]
+        };
+        assert_eq!(plan_at(&in_use(100)), vec![]);
+        assert_eq!(plan_at(&in_use(250)), vec![SweepStep::Close(vec![1, 2])]);
         // Due, but under the minimum together: it waits.
         let short = [shard(1, "2", 1, NOW - 500), shard(2, "7", 2, NOW - 10)];
         assert_eq!(plan_at(&short), vec![]);
