@@ -189,7 +189,8 @@ impl AwsRuntime {
         format!(
             "orders placed {}; DynamoDB requests by operation {requests:?}; placing: {} TransactWriteItems + {} pool \
              GetItem + {} shard-count reads and writes = {per_order} requests per placed order; TransactionConflict {}, \
-             throttled {}, stale-pool retries {}, lost replies {}, busy {}; settling: {} UpdateItem",
+             throttled {}, stale-pool retries {}, lost replies {}, busy {}; settling: {} UpdateItem; the sweep: {} reads \
+             of counts and pools and writes of counts",
             stats.orders_placed,
             stats.placement_transactions,
             stats.pool_reads,
@@ -200,6 +201,7 @@ impl AwsRuntime {
             stats.lost_replies,
             stats.busy,
             count("UpdateItem"),
+            stats.sweep_requests,
         )
     }
 

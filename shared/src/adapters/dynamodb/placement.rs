@@ -44,6 +44,9 @@ const RESENDS: u32 = 3;
 const COUNT_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// A conflict reads the count again unless it was read this recently.
 const COUNT_ON_CONFLICT: std::time::Duration = std::time::Duration::from_millis(50);
+/// Times in a row one order finds its shard changed before it takes the
+/// shard for crowded and moves.
+const STALE_IS_CROWDED: u32 = 3;
 
 /// The writes of one placement transaction, and where each is.
 pub(super) struct Plan {
@@ -273,28 +276,17 @@ impl DynamoStore {
             progress.moved += 1;
             StoreStats::count(&self.stats.stale_pool_retries);
             turn.saw(Self::pool_returned(shard, current)?);
+            // A shard that keeps changing under one order is as crowded as
+            // one whose writers cancel each other: a store that serializes
+            // transactions (an emulator, a quiet table) reports a crowd so.
+            if progress.moved % STALE_IS_CROWDED == 0 {
+                self.move_off_crowded(new, turn, shard, progress, attempt).await?;
+            }
             return Ok(());
         }
         if matches!(reasons.get(index), Some(Reason::Conflict)) {
-            progress.collisions += 1;
             StoreStats::count(&self.stats.conflicts);
-            let fresh = turn.count.is_some_and(|(_, at)| at.elapsed() < COUNT_ON_CONFLICT);
-            let mut record = match turn.count {
-                Some((record, _)) if fresh => record,
-                _ => self.read_shard_count(&new.coin).await?,
-            };
-            let mut count = record.now(&self.shard_rules);
-            if count == 1 || progress.collisions >= self.shard_rules.grow_after {
-                record = self.grow_shards(&new.coin, &record, count).await?;
-                count = record.now(&self.shard_rules);
-            }
-            turn.count = Some((record, tokio::time::Instant::now()));
-            let next = another_shard(count, shard, self.random_below(count.saturating_sub(1).max(1)));
-            turn.move_home(next);
-            if progress.collisions >= 2 {
-                self.backoff(attempt).await;
-            }
-            return Ok(());
+            return self.move_off_crowded(new, turn, shard, progress, attempt).await;
         }
         if contended(reasons) {
             StoreStats::count(&self.stats.conflicts);
@@ -302,6 +294,36 @@ impl DynamoStore {
             return Ok(());
         }
         Err(InfraError::new("place order", unexpected(reasons)).into())
+    }
+
+    /// A collision on `shard`: the process moves to another of the coin's
+    /// shards, growing the coin when collisions keep coming.
+    async fn move_off_crowded(
+        &self,
+        new: &NewOrder,
+        turn: &mut Turn,
+        shard: u32,
+        progress: &mut Progress,
+        attempt: u32,
+    ) -> Result<(), PlaceError> {
+        progress.collisions += 1;
+        let fresh = turn.count.is_some_and(|(_, at)| at.elapsed() < COUNT_ON_CONFLICT);
+        let mut record = match turn.count {
+            Some((record, _)) if fresh => record,
+            _ => self.read_shard_count(&new.coin).await?,
+        };
+        let mut count = record.now(&self.shard_rules);
+        if count == 1 || progress.collisions >= self.shard_rules.grow_after {
+            record = self.grow_shards(&new.coin, &record, count).await?;
+            count = record.now(&self.shard_rules);
+        }
+        turn.count = Some((record, tokio::time::Instant::now()));
+        let next = another_shard(count, shard, self.random_below(count.saturating_sub(1).max(1)));
+        turn.move_home(next);
+        if progress.collisions >= 2 {
+            self.backoff(attempt).await;
+        }
+        Ok(())
     }
 
     /// The transaction that places `new` as `placement` says, on `home`

@@ -119,6 +119,10 @@ fn is_batch(found: &Item, id: BatchId) -> bool {
 impl DynamoStore {
     pub(super) async fn read_shard_count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
         StoreStats::count(&self.stats.shard_reads);
+        self.shard_count_record(coin).await
+    }
+
+    async fn shard_count_record(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
         shard_count_of(self.table.get(shards_key(coin)).await?.as_ref()).map_err(infra("read shard count"))
     }
 
@@ -241,11 +245,12 @@ impl Pools for DynamoStore {
     }
 
     async fn shard_count(&self, coin: &Coin) -> Result<ShardCount, InfraError> {
-        self.read_shard_count(coin).await
+        StoreStats::count(&self.stats.sweep_requests);
+        self.shard_count_record(coin).await
     }
 
     async fn read_pools(&self, coin: &Coin, shards: &[u32]) -> Result<Vec<ShardPool>, InfraError> {
-        StoreStats::count(&self.stats.shard_reads);
+        StoreStats::count(&self.stats.sweep_requests);
         self.pools_of(coin, shards).await
     }
 
@@ -361,7 +366,7 @@ impl Pools for DynamoStore {
     }
 
     async fn set_shard_count(&self, coin: &Coin, read: &ShardCount, to: &ShardCount) -> Result<bool, InfraError> {
-        StoreStats::count(&self.stats.shard_reads);
+        StoreStats::count(&self.stats.sweep_requests);
         let written = self.table.update(shards_key(coin), shards_record(to), Some(shard_count_unchanged(read)));
         Ok(written.await?.is_ok())
     }

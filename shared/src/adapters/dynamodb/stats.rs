@@ -12,6 +12,7 @@ pub(super) struct StoreStats {
     pub stale_pool_retries: AtomicU64,
     pub pool_reads: AtomicU64,
     pub shard_reads: AtomicU64,
+    pub sweep_requests: AtomicU64,
     pub shards_grown: AtomicU64,
     pub lost_replies: AtomicU64,
     pub busy: AtomicU64,
@@ -31,8 +32,11 @@ pub struct StoreStatsSnapshot {
     /// Placements retried because the pool had moved.
     pub stale_pool_retries: u64,
     pub pool_reads: u64,
-    /// Reads of a coin's shard count and views of its shards.
+    /// Placements' reads of a coin's shard count and views of its shards,
+    /// and their growths of the count.
     pub shard_reads: u64,
+    /// The sweep's reads of counts and pools and its writes of counts.
+    pub sweep_requests: u64,
     /// Times this process grew a coin's shard count.
     pub shards_grown: u64,
     /// Writes whose outcome was unknown (no reply, a 5xx) and was resolved
@@ -58,6 +62,7 @@ impl StoreStats {
             stale_pool_retries: get(&self.stale_pool_retries),
             pool_reads: get(&self.pool_reads),
             shard_reads: get(&self.shard_reads),
+            sweep_requests: get(&self.sweep_requests),
             shards_grown: get(&self.shards_grown),
             lost_replies: get(&self.lost_replies),
             busy: get(&self.busy),
