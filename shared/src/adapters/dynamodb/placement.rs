@@ -279,7 +279,7 @@ impl DynamoStore {
             // A shard that keeps changing under one order is as crowded as
             // one whose writers cancel each other: a store that serializes
             // transactions (an emulator, a quiet table) reports a crowd so.
-            if progress.moved % STALE_IS_CROWDED == 0 {
+            if progress.moved.is_multiple_of(STALE_IS_CROWDED) {
                 self.move_off_crowded(new, turn, shard, progress, attempt).await?;
             }
             return Ok(());
