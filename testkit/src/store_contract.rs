@@ -534,10 +534,12 @@ pub async fn crumbs_on_more_shards_than_one_close_takes_are_moved_then_batched(s
     let second = sweep.sweep(&Coin::from_trusted("ABAN")).await.unwrap();
     assert_eq!(second.formed.len(), 1, "{second:?}");
     let batch = instances[0].batch(second.formed[0]).await.unwrap().unwrap();
-    assert!(batch.usd >= ten() && batch.usd < usd("10.24"), "{batch:?}");
+    // Shards close whole: two crumbs that landed on one shard may both go.
+    assert!(batch.usd >= ten(), "{batch:?}");
     let ledger = instances[0].ledger().await.unwrap();
     let open: Decimal = ledger.pools.iter().map(|p| p.state.usd.value()).sum();
     assert!(open < Decimal::TEN, "{open}");
+    assert_eq!(batch.usd.value() + open, Decimal::new(1024, 2));
     let mut statuses: HashMap<&str, usize> = HashMap::new();
     for p in &placed {
         let view = instances[2].order(&p.order.order.user, p.order.order.id).await.unwrap().unwrap();
