@@ -380,7 +380,7 @@ mod tests {
     use crate::adapters::dynamodb::DynamoStore;
     use crate::adapters::dynamodb::testing::{order_at, usd};
     use crate::audit::audit;
-    use crate::domain::{OrderStatus, UserId};
+    use crate::domain::{Membership, OrderStatus, UserId};
     use crate::ports::{Accounts, LedgerRecords, Orders};
 
     struct At(Mutex<OffsetDateTime>);
@@ -431,6 +431,43 @@ mod tests {
         assert_eq!(view.status, OrderStatus::Canceled);
         assert_eq!(store.balance(&UserId::parse("house").unwrap()).await.unwrap(), usd("100"), "the house paid");
         assert!(audit(&store.ledger().await.unwrap(), usd("10")).is_clean());
+    }
+
+    /// A coin that was hot once folds back to one shard; `high` (how far
+    /// the sweep reads) comes down only once the shards above the count
+    /// are empty, so money left up there is never out of the sweep's reach.
+    #[tokio::test]
+    async fn high_stays_up_while_a_shard_above_the_count_holds_money() {
+        use crate::adapters::dynamodb::item::{shards_grown, shards_key};
+        use crate::adapters::dynamodb::table::Table;
+        use crate::adapters::dynamodb::table::memory::MemoryTable;
+
+        let table: Arc<dyn Table> = Arc::new(MemoryTable::new());
+        let coin = Coin::from_trusted("ABAN");
+        let first = Arc::new(DynamoStore::on(Arc::clone(&table)));
+        first.open_account(&UserId::parse("alice").unwrap(), usd("100")).await.unwrap();
+        table.update(shards_key(&coin), shards_grown(8, 8, t0()), None).await.unwrap().unwrap();
+        // Each instance picks its own home: some land above shard 0.
+        let mut placed = Vec::new();
+        for seed in 0..6 {
+            let instance = DynamoStore::on(Arc::clone(&table)).with_jitter_seed(seed);
+            placed.push(instance.place_order(order_at("alice", "0.25", t0()), usd("10")).await.unwrap());
+        }
+        let above =
+            |p: &crate::ports::Placed| matches!(p.order.order.membership, Membership::Pool { shard, .. } if shard > 0);
+        assert!(placed.iter().any(above), "all landed on shard 0");
+        table.update(shards_key(&coin), shards_grown(1, 8, t0()), None).await.unwrap().unwrap();
+
+        let later = pooling(&first, t0() + time::Duration::hours(1));
+        later.sweep(&coin).await.unwrap();
+        assert_eq!(first.shard_count(&coin).await.unwrap().high, 8, "high came down over money");
+
+        let alice = UserId::parse("alice").unwrap();
+        for p in &placed {
+            first.cancel_order(&alice, p.order.order.id).await.unwrap();
+        }
+        later.sweep(&coin).await.unwrap();
+        assert_eq!(first.shard_count(&coin).await.unwrap().high, 1, "empty shards above the count still read");
     }
 
     /// The sweep takes its coins from the table, not the price list: a coin
