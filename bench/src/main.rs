@@ -321,18 +321,33 @@ fn runtime(target: Target) -> tokio::runtime::Runtime {
 fn costs(cli: &Cli) {
     let runtime = runtime(cli.target);
     println!(
-        "Cost per million orders, 1,000 orders/s on one coin, {} s, prices of {}:",
+        "Cost per million orders, 1,000 orders/s on one coin (each kind), {} s, prices of {}:",
         cli.seconds,
         cost::PRICES.date
     );
     println!();
     println!("| order | DynamoDB writes | DynamoDB reads | HTTP API | place-order λ | settle λ | SQS | total |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (name, big, key) in
-        [("pooled ($1–$8)", 0.0, 0.0), ("$10 or more", 1.0, 0.0), ("pooled, with an Idempotency-Key", 0.0, 1.0)]
-    {
-        let mix = Mix::new(1, cli.users, big, key);
-        let setup = setup(cli, Design::Sharded, Arrivals::Poisson { rate: 1000.0 }, mix);
+    let kinds = [("pooled ($1–$8)", 0.0, 0.0), ("$10 or more", 1.0, 0.0), ("pooled, with an Idempotency-Key", 0.0, 1.0)]
+        .map(|(name, big, key)| (name.to_owned(), Mix::new(1, cli.users, big, key), 1000.0));
+    // With `--coins` above one: the mix `--coins`, `--big-share` and
+    // `--key-share` describe, at the first of `--rates`.
+    let mix = (cli.coins > 1).then(|| {
+        let name = format!(
+            "the mix: {} coins, {:.0} % $10 or more, {:.0} % with a key, at {:.0}/s",
+            cli.coins,
+            100.0 * cli.big_share,
+            100.0 * cli.key_share,
+            cli.rates.first().copied().unwrap_or(1000.0)
+        );
+        (
+            name,
+            Mix::new(cli.coins, cli.users, cli.big_share, cli.key_share),
+            cli.rates.first().copied().unwrap_or(1000.0),
+        )
+    });
+    for (name, mix, rate) in kinds.into_iter().chain(mix) {
+        let setup = setup(cli, Design::Sharded, Arrivals::Poisson { rate }, mix);
         let outcome = runtime.block_on(point(&setup));
         let c = cost::per_million(&outcome);
         println!(
