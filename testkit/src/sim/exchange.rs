@@ -201,7 +201,10 @@ impl Core {
                 if record.quantity != order.quantity {
                     self.world.violated(format!("batch {id} sent with {} after {}", order.quantity, record.quantity));
                 }
-                if matches!(record.state, OrderState::Refused | OrderState::Ended(_)) {
+                // A late POST matters after a 400 only: that kept nothing, so
+                // it may be filled. An ended order's id stays taken, and a
+                // POST of it gets that same order back (the protocol's rule 3).
+                if matches!(record.state, OrderState::Refused) {
                     match (self.status_of)(id) {
                         // A refusal still waiting to be confirmed is not final:
                         // an earlier attempt's request may still arrive.
