@@ -328,8 +328,9 @@ fn costs(cli: &Cli) {
     println!();
     println!("| order | DynamoDB writes | DynamoDB reads | HTTP API | place-order λ | settle λ | SQS | total |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let kinds = [("pooled ($1–$8)", 0.0, 0.0), ("$10 or more", 1.0, 0.0), ("pooled, with an Idempotency-Key", 0.0, 1.0)]
-        .map(|(name, big, key)| (name.to_owned(), Mix::new(1, cli.users, big, key), 1000.0));
+    let kinds =
+        [("pooled ($1–$8)", 0.0, 0.0), ("$10 or more", 1.0, 0.0), ("pooled, with an Idempotency-Key", 0.0, 1.0)]
+            .map(|(name, big, key)| (name.to_owned(), Mix::new(1, cli.users, big, key), 1000.0));
     // With `--coins` above one: the mix `--coins`, `--big-share` and
     // `--key-share` describe, at the first of `--rates`.
     let mix = (cli.coins > 1).then(|| {

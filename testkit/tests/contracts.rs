@@ -183,65 +183,10 @@ mod meanwhile {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use async_trait::async_trait;
     use futures::future::BoxFuture;
-    use shared::adapters::dynamodb::table::{Changes, Cond, ConditionFailed, Item, Page, Query, TableError};
-    use shared::adapters::dynamodb::table::{Transacted, Write};
+    use shared::adapters::dynamodb::table::intercepted::Intercepted;
 
     use super::*;
-
-    pub struct Meanwhile {
-        pub inner: Arc<dyn Table>,
-        pub first: Mutex<Option<BoxFuture<'static, ()>>>,
-        pub at_get: Option<usize>,
-        pub gets: AtomicUsize,
-    }
-
-    impl Meanwhile {
-        async fn run_first(&self) {
-            let first = self.first.lock().unwrap().take();
-            if let Some(first) = first {
-                first.await;
-            }
-        }
-    }
-
-    #[async_trait]
-    impl Table for Meanwhile {
-        async fn get(&self, key: Item) -> Result<Option<Item>, TableError> {
-            let n = self.gets.fetch_add(1, Ordering::SeqCst) + 1;
-            if self.at_get == Some(n) {
-                self.run_first().await;
-            }
-            self.inner.get(key).await
-        }
-        async fn get_many(&self, keys: Vec<Item>) -> Result<Vec<Item>, TableError> {
-            self.inner.get_many(keys).await
-        }
-        async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
-            self.inner.put(item, condition).await
-        }
-        async fn update(
-            &self,
-            key: Item,
-            changes: Changes,
-            condition: Option<Cond>,
-        ) -> Result<Result<Item, ConditionFailed>, TableError> {
-            self.inner.update(key, changes, condition).await
-        }
-        async fn transact(&self, writes: Vec<Write>, token: &str) -> Result<Transacted, TableError> {
-            if self.at_get.is_none() {
-                self.run_first().await;
-            }
-            self.inner.transact(writes, token).await
-        }
-        async fn query(&self, query: Query) -> Result<Page, TableError> {
-            self.inner.query(query).await
-        }
-        async fn scan(&self, start: Option<Item>) -> Result<Page, TableError> {
-            self.inner.scan(start).await
-        }
-    }
 
     /// A pool holding bob's $6 and alice's $2, on a fresh table; the store
     /// of another process on it; alice's order.
@@ -266,12 +211,22 @@ mod meanwhile {
 
     /// A store whose table lets `first` land at that point.
     pub fn store(inner: &Arc<dyn Table>, at_get: Option<usize>, first: BoxFuture<'static, ()>) -> DynamoStore {
-        DynamoStore::on(Arc::new(Meanwhile {
-            inner: Arc::clone(inner),
-            first: Mutex::new(Some(first)),
-            at_get,
-            gets: AtomicUsize::new(0),
-        }))
+        let first = Arc::new(Mutex::new(Some(first)));
+        let gets = Arc::new(AtomicUsize::new(0));
+        DynamoStore::on(Arc::new(Intercepted::new(Arc::clone(inner), move |request| {
+            let now = match (request, at_get) {
+                ("get", Some(at)) => gets.fetch_add(1, Ordering::SeqCst) + 1 == at,
+                ("transact", None) => true,
+                _ => false,
+            };
+            let first = if now { first.lock().unwrap().take() } else { None };
+            Box::pin(async move {
+                if let Some(first) = first {
+                    first.await;
+                }
+                Ok(())
+            })
+        })))
     }
 }
 

@@ -521,7 +521,8 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::adapters::dynamodb::testing::{Intercepted, order_at, usd};
+    use crate::adapters::dynamodb::table::intercepted::Intercepted;
+    use crate::adapters::dynamodb::testing::{order_at, usd};
     use crate::audit::audit;
     use crate::domain::{Coin, UserId};
     use crate::ports::{Accounts, LedgerRecords, Orders};

@@ -9,6 +9,7 @@
 //! suites run it on the embedded table and on both emulators.
 
 pub mod expr;
+pub mod intercepted;
 pub mod memory;
 pub mod sdk;
 
