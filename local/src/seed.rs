@@ -49,7 +49,8 @@ pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
         .enumerate()
         .map(|(index, account)| {
             let invalid = |reason: String| SeedError::Account { index, reason };
-            let user = UserId::parse(&account.user_id).map_err(|e| invalid(e.to_string()))?;
+            let user =
+                UserId::parse(&account.user_id).map_err(|e| invalid(format!("user_id {:?}: {e}", account.user_id)))?;
             // Locally a user is named by the X-User-Id header, which carries
             // visible ASCII and spaces only: any other id could never be used.
             if !account.user_id.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
@@ -65,6 +66,12 @@ pub fn load(path: &Path) -> Result<Vec<(UserId, Usd)>, SeedError> {
             let text = raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(raw);
             let balance = Usd::parse(text)
                 .ok_or_else(|| invalid(format!("balance_usd {raw} is not a non-negative plain decimal of at most 16 decimal places and 12 digits before the point")))?;
+            if balance > Usd::BALANCE_CEILING {
+                return Err(invalid(format!(
+                    "balance_usd {raw} of {user} is over the balance ceiling of {} USD",
+                    Usd::BALANCE_CEILING
+                )));
+            }
             Ok((user, balance))
         })
         .collect()

@@ -165,6 +165,11 @@ fn a_bad_seed_file_is_refused_with_its_reason() {
             "listed twice",
         ),
         (r#"{"accounts": [{"user_id": "zoë", "balance_usd": "5"}]}"#, "seed account #0", "X-User-Id"),
+        (
+            r#"{"accounts": [{"user_id": "rich", "balance_usd": "100000000000.01"}]}"#,
+            "seed account #0",
+            "balance_usd \"100000000000.01\" of rich is over the balance ceiling of 100000000000 USD",
+        ),
     ];
     for (n, (seed, account, reason)) in cases.into_iter().enumerate() {
         let path = std::env::temp_dir().join(format!("bad-seed-{}-{n}.json", std::process::id()));
@@ -173,6 +178,34 @@ fn a_bad_seed_file_is_refused_with_its_reason() {
         std::fs::remove_file(&path).unwrap();
         assert!(!success);
         assert!(logs.contains(account) && logs.contains(reason), "{logs}");
+    }
+}
+
+/// Each configuration error names the variable and the value as written,
+/// never in Rust's debug notation (`Some("bogus")`).
+#[test]
+fn a_bad_setting_is_refused_naming_the_variable_and_the_value_as_written() {
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (
+            &[("POOL_MAX_WAIT", "15m"), ("POOL_WAIT_POLICY", "bogus")],
+            r#"POOL_WAIT_POLICY: "bogus" is not a wait policy"#,
+        ),
+        (&[("POOL_MAX_WAIT", "15m")], r#"POOL_WAIT_POLICY: unset, but POOL_MAX_WAIT is "15m""#),
+        (&[("POOL_WAIT_POLICY", "refund")], r#"POOL_WAIT_POLICY: "refund" is set, but POOL_MAX_WAIT is not"#),
+        (&[("POOL_MAX_WAIT", "soon"), ("POOL_WAIT_POLICY", "refund")], r#"POOL_MAX_WAIT: "soon" is not"#),
+        (&[("MIN_ORDER_USD", "a cent")], r#"MIN_ORDER_USD: "a cent" is not a positive decimal"#),
+        (&[("MIN_ORDER_USD", "11")], "MIN_ORDER_USD: 11 is over the exchange minimum (10)"),
+    ];
+    for (vars, expected) in cases {
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for var in ["POOL_MAX_WAIT", "POOL_WAIT_POLICY", "HOUSE_USER_ID", "MIN_ORDER_USD", "PRICES"] {
+            command.env_remove(var);
+        }
+        let (success, logs) = output(command.envs(vars.iter().copied()).spawn().unwrap());
+        assert!(!success, "{vars:?} was accepted");
+        assert!(logs.contains(&format!("orders-local: configuration variable {expected}")), "{vars:?}: {logs}");
+        assert!(!logs.contains("Some(") && !logs.contains("None"), "{logs}");
     }
 }
 

@@ -55,14 +55,14 @@ pub fn wait_policy_from_lookup(
         if let Some(policy) = set("POOL_WAIT_POLICY") {
             return Err(ConfigError {
                 var: "POOL_WAIT_POLICY",
-                reason: format!("{policy:?} is set, but POOL_MAX_WAIT is not: set both, or neither"),
+                reason: format!("\"{policy}\" is set, but POOL_MAX_WAIT is not: set both, or neither"),
             });
         }
         return Ok(None);
     };
     let max_wait = parse_wait(&text).ok_or_else(|| ConfigError {
         var: "POOL_MAX_WAIT",
-        reason: format!("{text:?} is not a positive duration such as 90s, 15m or 2h"),
+        reason: format!("\"{text}\" is not a positive duration such as 90s, 15m or 2h (at most 366d)"),
     })?;
     let action = match set("POOL_WAIT_POLICY").as_deref() {
         Some("top-up") => {
@@ -71,14 +71,20 @@ pub fn wait_policy_from_lookup(
                 reason: "POOL_WAIT_POLICY=top-up needs the house account's user id".to_owned(),
             })?;
             let house = crate::domain::UserId::parse(&house)
-                .map_err(|e| ConfigError { var: "HOUSE_USER_ID", reason: e.to_string() })?;
+                .map_err(|e| ConfigError { var: "HOUSE_USER_ID", reason: format!("\"{house}\": {e}") })?;
             WaitAction::TopUp { house }
         }
         Some("refund") => WaitAction::Refund,
-        other => {
+        Some(other) => {
             return Err(ConfigError {
                 var: "POOL_WAIT_POLICY",
-                reason: format!("{other:?}: must be top-up or refund when POOL_MAX_WAIT is set"),
+                reason: format!("\"{other}\" is not a wait policy: top-up or refund"),
+            });
+        }
+        None => {
+            return Err(ConfigError {
+                var: "POOL_WAIT_POLICY",
+                reason: format!("unset, but POOL_MAX_WAIT is \"{text}\": set it to top-up or refund"),
             });
         }
     };
@@ -101,30 +107,48 @@ pub fn parse_wait(text: &str) -> Option<time::Duration> {
     number.checked_mul(seconds).filter(|s| *s <= 366 * 86_400).map(time::Duration::seconds)
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("configuration variable {var}: {reason}")]
 pub struct ConfigError {
     pub var: &'static str,
     pub reason: String,
 }
 
-/// The rules of the service: what is sold at what price, and the
-/// exchange's minimum buy.
+/// The message itself: a Lambda's `main` returning this error prints it
+/// with `Debug`, and an operator reads that line in the function's log.
+impl std::fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// The rules of the service: what is sold at what price, the exchange's
+/// minimum buy, and the smallest order taken.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub prices: PriceList,
     pub minimum: Usd,
+    /// The smallest cost an order may have. It bounds how many orders one
+    /// batch can carry (and a refund must walk): a batch holds under twice
+    /// the exchange minimum (`domain::pooling`), so at most
+    /// `2 × minimum / min_order` orders, 2,000 with the defaults.
+    pub min_order: Usd,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { prices: PriceList::default(), minimum: Usd::new(Decimal::TEN).unwrap_or_default() }
+        ServiceConfig {
+            prices: PriceList::default(),
+            minimum: Usd::new(Decimal::TEN).unwrap_or_default(),
+            min_order: Usd::new(Decimal::new(1, 2)).unwrap_or_default(),
+        }
     }
 }
 
 impl ServiceConfig {
-    /// `PRICES` (`"ABAN=4,BTC=95000"`, default `ABAN=4`) and
-    /// `EXCHANGE_MINIMUM_USD` (default `10`).
+    /// `PRICES` (`"ABAN=4,BTC=95000"`, default `ABAN=4`),
+    /// `EXCHANGE_MINIMUM_USD` (default `10`) and `MIN_ORDER_USD` (default
+    /// `0.01`, positive and at most the exchange minimum).
     pub fn from_env() -> Result<ServiceConfig, ConfigError> {
         Self::from_lookup(|var| std::env::var(var).ok())
     }
@@ -133,17 +157,32 @@ impl ServiceConfig {
         let defaults = ServiceConfig::default();
         let prices = match lookup("PRICES") {
             None => defaults.prices,
-            Some(spec) => PriceList::parse(&spec).map_err(|e| ConfigError { var: "PRICES", reason: e.to_string() })?,
+            Some(spec) => PriceList::parse(&spec)
+                .map_err(|e| ConfigError { var: "PRICES", reason: format!("\"{spec}\": {e}") })?,
         };
         let minimum = match lookup("EXCHANGE_MINIMUM_USD") {
             None => defaults.minimum,
-            Some(text) => Usd::parse(text.trim()).filter(|usd| *usd > Usd::ZERO).ok_or_else(|| ConfigError {
-                var: "EXCHANGE_MINIMUM_USD",
-                reason: format!("{text:?} is not a positive decimal of at most {} places", Usd::MAX_SCALE),
-            })?,
+            Some(text) => positive_usd("EXCHANGE_MINIMUM_USD", &text)?,
         };
-        Ok(ServiceConfig { prices, minimum })
+        let min_order = match lookup("MIN_ORDER_USD") {
+            None => defaults.min_order,
+            Some(text) => positive_usd("MIN_ORDER_USD", &text)?,
+        };
+        if min_order > minimum {
+            return Err(ConfigError {
+                var: "MIN_ORDER_USD",
+                reason: format!("{min_order} is over the exchange minimum ({minimum}): no order could be pooled"),
+            });
+        }
+        Ok(ServiceConfig { prices, minimum, min_order })
     }
+}
+
+fn positive_usd(var: &'static str, text: &str) -> Result<Usd, ConfigError> {
+    Usd::parse(text.trim()).filter(|usd| *usd > Usd::ZERO).ok_or_else(|| ConfigError {
+        var,
+        reason: format!("\"{text}\" is not a positive decimal of at most {} places", Usd::MAX_SCALE),
+    })
 }
 
 /// How settlement talks to the exchange.
@@ -166,14 +205,20 @@ impl SettleConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<SettleConfig, ConfigError> {
         let base_url = lookup("EXCHANGE_URL")
             .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
-            .ok_or_else(|| ConfigError { var: "EXCHANGE_URL", reason: "required, an http(s) URL".to_owned() })?;
+            .ok_or_else(|| ConfigError {
+                var: "EXCHANGE_URL",
+                reason: match lookup("EXCHANGE_URL") {
+                    Some(url) => format!("\"{url}\" is not an http:// or https:// URL"),
+                    None => "unset; required, an http:// or https:// URL".to_owned(),
+                },
+            })?;
         let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
             lookup(var).map_or(Ok(default), |text| {
                 text.trim()
                     .parse::<u64>()
                     .ok()
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| ConfigError { var, reason: format!("{text:?} is not a positive integer") })
+                    .ok_or_else(|| ConfigError { var, reason: format!("\"{text}\" is not a positive integer") })
             })
         };
         Ok(SettleConfig {
@@ -204,7 +249,7 @@ impl AwsResources {
         let required = |var: &'static str| {
             lookup(var)
                 .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| ConfigError { var, reason: "required".to_owned() })
+                .ok_or_else(|| ConfigError { var, reason: "unset or empty; required".to_owned() })
         };
         Ok(AwsResources { table: required("TABLE_NAME")?, settle_queue_url: required("SETTLE_QUEUE_URL")? })
     }

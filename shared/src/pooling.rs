@@ -470,6 +470,74 @@ mod tests {
         assert_eq!(first.shard_count(&coin).await.unwrap().high, 1, "empty shards above the count still read");
     }
 
+    /// The smallest order bounds a batch: shards close whole, each under
+    /// the minimum, so a batch holds under twice the minimum, at most
+    /// `2 × minimum / smallest order` orders (2,000 with the defaults).
+    /// Two shards of 999 orders of $0.01 each close together into one batch
+    /// of 1,998 orders, which a refusal refunds 100 at a time, each once.
+    #[tokio::test]
+    async fn a_batch_at_the_bound_of_smallest_orders_is_refunded_in_chunks_each_order_once() {
+        use crate::adapters::dynamodb::item::{shards_grown, shards_key};
+        use crate::adapters::dynamodb::table::Table;
+        use crate::adapters::dynamodb::table::memory::MemoryTable;
+        use crate::ports::{Claim, Fence, Settlements};
+
+        let table: Arc<dyn Table> = Arc::new(MemoryTable::new());
+        let coin = Coin::from_trusted("ABAN");
+        let first = Arc::new(DynamoStore::on(Arc::clone(&table)));
+        let alice = UserId::parse("alice").unwrap();
+        first.open_account(&alice, usd("100")).await.unwrap();
+        table.update(shards_key(&coin), shards_grown(2, 2, t0()), None).await.unwrap().unwrap();
+        // Two instances whose homes differ, one order each so far.
+        let mut homes = std::collections::BTreeMap::new();
+        for seed in 0..64 {
+            let instance = DynamoStore::on(Arc::clone(&table)).with_jitter_seed(seed);
+            let placed = instance.place_order(order_at("alice", "0.0025", t0()), usd("10")).await.unwrap();
+            let Membership::Pool { shard, .. } = placed.order.order.membership else { panic!("not pooled") };
+            if homes.contains_key(&shard) {
+                first.cancel_order(&alice, placed.order.order.id).await.unwrap();
+            } else {
+                homes.insert(shard, instance);
+            }
+            if homes.len() == 2 {
+                break;
+            }
+        }
+        for instance in homes.values() {
+            for _ in 1..999 {
+                instance.place_order(order_at("alice", "0.0025", t0()), usd("10")).await.unwrap();
+            }
+        }
+        assert_eq!(homes.len(), 2, "no instance found the second shard");
+
+        let formed = pooling(&first, t0() + time::Duration::hours(1)).sweep(&coin).await.unwrap().formed;
+        let [id] = formed[..] else { panic!("formed {formed:?}") };
+        let batch = first.batch(id).await.unwrap().unwrap();
+        assert_eq!((batch.count, batch.usd), (1998, usd("19.98")));
+
+        let now = t0() + time::Duration::hours(1);
+        let Claim::Claimed(claimed) = first.claim_batch(id, now, now + time::Duration::seconds(30)).await.unwrap()
+        else {
+            panic!("not claimed")
+        };
+        assert_eq!(first.refuse_batch(id, claimed.attempts, "400: halted", None).await.unwrap(), Fence::Held);
+        let mut chunks = 0;
+        let mut credited = usd("0");
+        loop {
+            let refund = first.refund_batch(id, 100).await.unwrap();
+            assert!(refund.orders <= 100, "{refund:?}");
+            credited = credited.checked_add(refund.usd).unwrap();
+            chunks += 1;
+            if refund.finished {
+                break;
+            }
+            assert!(chunks <= 21, "the refund does not finish");
+        }
+        assert_eq!(credited, usd("19.98"));
+        assert_eq!(first.balance(&alice).await.unwrap(), usd("100"));
+        assert!(audit(&first.ledger().await.unwrap(), usd("10")).is_clean());
+    }
+
     /// The sweep takes its coins from the table, not the price list: a coin
     /// taken off it keeps its pending money, which is still batched.
     #[tokio::test]

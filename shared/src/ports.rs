@@ -339,6 +339,11 @@ pub enum Deposited {
 pub enum DepositError {
     #[error("deposit {id} was credited before with {credited} USD, not {asked} USD")]
     IdReused { id: DepositId, credited: Usd, asked: Usd },
+    #[error(
+        "a deposit of {usd} USD would take account {user} (holding {balance} USD) past the balance ceiling of {} USD; nothing was credited",
+        Usd::BALANCE_CEILING
+    )]
+    OverCeiling { user: UserId, balance: Usd, usd: Usd },
     #[error(transparent)]
     Infra(#[from] InfraError),
 }
@@ -347,10 +352,13 @@ pub enum DepositError {
 #[async_trait]
 pub trait Accounts: Send + Sync {
     /// Creates the account with `balance`, recorded as its opening deposit,
-    /// if it does not exist; `false` (and nothing changed) if it does.
+    /// if it does not exist; `false` (and nothing changed) if it does. A
+    /// balance over [`Usd::BALANCE_CEILING`] is an error, nothing written
+    /// (seed files are checked before they get here).
     async fn open_account(&self, user: &UserId, balance: Usd) -> Result<bool, InfraError>;
 
-    /// Credits `usd` once per deposit id.
+    /// Credits `usd` once per deposit id, unless the balance would pass
+    /// [`Usd::BALANCE_CEILING`].
     async fn deposit(&self, user: &UserId, id: &DepositId, usd: Usd) -> Result<Deposited, DepositError>;
 }
 

@@ -17,6 +17,10 @@ pub enum PlaceOrderError {
     UnknownCoin(#[from] UnknownCoin),
     #[error(transparent)]
     InvalidAmount(#[from] InvalidAmount),
+    /// A dust order: every order is an item, and a batch's orders are what
+    /// a refund walks, so orders cost at least the configured minimum.
+    #[error("the order costs {cost} USD; the smallest order is {minimum} USD")]
+    BelowMinimum { cost: Usd, minimum: Usd },
     #[error(transparent)]
     Place(#[from] PlaceError),
 }
@@ -53,6 +57,9 @@ impl OrderService {
         // The price list only has prices whose costs are exact; a cost that
         // is not is refused all the same, never rounded.
         let cost = Usd::cost(price, amount).ok_or(InvalidAmount::CostNotExact)?;
+        if cost < self.config.min_order {
+            return Err(PlaceOrderError::BelowMinimum { cost, minimum: self.config.min_order });
+        }
         let order = NewOrder {
             id: OrderId::generate(),
             user,

@@ -958,6 +958,61 @@ pub async fn seeding_opens_missing_accounts_only_and_deposits_credit_once(stores
     assert_audit_clean(store.as_ref()).await;
 }
 
+/// A balance never passes the ceiling by deposits or seeding: the deposit
+/// that would is refused naming the account, nothing credited, its id not
+/// used up; two deposits racing to the ceiling cannot pass it together.
+/// (Eight deposits of 999999999999.9999999999999999 made an account
+/// unreadable before: each is now past the ceiling on its own.)
+pub async fn deposits_stop_at_the_balance_ceiling_racing_or_not(stores: Stores) {
+    let store = stores.instance();
+    let ceiling = Usd::BALANCE_CEILING;
+    let most = usd("99999999999.9999999999999999");
+    assert!(store.open_account(&user("rich"), most).await.unwrap());
+    let past = usd("0.0000000000000002");
+    let refused = store.deposit(&user("rich"), &DepositId::parse("d-1").unwrap(), past).await;
+    match refused {
+        Err(DepositError::OverCeiling { user: who, balance, usd: asked }) => {
+            assert_eq!((who, balance, asked), (user("rich"), most, past));
+        }
+        other => panic!("deposited past the ceiling: {other:?}"),
+    }
+    let fits = usd("0.0000000000000001");
+    let credited = store.deposit(&user("rich"), &DepositId::parse("d-1").unwrap(), fits).await.unwrap();
+    assert_eq!(credited, Deposited::Credited { balance: ceiling });
+    let again = store.deposit(&user("rich"), &DepositId::parse("d-1").unwrap(), fits).await.unwrap();
+    assert_eq!(again, Deposited::AlreadyCredited, "a replay at the ceiling");
+    assert!(store.open_account(&user("richer"), usd("100000000000.01")).await.is_err());
+    let d2 = DepositId::parse("d-2").unwrap();
+    let whole = store.deposit(&user("new"), &d2, usd("999999999999.9999999999999999")).await;
+    assert!(matches!(whole, Err(DepositError::OverCeiling { .. })), "{whole:?}");
+    assert_eq!(store.balance(&user("new")).await.unwrap(), Usd::ZERO);
+
+    // Racing from two instances: at most one of two deposits of 60 billion.
+    let instances: Vec<Arc<dyn Store>> = (0..2).map(|_| stores.instance()).collect();
+    let tasks: Vec<_> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move {
+                let id = DepositId::parse(&format!("race-{i}")).unwrap();
+                store.deposit(&user("racer"), &id, usd("60000000000")).await
+            })
+        })
+        .collect();
+    let mut credited = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => credited += 1,
+            Err(DepositError::OverCeiling { .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(credited, 1);
+    assert_eq!(store.balance(&user("racer")).await.unwrap(), usd("60000000000"));
+    assert_audit_clean(store.as_ref()).await;
+}
+
 /// Generates one `#[tokio::test]` per contract case for a factory of
 /// [`Stores`] (called once per case: a fresh table each).
 #[macro_export]
@@ -989,6 +1044,7 @@ macro_rules! store_contract_tests {
             racing_refunds_credit_each_order_once,
             open_batches_are_those_not_final_and_resends_are_recorded_once,
             seeding_opens_missing_accounts_only_and_deposits_credit_once,
+            deposits_stop_at_the_balance_ceiling_racing_or_not,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

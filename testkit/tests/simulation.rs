@@ -234,6 +234,7 @@ impl Run {
         let config = ServiceConfig {
             prices: PriceList::parse("ABAN=4,LOW=0.37,BIG=1234.5,FINE=0.12345678").unwrap(),
             minimum: usd("10"),
+            min_order: usd("0.01"),
         };
         let memory = Arc::new(MemoryTable::new());
         let queue = Arc::new(SimQueue::new(Arc::clone(&world)));
@@ -342,7 +343,8 @@ impl Run {
         let dice = &self.world.dice;
         let (coin, units, scale) = match dice.below(100) {
             0..45 => ("ABAN", dice.below(250) + 1, 2),
-            45..52 => ("ABAN", dice.below(100_000) + 1, 8),
+            // Around the smallest order ($0.01): 0.002 to 0.004 ABAN.
+            45..52 => ("ABAN", dice.below(200) + 200, 5),
             52..62 => ("ABAN", dice.below(300) + 200, 2),
             62..70 => ("ABAN", dice.below(2500) + 250, 2),
             70..80 => ("LOW", dice.below(4000) + 1, 2),
@@ -525,6 +527,12 @@ impl Run {
         match result {
             Ok(placed) => {
                 let id = placed.order.order.id;
+                if placed.order.order.cost < usd("0.01") {
+                    self.world.violated(format!(
+                        "order {id} of {} USD was taken, under the smallest order",
+                        placed.order.order.cost
+                    ));
+                }
                 if !placed.replayed {
                     replies.placed.insert(id, (user.clone(), placed.order.order.cost));
                     if placed.order.status == OrderStatus::Pending {
@@ -553,6 +561,12 @@ impl Run {
             }
             Err(PlaceOrderError::Place(PlaceError::Busy)) => {
                 replies.busy += 1;
+                false
+            }
+            Err(PlaceOrderError::BelowMinimum { cost, minimum }) => {
+                if cost >= minimum {
+                    self.world.violated(format!("an order of {cost} USD was refused as under {minimum} USD"));
+                }
                 false
             }
             Err(_) => false,

@@ -33,6 +33,8 @@ pub enum ApiError {
     InvalidAmount(#[from] InvalidAmount),
     #[error(transparent)]
     PoolOverflow(#[from] PoolOverflow),
+    #[error("the order costs {cost} USD; the smallest order is {minimum} USD")]
+    BelowMinimum { cost: Usd, minimum: Usd },
     #[error("the balance is {balance} USD but the order costs {cost} USD")]
     InsufficientFunds { balance: Usd, cost: Usd },
     #[error("this Idempotency-Key was already used for a different order (coin or amount)")]
@@ -75,7 +77,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key")
             }
             ApiError::UnknownCoin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-coin", "Unknown coin"),
-            ApiError::InvalidAmount(_) | ApiError::PoolOverflow(_) => {
+            ApiError::InvalidAmount(_) | ApiError::PoolOverflow(_) | ApiError::BelowMinimum { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount")
             }
             ApiError::InsufficientFunds { .. } => {

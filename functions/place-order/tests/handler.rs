@@ -193,3 +193,21 @@ async fn a_bad_cancel_is_refused_and_changes_nothing() {
     let (_, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
     assert_eq!(account["balance_usd"], "96", "nothing changed");
 }
+
+#[tokio::test]
+async fn an_order_under_the_smallest_order_is_refused_and_changes_nothing() {
+    let (service, _messages) = service("1").await;
+    // 0.002 ABAN at $4 is $0.008, under the default $0.01.
+    let (status, problem) = call(&service, place("0.002")).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["type"], "invalid-amount");
+    assert!(problem["detail"].as_str().unwrap().contains("the smallest order is 0.01 USD"), "{problem}");
+    let (_, account) = call(&service, event(GET_ACCOUNT, |_| {})).await;
+    assert_eq!(account["balance_usd"], "1");
+    let (_, orders) = call(&service, event(GET_ACCOUNT, |v| v["rawPath"] = "/orders".into())).await;
+    assert_eq!(orders["orders"], serde_json::json!([]), "{orders}");
+
+    // Exactly the minimum is an order.
+    let (status, order) = call(&service, place("0.0025")).await;
+    assert_eq!((status, order["cost_usd"].as_str()), (201, Some("0.01")), "{order}");
+}

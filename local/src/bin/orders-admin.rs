@@ -82,11 +82,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone()));
     match cli.command {
         Command::Deposit { user, usd, id } => {
-            let user = UserId::parse(&user)?;
-            let usd = Usd::parse(&usd).filter(|u| *u > Usd::ZERO).ok_or(
-                "--usd must be a positive plain decimal of at most 16 decimal places and 12 digits before the point",
-            )?;
-            let id = DepositId::parse(&id)?;
+            let user = UserId::parse(&user).map_err(|e| format!("--user \"{user}\": {e}"))?;
+            let usd = Usd::parse(&usd).filter(|u| *u > Usd::ZERO).ok_or_else(|| {
+                format!(
+                    "--usd \"{usd}\" is not a positive plain decimal of at most {} decimal places and {} digits \
+                     before the point",
+                    Usd::MAX_SCALE,
+                    Usd::MAX_WHOLE_DIGITS
+                )
+            })?;
+            let id = DepositId::parse(&id).map_err(|e| format!("--id \"{id}\": {e}"))?;
             match store.deposit(&user, &id, usd).await? {
                 Deposited::Credited { balance } => println!("credited {usd} USD to {user}; balance {balance} USD"),
                 Deposited::AlreadyCredited => println!("deposit {id} was credited before; nothing changed"),
@@ -121,12 +126,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { minimum, max_wait } => {
-            let minimum = Usd::parse(&minimum).ok_or("--minimum must be a plain decimal")?;
+            let minimum = Usd::parse(&minimum)
+                .filter(|m| *m > Usd::ZERO)
+                .ok_or_else(|| format!("--minimum \"{minimum}\" is not a positive plain decimal"))?;
             let age = match max_wait {
                 None => None,
                 Some(text) => {
                     let wait = shared::config::parse_wait(&text)
-                        .ok_or_else(|| format!("--max-wait {text:?} is not a duration such as 90s, 15m or 2h"))?;
+                        .ok_or_else(|| format!("--max-wait \"{text}\" is not a duration such as 90s, 15m or 2h"))?;
                     let checks = time::Duration::try_from(WAIT_CHECK_EVERY * 2)?;
                     Some(AgeLimit { now: time::OffsetDateTime::now_utc(), max: wait + checks })
                 }

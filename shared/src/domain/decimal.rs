@@ -89,36 +89,75 @@ pub fn exact_decimal(text: &str) -> Option<Decimal> {
 }
 
 /// A running sum that is exact, or knows it is not (the audit's totals).
+///
+/// It counts in 128 bits, wider than a `Decimal`'s 96: a whole table's
+/// deposits, or one account's over its lifetime, may hold more digits
+/// than any one balance (at money's 16 places, sums up to about 10^22
+/// dollars stay exact), and the audit must be able to sum them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExactSum(Option<Decimal>);
+pub struct ExactSum(Option<Wide>);
+
+/// `mantissa × 10^-scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wide {
+    mantissa: i128,
+    scale: u32,
+}
+
+impl Wide {
+    fn of(value: Decimal) -> Wide {
+        let value = value.normalize();
+        Wide { mantissa: value.mantissa(), scale: value.scale() }
+    }
+
+    /// Both at the larger scale, or `None` when that does not fit.
+    fn aligned(self, other: Wide) -> Option<(i128, i128, u32)> {
+        let scale = self.scale.max(other.scale);
+        let lift = |w: Wide| w.mantissa.checked_mul(10i128.checked_pow(scale - w.scale)?);
+        Some((lift(self)?, lift(other)?, scale))
+    }
+
+    fn plus(self, other: Wide) -> Option<Wide> {
+        let (a, b, scale) = self.aligned(other)?;
+        let mut sum = Wide { mantissa: a.checked_add(b)?, scale };
+        while sum.scale > 0 && sum.mantissa % 10 == 0 {
+            sum.mantissa /= 10;
+            sum.scale -= 1;
+        }
+        Some(sum)
+    }
+}
 
 impl ExactSum {
-    /// The sum, if every addition was exact.
+    /// The sum as a `Decimal`, if every addition was exact and it fits one.
     pub fn value(self) -> Option<Decimal> {
-        self.0
+        let sum = self.0?;
+        (sum.mantissa.abs() <= MAX_MANTISSA && sum.scale <= MAX_SCALE)
+            .then(|| Decimal::try_from_i128_with_scale(sum.mantissa, sum.scale).ok())
+            .flatten()
     }
 
     /// Whether the sum is exactly `value`.
     pub fn is(self, value: Decimal) -> bool {
-        self.0 == Some(value.normalize())
+        self.0.and_then(|sum| sum.aligned(Wide::of(value))).is_some_and(|(a, b, _)| a == b)
     }
 }
 
 impl Default for ExactSum {
     fn default() -> Self {
-        ExactSum(Some(Decimal::ZERO))
+        ExactSum(Some(Wide { mantissa: 0, scale: 0 }))
     }
 }
 
 impl AddAssign<Decimal> for ExactSum {
     fn add_assign(&mut self, value: Decimal) {
-        self.0 = self.0.and_then(|sum| exact_sum(sum, value));
+        self.0 = self.0.and_then(|sum| sum.plus(Wide::of(value)));
     }
 }
 
 impl AddAssign<ExactSum> for ExactSum {
     fn add_assign(&mut self, other: ExactSum) {
-        self.0 = self.0.zip(other.0).and_then(|(a, b)| exact_sum(a, b));
+        self.0 = self.0.zip(other.0).and_then(|(a, b)| a.plus(b));
     }
 }
 
@@ -140,10 +179,15 @@ impl std::iter::Sum<Decimal> for ExactSum {
 
 impl fmt::Display for ExactSum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(value) => f.write_str(&format_decimal(value)),
-            None => f.write_str("(more digits than can be summed exactly)"),
+        let Some(sum) = self.0 else { return f.write_str("(more digits than can be summed exactly)") };
+        let unit = 10u128.pow(sum.scale);
+        let (whole, fraction) = (sum.mantissa.unsigned_abs() / unit, sum.mantissa.unsigned_abs() % unit);
+        let sign = if sum.mantissa < 0 { "-" } else { "" };
+        if fraction == 0 {
+            return write!(f, "{sign}{whole}");
         }
+        let digits = format!("{fraction:0width$}", width = sum.scale as usize);
+        write!(f, "{sign}{whole}.{}", digits.trim_end_matches('0'))
     }
 }
 

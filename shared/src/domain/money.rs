@@ -25,6 +25,12 @@ impl Usd {
     /// has (under a trillion dollars): with [`Usd::MAX_SCALE`] places, 28
     /// digits, what a `Decimal` holds exactly.
     pub const MAX_WHOLE_DIGITS: usize = 12;
+    /// The most an account may hold after a deposit or as its opening
+    /// balance: 100,000,000,000 USD. A balance is read into a `Decimal`,
+    /// exact up to about 7.9 × 10^12 at money's 16 places; the ceiling
+    /// leaves 79 times itself for refunds of orders placed from it. Only a
+    /// refund credits past the ceiling, and only what the account paid.
+    pub const BALANCE_CEILING: Usd = Usd(Decimal::from_parts(0x4876_E800, 0x17, 0, false, 0));
 
     /// `None` for a negative value: a balance or a cost is never below zero.
     pub fn new(value: Decimal) -> Option<Usd> {
@@ -97,6 +103,17 @@ mod tests {
 
     fn dec(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_balance_ceiling_is_a_hundred_billion_and_readable_many_times_over() {
+        assert_eq!(Usd::BALANCE_CEILING.to_string(), "100000000000");
+        // 79 ceilings and the finest cent-fraction still sum exactly.
+        let mut sum = Usd::ZERO;
+        for _ in 0..79 {
+            sum = sum.checked_add(Usd::BALANCE_CEILING).unwrap();
+        }
+        assert!(sum.checked_add(Usd::new(dec("0.0000000000000001")).unwrap()).is_some());
     }
 
     #[test]
@@ -174,9 +191,27 @@ mod tests {
         sum += dec("0.1");
         sum += dec("0.2");
         assert!(sum.is(dec("0.3")));
+        // Wider than a Decimal: 8e27 + 0.3 is summed exactly, and printed,
+        // though no Decimal holds it.
         sum += big;
         assert_eq!(sum.value(), None);
-        assert_eq!(sum.to_string(), "(more digits than can be summed exactly)");
+        assert_eq!(sum.to_string(), "8000000000000000000000000000.3");
+        assert!(!sum.is(big));
+        sum -= big;
+        assert!(sum.is(dec("0.3")));
+        // Eight deposits each at the most digits a deposit has: more than a
+        // Decimal holds, summed exactly all the same.
+        let most = dec("999999999999.9999999999999999");
+        let eight: ExactSum = std::iter::repeat_n(most, 8).sum();
+        assert_eq!(eight.to_string(), "7999999999999.9999999999999992");
+        let mut past = ExactSum::default();
+        past += dec("0.0000000000000000000000000001");
+        past += big;
+        assert_eq!(past.value(), None);
+        assert_eq!(past.to_string(), "(more digits than can be summed exactly)");
+        let mut negative = ExactSum::default();
+        negative -= dec("2.50");
+        assert_eq!(negative.to_string(), "-2.5");
     }
 
     #[test]

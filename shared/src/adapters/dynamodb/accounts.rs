@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use super::item::{Item, account_key, deposit_key, get_decimal, get_s, n, opening_deposit, s};
 use super::table::{Changes, Cond, Reason, Transacted, Write};
 use super::{DynamoStore, unexpected};
+use rust_decimal::Decimal;
+
 use crate::domain::{DepositId, Usd, UserId};
 use crate::ports::{Accounts, DepositError, Deposited, InfraError, Orders};
 
@@ -33,6 +35,12 @@ fn written_by(record: &Item, token: &str) -> bool {
 #[async_trait]
 impl Accounts for DynamoStore {
     async fn open_account(&self, user: &UserId, balance: Usd) -> Result<bool, InfraError> {
+        if balance > Usd::BALANCE_CEILING {
+            return Err(InfraError::new(
+                "open account",
+                format!("account {user}: {balance} USD is over the balance ceiling of {} USD", Usd::BALANCE_CEILING),
+            ));
+        }
         let mut account = account_key(user);
         account.insert("user_id".into(), s(user.as_str()));
         account.insert("balance_usd".into(), n(balance.value()));
@@ -58,13 +66,24 @@ impl Accounts for DynamoStore {
 
     async fn deposit(&self, user: &UserId, id: &DepositId, usd: Usd) -> Result<Deposited, DepositError> {
         let token = ulid::Ulid::new().to_string();
+        // The most the account may hold before this deposit; `None`: the
+        // deposit alone is over the ceiling.
+        let room = Usd::BALANCE_CEILING.checked_sub(usd);
         const RECORD: usize = 0;
+        const ACCOUNT: usize = 1;
         let writes = [
             Write::Put { item: deposit_record(user, id, usd, &token), condition: Some(Cond::not_exists("PK")) },
             Write::Update {
                 key: account_key(user),
                 changes: Changes::new().add("balance_usd", n(usd.value())).set("user_id", s(user.as_str())),
-                condition: None,
+                // Against the balance as it is when the deposit lands, so
+                // deposits racing each other cannot pass it together.
+                condition: Some(match room {
+                    Some(room) => Cond::not_exists("balance_usd").or(Cond::le("balance_usd", n(room.value()))),
+                    // Fails for any item: checked again after the record's
+                    // condition, so a replayed id still answers as a replay.
+                    None => Cond::lt("balance_usd", n(Decimal::ZERO)).and(Cond::exists("balance_usd")),
+                }),
             },
         ];
         match self.transact_idempotent("deposit", &token, &writes).await? {
@@ -84,7 +103,17 @@ impl Accounts for DynamoStore {
                         Err(DepositError::IdReused { id: id.clone(), credited, asked: usd })
                     }
                 }
-                _ => Err(InfraError::new("deposit", unexpected(&reasons)).into()),
+                _ => match reasons.get(ACCOUNT) {
+                    Some(Reason::ConditionFailed(account)) => {
+                        let balance = account
+                            .as_ref()
+                            .and_then(|item| get_decimal(item, "balance_usd").ok())
+                            .and_then(Usd::new)
+                            .unwrap_or_default();
+                        Err(DepositError::OverCeiling { user: user.clone(), balance, usd })
+                    }
+                    _ => Err(InfraError::new("deposit", unexpected(&reasons)).into()),
+                },
             },
         }
     }
