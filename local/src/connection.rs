@@ -100,16 +100,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientConnection<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            // Nothing from the client: if idle and asked for its slot, the
-            // connection ends as if the client had closed it (between
-            // requests, hyper closes quietly on that). Only once the read
-            // found nothing, so that a request already sent is served.
+            // Nothing from the client: if idle or in a head and asked for
+            // its slot, the connection ends as if the client had closed it
+            // (between requests, hyper closes quietly on that). Only once
+            // the read found nothing, so that a request already sent is
+            // served.
             Poll::Pending if this.activity.gives_way(cx) => return Poll::Ready(Ok(())),
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result?,
         }
         if buf.filled().len() > before {
-            this.activity.request_began();
+            this.activity.bytes_arrived();
         }
         let room = KEPT_FOR_DIAGNOSIS.saturating_sub(this.received.len());
         let new = &buf.filled()[before..];

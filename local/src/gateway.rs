@@ -34,10 +34,10 @@ pub async fn serve(
     limits: ServerLimits,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let mut response = answer(service, request, remote, limits).await;
-    // A kept-alive connection is closed after `header_timeout` idle; a
+    // A kept-alive connection is closed after `head_timeout` idle; a
     // client that reads this closes it first, rather than sending a
     // request into a connection as it closes.
-    let idle = limits.header_timeout.as_secs().saturating_sub(1);
+    let idle = limits.head_timeout.as_secs().saturating_sub(1);
     if idle > 0
         && let Ok(value) = HeaderValue::from_str(&format!("timeout={idle}"))
     {

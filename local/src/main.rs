@@ -28,10 +28,14 @@ struct Cli {
     /// place of the longest-idle one.
     #[arg(long, default_value_t = ServerLimits::default().max_connections)]
     max_connections: usize,
-    /// Seconds a client has to send a request's head (or, on a kept-alive
-    /// connection, its next request), and then its body.
-    #[arg(long, default_value_t = ServerLimits::default().header_timeout.as_secs())]
+    /// Seconds a client has to send a request's body once its head is in
+    /// (and the most its head may take, if less than --head-timeout).
+    #[arg(long, default_value_t = ServerLimits::default().body_timeout.as_secs())]
     request_timeout: u64,
+    /// Seconds a client has to send a request's head, whole (on a kept-alive
+    /// connection, counted from the last answer).
+    #[arg(long, default_value_t = ServerLimits::default().head_timeout.as_secs())]
+    head_timeout: u64,
 }
 
 #[tokio::main]
@@ -63,7 +67,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         wait: shared::config::wait_policy_from_lookup(|var| std::env::var(var).ok())?,
         limits: ServerLimits {
             max_connections: cli.max_connections,
-            header_timeout: Duration::from_secs(cli.request_timeout),
+            head_timeout: Duration::from_secs(cli.head_timeout.min(cli.request_timeout)),
             body_timeout: Duration::from_secs(cli.request_timeout),
             ..ServerLimits::default()
         },

@@ -1,11 +1,13 @@
 //! The HTTP server in front of the gateway: what API Gateway's managed
 //! front door does for the deployed stack, here bounded so that slow,
 //! stalled or flooding clients cannot take the process down. hyper reads
-//! the head within `header_timeout` (on a kept-alive connection, the wait
-//! for the next request counts), the gateway reads the body within
-//! `body_timeout`, at most `max_connections` are open (more wait in the
-//! listen backlog, or take the slot of an idle one: `crate::slots`), and
-//! accept errors back off instead of spinning.
+//! the whole head within `head_timeout` from when it starts waiting for it
+//! (a deadline, not an idle timer: a head sent a byte at a time is cut all
+//! the same; on a kept-alive connection, the wait for the next request
+//! counts), the gateway reads the body within `body_timeout`, at most
+//! `max_connections` are open (more wait in the listen backlog, or take
+//! the slot of an idle connection, else of one still sending its head:
+//! `crate::slots`), and accept errors back off instead of spinning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,9 +29,10 @@ pub struct ServerLimits {
     /// Connections served at once; more wait to be accepted, or take the
     /// place of the longest-idle one.
     pub max_connections: usize,
-    /// To receive a request's head, and the idle time allowed between
-    /// requests on a kept-alive connection.
-    pub header_timeout: Duration,
+    /// To receive a request's head, whole, and the idle time allowed
+    /// between requests on a kept-alive connection. Short: a client sends
+    /// its head at once, and a head that trickles holds a slot.
+    pub head_timeout: Duration,
     /// To receive a request's body once its head is in; also how long a
     /// write to a client that stopped reading may stall.
     pub body_timeout: Duration,
@@ -41,7 +44,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 512,
-            header_timeout: Duration::from_secs(30),
+            head_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
         }
@@ -66,7 +69,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     // A head over 128 KiB is 431 however it arrives (without a limit of
     // its own, hyper decides by how full its read buffer happens to be).
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_header_size(MAX_HEAD);
+    http.timer(TokioTimer::new()).header_read_timeout(limits.head_timeout).max_header_size(MAX_HEAD);
     loop {
         // Accepted before it has a slot, so that an idle connection gives
         // way only to one that is waiting; the ones after it still wait in

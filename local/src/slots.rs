@@ -3,10 +3,12 @@
 //! Each connection holds a slot from its accept to its close. When none is
 //! free, a connection just accepted does not wait behind idle ones: the
 //! connection idle the longest (kept alive after its answer, or not yet
-//! sent a byte) is asked to close, as nginx and others do. Without this, a
-//! client holding the cap in idle connections, and reopening each as it
-//! closed, made everyone else wait out the idle timeout. A connection with
-//! a request under way is never asked: its slot frees when it ends.
+//! sent a byte) is asked to close, as nginx and others do; when none is
+//! idle, the one that has been sending its request's head the longest.
+//! Without this, a client holding the cap in idle connections, or in heads
+//! sent a line at a time, and reopening each as it closed, made everyone
+//! else wait out the idle or head timeout. A connection whose request the
+//! service has begun is never asked: its slot frees when it ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,12 +76,17 @@ impl Slots {
 
     fn ask_longest_idle_to_close(&self) {
         let open = self.open();
+        // Idle before heads, then the longest at it.
         let longest = open
             .values()
-            .filter_map(|activity| Some((activity.idle_since()?, activity)))
-            .min_by_key(|(since, _)| *since);
-        if let Some((since, activity)) = longest {
-            tracing::debug!(idle_for = ?since.elapsed(), "at the connection cap: closing the longest-idle connection");
+            .filter_map(|activity| Some((activity.gives_way_since()?, activity)))
+            .min_by_key(|((in_head, since), _)| (*in_head, *since));
+        if let Some(((in_head, since), activity)) = longest {
+            tracing::debug!(
+                for_ = ?since.elapsed(),
+                in_head,
+                "at the connection cap: closing the longest-idle connection"
+            );
             activity.ask_to_close();
         }
     }
@@ -106,7 +113,9 @@ enum Phase {
     /// No byte of a request since then: a fresh connection, or a kept-alive
     /// one whose last answer is sent.
     Idle(Instant),
-    /// A request is being received or served.
+    /// A request's head is arriving since then; the service has not begun.
+    Head(Instant),
+    /// The service has begun on a request (its body may still arrive).
     Request,
     /// The service answered; its response is being written.
     Answering,
@@ -117,8 +126,19 @@ impl Activity {
         Activity(Mutex::new(State { phase: Phase::Idle(Instant::now()), asked: false, waker: None }))
     }
 
-    /// A request's bytes arrived, or the service began on one: whatever it
-    /// was asked, this connection stays.
+    /// Bytes of a request arrived: the ask (made of an idle connection)
+    /// no longer holds; a head under way gives way only when asked again,
+    /// once no connection is idle.
+    pub fn bytes_arrived(&self) {
+        let mut state = self.state();
+        if matches!(state.phase, Phase::Idle(_) | Phase::Answering) {
+            state.phase = Phase::Head(Instant::now());
+            state.asked = false;
+        }
+    }
+
+    /// The service began on a request: whatever it was asked, this
+    /// connection stays.
     pub fn request_began(&self) {
         let mut state = self.state();
         state.phase = Phase::Request;
@@ -132,7 +152,7 @@ impl Activity {
     /// Everything written so far has been sent. After the service's answer,
     /// that is the whole response: responses are whole bodies, smaller than
     /// hyper's write buffer, written then flushed once. Bytes of a pipelined
-    /// request read meanwhile made this `Request` again.
+    /// request read meanwhile made this `Head` already.
     pub fn flushed(&self) {
         let mut state = self.state();
         if matches!(state.phase, Phase::Answering) {
@@ -145,7 +165,7 @@ impl Activity {
     /// wake when asked.
     pub fn gives_way(&self, cx: &Context<'_>) -> bool {
         let mut state = self.state();
-        if state.asked && matches!(state.phase, Phase::Idle(_)) {
+        if state.asked && matches!(state.phase, Phase::Idle(_) | Phase::Head(_)) {
             return true;
         }
         if !state.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
@@ -154,11 +174,17 @@ impl Activity {
         false
     }
 
-    fn idle_since(&self) -> Option<Instant> {
+    /// Whether it is in a head (else idle), and since when; `None` if it
+    /// was asked already, never gives way, or is not waiting on a read (a
+    /// connection just accepted, not yet read: its bytes may be there, and
+    /// asking it would only cost the asker its wait).
+    fn gives_way_since(&self) -> Option<(bool, Instant)> {
         let state = self.state();
         match state.phase {
-            Phase::Idle(since) if !state.asked => Some(since),
-            _ => None,
+            _ if state.asked || state.waker.is_none() => None,
+            Phase::Idle(since) => Some((false, since)),
+            Phase::Head(since) => Some((true, since)),
+            Phase::Request | Phase::Answering => None,
         }
     }
 
@@ -192,6 +218,9 @@ mod tests {
         let newest = slots.claim().await;
         busy.activity.request_began();
         let cx = Context::from_waker(Waker::noop());
+        for slot in [&oldest, &busy, &newest] {
+            assert!(!slot.activity.gives_way(&cx), "waiting on a read");
+        }
 
         // At the cap, a claim asks the longest-idle connection, then waits.
         let claim = tokio::spawn({
@@ -213,12 +242,44 @@ mod tests {
         let cx = Context::from_waker(Waker::noop());
         slot.activity.request_began();
         slot.activity.answered();
-        assert_eq!(slot.activity.idle_since(), None, "idle before its answer is sent");
+        assert_eq!(slot.activity.gives_way_since(), None, "idle before its answer is sent");
         slot.activity.flushed();
-        assert!(slot.activity.idle_since().is_some());
+        assert_eq!(slot.activity.gives_way_since(), None, "not waiting on a read yet");
+        assert!(!slot.activity.gives_way(&cx));
+        assert!(slot.activity.gives_way_since().is_some_and(|(in_head, _)| !in_head));
         slots.ask_longest_idle_to_close();
         // A request that arrives after the ask keeps its connection.
-        slot.activity.request_began();
+        slot.activity.bytes_arrived();
         assert!(!slot.activity.gives_way(&cx));
+    }
+
+    /// With no connection idle, the head under way the longest gives way;
+    /// a request the service has begun never does.
+    #[tokio::test]
+    async fn at_the_cap_heads_give_way_after_idle_connections_and_before_requests() {
+        let slots = Slots::new(3);
+        let (oldest_head, newer_head, serving) = (slots.claim().await, slots.claim().await, slots.claim().await);
+        oldest_head.activity.bytes_arrived();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        newer_head.activity.bytes_arrived();
+        serving.activity.bytes_arrived();
+        serving.activity.request_began();
+        let cx = Context::from_waker(Waker::noop());
+        // More bytes of the same head change nothing.
+        oldest_head.activity.bytes_arrived();
+        for slot in [&oldest_head, &newer_head, &serving] {
+            assert!(!slot.activity.gives_way(&cx), "waiting on a read");
+        }
+
+        let claim = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { slots.claim().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(oldest_head.activity.gives_way(&cx));
+        assert!(!newer_head.activity.gives_way(&cx));
+        assert!(!serving.activity.gives_way(&cx));
+        drop(oldest_head);
+        let _claimed = claim.await.unwrap();
     }
 }

@@ -84,8 +84,9 @@ async fn serves_the_demo_accounts_and_stops_cleanly_on_ctrl_c() {
         .await
         .unwrap();
     assert_eq!(placed.status(), 201);
-    // Idle kept-alive connections close after 30 s; clients are told 29.
-    assert_eq!(placed.headers()["keep-alive"], "timeout=29");
+    // Idle kept-alive connections close after the head's 5 s; clients are
+    // told 4.
+    assert_eq!(placed.headers()["keep-alive"], "timeout=4");
 
     let logs = interrupt(child);
     assert!(logs.contains("simulated exchange filled a market buy"), "{logs}");

@@ -339,9 +339,15 @@ fn idle_connections_past_the_cap_give_way_to_new_clients() {
     // Idle connections would be closed after 30 s: a request answered
     // within seconds did not wait for that.
     let mut server = Server::start(&["--max-connections", "16", "--request-timeout", "30"], None);
-    // A request under way when the idle ones arrive: never cut to make room.
+    // A request under way when the idle ones arrive (its head in, its body
+    // to come): never cut to make room.
+    let order = r#"{"coin":"ABAN","amount":"1"}"#;
     let mut slow = server.connect();
-    slow.write_all(b"GET /account HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let head = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        order.len()
+    );
+    slow.write_all(head.as_bytes()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(Arc::clone(&stop));
     let hostile = hold_idle_connections(server.port, 48, Arc::clone(&stop));
@@ -357,13 +363,110 @@ fn idle_connections_past_the_cap_give_way_to_new_clients() {
             answer.after
         );
     }
-    slow.write_all(b"X-User-Id: bob\r\nConnection: close\r\n\r\n").unwrap();
+    slow.write_all(order.as_bytes()).unwrap();
     let mut answer = String::new();
     slow.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200 "), "the request under way: {answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 201 "), "the request under way: {answer:?}");
     stop.store(true, Ordering::Relaxed);
     let reopened = hostile.join().unwrap();
     assert!(reopened > 0, "the server closed none of the idle connections");
+    server.stop();
+}
+
+/// `count` connections that each send a request line and then one header
+/// line every `every`, never ending the head; each one the server closes
+/// is opened again. Returns once all are open, with the thread that drips
+/// (and answers how many were opened again).
+fn drip_heads(port: u16, count: usize, every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let open = move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.write_all(b"POST /orders HTTP/1.1\r\nHost: x\r\n").ok()?;
+        stream.set_nonblocking(true).ok()?;
+        Some(stream)
+    };
+    let mut held: Vec<Option<TcpStream>> = (0..count).map(|_| open()).collect();
+    assert!(held.iter().all(Option::is_some), "could not open {count} connections");
+    std::thread::spawn(move || {
+        let mut reopened = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for slot in held.iter_mut() {
+                let mut scratch = [0; 4096];
+                let closed = match slot.as_mut() {
+                    None => true,
+                    Some(stream) => match stream.read(&mut scratch) {
+                        Ok(_) => true,
+                        Err(error) if error.kind() != std::io::ErrorKind::WouldBlock => true,
+                        Err(_) => stream.write_all(b"X-Drip: 1\r\n").is_err(),
+                    },
+                };
+                if closed && !stop.load(Ordering::Relaxed) {
+                    *slot = open();
+                    reopened += 1;
+                }
+            }
+            std::thread::sleep(every);
+        }
+        reopened
+    })
+}
+
+/// 600 clients sending heads a line every 2 s hold every slot (512); a
+/// fresh order does not wait behind them: at the cap, the head under way
+/// the longest gives way (the head deadline is set long here, so that
+/// only the giving way can answer in time).
+#[test]
+fn heads_sent_a_line_at_a_time_give_way_to_a_fresh_order() {
+    let mut server = Server::start(&["--head-timeout", "60", "--request-timeout", "60"], None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(Arc::clone(&stop));
+    let dripping = drip_heads(server.port, 600, Duration::from_secs(2), Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(3));
+    let order = r#"{"coin":"ABAN","amount":"1"}"#;
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\nX-User-Id: bob\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{order}",
+        order.len()
+    );
+    let patience = Duration::from_secs(10);
+    for attempt in 1..=5 {
+        let answer = server.exchange(request.as_bytes(), patience);
+        assert!(
+            answer.status() == 201 && answer.after < patience,
+            "order {attempt} behind the dripping heads: {:?} after {:?}",
+            answer.text,
+            answer.after
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reopened = dripping.join().unwrap();
+    assert!(reopened > 0, "the server closed none of the dripping heads");
+    server.stop();
+}
+
+/// The head's time is a deadline, not an idle timer: a head that keeps
+/// trickling in is cut when its time is up.
+#[test]
+fn a_head_that_trickles_is_cut_at_its_deadline() {
+    let mut server = Server::start(&["--head-timeout", "1", "--request-timeout", "30"], None);
+    let mut stream = server.connect();
+    stream.write_all(b"GET /account HTTP/1.1\r\nHost: x\r\n").unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let started = Instant::now();
+    let mut scratch = [0; 4096];
+    let cut = loop {
+        match stream.read(&mut scratch) {
+            Ok(_) => break true,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut => {
+                break true;
+            }
+            Err(_) if started.elapsed() > WAIT => break false,
+            Err(_) => {
+                if stream.write_all(b"X-Drip: 1\r\n").is_err() {
+                    break true;
+                }
+            }
+        }
+    };
+    assert!(cut, "a trickling head kept its connection for {:?}", started.elapsed());
     server.stop();
 }
 
