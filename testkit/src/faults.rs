@@ -27,6 +27,10 @@ pub enum Fault {
     FailBefore,
     /// Applied, and the reply lost: the caller sees no answer.
     LoseReply,
+    /// Applied, the reply lost, and sent again as the SDK does on its own:
+    /// the caller sees only the second send's answer (a conditional write's
+    /// condition failing on the state the first one wrote).
+    Resent,
     /// Sent, and no answer: not applied yet (it may still arrive later, so
     /// the caller cannot know it never will).
     NoAnswer,
@@ -141,6 +145,12 @@ impl FaultyTable {
         }
     }
 
+    /// The first send of a resent write: its answer is the one lost.
+    fn resent<T>(&self, first: Result<T, TableError>) -> Result<(), TableError> {
+        self.injected.lost_replies.fetch_add(1, Ordering::Relaxed);
+        first.map(|_| ())
+    }
+
     fn after<T>(&self, fault: Fault, result: Result<T, TableError>) -> Result<T, TableError> {
         match (fault, result) {
             (Fault::LoseReply, Ok(_)) => {
@@ -168,6 +178,9 @@ impl Table for FaultyTable {
 
     async fn put(&self, item: Item, condition: Option<Cond>) -> Result<Result<(), ConditionFailed>, TableError> {
         let fault = self.before(Operation::Put)?;
+        if fault == Fault::Resent {
+            self.resent(self.inner.put(item.clone(), condition.clone()).await)?;
+        }
         let result = self.inner.put(item, condition).await;
         self.after(fault, result)
     }
@@ -179,6 +192,9 @@ impl Table for FaultyTable {
         condition: Option<Cond>,
     ) -> Result<Result<Item, ConditionFailed>, TableError> {
         let fault = self.before(Operation::Update)?;
+        if fault == Fault::Resent {
+            self.resent(self.inner.update(key.clone(), changes.clone(), condition.clone()).await)?;
+        }
         let result = self.inner.update(key, changes, condition).await;
         self.after(fault, result)
     }
@@ -189,6 +205,13 @@ impl Table for FaultyTable {
         if fault == Fault::Conflict && !committed {
             self.injected.conflicts.fetch_add(1, Ordering::Relaxed);
             return Ok(Transacted::Cancelled(vec![Reason::Conflict; writes.len()]));
+        }
+        if fault == Fault::Resent {
+            let first = self.inner.transact(writes.clone(), token).await;
+            if matches!(first, Ok(Transacted::Committed)) {
+                self.committed.lock().unwrap().insert(token.to_owned());
+            }
+            self.resent(first)?;
         }
         let result = self.inner.transact(writes, token).await;
         if matches!(result, Ok(Transacted::Committed)) {

@@ -307,3 +307,29 @@ async fn refunds_whose_replies_are_lost_complete_once_and_never_resend_the_order
         app.stop().await;
     }
 }
+
+/// The first reply to each of settlement's writes on a batch (its claim,
+/// then the settle record) is lost on the wire after DynamoDB applied it;
+/// the SDK sends it again and its condition fails on what it wrote. The
+/// attempt knows its own writes by their mark: the order is bought at once
+/// (not after the 30 s lease), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_whose_reply_is_lost_buys_at_once() {
+    for emulator in [Emulator::DynamoDbLocal, Emulator::Ministack] {
+        let proxy = LossyProxy::start(emulator.endpoint(), LossRule::NONE).await;
+        let app = app_behind(&proxy, FakeExchange::start().await, &[("alice", "100")]).await;
+        proxy.set_rule(LossRule { updates_containing: Some("SUBMITTING"), sends: 1, ..LossRule::NONE });
+
+        let reply = app.place("alice", "ABAN", "3").await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        let id = reply.text("order_id");
+        // Well within the lease: a claim taken for someone else's would wait it out.
+        app.wait_for_order("alice", &id, |r| r.text("status") == "settled").await;
+
+        assert!(proxy.lost() >= 2, "{emulator:?}: lost {} replies", proxy.lost());
+        let posts = app.exchange.calls().iter().filter(|c| c.method == "POST").count();
+        assert_eq!(posts, 1, "{emulator:?}");
+        assert_eq!(app.balance("alice").await, e2e_tests::dec("88"), "{emulator:?}");
+        app.stop().await;
+    }
+}

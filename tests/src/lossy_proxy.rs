@@ -30,11 +30,21 @@ pub struct LossRule {
     /// Lose the replies of reads too, once a transaction's reply was lost:
     /// then nothing can tell the caller what happened.
     pub reads_after_a_loss: bool,
+    /// Also lose the replies of the first `sends` sends of each distinct
+    /// `UpdateItem` whose request contains this text (settlement's claim
+    /// and fenced writes carry `SUBMITTING`).
+    pub updates_containing: Option<&'static str>,
 }
 
 impl LossRule {
     /// Nothing is lost.
-    pub const NONE: LossRule = LossRule { only_undashed_tokens: false, every: 0, sends: 0, reads_after_a_loss: false };
+    pub const NONE: LossRule = LossRule {
+        only_undashed_tokens: false,
+        every: 0,
+        sends: 0,
+        reads_after_a_loss: false,
+        updates_containing: None,
+    };
 }
 
 #[derive(Default)]
@@ -42,6 +52,8 @@ struct State {
     rule: Option<LossRule>,
     /// Per client request token: whether its replies are lost, and sends so far.
     tokens: HashMap<String, (bool, usize)>,
+    /// Sends so far of each distinct update chosen by `updates_containing`.
+    updates: HashMap<Bytes, usize>,
     distinct: usize,
     lost: usize,
     /// Replies lost since a transaction's was.
@@ -137,6 +149,12 @@ async fn forward(
                 state.losing_reads = true;
             }
             lose
+        } else if target.ends_with(".UpdateItem")
+            && rule.updates_containing.is_some_and(|text| String::from_utf8_lossy(&body).contains(text))
+        {
+            let sends = state.updates.entry(body.clone()).or_insert(0);
+            *sends += 1;
+            *sends <= rule.sends
         } else {
             state.losing_reads
         };

@@ -476,3 +476,43 @@ async fn a_refusal_waits_for_an_earlier_attempts_request_still_on_its_way() {
     assert_eq!((stored.status, stored.refunded), (shared::domain::BatchStatus::Settled, 0));
     assert_eq!(store.balance(&alice).await.unwrap(), Usd::new(Decimal::from(88)).unwrap());
 }
+
+/// Every settlement write's first reply is lost after it applied, and the
+/// SDK sends it again (its condition then fails on the state the write
+/// itself left): each attempt still knows its own writes, so one delivery
+/// buys (or refuses and refunds) at once, never waiting out a lease it
+/// holds itself, never buying twice.
+#[tokio::test]
+async fn writes_whose_replies_are_lost_and_resent_are_known_as_the_attempts_own() {
+    use shared::adapters::dynamodb::table::memory::MemoryTable;
+    use shared::domain::BatchStatus;
+    use std::sync::atomic::AtomicBool;
+    use testkit::faults::{Fault, FaultyTable, Operation};
+
+    for refuse in [false, true] {
+        let resending = Arc::new(AtomicBool::new(false));
+        let plan = {
+            let resending = Arc::clone(&resending);
+            move |_: Operation| if resending.load(Ordering::SeqCst) { Fault::Resent } else { Fault::None }
+        };
+        let table = Arc::new(FaultyTable::new(Arc::new(MemoryTable::new()), Arc::new(plan)));
+        let store = Arc::new(DynamoStore::on(Arc::clone(&table) as Arc<dyn shared::adapters::dynamodb::table::Table>));
+        let exchange = ScriptedExchange::new(refuse, false);
+        let settler = settler(&store, &exchange);
+        let batch = pooled_batch(&store).await;
+
+        resending.store(true, Ordering::SeqCst);
+        assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
+        resending.store(false, Ordering::SeqCst);
+
+        assert_eq!(exchange.buys.load(Ordering::SeqCst), 1, "refuse: {refuse}");
+        assert!(table.injected.lost_replies.load(Ordering::SeqCst) >= 2, "no reply was lost");
+        let status = store.batch(batch).await.unwrap().unwrap().status;
+        assert_eq!(status, if refuse { BatchStatus::Refunded } else { BatchStatus::Settled });
+        let expected = if refuse { 100 } else { 96 };
+        for name in ["alice", "bob", "carol"] {
+            let balance = store.balance(&UserId::parse(name).unwrap()).await.unwrap();
+            assert_eq!(balance, Usd::new(Decimal::from(expected)).unwrap(), "{name}");
+        }
+    }
+}

@@ -2,6 +2,12 @@
 //! the attempt's fenced writes (release, settle, refuse), each conditioned
 //! on the attempt still holding the batch (`attempts` is its number). The
 //! outbox: batches not final yet, and the reconciler's record of re-sends.
+//!
+//! Every one of these writes marks the batch with a token of its own. Its
+//! reply can be lost after it applied; the SDK then sends it again, and the
+//! resend's condition fails on the very state it wrote. Without the mark
+//! that reads as someone else's write (a claim as "another attempt holds
+//! the batch", waiting out the lease); with it, as what it is.
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -44,9 +50,29 @@ fn fence(id: BatchId, result: Result<Item, ConditionFailed>) -> Result<Fence, In
     }
 }
 
+/// The attribute a batch write marks the batch with.
+const WRITE_TOKEN: &str = "write_token";
+
 impl DynamoStore {
+    /// A conditional update of a batch, marked: a failed condition on an
+    /// item that carries this write's own mark is this write, applied by an
+    /// earlier send whose reply was lost, and answered as applied.
+    async fn update_batch(
+        &self,
+        id: BatchId,
+        changes: Changes,
+        condition: Cond,
+    ) -> Result<Result<Item, ConditionFailed>, InfraError> {
+        let token = ulid::Ulid::new().to_string();
+        let changes = changes.set(WRITE_TOKEN, s(&token));
+        Ok(match self.table.update(batch_key(id), changes, Some(condition)).await? {
+            Err(Some(item)) if item::get_s(&item, WRITE_TOKEN).is_ok_and(|mark| mark == token) => Ok(item),
+            result => result,
+        })
+    }
+
     async fn fenced_write(&self, id: BatchId, attempt: u32, changes: Changes) -> Result<Fence, InfraError> {
-        let result = self.table.update(batch_key(id), changes, Some(held_by(attempt))).await?;
+        let result = self.update_batch(id, changes, held_by(attempt)).await?;
         fence(id, result)
     }
 }
@@ -71,7 +97,7 @@ impl Settlements for DynamoStore {
         let claimable =
             Cond::eq("status", status(BatchStatus::Ready))
                 .or(Cond::eq("status", status(BatchStatus::Submitting)).and(Cond::le("lease_until_ms", ms(now))));
-        match self.table.update(batch_key(id), changes, Some(claimable)).await? {
+        match self.update_batch(id, changes, claimable).await? {
             Ok(item) => Ok(Claim::Claimed(batch_of(&item).map_err(infra("read batch"))?)),
             Err(None) => Ok(Claim::NotFound),
             Err(Some(item)) => {
@@ -123,7 +149,7 @@ impl Settlements for DynamoStore {
 
     async fn confirm_refusal(&self, id: BatchId) -> Result<bool, InfraError> {
         let changes = Changes::new().remove(item::REFUNDS_FROM);
-        Ok(self.table.update(batch_key(id), changes, Some(refusal_unconfirmed())).await?.is_ok())
+        Ok(self.update_batch(id, changes, refusal_unconfirmed()).await?.is_ok())
     }
 
     async fn settle_refused(&self, id: BatchId, exchange_order_id: &str) -> Result<bool, InfraError> {
@@ -133,7 +159,7 @@ impl Settlements for DynamoStore {
             .remove(item::REFUNDS_FROM)
             .remove(item::OPEN_PK)
             .remove(item::OPEN_SK);
-        Ok(self.table.update(batch_key(id), changes, Some(refusal_unconfirmed())).await?.is_ok())
+        Ok(self.update_batch(id, changes, refusal_unconfirmed()).await?.is_ok())
     }
 
     async fn refund_batch(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError> {
@@ -192,7 +218,7 @@ impl Outbox for DynamoStore {
         let unchanged =
             Cond::eq("status", status(batch.status)).and(Cond::eq("attempts", n_int(batch.attempts))).and(resends);
         let changes = Changes::new().set("resent_at_ms", ms(now)).add("resends", n_int(1u64));
-        Ok(self.table.update(batch_key(batch.id), changes, Some(unchanged)).await?.is_ok())
+        Ok(self.update_batch(batch.id, changes, unchanged).await?.is_ok())
     }
 
     async fn withdraw_resent(&self, batch: &Batch, noted_at: OffsetDateTime) -> Result<bool, InfraError> {
@@ -202,6 +228,6 @@ impl Outbox for DynamoStore {
             None => Changes::new().remove("resent_at_ms"),
         };
         let changes = restored.set("resends", n_int(batch.resends));
-        Ok(self.table.update(batch_key(batch.id), changes, Some(noted)).await?.is_ok())
+        Ok(self.update_batch(batch.id, changes, noted).await?.is_ok())
     }
 }
