@@ -43,7 +43,9 @@ use shared::domain::{
     BatchStatus, DepositId, IdempotencyKey, OrderId, OrderStatus, PriceList, Quantity, ResendPolicy, Usd, UserId,
     reproducible_ids,
 };
-use shared::ports::{Accounts, CancelError, LedgerRecords, PlaceError, Settlements, WaitAction, WaitPolicy};
+use shared::ports::{
+    Accounts, CancelError, DepositError, LedgerRecords, PlaceError, Settlements, WaitAction, WaitPolicy,
+};
 use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
 use shared::service::{OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
@@ -146,6 +148,10 @@ struct Replies {
     keys: BTreeMap<(UserId, String), (String, Quantity, Option<OrderId>)>,
     unknown: u64,
     busy: u64,
+    /// Orders refused as under the smallest order.
+    dust: u64,
+    /// Deposits refused at the balance ceiling.
+    over_ceiling: u64,
     /// Orders answered as placed and pending: what clients mostly cancel.
     pooled: Vec<(UserId, OrderId)>,
     /// Orders a cancel was answered with, canceled.
@@ -190,6 +196,8 @@ struct Summary {
     refunded: usize,
     unknown: u64,
     busy: u64,
+    dust: u64,
+    over_ceiling: u64,
     resent_after_unrecorded_refusal: u64,
     /// Pool shards in use, over all coins, and batches that closed several.
     shards: usize,
@@ -223,6 +231,9 @@ fn table_faults(world: Arc<World>) -> impl Fn(Operation) -> Fault + Send + Sync 
             (Operation::Get | Operation::Query, 85..105) => Fault::LoseReply,
             (Operation::Get | Operation::Query, _) => Fault::None,
             (_, 85..125) => Fault::LoseReply,
+            // Applied, its reply lost, and sent again as the SDK does: a
+            // claim or any conditional write meets its own state.
+            (Operation::Update | Operation::Put | Operation::Transact, 125..165) => Fault::Resent,
             _ => Fault::None,
         }
     }
@@ -363,12 +374,21 @@ impl Run {
             tokio::time::sleep(self.world.dice.millis(50..900)).await;
             let user = self.world.dice.pick(&self.users).clone();
             if self.world.dice.chance(0.04) {
-                // An operator credits a deposit, sometimes one credited before.
+                // An operator credits a deposit, sometimes one credited before;
+                // half of them to the account near the ceiling.
+                let user = if self.world.dice.chance(0.5) { self.users[0].clone() } else { user };
                 let wire = self.world.dice.below(30);
                 let id = DepositId::parse(&format!("wire-{wire}")).unwrap();
                 // Some deposits carry cents of cents down to money's last place.
                 let amount = usd(&format!("25.{wire:016}"));
-                let _ = self.process().store.deposit(&user, &id, amount).await;
+                if let Err(DepositError::OverCeiling { balance, usd: asked, .. }) =
+                    self.process().store.deposit(&user, &id, amount).await
+                {
+                    if balance.checked_add(asked).is_some_and(|after| after <= Usd::BALANCE_CEILING) {
+                        self.world.violated(format!("a deposit of {asked} on {balance} was refused under the ceiling"));
+                    }
+                    self.replies.lock().unwrap().over_ceiling += 1;
+                }
                 continue;
             }
             if self.world.dice.chance(0.15) {
@@ -567,6 +587,7 @@ impl Run {
                 if cost >= minimum {
                     self.world.violated(format!("an order of {cost} USD was refused as under {minimum} USD"));
                 }
+                replies.dust += 1;
                 false
             }
             Err(_) => false,
@@ -711,6 +732,8 @@ impl Run {
             refunded: count(BatchStatus::Refunded),
             unknown: replies.unknown,
             busy: replies.busy,
+            dust: replies.dust,
+            over_ceiling: replies.over_ceiling,
             resent_after_unrecorded_refusal: self.exchange.resent_after_unrecorded_refusal(),
             shards: ledger.pools.len(),
             merged_batches: ledger.batches.iter().filter(|b| b.pools.len() > 1).count(),
@@ -729,9 +752,10 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
     // The accounts exist before the faults start.
     run.world.faults.store(false, Ordering::Relaxed);
     for (n, user) in run.users.iter().enumerate() {
-        // One account holds nearly the most money can (12 whole digits, 16
-        // places): every debit, refund and deposit on it is a 28-digit sum.
-        let balance = if n == 0 { usd("999999999000.0000000000000001") } else { usd("300") };
+        // One account holds $10 under the balance ceiling, to money's last
+        // place: every debit, refund and deposit on it is a 28-digit sum,
+        // and its deposits meet the ceiling.
+        let balance = if n == 0 { usd("99999999990.0000000000000001") } else { usd("300") };
         run.process().store.open_account(user, balance).await.map_err(|e| e.to_string())?;
     }
     let house = UserId::parse(HOUSE).unwrap();
@@ -803,7 +827,8 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
     for seed in seeds() {
         match run(seed) {
             Ok(summary) => println!(
-                "seed {seed}: {} steps, {} orders, {} batches settled, {} refunded, {} unknown outcomes, {} busy, \
+                "seed {seed}: {} steps, {} orders, {} batches settled, {} refunded, {} unknown outcomes, {} busy, {} dust orders refused, \
+                 {} deposits refused at the ceiling, \
                  {} resends after a refusal a crash kept from being recorded, {} pool shards, {} batches of several shards, \
                  {} orders canceled, {} top-ups by the house (who holds {} USD at the end), {} rallies, {} moves of crumbs",
                 summary.steps,
@@ -812,6 +837,8 @@ fn every_seed_keeps_the_money_exact_through_every_fault() {
                 summary.refunded,
                 summary.unknown,
                 summary.busy,
+                summary.dust,
+                summary.over_ceiling,
                 summary.resent_after_unrecorded_refusal,
                 summary.shards,
                 summary.merged_batches,
