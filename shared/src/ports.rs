@@ -235,6 +235,16 @@ pub trait Settlements: Send + Sync {
     /// Credits up to `max_orders` member orders of a `Refused` batch that
     /// are not refunded yet, each once; when all are, `Refunded`.
     async fn refund_batch(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError>;
+
+    /// Records a look at the exchange after `batch`'s refund, as read: a
+    /// fill it found (then no more looks), or when the next look is due
+    /// (`None`: none). `false` if another look recorded first.
+    async fn record_recheck(
+        &self,
+        batch: &Batch,
+        late_fill: Option<&str>,
+        next: Option<OffsetDateTime>,
+    ) -> Result<bool, InfraError>;
 }
 
 /// The outbox: the reconciler's view of batches settlement may have lost.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::{Batch, BatchId, BatchStatus};
+use crate::domain::{Batch, BatchId, BatchStatus, RECHECKS_AFTER_REFUND};
 use crate::metrics::{self, SettleOutcome};
 use crate::ports::{
     Claim, Clock, Exchange, ExchangeError, ExchangeOrder, Fence, Fill, FillQuantity, InfraError, Lookup, Refund,
@@ -103,6 +103,7 @@ impl Settler {
         let batch = match self.settlements.claim_batch(batch_id, now, now + self.lease).await? {
             Claim::Claimed(batch) => batch,
             Claim::Refusing(_) => return self.refund(batch_id).await,
+            Claim::Finished(BatchStatus::Refunded) => return self.recheck(batch_id).await,
             Claim::Finished(status) => return Ok(Settlement::AlreadyFinished(status)),
             Claim::Leased { until } => return self.defer(batch_id, until, now).await,
             Claim::NotFound => return Ok(Settlement::UnknownBatch),
@@ -148,6 +149,47 @@ impl Settler {
             }
             Err(misconfigured) => Err(self.give_back(&batch, misconfigured).await),
         }
+    }
+
+    /// A refunded batch's look at the exchange, when one is due
+    /// (`RECHECKS_AFTER_REFUND`, the reconciler sends it): an exchange may
+    /// fill an order after it answered a refusal, outside the protocol. A
+    /// fill found is recorded on the batch for an operator, credited to
+    /// nobody and debited from nobody, and counted (its alarm). A lookup
+    /// that fails is looked again when the reconciler sends it again, less
+    /// and less often; never a failed message (its dead letter is for
+    /// money not yet decided).
+    async fn recheck(&self, id: BatchId) -> Result<Settlement, SettleError> {
+        let done = Ok(Settlement::AlreadyFinished(BatchStatus::Refunded));
+        let Some(batch) = self.settlements.batch(id).await? else { return done };
+        let now = self.clock.now();
+        // Not due: a duplicate delivery.
+        let Some(due) = batch.recheck_at.filter(|at| *at <= now) else { return done };
+        let looks = RECHECKS_AFTER_REFUND;
+        let look = usize::try_from(batch.rechecks).unwrap_or(usize::MAX);
+        match self.exchange.lookup(id).await {
+            Ok(Lookup::Filled(fill)) => {
+                if self.settlements.record_recheck(&batch, Some(&fill.exchange_order_id), None).await? {
+                    metrics::settle_outcome(SettleOutcome::FilledAfterRefusal);
+                    tracing::error!(
+                        batch_id = %id, exchange_order_id = %fill.exchange_order_id,
+                        "the exchange filled a batch after it was refused and refunded: an operator must reconcile"
+                    );
+                }
+            }
+            Ok(Lookup::NotFound | Lookup::Ended { .. }) => {
+                // From the refund: the look due now was `looks[look]` after it.
+                let next = looks.get(look + 1).zip(looks.get(look)).map(|(next, this)| due - *this + *next);
+                self.settlements.record_recheck(&batch, None, next).await?;
+            }
+            Ok(Lookup::Pending { status }) => {
+                tracing::warn!(batch_id = %id, status, "a refunded batch is still open at the exchange; looked at again later");
+            }
+            Err(error) => {
+                tracing::warn!(batch_id = %id, error = %ErrorChain(&error), "could not look a refunded batch up; looked at again later");
+            }
+        }
+        done
     }
 
     /// Another attempt holds the batch: a delayed message looks again once

@@ -94,10 +94,26 @@ async fn exact_amounts_are_accepted_as_strings_and_numbers() {
     let reply = post(&app, r#"{"coin":"ABAN","amount":"0.250000000"}"#).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     assert_eq!((reply.text("amount").as_str(), reply.text("cost_usd").as_str()), ("0.25", "1"));
-    let reply = post(&app, r#"{"coin":"ABAN","amount":0.00000001}"#).await;
+    let reply = post(&app, r#"{"coin":"ABAN","amount":0.00250001}"#).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
-    assert_eq!(reply.text("cost_usd"), "0.00000004");
-    assert_eq!(app.balance("alice").await, dec("98.99999996"));
+    assert_eq!(reply.text("cost_usd"), "0.01000004");
+    assert_eq!(app.balance("alice").await, dec("98.98999996"));
+    app.stop().await;
+}
+
+/// An order under the smallest order (`MIN_ORDER_USD`, $0.01 by default)
+/// is refused naming it, and changes nothing; the smallest order is taken.
+#[tokio::test]
+async fn dust_orders_are_refused_naming_the_smallest_order() {
+    let app = spawn_app(&[("alice", "100")]).await;
+    for amount in ["0.00000001", "0.0024", "0.00249999"] {
+        let reply = app.place("alice", "ABAN", amount).await;
+        reply.assert_problem(422, "invalid-amount");
+        assert!(reply.text("detail").contains("the smallest order is 0.01 USD"), "{}", reply.body);
+    }
+    assert_nothing_changed(&app, "alice", dec("100")).await;
+    let reply = app.place("alice", "ABAN", "0.0025").await;
+    assert_eq!((reply.status, reply.text("cost_usd").as_str()), (201, "0.01"), "{}", reply.body);
     app.stop().await;
 }
 
@@ -134,7 +150,7 @@ async fn requests_without_identity_are_401() {
 async fn insufficient_funds_is_its_own_422_and_accounts_start_at_zero() {
     let app = spawn_app(&[("alice", "11.99")]).await;
     app.place("alice", "ABAN", "3").await.assert_problem(422, "insufficient-funds");
-    app.place("nobody", "ABAN", "0.00000001").await.assert_problem(422, "insufficient-funds");
+    app.place("nobody", "ABAN", "0.0025").await.assert_problem(422, "insufficient-funds");
     assert_eq!(app.balance("nobody").await, dec("0"));
     assert_nothing_changed(&app, "alice", dec("11.99")).await;
     app.stop().await;

@@ -13,9 +13,10 @@ use rust_decimal::Decimal;
 const PRICE: &str = "4";
 const INITIAL: &str = "1000";
 
-/// Small amounts with up to 8 decimals, deterministic per index.
+/// Small amounts with up to 8 decimals, deterministic per index, from the
+/// smallest order ($0.01: 0.0025 at $4) to 1.5.
 fn small_amount(index: usize) -> Decimal {
-    let units = (index as u64 * 2_654_435_761 % 150_000_000) as i64 + 1;
+    let units = (index as u64 * 2_654_435_761 % 149_750_000) as i64 + 250_000;
     Decimal::new(units, 8)
 }
 

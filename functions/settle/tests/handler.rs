@@ -516,3 +516,109 @@ async fn writes_whose_replies_are_lost_and_resent_are_known_as_the_attempts_own(
         }
     }
 }
+
+/// A clock the test moves.
+struct Moving(Mutex<time::OffsetDateTime>);
+
+impl shared::ports::Clock for Moving {
+    fn now(&self) -> time::OffsetDateTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// An exchange that fills an order after it answered a refusal (outside
+/// the protocol's promise; exchanges do it): the refunded batch is looked
+/// up again five minutes after its refund, sent by the reconciler, and the
+/// fill is recorded on it and counted, credited to nobody. A batch whose
+/// looks find nothing is looked at again after an hour, then no more.
+#[tokio::test]
+async fn a_fill_after_a_refund_is_found_by_a_later_look_and_recorded_never_credited() {
+    use shared::domain::{BatchStatus, ResendPolicy};
+    use shared::ports::Outbox;
+    use shared::reconcile::Reconciler;
+
+    let start = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let clock = Arc::new(Moving(Mutex::new(start)));
+    let store = Arc::new(DynamoStore::in_memory().with_clock(clock.clone()));
+    let exchange = ScriptedExchange::new(true, false);
+    let (queue, _) = memory_queue();
+    let settler =
+        Settler::new(store.clone(), exchange.clone(), Arc::new(queue), clock.clone(), Duration::from_secs(30));
+    let (resends, mut sent) = memory_queue();
+    let policy = ResendPolicy {
+        ready_after: time::Duration::minutes(1),
+        backoff: time::Duration::minutes(5),
+        backoff_cap: time::Duration::hours(1),
+        max_attempts: 5,
+    };
+    let reconciler = Reconciler::new(store.clone(), Arc::new(resends), clock.clone(), policy);
+    let at = |after: time::Duration| *clock.0.lock().unwrap() = start + after;
+
+    let late = pooled_batch(&store).await;
+    assert!(failures(&settler, event(&[("m1", body(late))])).await.is_empty());
+    let refunded = store.batch(late).await.unwrap().unwrap();
+    assert_eq!(
+        (refunded.status, refunded.recheck_at),
+        (BatchStatus::Refunded, Some(start + time::Duration::minutes(5)))
+    );
+    // Filled at the exchange after all.
+    exchange.filled.lock().unwrap().push(late);
+
+    // Before its look is due, nothing is sent.
+    at(time::Duration::minutes(4));
+    assert!(reconciler.run_once().await.unwrap().resent.is_empty());
+    at(time::Duration::minutes(5));
+    assert_eq!(reconciler.run_once().await.unwrap().resent, vec![late]);
+    let message = sent.try_recv().unwrap();
+    assert!(failures(&settler, event(&[("m2", message.body)])).await.is_empty());
+
+    let found = store.batch(late).await.unwrap().unwrap();
+    assert_eq!(
+        (found.status, found.late_fill.as_deref(), found.recheck_at),
+        (BatchStatus::Refunded, Some(format!("EX-{late}").as_str()), None)
+    );
+    for name in ["alice", "bob", "carol"] {
+        let balance = store.balance(&UserId::parse(name).unwrap()).await.unwrap();
+        assert_eq!(balance, Usd::new(Decimal::from(100)).unwrap(), "{name}: credited or debited by the late fill");
+    }
+    assert!(store.open_batches().await.unwrap().is_empty(), "still watched after its fill was found");
+    assert_eq!(exchange.buys.load(Ordering::SeqCst), 1, "bought again");
+}
+
+#[tokio::test]
+async fn a_refunded_batch_is_looked_up_after_five_minutes_and_an_hour_then_no_more() {
+    use shared::domain::{BatchStatus, ResendPolicy};
+    use shared::ports::Outbox;
+    use shared::reconcile::Reconciler;
+
+    let start = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let clock = Arc::new(Moving(Mutex::new(start)));
+    let store = Arc::new(DynamoStore::in_memory().with_clock(clock.clone()));
+    let exchange = ScriptedExchange::new(true, false);
+    let (queue, _) = memory_queue();
+    let settler =
+        Settler::new(store.clone(), exchange.clone(), Arc::new(queue), clock.clone(), Duration::from_secs(30));
+    let (resends, mut sent) = memory_queue();
+    let policy = ResendPolicy {
+        ready_after: time::Duration::minutes(1),
+        backoff: time::Duration::minutes(5),
+        backoff_cap: time::Duration::hours(1),
+        max_attempts: 5,
+    };
+    let reconciler = Reconciler::new(store.clone(), Arc::new(resends), clock.clone(), policy);
+    let at = |after: time::Duration| *clock.0.lock().unwrap() = start + after;
+
+    let batch = pooled_batch(&store).await;
+    assert!(failures(&settler, event(&[("m1", body(batch))])).await.is_empty());
+    for (minutes, next) in [(5, Some(start + time::Duration::hours(1))), (60, None)] {
+        at(time::Duration::minutes(minutes));
+        assert_eq!(reconciler.run_once().await.unwrap().resent, vec![batch], "at +{minutes} min");
+        let message = sent.try_recv().unwrap();
+        assert!(failures(&settler, event(&[("m", message.body)])).await.is_empty());
+        let looked = store.batch(batch).await.unwrap().unwrap();
+        assert_eq!((looked.status, looked.recheck_at, looked.late_fill), (BatchStatus::Refunded, next, None));
+    }
+    at(time::Duration::hours(30));
+    assert!(reconciler.run_once().await.unwrap().resent.is_empty());
+    assert!(store.open_batches().await.unwrap().is_empty());
+}

@@ -13,7 +13,9 @@ pub use coin::{Coin, PriceList, UnknownCoin};
 pub use decimal::{ExactSum, exact_decimal, exact_product, exact_sum, format_decimal};
 pub use ids::{BatchId, DepositId, IdempotencyKey, InvalidId, OrderId, UserId, reproducible_ids};
 pub use money::{PRICE_SCALE, Usd};
-pub use order::{Batch, BatchStatus, Membership, NewOrder, Order, OrderStatus, OrderView, ResendPolicy};
+pub use order::{
+    Batch, BatchStatus, Membership, NewOrder, Order, OrderStatus, OrderView, RECHECKS_AFTER_REFUND, ResendPolicy,
+};
 pub use pooling::placement::Placement;
 pub use pooling::shards::{ShardCount, ShardRules};
 pub use pooling::sweep::{SweepRules, SweepStep};

@@ -171,8 +171,20 @@ pub struct Batch {
     /// attempt may still reach the exchange. `None`: the refusal is final.
     pub refunds_from: Option<OffsetDateTime>,
     pub exchange_order_id: Option<String>,
+    /// A `Refunded` batch is looked up at the exchange again then: an
+    /// exchange may fill an order after it answered a refusal.
+    pub recheck_at: Option<OffsetDateTime>,
+    /// Lookups made since its refund.
+    pub rechecks: u32,
+    /// The exchange's order found filling it after its refund: recorded for
+    /// an operator, credited to nobody.
+    pub late_fill: Option<String>,
     pub created_at: OffsetDateTime,
 }
+
+/// When a refunded batch is looked up at the exchange again, after its
+/// refund: a fill found then is recorded and raises the alarm.
+pub const RECHECKS_AFTER_REFUND: [time::Duration; 2] = [time::Duration::minutes(5), time::Duration::hours(1)];
 
 /// When the reconciler sends a batch to the settle queue again: only when
 /// settlement has lost track of it, and less and less often.
@@ -212,8 +224,17 @@ impl Batch {
             refusal: None,
             refunds_from: None,
             exchange_order_id: None,
+            recheck_at: None,
+            rechecks: 0,
+            late_fill: None,
             created_at,
         }
+    }
+
+    /// Whether the reconciler still watches it: not final, or refunded
+    /// with a look at the exchange still to make.
+    pub fn in_outbox(&self) -> bool {
+        !self.status.is_final() || self.recheck_at.is_some()
     }
 
     /// When the reconciler should send it again, if ever: `READY` whose
@@ -234,7 +255,13 @@ impl Batch {
                 let due = last + doubled(policy.backoff, retries);
                 Some(self.lease_until.map_or(due, |lease| lease.max(due)))
             }
-            BatchStatus::Settled | BatchStatus::Refunded => None,
+            // A refunded batch due for its look at the exchange; if that
+            // send is lost, again less and less often.
+            BatchStatus::Refunded => self.recheck_at.map(|at| match self.resent_at {
+                Some(sent) if sent >= at => sent + doubled(policy.ready_after, self.resends),
+                _ => at,
+            }),
+            BatchStatus::Settled => None,
         }
     }
 }
@@ -374,6 +401,14 @@ mod tests {
     fn decided_batches_are_never_sent_again_but_unfinished_refunds_are() {
         assert_eq!(batch(BatchStatus::Settled).resend_due(&POLICY), None);
         assert_eq!(batch(BatchStatus::Refunded).resend_due(&POLICY), None);
+        // A refunded batch is sent once more when its look at the exchange
+        // is due, and again, less and less often, if that send was lost.
+        let mut refunded = batch(BatchStatus::Refunded);
+        refunded.recheck_at = Some(at(300));
+        assert_eq!(refunded.resend_due(&POLICY), Some(at(300)));
+        refunded.resent_at = Some(at(300));
+        refunded.resends = 1;
+        assert_eq!(refunded.resend_due(&POLICY), Some(at(420)));
         let mut refused = batch(BatchStatus::Refused);
         refused.attempted_at = Some(at(30));
         assert_eq!(refused.resend_due(&POLICY), Some(at(90)));

@@ -165,6 +165,30 @@ impl Settlements for DynamoStore {
     async fn refund_batch(&self, id: BatchId, max_orders: u32) -> Result<Refund, InfraError> {
         self.refund(id, max_orders).await
     }
+
+    async fn record_recheck(
+        &self,
+        batch: &Batch,
+        late_fill: Option<&str>,
+        next: Option<OffsetDateTime>,
+    ) -> Result<bool, InfraError> {
+        let seen = match batch.rechecks {
+            0 => Cond::eq("rechecks", n_int(0u64)).or(Cond::not_exists("rechecks")),
+            seen => Cond::eq("rechecks", n_int(seen)),
+        };
+        let unchanged = Cond::eq("status", status(BatchStatus::Refunded)).and(Cond::exists(item::RECHECK_AT)).and(seen);
+        let mut changes = Changes::new().add(item::RECHECKS, n_int(1u64));
+        changes = match (late_fill, next) {
+            (Some(fill), _) => changes.set(item::LATE_FILL, s(fill)),
+            (None, Some(next)) => changes.set(item::RECHECK_AT, ms(next)),
+            (None, None) => changes,
+        };
+        if late_fill.is_some() || next.is_none() {
+            // No look left: out of the outbox.
+            changes = changes.remove(item::RECHECK_AT).remove(item::OPEN_PK).remove(item::OPEN_SK);
+        }
+        Ok(self.update_batch(batch.id, changes, unchanged).await?.is_ok())
+    }
 }
 
 #[async_trait]
@@ -172,7 +196,7 @@ impl Outbox for DynamoStore {
     /// Every batch the open-batches index lists, read from the table: the
     /// index holds only keys (an entry written once when a batch forms and
     /// once when it ends, never as settlement moves it), and lags the table,
-    /// so a batch read final here is left out.
+    /// so a batch read out of the outbox here is left out.
     async fn open_batches(&self) -> Result<Vec<Batch>, InfraError> {
         let mut keys = Vec::new();
         for partition in item::open_partitions() {
@@ -201,7 +225,7 @@ impl Outbox for DynamoStore {
         for chunk in keys.chunks(100) {
             for found in self.table.get_many(chunk.to_vec()).await? {
                 let batch = batch_of(&found).map_err(infra("read batch"))?;
-                if !batch.status.is_final() {
+                if batch.in_outbox() {
                     batches.push(batch);
                 }
             }

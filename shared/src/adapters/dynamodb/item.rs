@@ -474,10 +474,14 @@ pub fn batch_item(batch: &Batch) -> Item {
     item.insert("attempts".into(), n_int(batch.attempts));
     item.insert("resends".into(), n_int(batch.resends));
     item.insert("refunded".into(), n_int(batch.refunded));
+    if batch.rechecks > 0 {
+        item.insert(RECHECKS.into(), n_int(batch.rechecks));
+    }
     for (attribute, at) in [
         ("lease_until_ms", batch.lease_until),
         ("attempted_at_ms", batch.attempted_at),
         ("resent_at_ms", batch.resent_at),
+        (RECHECK_AT, batch.recheck_at),
     ] {
         if let Some(at) = at {
             item.insert(attribute.into(), ms(at));
@@ -489,8 +493,11 @@ pub fn batch_item(batch: &Batch) -> Item {
     if let Some(id) = &batch.exchange_order_id {
         item.insert("exchange_order_id".into(), s(id.as_str()));
     }
+    if let Some(id) = &batch.late_fill {
+        item.insert(LATE_FILL.into(), s(id.as_str()));
+    }
     item.insert("created_at".into(), timestamp(batch.created_at));
-    if !batch.status.is_final() {
+    if batch.in_outbox() {
         item.insert(OPEN_PK.into(), s(open_partition(batch.id)));
         item.insert(
             OPEN_SK.into(),
@@ -533,6 +540,11 @@ pub fn millis(at: OffsetDateTime) -> i64 {
 
 /// When a refused batch's refunds may start (see [`Batch::refunds_from`]).
 pub const REFUNDS_FROM: &str = "refunds_from_ms";
+/// A refunded batch's next look at the exchange, the looks made, and a
+/// fill found by one (see [`Batch::recheck_at`]).
+pub const RECHECK_AT: &str = "recheck_at_ms";
+pub const RECHECKS: &str = "rechecks";
+pub const LATE_FILL: &str = "late_fill_id";
 
 pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
     Ok(Batch {
@@ -553,6 +565,9 @@ pub fn batch_of(item: &Item) -> Result<Batch, ItemError> {
         refusal: opt(item, "refusal", |i, a| get_s(i, a).map(str::to_owned))?,
         refunds_from: opt(item, REFUNDS_FROM, time_of_ms)?,
         exchange_order_id: opt(item, "exchange_order_id", |i, a| get_s(i, a).map(str::to_owned))?,
+        recheck_at: opt(item, RECHECK_AT, time_of_ms)?,
+        rechecks: counter(item, RECHECKS)?,
+        late_fill: opt(item, LATE_FILL, |i, a| get_s(i, a).map(str::to_owned))?,
         created_at: time_of(item, "created_at")?,
     })
 }
@@ -635,6 +650,15 @@ mod tests {
             refusal: Some("400 symbol halted".into()),
             ..batch
         };
+        assert_eq!(batch_of(&batch_item(&refused)).unwrap(), refused);
+        let rechecked = Batch {
+            status: BatchStatus::Refunded,
+            recheck_at: Some(batch.created_at),
+            rechecks: 1,
+            late_fill: Some("EX-9".into()),
+            ..refused.clone()
+        };
+        assert_eq!(batch_of(&batch_item(&rechecked)).unwrap(), rechecked);
         assert_eq!(batch_of(&batch_item(&refused)).unwrap(), refused);
 
         let merged = Batch { pools: vec![PoolId { shard: 3, seq: 2 }, PoolId { shard: 0, seq: 9 }], ..refused };

@@ -5,7 +5,8 @@
 //! of the pools it closed list (or its one order, bought alone), in order;
 //! a call refunds a bounded number of them and leaves a cursor on the batch
 //! (the pool, then the last order), so the next call resumes where it
-//! stopped; when the count reaches the batch's, the batch is `REFUNDED`.
+//! stopped; when the count reaches the batch's, the batch is `REFUNDED`,
+//! and due for a look at the exchange five minutes later.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
@@ -109,10 +110,12 @@ impl DynamoStore {
             BatchStatus::Refused if batch.refunded == batch.count => {}
             _ => return Ok(false),
         }
+        // It stays in the outbox for its looks at the exchange after the
+        // refund (`Batch::recheck_at`).
+        let first_look = self.clock.now() + crate::domain::RECHECKS_AFTER_REFUND[0];
         let done = Changes::new()
             .set("status", s(BatchStatus::Refunded.as_str()))
-            .remove(item::OPEN_PK)
-            .remove(item::OPEN_SK)
+            .set(item::RECHECK_AT, item::ms(first_look))
             .remove(CURSOR_POOL)
             .remove(CURSOR_ORDER);
         let all_back =
