@@ -494,10 +494,13 @@ mod tests {
             let instance = DynamoStore::on(Arc::clone(&table)).with_jitter_seed(seed);
             let placed = instance.place_order(order_at("alice", "0.0025", t0()), usd("10")).await.unwrap();
             let Membership::Pool { shard, .. } = placed.order.order.membership else { panic!("not pooled") };
-            if homes.contains_key(&shard) {
-                first.cancel_order(&alice, placed.order.order.id).await.unwrap();
-            } else {
-                homes.insert(shard, instance);
+            match homes.entry(shard) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    first.cancel_order(&alice, placed.order.order.id).await.unwrap();
+                }
+                std::collections::btree_map::Entry::Vacant(home) => {
+                    home.insert(instance);
+                }
             }
             if homes.len() == 2 {
                 break;
