@@ -23,6 +23,7 @@ use shared::service::OrderService;
 
 use crate::openapi;
 use crate::server::ServerLimits;
+use crate::slots::Activity;
 
 /// The header `orders-local` trusts in place of a verified JWT.
 pub const USER_HEADER: &str = "x-user-id";
@@ -32,8 +33,9 @@ pub async fn serve(
     request: hyper::Request<Incoming>,
     remote: SocketAddr,
     limits: ServerLimits,
+    activity: Arc<Activity>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let mut response = answer(service, request, remote, limits).await;
+    let mut response = answer(service, request, remote, limits, &activity).await;
     // A kept-alive connection is closed after `head_timeout` idle; a
     // client that reads this closes it first, rather than sending a
     // request into a connection as it closes.
@@ -51,6 +53,7 @@ async fn answer(
     request: hyper::Request<Incoming>,
     remote: SocketAddr,
     limits: ServerLimits,
+    activity: &Activity,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     if let Some(response) = served_here(&parts) {
@@ -63,6 +66,7 @@ async fn answer(
     // Without a caller the answer is 401 (or the route's 404 or 405),
     // whatever the body: as API Gateway's authorizer, never read it.
     if !identified(&parts) {
+        activity.request_began();
         return handle(&service, &parts, Bytes::new(), remote).await;
     }
     // A declared body over the limit is refused before it is sent.
@@ -76,12 +80,15 @@ async fn answer(
         Ok(Err(error)) if error.is::<LengthLimitError>() => {
             return problem(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
         }
+        // Cut to make room for others at the connection cap: too slow.
+        Ok(Err(_)) if activity.was_asked() => return problem(ApiError::RequestTimeout),
         Ok(Err(error)) => {
             tracing::debug!(%error, "the request body could not be read");
             return problem(ApiError::Malformed("the request body could not be read".to_owned()));
         }
         Err(_) => return problem(ApiError::RequestTimeout),
     };
+    activity.request_began();
     handle(&service, &parts, body, remote).await
 }
 

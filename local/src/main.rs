@@ -26,15 +26,16 @@ struct Cli {
     backend: Backend,
     /// Connections served at once; more wait to be accepted, or take the
     /// place of the longest-idle one.
-    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
-    max_connections: usize,
+    // ServerLimits::default().max_connections
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// Seconds a client has to send a request's body once its head is in
     /// (and the most its head may take, if less than --head-timeout).
-    #[arg(long, default_value_t = ServerLimits::default().body_timeout.as_secs())]
+    #[arg(long, default_value_t = ServerLimits::default().body_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout: u64,
     /// Seconds a client has to send a request's head, whole (on a kept-alive
     /// connection, counted from the last answer).
-    #[arg(long, default_value_t = ServerLimits::default().head_timeout.as_secs())]
+    #[arg(long, default_value_t = ServerLimits::default().head_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     head_timeout: u64,
 }
 
@@ -66,7 +67,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         service: ServiceConfig::from_env()?,
         wait: shared::config::wait_policy_from_lookup(|var| std::env::var(var).ok())?,
         limits: ServerLimits {
-            max_connections: cli.max_connections,
+            max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
             head_timeout: Duration::from_secs(cli.head_timeout.min(cli.request_timeout)),
             body_timeout: Duration::from_secs(cli.request_timeout),
             ..ServerLimits::default()

@@ -6,8 +6,9 @@
 //! the same; on a kept-alive connection, the wait for the next request
 //! counts), the gateway reads the body within `body_timeout`, at most
 //! `max_connections` are open (more wait in the listen backlog, or take
-//! the slot of an idle connection, else of one still sending its head:
-//! `crate::slots`), and accept errors back off instead of spinning.
+//! the slot of an idle connection, else of one still sending its head,
+//! else its body: `crate::slots`), and accept errors back off instead of
+//! spinning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,11 +101,12 @@ pub async fn serve(
         let connection = http.serve_connection(
             TokioIo::new(ClientConnection::new(stream, limits.body_timeout, Arc::clone(&slot.activity))),
             service_fn(move |request| {
-                // From the service's call to its answer, the connection is
-                // busy (its bytes may have been read with the last request's).
-                activity.request_began();
+                // Its head is in (its bytes may have been read with the last
+                // request's); the gateway reads the body, then calls the
+                // handler, from when the connection stays until answered.
+                activity.body_began();
                 let activity = Arc::clone(&activity);
-                let answer = gateway::serve(Arc::clone(&service), request, remote, limits);
+                let answer = gateway::serve(Arc::clone(&service), request, remote, limits, Arc::clone(&activity));
                 async move {
                     let response = answer.await;
                     activity.answered();

@@ -4,11 +4,13 @@
 //! free, a connection just accepted does not wait behind idle ones: the
 //! connection idle the longest (kept alive after its answer, or not yet
 //! sent a byte) is asked to close, as nginx and others do; when none is
-//! idle, the one that has been sending its request's head the longest.
-//! Without this, a client holding the cap in idle connections, or in heads
-//! sent a line at a time, and reopening each as it closed, made everyone
-//! else wait out the idle or head timeout. A connection whose request the
-//! service has begun is never asked: its slot frees when it ends.
+//! idle, the one that has been sending its request's head the longest;
+//! then the one sending its body the longest. Without this, a client
+//! holding the cap in idle connections, or in requests sent a line or a
+//! byte at a time, and reopening each as it closed, made everyone else
+//! wait out the idle, head or body timeout. A connection whose request has
+//! reached the handler is never asked (nothing it sent has changed
+//! anything before then): its slot frees when it ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,17 +78,13 @@ impl Slots {
 
     fn ask_longest_idle_to_close(&self) {
         let open = self.open();
-        // Idle before heads, then the longest at it.
+        // Idle before heads before bodies, then the longest at it.
         let longest = open
             .values()
             .filter_map(|activity| Some((activity.gives_way_since()?, activity)))
-            .min_by_key(|((in_head, since), _)| (*in_head, *since));
-        if let Some(((in_head, since), activity)) = longest {
-            tracing::debug!(
-                for_ = ?since.elapsed(),
-                in_head,
-                "at the connection cap: closing the longest-idle connection"
-            );
+            .min_by_key(|((stage, since), _)| (*stage, *since));
+        if let Some(((stage, since), activity)) = longest {
+            tracing::debug!(for_ = ?since.elapsed(), ?stage, "at the connection cap: closing a connection");
             activity.ask_to_close();
         }
     }
@@ -95,6 +93,14 @@ impl Slots {
         // Nothing panics while holding it; and the map stays whole if so.
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What a connection that may give way is doing, in the order they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Idle,
+    Head,
+    Body,
 }
 
 /// Where a connection is between requests, as its reads, its writes and
@@ -113,9 +119,12 @@ enum Phase {
     /// No byte of a request since then: a fresh connection, or a kept-alive
     /// one whose last answer is sent.
     Idle(Instant),
-    /// A request's head is arriving since then; the service has not begun.
+    /// A request's head is arriving since then.
     Head(Instant),
-    /// The service has begun on a request (its body may still arrive).
+    /// Its head is in and its body arriving since then; the handler has
+    /// not been called.
+    Body(Instant),
+    /// The handler has the request.
     Request,
     /// The service answered; its response is being written.
     Answering,
@@ -137,8 +146,20 @@ impl Activity {
         }
     }
 
-    /// The service began on a request: whatever it was asked, this
-    /// connection stays.
+    /// A request's head is in; its body is being read.
+    pub fn body_began(&self) {
+        let mut state = self.state();
+        state.phase = Phase::Body(Instant::now());
+        state.asked = false;
+    }
+
+    /// Whether it was asked to make room (and so its read ended early).
+    pub fn was_asked(&self) -> bool {
+        self.state().asked
+    }
+
+    /// The handler has the request: whatever it was asked, this connection
+    /// stays.
     pub fn request_began(&self) {
         let mut state = self.state();
         state.phase = Phase::Request;
@@ -165,7 +186,7 @@ impl Activity {
     /// wake when asked.
     pub fn gives_way(&self, cx: &Context<'_>) -> bool {
         let mut state = self.state();
-        if state.asked && matches!(state.phase, Phase::Idle(_) | Phase::Head(_)) {
+        if state.asked && matches!(state.phase, Phase::Idle(_) | Phase::Head(_) | Phase::Body(_)) {
             return true;
         }
         if !state.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
@@ -174,16 +195,18 @@ impl Activity {
         false
     }
 
-    /// Whether it is in a head (else idle), and since when; `None` if it
-    /// was asked already, never gives way, or is not waiting on a read (a
-    /// connection just accepted, not yet read: its bytes may be there, and
-    /// asking it would only cost the asker its wait).
-    fn gives_way_since(&self) -> Option<(bool, Instant)> {
+    /// Where it is (idle, in a head, in a body: the order they give way
+    /// in), and since when; `None` if it was asked already, never gives
+    /// way, or is not waiting on a read (a connection just accepted, not
+    /// yet read: its bytes may be there, and asking it would only cost the
+    /// asker its wait).
+    fn gives_way_since(&self) -> Option<(Stage, Instant)> {
         let state = self.state();
         match state.phase {
             _ if state.asked || state.waker.is_none() => None,
-            Phase::Idle(since) => Some((false, since)),
-            Phase::Head(since) => Some((true, since)),
+            Phase::Idle(since) => Some((Stage::Idle, since)),
+            Phase::Head(since) => Some((Stage::Head, since)),
+            Phase::Body(since) => Some((Stage::Body, since)),
             Phase::Request | Phase::Answering => None,
         }
     }
@@ -246,7 +269,7 @@ mod tests {
         slot.activity.flushed();
         assert_eq!(slot.activity.gives_way_since(), None, "not waiting on a read yet");
         assert!(!slot.activity.gives_way(&cx));
-        assert!(slot.activity.gives_way_since().is_some_and(|(in_head, _)| !in_head));
+        assert!(slot.activity.gives_way_since().is_some_and(|(stage, _)| stage == Stage::Idle));
         slots.ask_longest_idle_to_close();
         // A request that arrives after the ask keeps its connection.
         slot.activity.bytes_arrived();
@@ -254,7 +277,7 @@ mod tests {
     }
 
     /// With no connection idle, the head under way the longest gives way;
-    /// a request the service has begun never does.
+    /// a request the handler has never does.
     #[tokio::test]
     async fn at_the_cap_heads_give_way_after_idle_connections_and_before_requests() {
         let slots = Slots::new(3);
@@ -263,6 +286,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         newer_head.activity.bytes_arrived();
         serving.activity.bytes_arrived();
+        serving.activity.body_began();
         serving.activity.request_began();
         let cx = Context::from_waker(Waker::noop());
         // More bytes of the same head change nothing.
@@ -281,5 +305,26 @@ mod tests {
         assert!(!serving.activity.gives_way(&cx));
         drop(oldest_head);
         let _claimed = claim.await.unwrap();
+    }
+
+    #[test]
+    fn bodies_give_way_after_heads_and_idle_connections() {
+        let slots = Slots::new(3);
+        let claim = |slots: &Arc<Slots>| slots.register(Arc::clone(&slots.free).try_acquire_owned().unwrap());
+        let (body, head, idle) = (claim(&slots), claim(&slots), claim(&slots));
+        let cx = Context::from_waker(Waker::noop());
+        body.activity.bytes_arrived();
+        body.activity.body_began();
+        head.activity.bytes_arrived();
+        for slot in [&body, &head, &idle] {
+            assert!(!slot.activity.gives_way(&cx));
+        }
+        slots.ask_longest_idle_to_close();
+        assert!(idle.activity.gives_way(&cx));
+        slots.ask_longest_idle_to_close();
+        assert!(head.activity.gives_way(&cx));
+        slots.ask_longest_idle_to_close();
+        assert!(body.activity.gives_way(&cx));
+        assert!(body.activity.was_asked());
     }
 }

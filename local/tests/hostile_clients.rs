@@ -373,14 +373,20 @@ fn idle_connections_past_the_cap_give_way_to_new_clients() {
     server.stop();
 }
 
-/// `count` connections that each send a request line and then one header
-/// line every `every`, never ending the head; each one the server closes
-/// is opened again. Returns once all are open, with the thread that drips
+/// `count` connections that each send `first` and then `drop` every
+/// `every`, never ending their request; each one the server closes is
+/// opened again. Returns once all are open, with the thread that drips
 /// (and answers how many were opened again).
-fn drip_heads(port: u16, count: usize, every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+fn drip(
+    port: u16,
+    count: usize,
+    (first, drop): (&'static [u8], &'static [u8]),
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
     let open = move || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.write_all(b"POST /orders HTTP/1.1\r\nHost: x\r\n").ok()?;
+        stream.write_all(first).ok()?;
         stream.set_nonblocking(true).ok()?;
         Some(stream)
     };
@@ -396,7 +402,7 @@ fn drip_heads(port: u16, count: usize, every: Duration, stop: Arc<AtomicBool>) -
                     Some(stream) => match stream.read(&mut scratch) {
                         Ok(_) => true,
                         Err(error) if error.kind() != std::io::ErrorKind::WouldBlock => true,
-                        Err(_) => stream.write_all(b"X-Drip: 1\r\n").is_err(),
+                        Err(_) => stream.write_all(drop).is_err(),
                     },
                 };
                 if closed && !stop.load(Ordering::Relaxed) {
@@ -410,16 +416,21 @@ fn drip_heads(port: u16, count: usize, every: Duration, stop: Arc<AtomicBool>) -
     })
 }
 
-/// 600 clients sending heads a line every 2 s hold every slot (512); a
-/// fresh order does not wait behind them: at the cap, the head under way
-/// the longest gives way (the head deadline is set long here, so that
-/// only the giving way can answer in time).
-#[test]
-fn heads_sent_a_line_at_a_time_give_way_to_a_fresh_order() {
+/// A head sent a header line at a time.
+const DRIPPING_HEAD: (&[u8], &[u8]) = (b"POST /orders HTTP/1.1\r\nHost: x\r\n", b"X-Drip: 1\r\n");
+/// A whole head, then a body of 1,000 bytes sent a byte at a time.
+const DRIPPING_BODY: (&[u8], &[u8]) =
+    (b"POST /orders HTTP/1.1\r\nHost: x\r\nX-User-Id: carol\r\nContent-Length: 1000\r\n\r\n{", b" ");
+
+/// 600 clients sending their requests a piece every 2 s hold every slot
+/// (512); a fresh order does not wait behind them: at the cap, the head
+/// (then the body) under way the longest gives way. The deadlines are set
+/// long here, so that only the giving way can answer in time.
+fn fresh_orders_are_answered_behind(dripping: (&'static [u8], &'static [u8])) {
     let mut server = Server::start(&["--head-timeout", "60", "--request-timeout", "60"], None);
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(Arc::clone(&stop));
-    let dripping = drip_heads(server.port, 600, Duration::from_secs(2), Arc::clone(&stop));
+    let drippers = drip(server.port, 600, dripping, Duration::from_secs(2), Arc::clone(&stop));
     std::thread::sleep(Duration::from_secs(3));
     let order = r#"{"coin":"ABAN","amount":"1"}"#;
     let request = format!(
@@ -431,15 +442,26 @@ fn heads_sent_a_line_at_a_time_give_way_to_a_fresh_order() {
         let answer = server.exchange(request.as_bytes(), patience);
         assert!(
             answer.status() == 201 && answer.after < patience,
-            "order {attempt} behind the dripping heads: {:?} after {:?}",
+            "order {attempt} behind the dripping requests: {:?} after {:?}",
             answer.text,
             answer.after
         );
     }
     stop.store(true, Ordering::Relaxed);
-    let reopened = dripping.join().unwrap();
-    assert!(reopened > 0, "the server closed none of the dripping heads");
+    let reopened = drippers.join().unwrap();
+    assert!(reopened > 0, "the server closed none of the dripping requests");
+    assert_eq!(server.balance("carol"), r#"{"user_id":"carol","balance_usd":"100"}"#);
     server.stop();
+}
+
+#[test]
+fn heads_sent_a_line_at_a_time_give_way_to_a_fresh_order() {
+    fresh_orders_are_answered_behind(DRIPPING_HEAD);
+}
+
+#[test]
+fn bodies_sent_a_byte_at_a_time_give_way_to_a_fresh_order() {
+    fresh_orders_are_answered_behind(DRIPPING_BODY);
 }
 
 /// The head's time is a deadline, not an idle timer: a head that keeps

@@ -164,14 +164,27 @@ impl ServiceConfig {
             None => defaults.minimum,
             Some(text) => positive_usd("EXCHANGE_MINIMUM_USD", &text)?,
         };
-        let min_order = match lookup("MIN_ORDER_USD") {
+        let min_order_text = lookup("MIN_ORDER_USD");
+        let min_order = match &min_order_text {
             None => defaults.min_order,
-            Some(text) => positive_usd("MIN_ORDER_USD", &text)?,
+            Some(text) => positive_usd("MIN_ORDER_USD", text)?,
         };
         if min_order > minimum {
-            return Err(ConfigError {
-                var: "MIN_ORDER_USD",
-                reason: format!("{min_order} is over the exchange minimum ({minimum}): no order could be pooled"),
+            let minimum_as_set = lookup("EXCHANGE_MINIMUM_USD")
+                .map_or_else(|| format!("{minimum} by default"), |text| format!("EXCHANGE_MINIMUM_USD=\"{text}\""));
+            return Err(match min_order_text {
+                Some(text) => ConfigError {
+                    var: "MIN_ORDER_USD",
+                    reason: format!(
+                        "\"{text}\" is over the exchange minimum ({minimum_as_set}): no order could be pooled"
+                    ),
+                },
+                None => ConfigError {
+                    var: "EXCHANGE_MINIMUM_USD",
+                    reason: format!(
+                        "{minimum_as_set} is under the smallest order (MIN_ORDER_USD, {min_order} by default): set MIN_ORDER_USD at most the minimum"
+                    ),
+                },
             });
         }
         Ok(ServiceConfig { prices, minimum, min_order })
@@ -181,7 +194,11 @@ impl ServiceConfig {
 fn positive_usd(var: &'static str, text: &str) -> Result<Usd, ConfigError> {
     Usd::parse(text.trim()).filter(|usd| *usd > Usd::ZERO).ok_or_else(|| ConfigError {
         var,
-        reason: format!("\"{text}\" is not a positive decimal of at most {} places", Usd::MAX_SCALE),
+        reason: format!(
+            "\"{text}\" is not a positive decimal of at most {} places and {} digits before the point",
+            Usd::MAX_SCALE,
+            Usd::MAX_WHOLE_DIGITS
+        ),
     })
 }
 

@@ -43,7 +43,7 @@ enum Command {
         #[arg(long)]
         user: String,
         /// Dollars, a plain decimal ("100", "12.50").
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         usd: String,
         /// Your reference for this deposit (1 to 128 visible ASCII characters).
         #[arg(long)]
@@ -55,7 +55,7 @@ enum Command {
     /// Checks every balance, order, batch and pool; exits 1 on any discrepancy.
     Audit {
         /// The exchange minimum the batches were formed with.
-        #[arg(long, default_value = "10")]
+        #[arg(long, default_value = "10", allow_hyphen_values = true)]
         minimum: String,
         /// The deployment's POOL_MAX_WAIT (90s, 15m, 2h): an order pending
         /// longer than this and two wait checks is a discrepancy.
@@ -77,7 +77,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let table = cli.table.or_else(|| std::env::var("TABLE_NAME").ok()).unwrap_or_else(|| "orders".to_owned());
+    let (table, named_by) = match (cli.table, std::env::var("TABLE_NAME")) {
+        (Some(table), _) => (table, "--table"),
+        (None, Ok(table)) => (table, "TABLE_NAME"),
+        (None, Err(_)) => ("orders".to_owned(), "the default"),
+    };
+    // DynamoDB's own rule; the SDK would refuse it with an error of its own
+    // that names neither.
+    let valid = (3..=255).contains(&table.len())
+        && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !valid {
+        return Err(format!(
+            "{named_by} \"{table}\" is not a DynamoDB table name (3 to 255 characters: letters, digits, _ - .)"
+        )
+        .into());
+    }
     let sdk = shared::adapters::aws::load_config().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone()));
     match cli.command {

@@ -118,6 +118,11 @@ impl UserId {
         if text.chars().any(char::is_control) {
             return Err(invalid("must not contain control characters"));
         }
+        // HTTP drops them from a header's value: such an account, seeded or
+        // funded, could never be reached.
+        if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+            return Err(invalid("must not begin or end with a space"));
+        }
         Ok(UserId(text.to_owned()))
     }
 
@@ -216,5 +221,7 @@ mod tests {
         assert!(UserId::parse("alice").is_ok());
         assert!(UserId::parse("").is_err());
         assert!(UserId::parse("a\nb").is_err());
+        assert!(UserId::parse(" lead").is_err() && UserId::parse("trail ").is_err());
+        assert!(UserId::parse("first last").is_ok());
     }
 }
