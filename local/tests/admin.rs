@@ -61,13 +61,18 @@ async fn deposits_credit_once_per_id_and_the_audit_finds_money_that_came_from_no
     for bad in [["--usd", "-5"], ["--usd", "1e3"], ["--usd", "0"], ["--usd", "0.000000000000000000000000001"]] {
         let (output, text) = admin(&table, &["deposit", "--user", "bob", bad[0], bad[1], "--id", "x"]);
         assert_eq!(output.status.code(), Some(2), "{text}");
-        // (`-5` is taken for an option, and refused as such.)
-        if !bad[1].starts_with('-') {
-            assert!(text.contains("--usd must be a positive plain decimal of at most 16 decimal places"), "{text}");
-        }
+        let refused = format!("--usd \"{}\" is not a positive plain decimal of at most 16 decimal places", bad[1]);
+        assert!(text.contains(&refused), "{text}");
     }
     let (output, text) = admin(&table, &["deposit", "--user", "bob", "--usd", "100000000000", "--id", "w2"]);
     assert!(output.status.success() && text.contains("balance 100000000000 USD"), "{text}");
+    // The ceiling: a cent more is refused, naming the account and the ceiling.
+    let (output, text) = admin(&table, &["deposit", "--user", "bob", "--usd", "0.01", "--id", "w3"]);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("would take account bob (holding 100000000000 USD) past the balance ceiling of 100000000000 USD"),
+        "{text}"
+    );
 
     let (output, text) = admin(&table, &["audit"]);
     assert!(output.status.success(), "{text}");
