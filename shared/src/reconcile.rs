@@ -1,7 +1,8 @@
 //! The outbox's other half: batches that settlement lost track of are sent
 //! to the settle queue again. Only those: a `READY` batch whose message
 //! seems lost, a `SUBMITTING` batch whose attempt died or failed without a
-//! retry, a `REFUSED` batch whose refunds stopped; each less and less often
+//! retry, a `REFUSED` batch whose refunds stopped, a `REFUNDED` batch due
+//! for its look at the exchange (`RECHECKS_AFTER_REFUND`); each less and less often
 //! (see [`ResendPolicy`]). A batch that failed as often as the queue
 //! delivers a message is left to the dead-letter queue and its alarm.
 //! Sending twice is harmless: settlement is idempotent.

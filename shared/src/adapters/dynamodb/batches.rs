@@ -1,7 +1,8 @@
 //! Settlement's writes on a batch: the claim that starts an attempt, and
 //! the attempt's fenced writes (release, settle, refuse), each conditioned
 //! on the attempt still holding the batch (`attempts` is its number). The
-//! outbox: batches not final yet, and the reconciler's record of re-sends.
+//! outbox: batches not final yet (or refunded, a look at the exchange to
+//! come), and the reconciler's record of re-sends.
 //!
 //! Every one of these writes marks the batch with a token of its own. Its
 //! reply can be lost after it applied; the SDK then sends it again, and the
