@@ -19,7 +19,7 @@ venv=.emulators/schemathesis-venv
 cargo build --locked --bin orders-local
 run_dir=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$run_dir"' EXIT
-echo '{"accounts": [{"user_id": "fuzz", "balance_usd": "999999999999"}]}' >"$run_dir/seed.json"
+echo '{"accounts": [{"user_id": "fuzz", "balance_usd": "100000000000"}]}' >"$run_dir/seed.json"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 target/debug/orders-local --listen "127.0.0.1:$port" --seed "$run_dir/seed.json" >"$run_dir/orders-local.log" 2>&1 &
 server=$!
