@@ -65,31 +65,41 @@ async fn answer(
     }
     // Without a caller the answer is 401 (or the route's 404 or 405),
     // whatever the body: as API Gateway's authorizer, never read it.
-    if !identified(&parts) {
-        activity.request_began();
-        return handle(&service, &parts, Bytes::new(), remote).await;
-    }
-    // A declared body over the limit is refused before it is sent.
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
-        return problem(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
-    }
-    // The API's limit, applied while reading: a larger body is never held.
-    let body = match tokio::time::timeout(limits.body_timeout, Limited::new(body, BODY_LIMIT).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => {
-            return problem(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+    let body = if identified(&parts) {
+        match read_body(&parts, body, limits, activity).await {
+            Ok(body) => body,
+            Err(refused) => return problem(refused),
         }
-        // Cut to make room for others at the connection cap: too slow.
-        Ok(Err(_)) if activity.was_asked() => return problem(ApiError::RequestTimeout),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "the request body could not be read");
-            return problem(ApiError::Malformed("the request body could not be read".to_owned()));
-        }
-        Err(_) => return problem(ApiError::RequestTimeout),
+    } else {
+        Bytes::new()
     };
     activity.request_began();
     handle(&service, &parts, body, remote).await
+}
+
+/// The body, read within the API's limits: a declared body over the limit
+/// is refused before it is sent, a larger one is never held.
+async fn read_body(
+    parts: &http::request::Parts,
+    body: Incoming,
+    limits: ServerLimits,
+    activity: &Activity,
+) -> Result<Bytes, ApiError> {
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT });
+    }
+    match tokio::time::timeout(limits.body_timeout, Limited::new(body, BODY_LIMIT).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT }),
+        // Cut to make room for others at the connection cap: too slow.
+        Ok(Err(_)) if activity.was_asked() => Err(ApiError::RequestTimeout),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "the request body could not be read");
+            Err(ApiError::Malformed("the request body could not be read".to_owned()))
+        }
+        Err(_) => Err(ApiError::RequestTimeout),
+    }
 }
 
 /// The handler's answer to the request, as API Gateway invokes it.

@@ -26,9 +26,8 @@ struct Cli {
     backend: Backend,
     /// Connections served at once; more wait to be accepted, or take the
     /// place of the longest-idle one.
-    // ServerLimits::default().max_connections
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
-    max_connections: u32,
+    #[arg(long, default_value_t = ServerLimits::default().max_connections as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     /// Seconds a client has to send a request's body once its head is in
     /// (and the most its head may take, if less than --head-timeout).
     #[arg(long, default_value_t = ServerLimits::default().body_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]

@@ -17,12 +17,19 @@ pub enum PlaceOrderError {
     UnknownCoin(#[from] UnknownCoin),
     #[error(transparent)]
     InvalidAmount(#[from] InvalidAmount),
-    /// A dust order: every order is an item, and a batch's orders are what
-    /// a refund walks, so orders cost at least the configured minimum.
-    #[error("the order costs {cost} USD; the smallest order is {minimum} USD")]
-    BelowMinimum { cost: Usd, minimum: Usd },
+    #[error(transparent)]
+    BelowMinimum(#[from] BelowMinimum),
     #[error(transparent)]
     Place(#[from] PlaceError),
+}
+
+/// A dust order: every order is an item, and a batch's orders are what a
+/// refund walks, so orders cost at least the configured smallest order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the order costs {cost} USD; the smallest order is {minimum} USD")]
+pub struct BelowMinimum {
+    pub cost: Usd,
+    pub minimum: Usd,
 }
 
 pub struct OrderService {
@@ -58,7 +65,7 @@ impl OrderService {
         // is not is refused all the same, never rounded.
         let cost = Usd::cost(price, amount).ok_or(InvalidAmount::CostNotExact)?;
         if cost < self.config.min_order {
-            return Err(PlaceOrderError::BelowMinimum { cost, minimum: self.config.min_order });
+            return Err(BelowMinimum { cost, minimum: self.config.min_order }.into());
         }
         let order = NewOrder {
             id: OrderId::generate(),

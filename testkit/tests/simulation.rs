@@ -47,7 +47,7 @@ use shared::ports::{
     Accounts, CancelError, DepositError, LedgerRecords, PlaceError, Settlements, WaitAction, WaitPolicy,
 };
 use shared::reconcile::{BoundedWait, PoolSweep, Reconciler};
-use shared::service::{OrderService, PlaceOrderError};
+use shared::service::{BelowMinimum, OrderService, PlaceOrderError};
 use shared::settlement::{Settlement, Settler};
 use testkit::faults::{Fault, FaultyTable, Operation};
 use testkit::sim::exchange::{OrderState, SETTLE_CALL, SettleCall, SimExchange, StatusOf};
@@ -583,7 +583,7 @@ impl Run {
                 replies.busy += 1;
                 false
             }
-            Err(PlaceOrderError::BelowMinimum { cost, minimum }) => {
+            Err(PlaceOrderError::BelowMinimum(BelowMinimum { cost, minimum })) => {
                 if cost >= minimum {
                     self.world.violated(format!("an order of {cost} USD was refused as under {minimum} USD"));
                 }

@@ -104,7 +104,7 @@ async fn place_order(service: &OrderService, request: &Request) -> Result<Respon
     let placed = service.place(user, &order.coin, order.amount, key).await.map_err(|e| match e {
         PlaceOrderError::UnknownCoin(e) => ApiError::UnknownCoin(e),
         PlaceOrderError::InvalidAmount(e) => ApiError::InvalidAmount(e),
-        PlaceOrderError::BelowMinimum { cost, minimum } => ApiError::BelowMinimum { cost, minimum },
+        PlaceOrderError::BelowMinimum(e) => ApiError::BelowMinimum(e),
         PlaceOrderError::Place(PlaceError::InsufficientFunds { balance, cost }) => {
             ApiError::InsufficientFunds { balance, cost }
         }

@@ -6,6 +6,7 @@ use lambda_http::{Body, Response};
 use serde::Serialize;
 use shared::domain::{InvalidAmount, InvalidId, PoolOverflow, UnknownCoin, Usd};
 use shared::ports::InfraError;
+use shared::service::BelowMinimum;
 use shared::telemetry::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +34,8 @@ pub enum ApiError {
     InvalidAmount(#[from] InvalidAmount),
     #[error(transparent)]
     PoolOverflow(#[from] PoolOverflow),
-    #[error("the order costs {cost} USD; the smallest order is {minimum} USD")]
-    BelowMinimum { cost: Usd, minimum: Usd },
+    #[error(transparent)]
+    BelowMinimum(#[from] BelowMinimum),
     #[error("the balance is {balance} USD but the order costs {cost} USD")]
     InsufficientFunds { balance: Usd, cost: Usd },
     #[error("this Idempotency-Key was already used for a different order (coin or amount)")]
@@ -77,7 +78,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid-idempotency-key", "Invalid Idempotency-Key")
             }
             ApiError::UnknownCoin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown-coin", "Unknown coin"),
-            ApiError::InvalidAmount(_) | ApiError::PoolOverflow(_) | ApiError::BelowMinimum { .. } => {
+            ApiError::InvalidAmount(_) | ApiError::PoolOverflow(_) | ApiError::BelowMinimum(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount")
             }
             ApiError::InsufficientFunds { .. } => {

@@ -526,6 +526,39 @@ impl shared::ports::Clock for Moving {
     }
 }
 
+/// A refusing exchange, settlement and a reconciler on one store, on a
+/// clock the test moves; `sent` is what the reconciler re-sends.
+struct Refusing {
+    start: time::OffsetDateTime,
+    clock: Arc<Moving>,
+    store: Arc<DynamoStore>,
+    exchange: Arc<ScriptedExchange>,
+    settler: Settler,
+    reconciler: shared::reconcile::Reconciler,
+    sent: tokio::sync::mpsc::UnboundedReceiver<shared::adapters::memory_queue::QueuedMessage>,
+}
+
+impl Refusing {
+    fn new() -> Refusing {
+        let start = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let clock = Arc::new(Moving(Mutex::new(start)));
+        let store = Arc::new(DynamoStore::in_memory().with_clock(clock.clone()));
+        let exchange = ScriptedExchange::new(true, false);
+        let (queue, _) = memory_queue();
+        let settler =
+            Settler::new(store.clone(), exchange.clone(), Arc::new(queue), clock.clone(), Duration::from_secs(30));
+        let (resends, sent) = memory_queue();
+        let policy = shared::domain::ResendPolicy {
+            ready_after: time::Duration::minutes(1),
+            backoff: time::Duration::minutes(5),
+            backoff_cap: time::Duration::hours(1),
+            max_attempts: 5,
+        };
+        let reconciler = shared::reconcile::Reconciler::new(store.clone(), Arc::new(resends), clock.clone(), policy);
+        Refusing { start, clock, store, exchange, settler, reconciler, sent }
+    }
+}
+
 /// An exchange that fills an order after it answered a refusal (outside
 /// the protocol's promise; exchanges do it): the refunded batch is looked
 /// up again five minutes after its refund, sent by the reconciler, and the
@@ -533,25 +566,10 @@ impl shared::ports::Clock for Moving {
 /// looks find nothing is looked at again after an hour, then no more.
 #[tokio::test]
 async fn a_fill_after_a_refund_is_found_by_a_later_look_and_recorded_never_credited() {
-    use shared::domain::{BatchStatus, ResendPolicy};
+    use shared::domain::BatchStatus;
     use shared::ports::Outbox;
-    use shared::reconcile::Reconciler;
 
-    let start = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
-    let clock = Arc::new(Moving(Mutex::new(start)));
-    let store = Arc::new(DynamoStore::in_memory().with_clock(clock.clone()));
-    let exchange = ScriptedExchange::new(true, false);
-    let (queue, _) = memory_queue();
-    let settler =
-        Settler::new(store.clone(), exchange.clone(), Arc::new(queue), clock.clone(), Duration::from_secs(30));
-    let (resends, mut sent) = memory_queue();
-    let policy = ResendPolicy {
-        ready_after: time::Duration::minutes(1),
-        backoff: time::Duration::minutes(5),
-        backoff_cap: time::Duration::hours(1),
-        max_attempts: 5,
-    };
-    let reconciler = Reconciler::new(store.clone(), Arc::new(resends), clock.clone(), policy);
+    let Refusing { start, clock, store, exchange, settler, reconciler, mut sent } = Refusing::new();
     let at = |after: time::Duration| *clock.0.lock().unwrap() = start + after;
 
     let late = pooled_batch(&store).await;
@@ -587,25 +605,10 @@ async fn a_fill_after_a_refund_is_found_by_a_later_look_and_recorded_never_credi
 
 #[tokio::test]
 async fn a_refunded_batch_is_looked_up_after_five_minutes_and_an_hour_then_no_more() {
-    use shared::domain::{BatchStatus, ResendPolicy};
+    use shared::domain::BatchStatus;
     use shared::ports::Outbox;
-    use shared::reconcile::Reconciler;
 
-    let start = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
-    let clock = Arc::new(Moving(Mutex::new(start)));
-    let store = Arc::new(DynamoStore::in_memory().with_clock(clock.clone()));
-    let exchange = ScriptedExchange::new(true, false);
-    let (queue, _) = memory_queue();
-    let settler =
-        Settler::new(store.clone(), exchange.clone(), Arc::new(queue), clock.clone(), Duration::from_secs(30));
-    let (resends, mut sent) = memory_queue();
-    let policy = ResendPolicy {
-        ready_after: time::Duration::minutes(1),
-        backoff: time::Duration::minutes(5),
-        backoff_cap: time::Duration::hours(1),
-        max_attempts: 5,
-    };
-    let reconciler = Reconciler::new(store.clone(), Arc::new(resends), clock.clone(), policy);
+    let Refusing { start, clock, store, settler, reconciler, mut sent, .. } = Refusing::new();
     let at = |after: time::Duration| *clock.0.lock().unwrap() = start + after;
 
     let batch = pooled_batch(&store).await;
