@@ -1,8 +1,9 @@
 //! The client's connection as hyper sees it, with three things hyper does
 //! not do.
 //!
-//! It tells its slot (`crate::slots`) whether it is idle, and ends
-//! itself, as if the client had closed it, when its idle slot is wanted.
+//! It tells its slot (`crate::slots`) when a request's bytes arrive, and
+//! ends itself, as if the client had closed it, when its slot is wanted
+//! while it is idle or still receiving a request.
 //!
 //! A write timeout: a client that stops reading (its receive window full)
 //! would hold its connection, and a slot of the cap, for ever; a write

@@ -1,7 +1,8 @@
 //! A table that misbehaves on purpose, around a real one: what DynamoDB
 //! does under contention (transactions cancelled with `TransactionConflict`,
 //! throttling) and on a flaky network (a write applied whose reply is lost,
-//! a request that fails before it is sent). Which request suffers what is a
+//! or lost and sent again by the SDK; a request that fails before it is
+//! sent). Which request suffers what is a
 //! test's decision, through [`FaultPlan`].
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

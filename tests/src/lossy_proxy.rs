@@ -1,6 +1,7 @@
 //! A proxy between the AWS SDK and an emulator that loses replies for real:
-//! it forwards a request, waits for the emulator's whole answer (the write
-//! is done), then closes the connection without answering. The SDK sees a
+//! it forwards a request (a transaction, or an update its rule picks),
+//! waits for the emulator's whole answer (the write is done), then closes
+//! the connection without answering. The SDK sees a
 //! broken connection after sending, as it would on a flaky network, and
 //! retries; when the retries are lost too, the store must find out itself.
 
